@@ -1,0 +1,39 @@
+"""Quantization methods, registered by name (``@register_method("repq")``), one file each.
+
+A method takes the float model structure and calibration batches and returns
+a :class:`quant.plan.QuantPlan`; the shared lowering turns it into a program.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from quant.quantizers import QuantError
+
+_METHODS: dict[str, Callable] = {}
+_MODULES = ("baseline",)
+
+
+def register_method(name: str):
+    def wrap(fn: Callable) -> Callable:
+        _METHODS[name] = fn
+        return fn
+    return wrap
+
+
+def _load_all() -> None:
+    for mod in _MODULES:
+        importlib.import_module(f"quant.methods.{mod}")
+
+
+def method_names() -> list[str]:
+    _load_all()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> Callable:
+    _load_all()
+    if name not in _METHODS:
+        raise QuantError(f"unknown method {name!r} (known: {', '.join(sorted(_METHODS))})")
+    return _METHODS[name]

@@ -1,0 +1,65 @@
+"""Calibration observers: statistics of float activations, turned into quantization grids.
+
+One :class:`Observer` per quantization point keeps the running min / max, the
+per-channel min / max (over the last axis) and a bounded random sample of
+values; ``minmax``, ``percentile`` and ``mse`` turn that into a grid.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quant.quantizers import QParams, qparams_from_range
+
+SAMPLE_SIZE = 1 << 17
+
+
+class Observer:
+    def __init__(self, seed: int = 0):
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.ch_min: torch.Tensor | None = None
+        self.ch_max: torch.Tensor | None = None
+        self.sample = torch.empty(0)
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def update(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Record ``x`` [..., C]; ``valid`` [...] masks out padded tokens."""
+        x = x.detach().float()
+        rows = x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(-1, 1)
+        if valid is not None:
+            rows = rows[valid.reshape(-1).bool()]
+        if rows.numel() == 0:
+            return
+        self.min = min(self.min, float(rows.min()))
+        self.max = max(self.max, float(rows.max()))
+        cmin, cmax = rows.amin(dim=0), rows.amax(dim=0)
+        self.ch_min = cmin if self.ch_min is None else torch.minimum(self.ch_min, cmin)
+        self.ch_max = cmax if self.ch_max is None else torch.maximum(self.ch_max, cmax)
+        flat = rows.reshape(-1)
+        take = min(flat.numel(), SAMPLE_SIZE)
+        idx = torch.randint(flat.numel(), (take,), generator=self._gen)
+        self.sample = torch.cat([self.sample, flat[idx]])
+        if self.sample.numel() > SAMPLE_SIZE:
+            keep = torch.randperm(self.sample.numel(), generator=self._gen)[:SAMPLE_SIZE]
+            self.sample = self.sample[keep]
+
+    # ---------------------------------------------------------- grids
+    def minmax(self, bits: int, symmetric: bool) -> QParams:
+        return qparams_from_range(self.min, self.max, bits, symmetric)
+
+    def percentile(self, bits: int, symmetric: bool, pct: float = 99.99) -> QParams:
+        lo = float(torch.quantile(self.sample, 1 - pct / 100))
+        hi = float(torch.quantile(self.sample, pct / 100))
+        return qparams_from_range(lo, hi, bits, symmetric)
+
+    def mse(self, bits: int, symmetric: bool, grid: int = 40) -> QParams:
+        """The clipped range (shrinking both ends together) with the least squared error on the sample."""
+        best, best_err = None, float("inf")
+        for i in range(grid):
+            r = 1.0 - i / (grid * 1.25)
+            qp = qparams_from_range(self.min * r, self.max * r, bits, symmetric)
+            err = float((qp.fake(self.sample) - self.sample).pow(2).mean())
+            if err < best_err:
+                best, best_err = qp, err
+        return best

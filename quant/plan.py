@@ -1,0 +1,111 @@
+"""What a quantization method decides, and the calibration pass all methods share.
+
+A :class:`QuantPlan` holds the (possibly rewritten) float model, a grid for
+every quantization point, and the integer weights. The lowering turns a plan
+into an IntegerProgram; the paper protocol turns it into a fake-quant forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from tqdm import tqdm
+
+from quant.model import Forward, Transformer, role
+from quant.observers import Observer
+from quant.quantizers import QParams, fake_log2, fake_weight, pow2_qparams, quantize_weight, weight_scales
+from sim import intops
+
+#: bits and symmetry of each role that the method does not choose (hardware unit widths)
+ROLE_BITS = {"residual": (intops.RESIDUAL_BITS, True), "gelu_in": (intops.GELU_IN_BITS, False), "input": (8, False)}
+
+
+@dataclass
+class QuantPlan:
+    spec: Transformer
+    method: str
+    wbits: int
+    abits: int
+    acts: dict[str, QParams]
+    weight_scales: dict[str, torch.Tensor]  # per output channel
+    weight_bits: dict[str, int] = field(default_factory=dict)  # overrides of wbits per linear
+    code_bits: int = 4
+    pow2: bool = False  # every requantizer a pure shift (M = 1)
+    meta: dict = field(default_factory=dict)
+
+    def wbits_of(self, name: str) -> int:
+        return self.weight_bits.get(name, self.wbits)
+
+    def int_weight(self, name: str, w: torch.Tensor):
+        return quantize_weight(w, self.weight_scales[name], self.wbits_of(name))
+
+
+def linears(spec: Transformer) -> dict[str, "torch.Tensor"]:
+    """Every linear layer's weight by the name the forward and the program use."""
+    out = {}
+    if spec.patch_embed is not None:
+        out["patch_embed"] = spec.patch_embed
+    for i, blk in enumerate(spec.blocks):
+        for part in ("q", "k", "v", "proj", "fc1", "fc2"):
+            out[f"blocks.{i}.{part}"] = getattr(blk, part)
+    if spec.head is not None:
+        out["head"] = spec.head
+    return out
+
+
+def collect(spec: Transformer, batches: Iterable, *, desc: str = "calibrate", progress: bool = True) -> dict[str, Observer]:
+    """Run the float forward over calibration batches, observing every quantized point."""
+    observers: dict[str, Observer] = {}
+    state = {"mask": None}
+
+    def hook(name: str, x: torch.Tensor) -> torch.Tensor:
+        if role(name) in ("float", "probs"):
+            return x
+        obs = observers.setdefault(name, Observer(seed=len(observers)))
+        mask = state["mask"]
+        obs.update(x, mask if mask is not None and x.dim() == 3 else None)
+        return x
+
+    fwd = Forward(spec, hook)
+    with torch.no_grad():
+        for inputs, _ in tqdm(list(batches), desc=desc, disable=not progress, leave=False):
+            state["mask"] = inputs["attention_mask"].bool() if isinstance(inputs, dict) else None
+            fwd(inputs)
+    return observers
+
+
+def act_grid(name: str, obs: Observer, abits: int, observer: str = "minmax") -> QParams:
+    """The grid of one point: width and symmetry from its role, range from the chosen observer."""
+    r = role(name)
+    bits, symmetric = ROLE_BITS.get(r, (abits, r == "qkv"))
+    if r in ROLE_BITS or observer == "minmax":
+        return obs.minmax(bits, symmetric)
+    return getattr(obs, observer)(bits, symmetric)
+
+
+def baseline_plan(spec: Transformer, observers: dict[str, Observer], wbits: int, abits: int, *,
+                  method: str = "baseline", observer: str = "minmax", pow2: bool = False) -> QuantPlan:
+    acts = {name: act_grid(name, obs, abits, observer) for name, obs in observers.items()}
+    if pow2:
+        acts = {k: pow2_qparams(v) for k, v in acts.items()}
+    scales = {name: weight_scales(lin.w, wbits) for name, lin in linears(spec).items()}
+    return QuantPlan(spec=spec, method=method, wbits=wbits, abits=abits, acts=acts, weight_scales=scales, pow2=pow2)
+
+
+def paper_forward(plan: QuantPlan) -> Forward:
+    """Fake-quant forward (paper protocol): linear and matmul inputs and weights quantized, the rest float."""
+
+    def act(name: str, x: torch.Tensor) -> torch.Tensor:
+        r = role(name)
+        if r == "probs":
+            return fake_log2(x, plan.code_bits)
+        if r in ("act", "qkv", "input"):
+            return plan.acts[name].fake(x)
+        return x
+
+    def weight(name: str, w: torch.Tensor) -> torch.Tensor:
+        return fake_weight(w, plan.weight_scales[name], plan.wbits_of(name))
+
+    return Forward(plan.spec, act, weight)

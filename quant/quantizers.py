@@ -1,0 +1,146 @@
+"""Uniform and log2 quantizers, and the dyadic multipliers that carry scales into integer programs.
+
+Everything here runs at quantization time and may use float; the integer
+program it produces never does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sim import intops
+
+
+class QuantError(ValueError):
+    """A quantization request that cannot be honoured (bad bit width, unrepresentable scale)."""
+
+
+def check_bits(name: str, bits: int, lo: int = 2, hi: int = 8) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= hi:
+        raise QuantError(f"{name}={bits!r} outside the accepted range [{lo}, {hi}]")
+    return bits
+
+
+@dataclass(frozen=True)
+class QParams:
+    """A per-tensor uniform grid: real = scale * (q - zero_point), q in the ``bits``-wide signed range."""
+
+    scale: float
+    zero_point: int
+    bits: int
+    signed: bool = True
+
+    @property
+    def qmin(self) -> int:
+        return intops.int_range(self.bits, self.signed)[0]
+
+    @property
+    def qmax(self) -> int:
+        return intops.int_range(self.bits, self.signed)[1]
+
+    def quantize(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Float -> integers on this grid (round half to even, then clamp): used only at the program's inputs."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
+        return q.to(torch.int64).numpy()
+
+    def fake(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize in float: what the paper protocol does at a quantization point."""
+        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
+        return ((q - self.zero_point) * self.scale).to(x.dtype)
+
+
+def qparams_from_range(lo: float, hi: float, bits: int, symmetric: bool) -> QParams:
+    """The grid covering [lo, hi]: symmetric (zero point 0) or asymmetric with an integer zero point."""
+    qmin, qmax = intops.int_range(bits)
+    if symmetric:
+        amax = max(abs(lo), abs(hi), 1e-8)
+        return QParams(amax / qmax, 0, bits)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-8) / (qmax - qmin)
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return QParams(scale, zp, bits)
+
+
+def pow2_qparams(qp: QParams) -> QParams:
+    """Round a grid's scale up to a power of two (nothing that fitted is clipped); zero point kept."""
+    return QParams(2.0 ** math.ceil(math.log2(qp.scale)), qp.zero_point, qp.bits, qp.signed)
+
+
+# ------------------------------------------------------------------ weights
+def weight_scales(w: torch.Tensor, bits: int, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Per-output-channel symmetric scales: ``clip * max|w_n| / (2**(bits-1) - 1)``."""
+    qmax = (1 << (bits - 1)) - 1
+    amax = w.abs().amax(dim=1).clamp_min(1e-12)
+    return amax * clip / qmax
+
+
+def quantize_weight(w: torch.Tensor, scales: torch.Tensor, bits: int) -> np.ndarray:
+    """Integer weights ``clamp(round(w / s_n))`` in the symmetric range [-(2**(b-1)-1), 2**(b-1)-1]."""
+    qmax = (1 << (bits - 1)) - 1
+    q = torch.clamp(torch.round(w.double() / scales.double()[:, None]), -qmax, qmax)
+    return q.to(torch.int64).numpy()
+
+
+def fake_weight(w: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
+    qmax = (1 << (bits - 1)) - 1
+    return (torch.clamp(torch.round(w / scales[:, None]), -qmax, qmax) * scales[:, None]).to(w.dtype)
+
+
+def search_weight_clip(w: torch.Tensor, bits: int, grid: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)) -> torch.Tensor:
+    """Per-channel clipping ratio minimizing the squared quantization error of each output channel."""
+    best_err = torch.full((w.shape[0],), float("inf"))
+    best = torch.ones(w.shape[0])
+    for c in grid:
+        s = weight_scales(w, bits, c)
+        err = (fake_weight(w, s, bits) - w).pow(2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, c), best)
+    return best
+
+
+# ------------------------------------------------------------------ log2 probabilities
+def fake_log2(p: torch.Tensor, code_bits: int = 4) -> torch.Tensor:
+    """Probabilities on the log2 grid ``2**-round(-log2 p)``; codes past ``2**b - 2`` become 0 (matches intops.softmax_log2)."""
+    zero_code = (1 << code_bits) - 1
+    code = torch.round(-torch.log2(p.clamp_min(1e-30))).clamp(0, zero_code)
+    return torch.where(code < zero_code, torch.exp2(-code), torch.zeros_like(p))
+
+
+# ------------------------------------------------------------------ integer multipliers
+def dyadic(m: float | np.ndarray, mult_bits: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Write real multipliers m > 0 as ``M * 2**-shift`` with M an unsigned ``mult_bits``-bit integer.
+
+    frexp gives m = f * 2**e with f in [0.5, 1); M = round(f * 2**mult_bits),
+    shift = mult_bits - e. A mantissa that rounds up to 2**mult_bits is renormalized.
+    """
+    m = np.atleast_1d(np.asarray(m, dtype=np.float64))
+    if np.any(~np.isfinite(m)) or np.any(m <= 0):
+        raise QuantError(f"requantization multiplier must be positive and finite, got {m[~(m > 0)][:3]}")
+    f, e = np.frexp(m)
+    M = np.round(f * (1 << mult_bits)).astype(np.int64)
+    shift = mult_bits - e.astype(np.int64)
+    top = M == (1 << mult_bits)
+    M = np.where(top, M >> 1, M)
+    shift = np.where(top, shift - 1, shift)
+    # very small multipliers: cap the shift, losing mantissa bits (the product is ~0 anyway)
+    over = shift > 62
+    M = np.where(over, np.maximum(M >> np.minimum(shift - 62, 62), 0), M)
+    shift = np.where(over, 62, shift)
+    if np.any(shift < 0):
+        raise QuantError(f"requantization multiplier {m.max():.4g} too large for a {mult_bits}-bit M and a right shift")
+    return M, shift
+
+
+def pow2_shift(m: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Power-of-two multipliers ``2**-shift`` (M = 1): the shift nearest to -log2(m)."""
+    m = np.atleast_1d(np.asarray(m, dtype=np.float64))
+    shift = np.round(-np.log2(m)).astype(np.int64)
+    if np.any(shift < 0):
+        raise QuantError(f"power-of-two multiplier {m.max():.4g} > 1 cannot be a right shift")
+    return np.ones_like(shift), np.minimum(shift, 62)
