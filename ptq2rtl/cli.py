@@ -1,0 +1,141 @@
+"""The ``ptq2rtl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _print(result, as_json: bool, table=None) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    elif table is not None:
+        print(table(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>28s}  {v:.4f}" if isinstance(v, float) else f"{k:>28s}  {v}")
+
+
+def _bits(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bits takes a comma-separated list of integers, got {text!r}") from None
+
+
+def cmd_models(args) -> None:
+    from ptq2rtl import models
+
+    rows = [m.__dict__ for m in models.list_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for m in rows:
+        print(f"{m['name']:32s} {m['family']:5s} {m['task']:5s}  {m['description']}")
+
+
+def cmd_train(args) -> None:
+    from ptq2rtl import models, vit_digits
+
+    if args.model != "vit-digits":
+        raise models.ModelError(f"only vit-digits is trained by ptq2rtl; {args.model!r} loads from a checkpoint")
+    out = args.output or str(vit_digits.CHECKPOINT)
+    _print(vit_digits.train_vit_digits(out, progress=True), args.json)
+
+
+def cmd_quantize(args) -> None:
+    from ptq2rtl import flows
+
+    program, plan = flows.quantize(args.model, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
+                                   data=args.data)
+    program.save(args.output)
+    print(f"wrote {args.output}: {len(program.ops)} ops, method {args.method}, W{args.wbits}A{args.abits}, "
+          f"calibration {plan.meta['calib_seconds']:.1f} s")
+
+
+def cmd_eval(args) -> None:
+    from ptq2rtl import flows, models
+    from sim.program import IntegerProgram
+
+    if Path(args.target).suffix == ".safetensors" or Path(args.target).is_file():
+        result = flows.evaluate_program(IntegerProgram.load(args.target), data=args.data, limit=args.limit)
+    elif args.fp32:
+        result = models.fp32_eval(args.target, checkpoint=args.checkpoint, data=args.data, limit=args.limit)
+    else:
+        if not args.method:
+            raise SystemExit("ptq2rtl eval MODEL needs --fp32 or --method (or pass a program file)")
+        plan = flows.make_plan(args.target, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
+                               data=args.data)
+        if args.protocol == "paper":
+            result = flows.evaluate_paper(plan, data=args.data, limit=args.limit)
+        else:
+            from quant.lower import lower
+
+            result = flows.evaluate_program(lower(plan), data=args.data, limit=args.limit)
+        result["calib_seconds"] = plan.meta["calib_seconds"]
+    _print(result, args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ptq2rtl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the models ptq2rtl can load")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("train", help="(re)train the bundled vision model")
+    s.add_argument("model")
+    s.add_argument("-o", "--output", help="checkpoint path (default: the bundled one)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    def model_args(s):
+        s.add_argument("--checkpoint", help="weights for a timm model (.pth or .safetensors)")
+        s.add_argument("--data", help="ImageNet-style folder for a timm model")
+
+    s = sub.add_parser("quantize", help="post-training quantization into an integer program")
+    s.add_argument("model")
+    s.add_argument("--method", default="baseline")
+    s.add_argument("--wbits", type=int, default=8)
+    s.add_argument("--abits", type=int, default=8)
+    s.add_argument("-o", "--output", required=True)
+    model_args(s)
+    s.set_defaults(fn=cmd_quantize)
+
+    s = sub.add_parser("eval", help="accuracy / fidelity of a program (integer protocol) or a model (FP32, paper)")
+    s.add_argument("target", help="a program file, or a model name")
+    s.add_argument("--fp32", action="store_true")
+    s.add_argument("--method")
+    s.add_argument("--wbits", type=int, default=8)
+    s.add_argument("--abits", type=int, default=8)
+    s.add_argument("--protocol", choices=("paper", "integer"), default="paper")
+    s.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    s.add_argument("--json", action="store_true")
+    model_args(s)
+    s.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    from ptq2rtl.errors import USER_ERRORS
+
+    try:
+        args.fn(args)
+    except USER_ERRORS as exc:
+        print(f"ptq2rtl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ptq2rtl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

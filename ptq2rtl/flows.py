@@ -1,0 +1,116 @@
+"""End-to-end flows that tie models, quantization and the golden engine together: quantize, and evaluate under either protocol."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ptq2rtl import models
+from quant.lower import lower
+from quant.methods import get_method
+from quant.model import Forward, Transformer, adapt
+from quant.plan import QuantPlan, paper_forward
+from quant.quantizers import QParams, check_bits
+from sim import engine
+from sim.program import IntegerProgram
+
+CALIB_BATCH = 32
+EVAL_BATCH = 64
+
+
+def load_transformer(name: str, checkpoint: str | None = None) -> Transformer:
+    info = models.model_info(name)
+    return adapt(models.load_model(name, checkpoint), name, info.family)
+
+
+def calibration_batches(name: str, data: str | None = None) -> list:
+    return list(models.iter_batches(name, "calib", CALIB_BATCH, data=data))
+
+
+def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str | None = None,
+              data: str | None = None, progress: bool = True, spec: Transformer | None = None) -> QuantPlan:
+    """Calibrate ``method`` on the model's calibration split; the plan records the calibration time."""
+    check_bits("wbits", wbits)
+    check_bits("abits", abits)
+    fn = get_method(method)
+    spec = spec if spec is not None else load_transformer(name, checkpoint)
+    batches = calibration_batches(name, data)
+    start = time.perf_counter()
+    plan = fn(spec.copy(), batches, wbits, abits, progress=progress)
+    plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)
+    plan.meta["model"] = name
+    return plan
+
+
+def quantize(name: str, method: str, wbits: int, abits: int, **kw) -> tuple[IntegerProgram, QuantPlan]:
+    plan = make_plan(name, method, wbits, abits, **kw)
+    return lower(plan), plan
+
+
+def program_inputs(program: IntegerProgram, inputs) -> dict[str, np.ndarray]:
+    """The integer inputs of a program from a data batch: images quantized on the program's input grid."""
+    if isinstance(inputs, dict):
+        return {t.name: inputs[t.name].numpy() for t in program.inputs}
+    spec = program.inputs[0]
+    return {spec.name: QParams(spec.scale, spec.zero_point, spec.bits, spec.signed).quantize(inputs)}
+
+
+def _image_counts(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hit1 = int((top5[:, 0] == labels).sum())
+    hit5 = int((top5 == labels[:, None]).any(dim=1).sum())
+    return hit1, hit5
+
+
+@lru_cache(maxsize=4)
+def fp32_embeddings(name: str, limit: int | None = None) -> torch.Tensor:
+    """Normalized FP32 sentence embeddings of the evaluation split (the reference for text metrics)."""
+    fwd = Forward(load_transformer(name))
+    with torch.no_grad():
+        embs = [fwd(inputs) for inputs, _ in models.iter_batches(name, "eval", EVAL_BATCH, limit=limit)]
+    return torch.nn.functional.normalize(torch.cat(embs), dim=-1)
+
+
+def _evaluate(name: str, run_batch, *, data=None, limit=None, desc: str, progress: bool) -> dict:
+    info = models.model_info(name)
+    batches = models.iter_batches(name, "eval", EVAL_BATCH, data=data, limit=limit)
+    if info.task == "image":
+        n = hit1 = hit5 = 0
+        for inputs, labels in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            a, b = _image_counts(run_batch(inputs), labels)
+            n, hit1, hit5 = n + len(labels), hit1 + a, hit5 + b
+        return {"model": name, "n": n, "top1": 100.0 * hit1 / n, "top5": 100.0 * hit5 / n}
+    embs = [torch.as_tensor(np.asarray(run_batch(inputs), dtype=np.float64)).float()
+            for inputs, _ in tqdm(batches, desc=desc, disable=not progress, leave=False)]
+    emb = torch.nn.functional.normalize(torch.cat(embs), dim=-1)
+    return {"model": name, "n": len(emb), **models.text_metrics(emb, fp32_embeddings(name, limit))}
+
+
+def evaluate_program(program: IntegerProgram, *, data: str | None = None, limit: int | None = None,
+                     progress: bool = True) -> dict:
+    """Integer protocol: the golden engine runs the program on the evaluation split."""
+    out = program.outputs[0]
+
+    def run_batch(inputs):
+        return engine.run(program, program_inputs(program, inputs)).outputs[out]
+
+    result = _evaluate(program.model, run_batch, data=data, limit=limit, desc="eval (integer)", progress=progress)
+    return {**result, "protocol": "integer", **{k: program.meta.get(k) for k in ("method", "wbits", "abits")}}
+
+
+def evaluate_paper(plan: QuantPlan, *, data: str | None = None, limit: int | None = None, progress: bool = True) -> dict:
+    """Paper protocol: fake-quant linears and matmuls, LayerNorm / Softmax / GELU / residuals in float."""
+    fwd = paper_forward(plan)
+
+    def run_batch(inputs):
+        with torch.no_grad():
+            return fwd(inputs)
+
+    result = _evaluate(plan.meta.get("model", plan.spec.name), run_batch, data=data, limit=limit,
+                       desc="eval (paper)", progress=progress)
+    return {**result, "protocol": "paper", "method": plan.method, "wbits": plan.wbits, "abits": plan.abits}
