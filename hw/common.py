@@ -1,0 +1,61 @@
+"""Small pieces every unit uses: parameter checks, saturation, round-half-up constants, delay lines."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+
+
+class ParameterError(ValueError):
+    """A unit was given a parameter outside the range it can build."""
+
+
+def check_int(unit: str, name: str, value, lo: int, hi: int | None = None) -> int:
+    """``value`` must be an int in [lo, hi] (hi None: no upper bound); the error names the unit, parameter and range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParameterError(f"{unit}: parameter {name!r} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        accepted = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ParameterError(f"{unit}: parameter {name!r} = {value} is outside the accepted range {accepted}")
+    return value
+
+
+def check_bool(unit: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ParameterError(f"{unit}: parameter {name!r} must be True or False, got {value!r}")
+    return value
+
+
+def int_bounds(bits: int, is_signed: bool = True) -> tuple[int, int]:
+    if is_signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def saturate(value, bits: int, is_signed: bool = True):
+    """Clamp an Amaranth value to ``bits`` wide; the result is ``bits`` wide."""
+    lo, hi = int_bounds(bits, is_signed)
+    shape = signed(bits) if is_signed else unsigned(bits)
+    return Mux(value > hi, Const(hi, shape), Mux(value < lo, Const(lo, shape), value[:bits].as_signed()
+                                                  if is_signed else value[:bits]))
+
+
+def round_const(shift, width: int):
+    """``2**(shift-1)`` for ``1 <= shift <= width``, 0 for ``shift == 0``: a decoder, no shifter."""
+    return Cat(*[shift == k + 1 for k in range(width)])
+
+
+def signed_width(lo: int, hi: int) -> int:
+    """Bits of the narrowest two's complement type holding [lo, hi]."""
+    bits = 1
+    while not (-(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1):
+        bits += 1
+    return bits
+
+
+def delay(m: Module, value, cycles: int, name: str):
+    """``value`` delayed by ``cycles`` registers (``cycles == 0``: the value itself)."""
+    for i in range(cycles):
+        reg = Signal(value.shape(), name=f"{name}_d{i}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value

@@ -1,0 +1,103 @@
+"""The requantizer: ``sim.intops.requantize`` as a pipelined unit, ``lanes`` elements per cycle."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.common import check_bool, check_int, delay, round_const, saturate
+
+
+class Requantizer(wiring.Component):
+    """``y = saturate(((x*M[c] + 2**(s[c]-1)) >> s[c]) + zero_point, out_bits)``, round half up.
+
+    ``(M, s)`` is a per-channel table of ``channels`` entries, loaded through
+    the ``tbl_*`` port; each lane names the channel of its element on ``i_ch``.
+    With ``pow2=True`` M is 1 and there is no multiplier: the unit is a
+    rounding shifter. Fully pipelined: an input beat taken on ``i_valid``
+    appears on ``o_y`` with ``o_valid`` exactly ``latency`` clock edges later
+    (``sim.timing.stream_cycles``). Shift amounts beyond the product width give
+    the same result as the product width (0 before the zero point), so the
+    shifter only spans the product.
+    """
+
+    def __init__(self, in_bits: int = 32, out_bits: int = 8, mult_bits: int = 16, shift_bits: int = 6,
+                 lanes: int = 1, channels: int = 64, pow2: bool = False, signed_out: bool = True,
+                 latency: int | None = None):
+        unit = "Requantizer"
+        self.in_bits = check_int(unit, "in_bits", in_bits, 2, 48)
+        self.out_bits = check_int(unit, "out_bits", out_bits, 2, 32)
+        self.mult_bits = check_int(unit, "mult_bits", mult_bits, 1, 32)
+        self.shift_bits = check_int(unit, "shift_bits", shift_bits, 1, 7)
+        self.lanes = check_int(unit, "lanes", lanes, 1, 64)
+        self.channels = check_int(unit, "channels", channels, 1, 1 << 16)
+        self.pow2 = check_bool(unit, "pow2", pow2)
+        self.signed_out = check_bool(unit, "signed_out", signed_out)
+        self.min_latency = 3 if pow2 else 4
+        self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
+                                 self.min_latency, 64)
+        self.prod_bits = in_bits if pow2 else in_bits + mult_bits
+        out_shape = signed(out_bits) if signed_out else unsigned(out_bits)
+        ch_shape = unsigned(max(1, (channels - 1).bit_length()))
+        members = {
+            "tbl_we": In(1),
+            "tbl_addr": In(ch_shape),
+            "tbl_shift": In(unsigned(shift_bits)),
+            "zero_point": In(out_shape),
+            "i_valid": In(1),
+            "i_x": In(data.ArrayLayout(signed(in_bits), lanes)),
+            "i_ch": In(data.ArrayLayout(ch_shape, lanes)),
+            "o_valid": Out(1),
+            "o_y": Out(data.ArrayLayout(out_shape, lanes)),
+        }
+        if not pow2:
+            members["tbl_m"] = In(unsigned(mult_bits))
+        super().__init__(members)
+
+    @property
+    def params(self) -> dict:
+        return {"in_bits": self.in_bits, "out_bits": self.out_bits, "mult_bits": self.mult_bits,
+                "shift_bits": self.shift_bits, "lanes": self.lanes, "channels": self.channels,
+                "pow2": self.pow2, "signed_out": self.signed_out, "latency": self.latency}
+
+    def elaborate(self, platform):
+        m = Module()
+        entry = data.StructLayout({"shift": unsigned(self.shift_bits)} if self.pow2 else
+                                  {"m": unsigned(self.mult_bits), "shift": unsigned(self.shift_bits)})
+        m.submodules.table = table = Memory(shape=entry, depth=self.channels, init=[])
+        wr = table.write_port()
+        m.d.comb += [wr.en.eq(self.tbl_we), wr.addr.eq(self.tbl_addr), wr.data.shift.eq(self.tbl_shift)]
+        if not self.pow2:
+            m.d.comb += wr.data.m.eq(self.tbl_m)
+
+        w = self.prod_bits
+        valid = [self.i_valid]
+        for stage in range(self.min_latency):
+            v = Signal(name=f"valid_s{stage + 1}")
+            m.d.sync += v.eq(valid[-1])
+            valid.append(v)
+        for lane in range(self.lanes):
+            rd = table.read_port()  # stage 1: table entry and x arrive together
+            m.d.comb += rd.addr.eq(self.i_ch[lane])
+            x1 = Signal(signed(self.in_bits), name=f"x1_{lane}")
+            m.d.sync += x1.eq(self.i_x[lane])
+            if self.pow2:  # no multiplier: the product is x itself
+                prod, s2 = x1, rd.data.shift
+            else:  # stage 2: x * M
+                prod = Signal(signed(w), name=f"prod_{lane}")
+                s2 = Signal(unsigned(self.shift_bits), name=f"s2_{lane}")
+                m.d.sync += [prod.eq(x1 * rd.data.m), s2.eq(rd.data.shift)]
+            # next stage: round half up and shift; shifts beyond w act as w
+            sc = Signal(range(w + 1), name=f"sc_{lane}")
+            m.d.comb += sc.eq(Mux(s2 > w, w, s2))
+            shifted = Signal(signed(w + 1), name=f"shifted_{lane}")
+            m.d.sync += shifted.eq((prod + round_const(sc, w)) >> sc)
+            # last stage: zero point and saturation
+            y = Signal.like(self.o_y[lane], name=f"y_{lane}")
+            biased = shifted + self.zero_point
+            m.d.sync += y.eq(saturate(biased, self.out_bits, self.signed_out))
+            m.d.comb += self.o_y[lane].eq(delay(m, y, self.latency - self.min_latency, f"y_{lane}"))
+        m.d.comb += self.o_valid.eq(delay(m, valid[-1], self.latency - self.min_latency, "valid"))
+        return m

@@ -1,0 +1,91 @@
+"""Runs one cocotb bench on one simulator and returns its summary.
+
+The pytest entry points and ``rtl_tests.regress`` both come through here:
+the unit is converted to Verilog (cached by its parameters and the hw/ source),
+built with ``cocotb_tools.runner``, and run with the bench module
+``rtl_tests.bench_<unit>``. Vectors go to the bench as ``vectors.npz`` with
+the unit's parameters in ``config.json``; the bench writes ``summary.json``
+(vectors, mismatches with their details, cycles measured and modelled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sim import toolchain
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build" / "rtl"
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O2"]
+
+
+def _hw_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted((REPO / "hw").glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def verilog_file(component, name: str, params: dict) -> Path:
+    """Write (or reuse) the Verilog of ``component`` under build/rtl and return its path."""
+    from hw.verilog import to_verilog
+
+    key = hashlib.sha256(json.dumps([name, params, _hw_digest()], sort_keys=True).encode()).hexdigest()[:16]
+    path = BUILD / "verilog" / f"{name}_{key}.v"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(to_verilog(component, name))
+        tmp.replace(path)
+    return path
+
+
+def run_bench(unit: str, component, params: dict, vectors: dict[str, np.ndarray], sim: str,
+              config: dict | None = None, tag: str = "") -> dict:
+    """Build ``component`` for ``sim``, run ``rtl_tests.bench_<unit>`` on ``vectors`` and return its summary."""
+    from cocotb_tools.runner import get_runner
+
+    toolchain.setup_simulator(sim)
+    src = verilog_file(component, unit, params)
+    build_dir = BUILD / f"{unit}-{sim}-{src.stem.split('_')[-1]}"
+    test_dir = BUILD / "runs" / f"{unit}{('-' + tag) if tag else ''}-{sim}"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = test_dir / "summary.json"
+    summary_path.unlink(missing_ok=True)
+    np.savez(test_dir / "vectors.npz", **vectors)
+    (test_dir / "config.json").write_text(json.dumps({"unit": unit, "sim": sim, "params": params,
+                                                      **(config or {})}, indent=1))
+    runner = get_runner(sim)
+    runner.build(sources=[src], hdl_toplevel=unit, build_dir=build_dir, timescale=("1ns", "1ps"),
+                 build_args=VERILATOR_ARGS if sim == "verilator" else [], log_file=build_dir / "build.log")
+    env = {"PTQ2RTL_BENCH_DIR": str(test_dir),
+           "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in sys.path if p])}
+    try:
+        runner.test(test_module=f"rtl_tests.bench_{unit}", hdl_toplevel=unit, build_dir=build_dir,
+                    test_dir=test_dir, extra_env=env, timescale=("1ns", "1ps"),
+                    log_file=test_dir / "sim.log")
+    except SystemExit:  # the runner exits on a failed bench under pytest; the summary says why
+        pass
+    if not summary_path.exists():
+        log = (test_dir / "sim.log").read_text(errors="replace")[-4000:] if (test_dir / "sim.log").exists() else ""
+        raise RuntimeError(f"bench {unit} on {sim} wrote no summary; log tail:\n{log}")
+    return json.loads(summary_path.read_text())
+
+
+def describe_failures(summary: dict) -> str:
+    """One readable paragraph per problem of a summary, for assertion messages."""
+    lines = []
+    for mm in summary.get("mismatch_details", []):
+        lines.append(f"{summary['unit']} op={mm.get('op')} inputs={mm.get('inputs')} "
+                     f"expected={mm.get('expected')} got={mm.get('got')}")
+    for c in summary.get("cycles", []):
+        if c["measured"] != c["model"]:
+            lines.append(f"{summary['unit']} cycles {c['what']}: measured {c['measured']}, model {c['model']}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Test vectors for the RTL benches: seeded random, corner cases, and replayed program traces.
+
+Each ``<unit>_vectors(params, ...)`` returns the dict of arrays its bench reads
+(``vectors.npz``); every source fills the same fields, so a trace file is
+one more data source, merged with :func:`merge`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim import intops
+
+SEED = 20240611
+
+
+def _magnitudes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    """Signed ``bits``-wide integers with log-uniform magnitudes (small and huge values both common)."""
+    lo, hi = intops.int_range(bits)
+    k = rng.integers(0, bits, n)
+    mag = rng.integers(0, 1 << 62, n) >> (62 - k)
+    x = np.where(rng.random(n) < 0.5, -mag - 1, mag)
+    return np.clip(x, lo, hi)
+
+
+def merge(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenate vector dicts field by field (segments follow one another)."""
+    parts = [p for p in parts if p]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# ---------------------------------------------------------------- requant
+
+def requant_segment(x, ch, m, shift, zp, op: str, source: str) -> dict[str, np.ndarray]:
+    return {"x": np.asarray(x, np.int64), "ch": np.asarray(ch, np.int64),
+            "seg_len": np.array([len(x)]), "seg_m": np.asarray(m, np.int64)[None],
+            "seg_shift": np.asarray(shift, np.int64)[None], "seg_zp": np.array([zp]),
+            "seg_op": np.array([op]), "seg_source": np.array([source])}
+
+
+def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Random segments with varied tables, then the corner cases: both rails, most-negative x,
+    M = 0 / 1 / max, shifts 0, 1, the product width and beyond, exact rounding ties."""
+    rng = np.random.default_rng(seed)
+    c, in_bits, mult_bits = p["channels"], p["in_bits"], p["mult_bits"]
+    w = in_bits if p["pow2"] else in_bits + mult_bits
+    xlo, xhi = intops.int_range(in_bits)
+    zlo, zhi = intops.int_range(p["out_bits"], p["signed_out"])
+    max_shift = (1 << p["shift_bits"]) - 1
+    segs = []
+    n_seg = 4
+    for k in range(n_seg):
+        n = n_random // n_seg
+        m = np.ones(c, np.int64) if p["pow2"] else rng.integers(0, 1 << mult_bits, c)
+        # shifts that land the product near the output range, plus uniformly random ones
+        target = np.clip(w - 1 - p["out_bits"] + rng.integers(-8, 9, c), 0, max_shift)
+        shift = np.where(rng.random(c) < 0.75, target, rng.integers(0, max_shift + 1, c))
+        x = _magnitudes(rng, n, in_bits)
+        zp = int(rng.integers(zlo, zhi + 1)) if k % 2 else (zlo + zhi + 1) // 2
+        segs.append(requant_segment(x, rng.integers(0, c, n), m, shift, zp, f"random{k}", "random"))
+    # corners: every (x, M, shift) combination of extreme values, one channel per (M, shift)
+    ms = [1] if p["pow2"] else [0, 1, (1 << mult_bits) - 1, 1 << (mult_bits - 1)]
+    shifts = sorted({0, 1, 2, w - 1, w, min(w + 1, max_shift), max_shift, min(62, max_shift)})
+    pairs = [(mm, ss) for mm in ms for ss in shifts][:c]
+    m = np.array([pairs[i % len(pairs)][0] for i in range(c)])
+    shift = np.array([pairs[i % len(pairs)][1] for i in range(c)])
+    xs = np.array([xlo, xlo + 1, xhi, xhi - 1, 0, 1, -1, 2, -2, 3, -3])
+    ch = np.repeat(np.arange(len(pairs)), len(xs))
+    x = np.tile(xs, len(pairs))
+    for zp in ([0, zlo, zhi] if p["signed_out"] else [zlo, zhi, (zlo + zhi) // 2]):
+        segs.append(requant_segment(x, ch, m, shift, zp, f"corner_zp{zp}", "corner"))
+    # rounding ties: x*M exactly k*2**s + 2**(s-1), positive and negative
+    s = np.clip(rng.integers(1, 16, c), 1, max_shift)
+    m = np.ones(c, np.int64) if p["pow2"] else rng.integers(1, 64, c)
+    ch = rng.integers(0, c, 2000)
+    k = rng.integers(-40, 40, 2000)
+    target = k * (1 << s[ch]) + (1 << (s[ch] - 1))
+    x = np.clip(target // m[ch], xlo, xhi)  # exact ties where M divides, near-ties elsewhere
+    segs.append(requant_segment(x, ch, m, s, (zlo + zhi + 1) // 2, "ties", "corner"))
+    return merge(*segs)
