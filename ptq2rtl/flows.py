@@ -14,7 +14,7 @@ from quant.lower import lower
 from quant.methods import get_method
 from quant.model import Forward, Transformer, adapt
 from quant.plan import QuantPlan, paper_forward
-from quant.quantizers import QParams, check_bits
+from quant.quantizers import check_bits, program_inputs
 from sim import engine
 from sim.program import IntegerProgram
 
@@ -49,14 +49,6 @@ def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str
 def quantize(name: str, method: str, wbits: int, abits: int, **kw) -> tuple[IntegerProgram, QuantPlan]:
     plan = make_plan(name, method, wbits, abits, **kw)
     return lower(plan), plan
-
-
-def program_inputs(program: IntegerProgram, inputs) -> dict[str, np.ndarray]:
-    """The integer inputs of a program from a data batch: images quantized on the program's input grid."""
-    if isinstance(inputs, dict):
-        return {t.name: inputs[t.name].numpy() for t in program.inputs}
-    spec = program.inputs[0]
-    return {spec.name: QParams(spec.scale, spec.zero_point, spec.bits, spec.signed).quantize(inputs)}
 
 
 def _image_counts(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

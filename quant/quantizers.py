@@ -144,3 +144,11 @@ def pow2_shift(m: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.any(shift < 0):
         raise QuantError(f"power-of-two multiplier {m.max():.4g} > 1 cannot be a right shift")
     return np.ones_like(shift), np.minimum(shift, 62)
+
+
+def program_inputs(program, inputs) -> dict[str, np.ndarray]:
+    """The integer inputs of a program from a data batch: images quantized on the program's input grid."""
+    if isinstance(inputs, dict):
+        return {t.name: inputs[t.name].numpy() for t in program.inputs}
+    spec = program.inputs[0]
+    return {spec.name: QParams(spec.scale, spec.zero_point, spec.bits, spec.signed).quantize(inputs)}

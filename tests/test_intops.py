@@ -1,0 +1,149 @@
+"""Property tests of every integer op against a high-precision reference, with the error bound stated."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from sim import intops
+
+INT32 = st.integers(-(2**31), 2**31 - 1)
+
+
+def _half_up(num: int, shift: int) -> int:
+    """floor(num / 2**shift + 1/2) with Python's unbounded integers."""
+    return (num + (1 << (shift - 1))) >> shift if shift else num
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=st.lists(INT32, min_size=1, max_size=32), m=st.integers(0, 2**16 - 1), shift=st.integers(0, 62),
+       out_bits=st.integers(2, 32), zp=st.integers(-2, 2))
+def test_requantize_is_round_half_up_then_saturate(x, m, shift, out_bits, zp):
+    lo, hi = intops.int_range(out_bits)
+    got = intops.requantize(np.array(x), m, shift, out_bits, zp)
+    want = [min(max(_half_up(v * m, shift) + zp, lo), hi) for v in x]
+    assert got.tolist() == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=16),
+       real=st.floats(1e-6, 0.99, allow_nan=False))
+def test_requantize_within_half_lsb_plus_multiplier_rounding(x, real):
+    from quant.quantizers import dyadic
+
+    (m,), (shift,) = dyadic(real)
+    got = intops.requantize(np.array(x), int(m), int(shift), 32)
+    for v, y in zip(x, got.tolist()):
+        # 0.5 LSB of rounding plus |x| times the error of the 16-bit multiplier
+        assert abs(y - v * real) <= 0.5 + abs(v) * abs(m / 2**shift - real) + 1e-9
+
+
+def test_requantize_saturates_at_int4_bounds():
+    assert intops.requantize(np.array([10**6, -(10**6)]), 1, 0, 4).tolist() == [7, -8]
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.integers(-(2**15), 2**15 - 1), b=st.integers(-(2**15), 2**15 - 1),
+       ma=st.integers(0, 2**16 - 1), mb=st.integers(0, 2**16 - 1), shift=st.integers(0, 40))
+def test_add_aligns_then_rounds_half_up(a, b, ma, mb, shift):
+    got = int(intops.add(np.array([a]), np.array([b]), ma, mb, shift, 16)[0])
+    assert got == min(max(_half_up(a * ma + b * mb, shift), -(2**15)), 2**15 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=st.integers(0, 2**48 - 1))
+def test_isqrt_is_exact_floor(v):
+    assert int(intops.isqrt(np.array([v]))[0]) == math.isqrt(v)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=arrays(np.int64, (3, 48), elements=st.integers(-(2**15), 2**15 - 1)))
+def test_layernorm_normalized_value_within_bound(rows):
+    k = intops.LN_NORM_FRAC_BITS
+    ones = np.ones(48, dtype=np.int64)
+    n = intops.layernorm(rows, ones, np.zeros(48, dtype=np.int64), 0, 32)
+    for x, got in zip(rows.astype(np.float64), n):
+        sigma = x.std()
+        if sigma < 16:  # small variances: only check the range; below 16 LSB the bound is meaningless
+            assert np.all(np.abs(got) <= 2**15)
+            continue
+        z = (x - x.mean()) / sigma
+        # mean rounding (0.5 LSB), floor of var and sqrt (<= 1.5 LSB of std), final rounding (0.5)
+        bound = 1.0 + 2**k * (0.5 + 1.5 * np.abs(z)) / sigma
+        assert np.all(np.abs(got - np.clip(z * 2**k, -(2**15), 2**15 - 1)) <= bound)
+
+
+def test_layernorm_zero_variance_row_gives_beta():
+    x = np.full((2, 8), 1234)
+    y = intops.layernorm(x, np.full(8, 77), np.arange(8) * 16, 4, 8)
+    assert y.tolist() == [list(range(8))] * 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(t=arrays(np.int64, (2, 17), elements=st.integers(-4000, 4000)), code_bits=st.sampled_from([3, 4, 5]))
+def test_softmax_log2_codes_within_one_of_exact(t, code_bits):
+    f = intops.SOFTMAX_FRAC_BITS
+    q = intops.softmax_log2(t, code_bits=code_bits)
+    zero = (1 << code_bits) - 1
+    for row, codes in zip(t, q):
+        logp = row / 2**f - np.log2(np.sum(np.exp2((row - row.max()) / 2**f))) - row.max() / 2**f
+        exact = np.clip(np.round(-logp), 0, zero)
+        assert np.all(np.abs(codes - exact) <= 1)
+        assert codes[np.argmax(row)] <= 1 + math.log2(len(row))
+
+
+def test_softmax_all_equal_row_and_masked_positions():
+    t = np.zeros((1, 8), dtype=np.int64)
+    assert intops.softmax_log2(t).tolist() == [[3] * 8]  # p = 1/8
+    valid = np.array([[True, True, False, False, False, False, False, False]])
+    assert intops.softmax_log2(t, valid).tolist() == [[1, 1] + [15] * 6]
+    assert intops.softmax_log2(t, np.zeros((1, 8), dtype=bool)).tolist() == [[15] * 8]
+
+
+@settings(max_examples=100, deadline=None)
+@given(codes=arrays(np.int64, (3, 9), elements=st.integers(0, 15)), v=arrays(np.int64, (9, 5), elements=st.integers(-128, 127)))
+def test_matmul_log2_is_a_sum_of_shifts(codes, v):
+    got = intops.matmul_log2(codes, v)
+    for i in range(3):
+        for n in range(5):
+            want = sum(int(v[j, n]) << (14 - int(codes[i, j])) for j in range(9) if codes[i, j] < 15)
+            assert got[i, n] == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from([4, 8, 16]), k=st.integers(1, 3000), seed=st.integers(0, 2**16))
+def test_exact_matmul_matches_int64(bits, k, seed):
+    rng = np.random.default_rng(seed)
+    lo, hi = intops.int_range(bits)
+    a = rng.integers(lo, hi + 1, (3, k))
+    b = rng.integers(lo, hi + 1, (k, 4))
+    assert np.array_equal(intops.exact_matmul(a, b), a @ b)
+
+
+def test_exact_matmul_worst_case_operands():
+    # most-negative operands everywhere: every partial sum is the largest possible
+    for bits, k in ((4, 1 << 16), (8, 4096), (16, 2048)):
+        lo = intops.int_range(bits)[0]
+        a = np.full((2, k), lo)
+        b = np.full((k, 3), lo)
+        assert np.all(intops.exact_matmul(a, b) == k * lo * lo)
+
+
+def test_linear_accumulator_saturates_and_counts():
+    x = np.full((1, 4), 127)
+    w = np.full((2, 4), 127)
+    bias = np.array([2**31 - 1, 0])
+    acc = intops.accumulate(x, w, bias)
+    assert intops.count_saturated(acc, 32) == 1
+    assert intops.linear(x, w, bias).tolist() == [[2**31 - 1, 4 * 127 * 127]]
+
+
+def test_gelu_table_lookup_and_mean_pool():
+    table = np.arange(256) - 100
+    assert intops.gelu(np.array([-128, 0, 127]), table).tolist() == [-100, 28, 155]
+    x = np.array([[[1, 2], [3, 4], [100, 100]]])
+    assert intops.mean_pool(x, np.array([[1, 1, 0]])).tolist() == [[2, 3]]
