@@ -78,3 +78,37 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
     x = np.clip(target // m[ch], xlo, xhi)  # exact ties where M divides, near-ties elsewhere
     segs.append(requant_segment(x, ch, m, s, (zlo + zhi + 1) // 2, "ties", "corner"))
     return merge(*segs)
+
+
+# ---------------------------------------------------------------- gelu
+
+def gelu_segment(x, table, op: str, source: str) -> dict[str, np.ndarray]:
+    return {"x": np.asarray(x, np.int64), "seg_len": np.array([len(x)]),
+            "seg_table": np.asarray(table, np.int64)[None], "seg_op": np.array([op]),
+            "seg_source": np.array([source])}
+
+
+def gelu_table(in_bits: int, out_bits: int, s_in: float, s_out: float) -> np.ndarray:
+    """A quantized GELU table like the quantizer's (tanh form; test data, not the inference path)."""
+    x = (np.arange(1 << in_bits) - (1 << (in_bits - 1))) * s_in
+    y = 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
+    return intops.saturate(np.round(y / s_out), out_bits)
+
+
+def gelu_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[str, np.ndarray]:
+    """GELU tables at several scales plus random and rail-valued tables; every input code, both ends."""
+    rng = np.random.default_rng(seed)
+    in_bits, out_bits = p["in_bits"], p["out_bits"]
+    lo, hi = intops.int_range(in_bits)
+    olo, ohi = intops.int_range(out_bits)
+    every = np.arange(lo, hi + 1)
+    segs = []
+    for k, (s_in, s_out) in enumerate([(0.05, 0.02), (0.02, 0.02), (0.1, 0.01)]):
+        x = np.concatenate([every, rng.integers(lo, hi + 1, n_random // 4)])
+        segs.append(gelu_segment(x, gelu_table(in_bits, out_bits, s_in, s_out), f"gelu_scale{k}", "random"))
+    table = rng.integers(olo, ohi + 1, 1 << in_bits)
+    x = np.concatenate([every, rng.integers(lo, hi + 1, n_random // 4)])
+    segs.append(gelu_segment(x, table, "random_table", "random"))
+    rails = np.where(np.arange(1 << in_bits) % 2, ohi, olo)
+    segs.append(gelu_segment(np.concatenate([every, [lo, hi, lo, hi]]), rails, "rail_table", "corner"))
+    return merge(*segs)

@@ -1,0 +1,58 @@
+"""The GELU unit: ``sim.intops.gelu``, a ROM indexed by the signed input, ``lanes`` elements per cycle."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.common import check_int, delay
+
+
+class Gelu(wiring.Component):
+    """``y = table[x + 2**(in_bits-1)]``: a table of ``2**in_bits`` signed ``out_bits`` entries.
+
+    The table is computed at quantization time and loaded through ``tbl_*``
+    (address = the input code plus ``2**(in_bits-1)``, i.e. its sign bit flipped).
+    Each lane has its own read port. Fully pipelined, ``latency`` clock
+    edges from input to output (``sim.timing.stream_cycles``).
+    """
+
+    min_latency = 1
+
+    def __init__(self, in_bits: int = 8, out_bits: int = 8, lanes: int = 1, latency: int | None = None):
+        unit = "Gelu"
+        self.in_bits = check_int(unit, "in_bits", in_bits, 2, 12)
+        self.out_bits = check_int(unit, "out_bits", out_bits, 2, 16)
+        self.lanes = check_int(unit, "lanes", lanes, 1, 64)
+        self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
+                                 self.min_latency, 64)
+        super().__init__({
+            "tbl_we": In(1),
+            "tbl_addr": In(unsigned(in_bits)),
+            "tbl_data": In(signed(out_bits)),
+            "i_valid": In(1),
+            "i_x": In(data.ArrayLayout(signed(in_bits), lanes)),
+            "o_valid": Out(1),
+            "o_y": Out(data.ArrayLayout(signed(out_bits), lanes)),
+        })
+
+    @property
+    def params(self) -> dict:
+        return {"in_bits": self.in_bits, "out_bits": self.out_bits, "lanes": self.lanes, "latency": self.latency}
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.table = table = Memory(shape=signed(self.out_bits), depth=1 << self.in_bits, init=[])
+        wr = table.write_port()
+        m.d.comb += [wr.en.eq(self.tbl_we), wr.addr.eq(self.tbl_addr), wr.data.eq(self.tbl_data)]
+        extra = self.latency - self.min_latency
+        for lane in range(self.lanes):
+            rd = table.read_port()
+            x = self.i_x[lane]
+            m.d.comb += rd.addr.eq(x.as_unsigned() ^ (1 << (self.in_bits - 1)))  # x + 2**(in_bits-1) modulo the table size
+            m.d.comb += self.o_y[lane].eq(delay(m, rd.data, extra, f"y_{lane}"))
+        valid = delay(m, self.i_valid, 1, "valid")
+        m.d.comb += self.o_valid.eq(delay(m, valid, extra, "valid_x"))
+        return m
