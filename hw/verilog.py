@@ -9,9 +9,18 @@ from amaranth.back import verilog as amaranth_verilog
 from amaranth.lib import wiring
 
 
-def to_verilog(component: wiring.Component, name: str) -> str:
-    """Verilog text of ``component`` as module ``name`` (ports ``clk``, ``rst`` and the signature's members)."""
-    return amaranth_verilog.convert(component, name=name, emit_src=False)
+def to_verilog(component: wiring.Component, name: str, for_simulation: bool = False) -> str:
+    """Verilog text of ``component`` as module ``name`` (ports ``clk``, ``rst`` and the signature's members).
+
+    ``for_simulation`` turns the ``always @*`` blocks into ``always_comb``: an
+    ``always @*`` block whose inputs never change is never run by an event
+    simulator (Icarus leaves its outputs X; amaranth-lang/amaranth#1629), while
+    ``always_comb`` runs once at time zero. Synthesis reads either the same way.
+    """
+    text = amaranth_verilog.convert(component, name=name, emit_src=False)
+    if for_simulation:
+        text = text.replace("always @* begin", "always_comb begin")
+    return text
 
 
 def ports(component: wiring.Component) -> list[dict]:

@@ -39,10 +39,12 @@ def verilog_file(component, name: str, params: dict) -> Path:
 
     key = hashlib.sha256(json.dumps([name, params, _hw_digest()], sort_keys=True).encode()).hexdigest()[:16]
     path = BUILD / "verilog" / f"{name}_{key}.v"
-    if not path.exists():
+    if path.exists():
+        component._MustUse__silence = True  # Amaranth's flag for "not elaborated on purpose": the cached file is it
+    else:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(to_verilog(component, name))
+        tmp.write_text(to_verilog(component, name, for_simulation=True))
         tmp.replace(path)
     return path
 

@@ -112,3 +112,52 @@ def gelu_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[str,
     rails = np.where(np.arange(1 << in_bits) % 2, ohi, olo)
     segs.append(gelu_segment(np.concatenate([every, [lo, hi, lo, hi]]), rails, "rail_table", "corner"))
     return merge(*segs)
+
+
+# ---------------------------------------------------------------- mac array
+
+def gemm_case(x, w, b, op: str, source: str) -> dict[str, np.ndarray]:
+    x, w, b = (np.asarray(t, np.int64) for t in (x, w, b))
+    return {"x": x.ravel(), "w": w.ravel(), "b": b.ravel(), "g_m": np.array([x.shape[0]]),
+            "g_k": np.array([x.shape[1]]), "g_n": np.array([w.shape[0]]), "g_op": np.array([op]),
+            "g_source": np.array([source])}
+
+
+def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Random GEMMs of varied shape (k and n off the array's multiples), until ``n_outputs`` dot
+    products, then corners: most-negative operands everywhere, biases at both rails (saturating
+    and coming back inside), a single fold, a single row."""
+    rng = np.random.default_rng(seed)
+    rows, cols, a_bits, w_bits, acc = p["rows"], p["cols"], p["act_bits"], p["weight_bits"], p["acc_bits"]
+    alo, ahi = intops.int_range(a_bits)
+    wlo, whi = intops.int_range(w_bits)
+    blo, bhi = intops.int_range(acc)
+    max_m = p["max_m"]
+    cases, total = [], 0
+    while total < n_outputs:
+        m = int(rng.integers(1, max_m + 1))
+        k = int(rng.integers(1, 3 * rows + 1))
+        n = int(rng.integers(1, 3 * cols + 1))
+        b = np.where(rng.random(n) < 0.8, rng.integers(-1000, 1000, n), rng.integers(blo, bhi + 1, n))
+        cases.append(gemm_case(rng.integers(alo, ahi + 1, (m, k)), rng.integers(wlo, whi + 1, (n, k)), b,
+                               f"random{len(cases)}", "random"))
+        total += m * n
+    k = 3 * rows + 1
+    cases.append(gemm_case(np.full((max_m, k), alo), np.full((cols + 1, k), wlo), np.zeros(cols + 1),
+                           "most_negative", "corner"))
+    cases.append(gemm_case(np.full((4, k), alo), np.full((cols, k), wlo), np.full(cols, bhi),
+                           "saturate_high", "corner"))
+    cases.append(gemm_case(np.full((4, k), alo), np.full((cols, k), whi), np.full(cols, blo),
+                           "saturate_low", "corner"))
+    # past a rail after the first fold, back inside after the second: exact accumulation, then saturation
+    x = np.full((3, 2 * rows), alo)
+    w = np.concatenate([np.full((cols, rows), wlo), np.full((cols, rows), whi)], axis=1)
+    up = rows * alo * wlo  # the first fold's sum, > 0; the second fold's is < 0
+    cases.append(gemm_case(x, w, np.full(cols, bhi - up + 1), "over_high_then_back", "corner"))
+    down = rows * alo * (-wlo - 1)  # mirrored: the first fold's sum < 0, the second's > 0
+    cases.append(gemm_case(x, -w - 1, np.full(cols, blo - down - 1), "under_low_then_back", "corner"))
+    cases.append(gemm_case(rng.integers(alo, ahi + 1, (1, rows)), rng.integers(wlo, whi + 1, (cols, rows)),
+                           rng.integers(blo, bhi + 1, cols), "one_fold_one_row", "corner"))
+    cases.append(gemm_case(rng.integers(alo, ahi + 1, (max_m, rows)), rng.integers(wlo, whi + 1, (cols, rows)),
+                           np.zeros(cols), "one_fold_full", "corner"))
+    return merge(*cases)
