@@ -42,18 +42,20 @@ def _run_op(op: Op, args: list[np.ndarray], overflows: dict[str, int]) -> list[n
         overflows[op.name] = intops.count_saturated(acc, intops.ACC_BITS)
         return [intops.saturate(acc, intops.ACC_BITS)]
     if k == "requant":
-        return [intops.requantize(args[0], p["m"], p["shift"], a["out_bits"], a["zero_point"], a["signed"])]
+        zp = p["zero_points"] if "zero_points" in p else a["zero_point"]
+        return [intops.requantize(args[0], p["m"], p["shift"], a["out_bits"], zp, a["signed"])]
     if k == "add":
         return [intops.add(args[0], args[1], a["ma"], a["mb"], a["shift"], a["out_bits"])]
     if k == "add_const":
         return [intops.saturate(args[0] + p["const"].astype(np.int64), a["out_bits"])]
     if k == "layernorm":
-        return [intops.layernorm(args[0], p["gamma"], p["beta"], a["shift"], a["out_bits"], a["frac_bits"])]
+        return [intops.layernorm(args[0], p["gamma"], p["beta"], a["shift"], a["out_bits"], a["frac_bits"],
+                                 in_shift=p.get("in_shift"))]
     if k == "softmax_log2":
         valid = _key_mask(args[1], args[0].ndim) if len(args) > 1 else None
-        return [intops.softmax_log2(args[0], valid, a["code_bits"], a["frac_bits"])]
+        return [intops.softmax_log2(args[0], valid, a["code_bits"], a["frac_bits"], sqrt2=a.get("sqrt2", False))]
     if k == "matmul_log2":
-        acc = intops.exact_matmul(intops.log2_weights(args[0], a["code_bits"]), args[1])
+        acc = intops.exact_matmul(intops.log2_weights(args[0], a["code_bits"], a.get("sqrt2", False)), args[1])
         overflows[op.name] = intops.count_saturated(acc, intops.ACC_BITS)
         return [intops.saturate(acc, intops.ACC_BITS)]
     if k == "gelu":

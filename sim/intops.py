@@ -53,6 +53,10 @@ def _round_const(shift: np.ndarray | int) -> np.ndarray:
     return np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
 
 
+def _absmax(a: np.ndarray) -> int:
+    return max(int(a.max(initial=0)), -int(a.min(initial=0)))
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact integer ``a @ b`` (``a`` [..., K], ``b`` [K, N] or batched), as int64.
 
@@ -65,9 +69,7 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     b = np.asarray(b)
     k = a.shape[-1]
-    amax = int(np.abs(a).max(initial=0))
-    bmax = int(np.abs(b).max(initial=0))
-    prod = max(amax * bmax, 1)
+    prod = max(_absmax(a) * _absmax(b), 1)
     for dtype, limit in ((np.float32, 1 << 24), (np.float64, 1 << 53)):
         block = (limit - 1) // prod
         if block >= k:
@@ -111,20 +113,22 @@ def requantize(
     m: np.ndarray | int,
     shift: np.ndarray | int,
     out_bits: int,
-    zero_point: int = 0,
+    zero_point: np.ndarray | int = 0,
     signed: bool = True,
 ) -> np.ndarray:
     """Dyadic requantization: ``saturate(((x*m + 2**(shift-1)) >> shift) + zero_point, out_bits)``.
 
-    Round half up. ``m`` and ``shift`` broadcast along the last axis (one pair per
+    Round half up. ``m``, ``shift`` and ``zero_point`` broadcast along the last axis (one pair per
     channel) or are scalars. With ``m == 1`` it is a pure shifter (power-of-two
     scales). ``|x| < 2**31`` and ``m < 2**16`` keep ``x*m`` inside 48 bits.
     """
-    x = np.asarray(x, dtype=np.int64)
-    m = np.asarray(m, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
-    y = (x * m + _round_const(shift)) >> shift
-    return saturate(y + zero_point, out_bits, signed)
+    y = np.multiply(x, np.asarray(m, dtype=np.int64), dtype=np.int64)
+    y += _round_const(shift)
+    y >>= shift
+    y += np.asarray(zero_point, dtype=np.int64)
+    lo, hi = int_range(out_bits, signed)
+    return np.clip(y, lo, hi, out=y)
 
 
 def add(
@@ -164,9 +168,11 @@ def layernorm(
     out_bits: int,
     frac_bits: int = LN_NORM_FRAC_BITS,
     recip_bits: int = LN_RECIP_BITS,
+    in_shift: np.ndarray | None = None,
 ) -> np.ndarray:
     """Integer LayerNorm over the last axis (N channels) of int16 ``x``.
 
+    0. with ``in_shift`` (per channel, 0..3; power-of-two factors), ``x = x << in_shift`` first
     1. ``mean = floor((sum(x) + N//2) / N)``                   (round half up)
     2. ``d = x - mean``;  ``var = floor(sum(d*d) / N)``
     3. ``std = max(isqrt(var), 1)``                            (exact floor sqrt)
@@ -179,6 +185,8 @@ def layernorm(
     A zero-variance row gives ``d == 0`` hence ``y = (beta + round) >> shift``.
     """
     x = np.asarray(x, dtype=np.int64)
+    if in_shift is not None:
+        x = x << np.asarray(in_shift, dtype=np.int64)
     n_ch = x.shape[-1]
     mean = (x.sum(axis=-1, keepdims=True) + n_ch // 2) // n_ch
     d = x - mean
@@ -229,6 +237,7 @@ def softmax_log2(
     code_bits: int = 4,
     frac_bits: int = SOFTMAX_FRAC_BITS,
     exp_bits: int = SOFTMAX_EXP_BITS,
+    sqrt2: bool = False,
 ) -> np.ndarray:
     """Softmax over the last axis, returned as log2 codes ``q ~ round(-log2(p))``.
 
@@ -244,7 +253,9 @@ def softmax_log2(
     5. ``q = saturate((L - exp_bits*2**frac_bits + d + 2**(frac_bits-1)) >> frac_bits, [0, 2**code_bits - 1])``
 
     Code ``2**code_bits - 1`` means probability exactly 0 (underflow or masked);
-    code ``c`` below it means probability ``2**-c``.
+    code ``c`` below it means probability ``2**-c``. With ``sqrt2`` the codes
+    are half steps, ``q ~ round(-2*log2(p))`` and ``p = 2**(-c/2)``: step 5 becomes
+    ``(2*(L - exp_bits*2**frac_bits + d) + 2**(frac_bits-1)) >> frac_bits``.
     """
     t = np.asarray(t, dtype=np.int64)
     zero_code = (1 << code_bits) - 1
@@ -259,26 +270,49 @@ def softmax_log2(
     e = np.where(valid, e, 0)
     s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
     L = log2_fixed(s, frac_bits)
-    q = (L - (exp_bits << frac_bits) + d + (1 << (frac_bits - 1))) >> frac_bits
+    q = ((L - (exp_bits << frac_bits) + d) * (2 if sqrt2 else 1) + (1 << (frac_bits - 1))) >> frac_bits
     q = np.clip(q, 0, zero_code)
     return np.where(valid, q, zero_code)
 
 
-def log2_weights(codes: np.ndarray, code_bits: int = 4) -> np.ndarray:
-    """The integer attention weights codes stand for: ``2**(2**code_bits - 2 - c)``, and 0 for the zero code."""
+SQRT_HALF_Q8 = 181  #: round(2**8 / sqrt(2)): odd log-sqrt(2) codes multiply by 181 and shift right by 8
+
+
+def log2_acc_shift(code_bits: int = 4, sqrt2: bool = False) -> int:
+    """The accumulator of ``matmul_log2`` holds ``sum p*V`` times ``2**log2_acc_shift``."""
+    top = (1 << code_bits) - 2
+    return top // 2 + 8 if sqrt2 else top
+
+
+def log2_weights(codes: np.ndarray, code_bits: int = 4, sqrt2: bool = False) -> np.ndarray:
+    """The integer attention weights codes stand for, ``p * 2**log2_acc_shift``; 0 for the zero code.
+
+    Base 2: ``2**(K - c)``. Base sqrt(2): ``2**(K - c/2)`` for even c and
+    ``(2**(K - (c-1)/2) * 181) >> 8`` for odd c (a constant shift-add), K = log2_acc_shift.
+    """
     codes = np.asarray(codes, dtype=np.int64)
     top = (1 << code_bits) - 2
-    return np.where(codes <= top, np.left_shift(np.int64(1), np.maximum(top - codes, 0)), 0)
+    k = log2_acc_shift(code_bits, sqrt2)
+    one = np.int64(1)
+    if sqrt2:
+        even = np.left_shift(one, np.maximum(k - codes // 2, 0))
+        odd = (np.left_shift(one, np.maximum(k - (codes - 1) // 2, 0)) * SQRT_HALF_Q8) >> 8
+        w = np.where(codes % 2 == 0, even, odd)
+    else:
+        w = np.left_shift(one, np.maximum(k - codes, 0))
+    return np.where(codes <= top, w, 0)
 
 
-def matmul_log2(codes: np.ndarray, v: np.ndarray, code_bits: int = 4, acc_bits: int = ACC_BITS) -> np.ndarray:
-    """Attention x V with log2 codes: ``out[i] = sum_j V[j] << (2**code_bits - 2 - q[i, j])``.
+def matmul_log2(codes: np.ndarray, v: np.ndarray, code_bits: int = 4, acc_bits: int = ACC_BITS,
+                sqrt2: bool = False) -> np.ndarray:
+    """Attention x V with log2 codes: ``out[i] = sum_j V[j] * log2_weights(q[i, j])``.
 
-    No multiplier: each term is V shifted left; the zero code contributes
-    nothing. The result has scale ``s_V * 2**-(2**code_bits - 2)``; the
+    No multiplier for base 2 (``V << (2**code_bits - 2 - q)``); base sqrt(2)
+    adds one constant shift-add for odd codes. The zero code contributes
+    nothing. The result has scale ``s_V * 2**-log2_acc_shift``; the
     accumulator saturates at ``acc_bits``.
     """
-    return saturate(exact_matmul(log2_weights(codes, code_bits), v), acc_bits)
+    return saturate(exact_matmul(log2_weights(codes, code_bits, sqrt2), v), acc_bits)
 
 
 def gelu(x: np.ndarray, table: np.ndarray, in_bits: int = GELU_IN_BITS) -> np.ndarray:

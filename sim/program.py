@@ -259,6 +259,10 @@ def _shape_requant(c: _Check, ins, p):
     shift = c.param("shift", 1, 0, 62, "shift amounts")
     if m.shape != shift.shape:
         c.fail("shift", f"shape {shift.shape} differs from m's {m.shape}")
+    if "zero_points" in c.op.params:
+        zps = c.param("zero_points", 1, lo, hi, f"the output's int{out_bits} range")
+        if zps.shape != m.shape:
+            c.fail("zero_points", f"shape {zps.shape} differs from m's {m.shape}")
     if c.attr("pow2", kind=bool) and m.size and np.any(m != 1):
         c.fail("m", "a power-of-two requantizer has M = 1 everywhere")
     x = ins[0]
@@ -291,11 +295,23 @@ def _shape_layernorm(c: _Check, ins, p):
         c.fail("gamma", f"{g.shape[0]} channels, input {x.name!r} has shape {x.shape}")
     if c.op.params["beta"].shape != g.shape:
         c.fail("beta", f"shape {c.op.params['beta'].shape} differs from gamma's {g.shape}")
+    if "in_shift" in c.op.params:
+        sh = c.param("in_shift", 1, 0, 3, "power-of-two factors")
+        if sh.shape != g.shape:
+            c.fail("in_shift", f"shape {sh.shape} differs from gamma's {g.shape}")
+        if x.bits > 13:
+            c.fail("inputs", f"a LayerNorm with power-of-two factors takes inputs of at most 13 bits, {x.name!r} is {x.bits}")
     return [x.shape]
+
+
+def _optional_bool(c: _Check, key: str) -> None:
+    if key in c.op.attrs:
+        c.attr(key, kind=bool)
 
 
 def _shape_softmax(c: _Check, ins, p):
     c.attr("code_bits", 2, 5)
+    _optional_bool(c, "sqrt2")
     c.attr("frac_bits", 1, 10)
     if ins[0].bits > 16:
         c.fail("inputs", f"softmax input {ins[0].name!r} is {ins[0].bits}-bit, the unit takes at most 16")
@@ -304,6 +320,7 @@ def _shape_softmax(c: _Check, ins, p):
 
 def _shape_matmul_log2(c: _Check, ins, p):
     c.attr("code_bits", 2, 5)
+    _optional_bool(c, "sqrt2")
     codes, v = ins
     if v.zero_point != 0:
         c.fail("inputs", f"V must be symmetric; {v.name!r} has zero point {v.zero_point}")

@@ -147,3 +147,34 @@ def test_gelu_table_lookup_and_mean_pool():
     assert intops.gelu(np.array([-128, 0, 127]), table).tolist() == [-100, 28, 155]
     x = np.array([[[1, 2], [3, 4], [100, 100]]])
     assert intops.mean_pool(x, np.array([[1, 1, 0]])).tolist() == [[2, 3]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(t=arrays(np.int64, (2, 13), elements=st.integers(-3000, 3000)))
+def test_softmax_sqrt2_codes_within_one_half_step_of_exact(t):
+    f = intops.SOFTMAX_FRAC_BITS
+    q = intops.softmax_log2(t, sqrt2=True)
+    for row, codes in zip(t, q):
+        logp = (row - row.max()) / 2**f - np.log2(np.sum(np.exp2((row - row.max()) / 2**f)))
+        exact = np.clip(np.round(-2 * logp), 0, 15)
+        assert np.all(np.abs(codes - exact) <= 1)
+
+
+def test_sqrt2_weights_are_powers_of_sqrt_half():
+    k = intops.log2_acc_shift(4, sqrt2=True)
+    w = intops.log2_weights(np.arange(16), 4, sqrt2=True)
+    assert w[15] == 0
+    ref = 2.0 ** (k - np.arange(15) / 2)
+    assert np.all(np.abs(w[:15] - ref) / ref < 2e-3)  # 181/256 against 1/sqrt(2)
+
+
+def test_layernorm_power_of_two_factors_shift_inputs_first():
+    x = np.array([[3, -1, 2, 0]])
+    sh = np.array([0, 2, 1, 3])
+    g, b = np.full(4, 100), np.zeros(4)
+    assert np.array_equal(intops.layernorm(x, g, b, 3, 16, in_shift=sh), intops.layernorm(x << sh, g, b, 3, 16))
+
+
+def test_requantize_per_channel_zero_points():
+    y = intops.requantize(np.array([[10, 10, 10]]), 1, 1, 8, np.array([0, -3, 5]))
+    assert y.tolist() == [[5, 2, 10]]
