@@ -1,0 +1,311 @@
+"""The accelerator description: a frozen dataclass loaded from YAML and validated on load.
+
+One object parameterizes the cycle model (``sim/cycles.py``), the energy model
+(``sim/energy.py``) and the Amaranth units (``hw/``), so a config change moves
+all three together. ``load_accel("edge-int4")`` reads ``configs/edge-int4.yaml``;
+any other argument is a path. A bad file gets an :class:`AccelError` naming the
+file, the field and the accepted range.
+
+:func:`check_program` decides whether an accelerator can run a program:
+
+* Weights are parameters fixed at quantization time: a linear whose ``wbits``
+  exceed the array's ``weight_bits`` is refused (quantize for the target instead).
+* Activations wider than an array port are split into digits and run as extra
+  passes (see :func:`operand_digits`); an 8-bit image into the patch
+  embedding takes two passes on an int4 array.
+* The requantizer must hold every multiplier ``M`` in ``multiplier_bits``; a
+  power-of-two-only requantizer (no multiplier) refuses dyadic requants and
+  residual adds whose scale factors are not powers of two.
+* The GELU ROM has ``2**in_bits`` entries; log2 codes must fit the array's
+  activation port, which decodes them into shifts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.energy import ACTIONS, PRESETS
+from sim.program import IntegerProgram
+from sim.timing import ceil_div
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DATAFLOWS = ("weight_stationary",)
+ARRAY_BITS = (4, 8)
+ACC_BITS = 32  # sim.intops.ACC_BITS: the integer semantics accumulate in 32 bits
+
+
+class AccelError(ValueError):
+    """A bad accelerator description, or a program this accelerator cannot run."""
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """The MAC array: ``rows`` x ``cols`` PEs, signed operands, ``acc_bits`` accumulators."""
+
+    rows: int
+    cols: int
+    dataflow: str
+    weight_bits: int
+    act_bits: int
+    acc_bits: int
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """On-chip SRAM sizes in KiB."""
+
+    weight_kib: int
+    activation_kib: int
+    accumulator_kib: int
+
+    def bytes(self, buffer: str) -> int:
+        return getattr(self, f"{buffer}_kib") * 1024
+
+
+@dataclass(frozen=True)
+class RequantConfig:
+    """The requantizer: ``lanes`` elements per cycle, ``latency`` deep; ``pow2_only``: a shifter, no multiplier."""
+
+    lanes: int
+    latency: int
+    multiplier_bits: int
+    pow2_only: bool
+
+
+@dataclass(frozen=True)
+class VectorConfig:
+    """A vector unit (softmax, LayerNorm): ``lanes`` elements per cycle, ``latency`` cycles of per-row work."""
+
+    lanes: int
+    latency: int
+
+
+@dataclass(frozen=True)
+class GeluConfig:
+    """The GELU unit: a ROM of ``2**in_bits`` entries per lane."""
+
+    lanes: int
+    latency: int
+    in_bits: int
+
+
+@dataclass(frozen=True)
+class EnergyConfig:
+    """A named per-action energy preset (``sim.energy.PRESETS``) and per-action overrides in pJ."""
+
+    preset: str
+    overrides: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    name: str
+    clock_mhz: float
+    dram_bytes_per_cycle: float
+    array: ArrayConfig
+    buffers: BufferConfig
+    requant: RequantConfig
+    softmax: VectorConfig
+    gelu: GeluConfig
+    layernorm: VectorConfig
+    energy: EnergyConfig
+    source: str = ""  #: the file it was loaded from
+
+    @property
+    def pes(self) -> int:
+        return self.array.rows * self.array.cols
+
+
+# ------------------------------------------------------------------ loading
+class _Fields:
+    """Reads one mapping of the YAML, each error naming the file and the dotted field."""
+
+    def __init__(self, source: str, data: Any, prefix: str = ""):
+        self.source, self.prefix = source, prefix
+        if not isinstance(data, dict):
+            self.fail(prefix.rstrip(".") or "(top level)", f"must be a mapping, got {type(data).__name__}")
+        self.data = data
+        self.used: set[str] = set()
+
+    def fail(self, field: str, problem: str):
+        raise AccelError(f"{self.source}: field {field!r}: {problem}")
+
+    def _get(self, key: str) -> Any:
+        if key not in self.data:
+            self.fail(self.prefix + key, "missing")
+        self.used.add(key)
+        return self.data[key]
+
+    def int(self, key: str, lo: int, hi: int) -> int:
+        v = self._get(key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(self.prefix + key, f"must be an integer in [{lo}, {hi}], got {v!r}")
+        if not lo <= v <= hi:
+            self.fail(self.prefix + key, f"{v} outside the accepted range [{lo}, {hi}]")
+        return v
+
+    def number(self, key: str, lo: float, hi: float) -> float:
+        v = self._get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.fail(self.prefix + key, f"must be a number in [{lo}, {hi}], got {v!r}")
+        if not lo <= v <= hi:
+            self.fail(self.prefix + key, f"{v} outside the accepted range [{lo}, {hi}]")
+        return float(v)
+
+    def choice(self, key: str, choices: tuple) -> Any:
+        v = self._get(key)
+        if v not in choices:
+            self.fail(self.prefix + key, f"{v!r} is not one of {', '.join(map(repr, choices))}")
+        return v
+
+    def bool(self, key: str) -> bool:
+        v = self._get(key)
+        if not isinstance(v, bool):
+            self.fail(self.prefix + key, f"must be true or false, got {v!r}")
+        return v
+
+    def str(self, key: str) -> str:
+        v = self._get(key)
+        if not isinstance(v, str) or not v:
+            self.fail(self.prefix + key, f"must be a non-empty string, got {v!r}")
+        return v
+
+    def sub(self, key: str) -> "_Fields":
+        return _Fields(self.source, self._get(key), self.prefix + key + ".")
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            self.fail(self.prefix + str(extra[0]), f"unknown field (accepted: {', '.join(sorted(self.used))})")
+
+
+def _vector(f: _Fields, cls=VectorConfig, **extra):
+    kw = {"lanes": f.int("lanes", 1, 256), "latency": f.int("latency", 1, 256)}
+    kw.update({k: fn(f) for k, fn in extra.items()})
+    f.done()
+    return cls(**kw)
+
+
+def _energy(f: _Fields) -> EnergyConfig:
+    preset = f.choice("preset", tuple(PRESETS))
+    overrides = {}
+    if "overrides" in f.data and f.data["overrides"] is not None:
+        o = f.sub("overrides")
+        for key in list(o.data):
+            if key not in ACTIONS:
+                o.fail(o.prefix + str(key), f"unknown action (accepted: {', '.join(ACTIONS)})")
+            overrides[key] = o.number(key, 0.0, 1e9)
+        o.done()
+    else:
+        f.used.add("overrides")
+    f.done()
+    return EnergyConfig(preset, tuple(sorted(overrides.items())))
+
+
+def parse_accel(data: Any, source: str = "<config>") -> AccelConfig:
+    """Build and validate an :class:`AccelConfig` from the YAML's mapping."""
+    top = _Fields(source, data)
+    a = top.sub("array")
+    array = ArrayConfig(rows=a.int("rows", 1, 256), cols=a.int("cols", 1, 256),
+                        dataflow=a.choice("dataflow", DATAFLOWS), weight_bits=a.choice("weight_bits", ARRAY_BITS),
+                        act_bits=a.choice("act_bits", ARRAY_BITS), acc_bits=a.choice("acc_bits", (ACC_BITS,)))
+    a.done()
+    b = top.sub("buffers")
+    buffers = BufferConfig(weight_kib=b.int("weight_kib", 1, 1 << 16), activation_kib=b.int("activation_kib", 1, 1 << 16),
+                           accumulator_kib=b.int("accumulator_kib", 1, 1 << 16))
+    b.done()
+    u = top.sub("units")
+    requant = _vector(u.sub("requant"), RequantConfig, multiplier_bits=lambda f: f.int("multiplier_bits", 1, 16),
+                      pow2_only=lambda f: f.bool("pow2_only"))
+    softmax = _vector(u.sub("softmax"))
+    gelu = _vector(u.sub("gelu"), GeluConfig, in_bits=lambda f: f.int("in_bits", 2, 10))
+    layernorm = _vector(u.sub("layernorm"))
+    u.done()
+    cfg = AccelConfig(name=top.str("name"), clock_mhz=top.number("clock_mhz", 1.0, 10000.0),
+                      dram_bytes_per_cycle=top.number("dram_bytes_per_cycle", 0.01, 4096.0),
+                      array=array, buffers=buffers, requant=requant, softmax=softmax, gelu=gelu,
+                      layernorm=layernorm, energy=_energy(top.sub("energy")), source=source)
+    top.done()
+    acc_rows = buffers.bytes("accumulator") // (2 * array.cols * array.acc_bits // 8)
+    if acc_rows < array.rows:
+        top.fail("buffers.accumulator_kib", f"{buffers.accumulator_kib} KiB holds {acc_rows} double-buffered rows "
+                 f"of {array.cols} accumulators; at least {array.rows} rows are needed "
+                 f"(>= {ceil_div(2 * array.rows * array.cols * array.acc_bits // 8, 1024)} KiB)")
+    return cfg
+
+
+def load_accel(path_or_name: str | Path) -> AccelConfig:
+    """Load ``configs/<name>.yaml`` for a bare name like ``"edge-int4"``, otherwise the file at the path."""
+    p = Path(path_or_name)
+    if not p.suffix and p.parent == Path(".") and not p.exists():
+        p = CONFIG_DIR / f"{path_or_name}.yaml"
+        if not p.is_file():
+            known = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+            raise AccelError(f"no accelerator named {str(path_or_name)!r} (bundled: {known}; or give a YAML path)")
+    if not p.is_file():
+        raise AccelError(f"{p}: no such accelerator description")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise AccelError(f"{p}: not valid YAML ({exc})") from None
+    return parse_accel(data, str(p))
+
+
+# ------------------------------------------------------------------ programs
+def operand_digits(bits: int, port_bits: int) -> int:
+    """Passes an operand of ``bits`` takes through a ``port_bits``-wide array port: ``ceil(bits / port_bits)``.
+
+    Digit d of x is ``(x >> (d*port_bits)) mod 2**port_bits``, read as unsigned,
+    except the top digit of a signed operand, read as signed: each port has a
+    sign-mode bit (a ``port_bits + 1``-wide signed multiplier input), so signed
+    and unsigned operands up to ``port_bits`` wide take one pass. The
+    accumulator adds each pass's partial sums shifted left by ``d*port_bits``.
+    """
+    return ceil_div(bits, port_bits)
+
+
+def _refuse(program: IntegerProgram, accel: AccelConfig, op, field: str, problem: str):
+    raise AccelError(f"{accel.name} cannot run program {program.model!r}: op {op.name!r} ({op.kind}): "
+                     f"field {field!r}: {problem}")
+
+
+def check_program(program: IntegerProgram, accel: AccelConfig) -> None:
+    """Raise :class:`AccelError` if some op's widths do not fit this accelerator's units."""
+    arr, rq = accel.array, accel.requant
+    for op in program.ops:
+        a = op.attrs
+        if op.kind == "linear" and a["wbits"] > arr.weight_bits:
+            _refuse(program, accel, op, "wbits",
+                    f"int{a['wbits']} weights do not fit the {arr.weight_bits}-bit weight port of the array "
+                    f"(accepted: wbits <= {arr.weight_bits}); quantize with --wbits {arr.weight_bits} "
+                    f"or use an accelerator with weight_bits >= {a['wbits']}")
+        if op.kind == "requant" and program.tensors[op.inputs[0]].bits > arr.acc_bits:
+            _refuse(program, accel, op, "inputs", f"{program.tensors[op.inputs[0]].bits}-bit input is wider than "
+                    f"the {arr.acc_bits}-bit accumulators the requantizer reads (accepted: <= {arr.acc_bits})")
+        if op.kind == "matmul_log2" and a["code_bits"] > arr.act_bits:
+            _refuse(program, accel, op, "code_bits", f"{a['code_bits']}-bit log2 codes do not fit the array's "
+                    f"{arr.act_bits}-bit activation port, which decodes them into shifts (accepted: <= {arr.act_bits})")
+        if op.kind == "requant":
+            m = op.params["m"]
+            if rq.pow2_only and not a["pow2"]:
+                _refuse(program, accel, op, "pow2", "a dyadic requant (M != 1) on a power-of-two-only requantizer, "
+                        "which has no multiplier (accepted: pow2 = true); quantize with power-of-two scales")
+            if m.size and int(m.max()) >= 1 << rq.multiplier_bits:
+                _refuse(program, accel, op, "m", f"multiplier {int(m.max())} does not fit the requantizer's "
+                        f"{rq.multiplier_bits}-bit multipliers (accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
+        if op.kind == "add":
+            for key in ("ma", "mb"):
+                v = a[key]
+                if rq.pow2_only and v & (v - 1):
+                    _refuse(program, accel, op, key, f"scale factor {v} is not a power of two, and the "
+                            "power-of-two-only requantizer that runs residual adds has no multiplier")
+                if not rq.pow2_only and v >= 1 << rq.multiplier_bits:
+                    _refuse(program, accel, op, key, f"{v} does not fit the requantizer's {rq.multiplier_bits}-bit "
+                            f"multipliers (accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
+        if op.kind == "gelu" and a["in_bits"] > accel.gelu.in_bits:
+            _refuse(program, accel, op, "in_bits", f"a {a['in_bits']}-bit GELU table does not fit the GELU unit's "
+                    f"{accel.gelu.in_bits}-bit ROM address (accepted: in_bits <= {accel.gelu.in_bits})")
