@@ -114,7 +114,7 @@ class _Builder:
         acc = self.tensor(pre + "scores.acc", intops.ACC_BITS, (spec.heads, tq, tq))
         self.op("matmul", pre + "scores", [heads["q"], heads["k"]], [acc], {"transpose_b": True})
         f = intops.SOFTMAX_FRAC_BITS
-        s_scores = acts[pre + "q"].scale * acts[pre + "k"].scale / math.sqrt(spec.head_dim)
+        s_scores = acts[pre + "q"].scale * acts[pre + "k"].scale * blk.attn_scale
         t_qp = QParams(1.0 / (math.log2(math.e) * (1 << f)), 0, 16)  # log2 units, f fractional bits
         t = self.requant(pre + "scores.requant", acc, s_scores, t_qp, pre + "scores.log2")
         codes = self.tensor(pre + "probs", cb, self.shape(t), signed=False)

@@ -11,7 +11,6 @@ the graph.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -62,6 +61,7 @@ class Block:
     ln2: Norm
     fc1: Linear
     fc2: Linear
+    attn_scale: float  # multiplies Q.K^T before the softmax (1/sqrt(head_dim) until a method rewrites it)
 
 
 @dataclass
@@ -133,7 +133,7 @@ def from_timm_vit(model: torch.nn.Module, name: str) -> Transformer:
         qkv = _lin(blk.attn.qkv)
         q, k, v = (Linear(w, b) for w, b in zip(qkv.w.chunk(3), qkv.b.chunk(3)))
         blocks.append(Block(_norm(blk.norm1), q, k, v, _lin(blk.attn.proj), _norm(blk.norm2),
-                            _lin(blk.mlp.fc1), _lin(blk.mlp.fc2)))
+                            _lin(blk.mlp.fc1), _lin(blk.mlp.fc2), float(blk.attn.scale)))
     return Transformer(
         family="vit", name=name, dim=dim, heads=model.blocks[0].attn.num_heads, blocks=blocks,
         img_size=model.patch_embed.img_size[0], in_chans=conv.weight.shape[1], patch=conv.kernel_size[0],
@@ -152,7 +152,8 @@ def from_hf_bert(model: torch.nn.Module, name: str) -> Transformer:
         blocks.append(Block(
             ln1=_norm(att.output.LayerNorm), q=_lin(att.self.query), k=_lin(att.self.key), v=_lin(att.self.value),
             proj=_lin(att.output.dense), ln2=_norm(layer.output.LayerNorm),
-            fc1=_lin(layer.intermediate.dense), fc2=_lin(layer.output.dense)))
+            fc1=_lin(layer.intermediate.dense), fc2=_lin(layer.output.dense),
+            attn_scale=att.self.attention_head_size ** -0.5))
     return Transformer(
         family="bert", name=name, dim=model.config.hidden_size, heads=model.config.num_attention_heads,
         blocks=blocks, word=emb.word_embeddings.weight.detach().float().clone(),
@@ -200,7 +201,7 @@ class Forward:
         q = _split(act(pre + "q", self.linear(h, blk.q, pre + "q")), s.heads)
         k = _split(act(pre + "k", self.linear(h, blk.k, pre + "k")), s.heads)
         v = _split(act(pre + "v", self.linear(h, blk.v, pre + "v")), s.heads)
-        scores = act(pre + "scores", (q @ k.transpose(-1, -2)) / math.sqrt(s.head_dim))
+        scores = act(pre + "scores", (q @ k.transpose(-1, -2)) * blk.attn_scale)
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         p = act(pre + "probs", scores.softmax(dim=-1))
