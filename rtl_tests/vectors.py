@@ -161,3 +161,47 @@ def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dic
     cases.append(gemm_case(rng.integers(alo, ahi + 1, (max_m, rows)), rng.integers(wlo, whi + 1, (cols, rows)),
                            np.zeros(cols), "one_fold_full", "corner"))
     return merge(*cases)
+
+
+# ---------------------------------------------------------------- softmax
+
+def softmax_segment(t, mask, op: str, source: str) -> dict[str, np.ndarray]:
+    t = np.asarray(t, np.int64)
+    return {"t": t.ravel(), "mask": np.asarray(mask, np.int64).ravel(), "seg_rows": np.array([t.shape[0]]),
+            "seg_len": np.array([t.shape[1]]), "seg_op": np.array([op]), "seg_source": np.array([source])}
+
+
+def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Rows of random length with scores spread over a few to many log2 units (codes of every value),
+    random masks; corners: all-equal rows, fully masked rows, one position left, both rails in one
+    row, length 1, the longest row, lengths off the lane multiple."""
+    rng = np.random.default_rng(seed)
+    lo, hi = intops.int_range(p["in_bits"])
+    one = 1 << p["frac_bits"]  # one log2 unit
+    max_len = p["max_len"]
+    segs, total = [], 0
+    while total < n_random:
+        length = int(rng.integers(1, max_len + 1))
+        rows = int(rng.integers(1, 8))
+        spread = int(rng.choice([2, 8, 20, 200])) * one
+        centre = int(rng.integers(lo + spread, hi - spread))
+        t = np.clip(centre + rng.integers(-spread, spread + 1, (rows, length)), lo, hi)
+        mask = rng.random((rows, length)) < rng.choice([1.0, 0.9, 0.5])
+        segs.append(softmax_segment(t, mask, f"random{len(segs)}", "random"))
+        total += rows * length
+    n = max_len
+    segs.append(softmax_segment(np.full((3, n), 7), np.ones((3, n)), "all_equal", "corner"))
+    segs.append(softmax_segment(np.array([[lo] * n, [hi] * n]), np.ones((2, n)), "all_equal_rails", "corner"))
+    segs.append(softmax_segment(rng.integers(lo, hi, (2, n)), np.zeros((2, n)), "fully_masked", "corner"))
+    one_left = np.zeros((2, n))
+    one_left[0, 0] = one_left[1, n - 1] = 1
+    segs.append(softmax_segment(rng.integers(lo, hi, (2, n)), one_left, "one_valid", "corner"))
+    rails = np.where(np.arange(n) % 2, hi, lo)[None].repeat(2, 0)
+    segs.append(softmax_segment(rails, np.ones((2, n)), "both_rails", "corner"))
+    segs.append(softmax_segment(rng.integers(lo, hi, (3, 1)), np.ones((3, 1)), "length1", "corner"))
+    near = 100 + np.arange(n)[None] * (one // 2)  # d steps through half units: every rounding boundary
+    segs.append(softmax_segment(near, np.ones((1, n)), "half_steps", "corner"))
+    for length in sorted({max(1, p["lanes"] + 1), max(1, 2 * p["lanes"] - 1)}):
+        segs.append(softmax_segment(rng.integers(-5 * one, 5 * one, (2, length)), np.ones((2, length)),
+                                    f"length{length}", "corner"))
+    return merge(*segs)
