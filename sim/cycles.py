@@ -28,7 +28,8 @@ Operands wider than a port take digit passes: ``pa`` on the streamed side
 **P.V with log2 codes** (``matmul_log2``) also runs per (sample, head): V [T x d_head]
 is stationary and the 4-bit codes stream in on the activation port; in log2
 mode a PE shifts its stationary value left by ``2**code_bits - 2 - code``
-(zero for the zero code) instead of multiplying: ``gemm_cycles(T, T, d_head*pb)``.
+(zero for the zero code) instead of multiplying, plus, for the odd codes of
+base-sqrt(2) codes, the constant shift-add by 181/256: ``gemm_cycles(T, T, d_head*pb)``.
 
 **Vector units** (``timing.stream_cycles`` / per-row formulas): requant,
 GELU: ``stream_cycles(n, lanes, latency)``; softmax and LayerNorm: rows x
@@ -303,11 +304,13 @@ def _param_bytes(op: Op, plan: _Plan) -> dict[str, int]:
     if op.kind == "linear":
         n, k = pr["weight"].shape
         return {"weight": ceil_div(n * k * a["wbits"], 8), "bias": ceil_div(n * acc, 8)}
-    if op.kind == "requant":
-        bits = 6 + (0 if a["pow2"] else plan.a.requant.multiplier_bits)  # 6-bit shift amounts
+    if op.kind == "requant":  # per channel: M (unless pow2), a 6-bit shift, a zero point if per channel
+        bits = 6 + (0 if a["pow2"] else plan.a.requant.multiplier_bits)
+        bits += a["out_bits"] if "zero_points" in pr else 0
         return {"table": ceil_div(pr["m"].size * bits, 8)}
-    if op.kind == "layernorm":
-        return {"gamma": pr["gamma"].size * 2, "beta": pr["beta"].size * 4}
+    if op.kind == "layernorm":  # int16 gamma, int32 beta, 2-bit power-of-two input factors if any
+        n = pr["gamma"].size
+        return {"gamma": 2 * n, "beta": 4 * n, "in_shift": ceil_div(2 * n, 8) if "in_shift" in pr else 0}
     if op.kind == "gelu":
         return {"table": ceil_div(pr["table"].size * a["out_bits"], 8)}
     if op.kind == "embedding":  # only the looked-up rows
@@ -339,15 +342,13 @@ class _Mapper:
         self.acc_rows = plan.a.buffers.bytes("accumulator") // (2 * self.C * self.acc_bytes)
 
     # inputs and outputs through the activation buffer or DRAM
-    def read_input(self, c: OpCost, i: int, name: str, times: int = 1) -> bool:
+    def read_input(self, c: OpCost, i: int, name: str, times: int = 1) -> None:
         """The unit reads ``name`` ``times`` from the activation buffer, staged there from DRAM if spilled."""
         b = self.plan.nbytes(name)
-        from_dram = self.plan.in_dram(name, i)
-        if from_dram:
+        if self.plan.in_dram(name, i):
             c.count("dram", b)
             c.count("sram_activation_write", b)
         c.count("sram_activation_read", b * times)
-        return from_dram
 
     def write_output(self, c: OpCost, name: str) -> None:
         if self.plan.root[name] in self.plan.in_pipe:  # handed to the next stage of the drain pipeline
@@ -409,7 +410,10 @@ class _Mapper:
         c.blocks = items * len(tiles) * ceil_div(n * pb, self.C)
         self.read_input(c, i, b_name, times=len(tiles))  # the stationary operand, once per m-tile
         self.read_input(c, i, a_name, times=ceil_div(n * pb, self.C))  # streamed once per n-fold
-        c.count("mac" if op.kind == "matmul" else "shift_mac", c.array_macs)
+        if op.kind == "matmul":
+            c.count("mac", c.array_macs)
+        else:
+            c.count("shift_mac_sqrt2" if op.attrs.get("sqrt2") else "shift_mac", c.array_macs)
         self.accumulate(c, items * mm * n, ceil_div(k, self.R) * pa * pb, op)
 
     def requant(self, c: OpCost, i: int, op: Op, fused: bool) -> None:

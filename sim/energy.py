@@ -88,6 +88,7 @@ BREAKDOWN_KEYS = ("mac", "sram_weight_read", "sram_weight_write", "sram_activati
 ACTIONS: dict[str, tuple[str, str]] = {
     "mac": ("mac", "one multiply-accumulate of a PE (weight_bits x act_bits product, acc_bits add)"),
     "shift_mac": ("mac", "one shift-accumulate of a PE in log2 mode (P.V: a 4-bit code shifts the stationary value)"),
+    "shift_mac_sqrt2": ("mac", "one shift-accumulate with base-sqrt(2) codes (odd codes add a x181/256 shift-add)"),
     **{f"sram_{b}_{d}": (f"sram_{b}_{d}", f"one byte {d} {'from' if d == 'read' else 'to'} the {b} buffer")
        for b in ("weight", "activation", "accumulator") for d in ("read", "write")},
     "dram": ("dram", "one byte moved to or from DRAM"),
@@ -118,6 +119,8 @@ def preset_energies(accel: "AccelConfig") -> dict[str, float]:
     e = {
         "mac": p.mul(arr.weight_bits, arr.act_bits) + p.add(acc),
         "shift_mac": p.shift(arr.weight_bits + 14) + p.add(acc),
+        # half the codes odd: the x181 (0b10110101) shift-add is a constant multiply by an 8-bit value
+        "shift_mac_sqrt2": p.shift(arr.weight_bits + 15) + p.add(acc) + p.mul(arr.weight_bits, 8) / 2,
         "dram": p.dram64 / 8,
         "requant": p.mul(acc, rq.multiplier_bits) + p.add(prod) + p.shift(prod),
         "requant_pow2": p.add(acc) + p.shift(acc),

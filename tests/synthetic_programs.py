@@ -20,8 +20,8 @@ ACC = intops.ACC_BITS
 
 
 class _B:
-    def __init__(self, wbits: int, abits: int, pow2: bool, seed: int):
-        self.wbits, self.abits, self.pow2 = wbits, abits, pow2
+    def __init__(self, wbits: int, abits: int, pow2: bool, seed: int, sqrt2: bool = False):
+        self.wbits, self.abits, self.pow2, self.sqrt2 = wbits, abits, pow2, sqrt2
         self.rng = np.random.default_rng(seed)
         self.tensors: dict[str, TensorSpec] = {}
         self.ops: list[Op] = []
@@ -82,9 +82,9 @@ class _B:
         s = self.requant(pre + "scores.requant", s, 16, pre + "scores.log2")
         codes = self.t(pre + "probs", 4, (heads, t, t), signed=False)
         self.op("softmax_log2", pre + "softmax", [s] + ([mask] if mask else []), [codes],
-                {"code_bits": 4, "frac_bits": intops.SOFTMAX_FRAC_BITS})
+                {"code_bits": 4, "frac_bits": intops.SOFTMAX_FRAC_BITS, "sqrt2": self.sqrt2})
         ctx = self.t(pre + "context.acc", ACC, (heads, t, dim // heads))
-        self.op("matmul_log2", pre + "context", [codes, hs["v"]], [ctx], {"code_bits": 4})
+        self.op("matmul_log2", pre + "context", [codes, hs["v"]], [ctx], {"code_bits": 4, "sqrt2": self.sqrt2})
         merged = self.t(pre + "context.merged", ACC, (t, dim))
         self.op("merge_heads", pre + "context.merge", [ctx], [merged])
         o = self.requant(pre + "attn.requant", merged, self.abits, pre + "attn")
@@ -108,8 +108,8 @@ class _B:
 
 
 def vit_program(*, depth=2, dim=48, heads=3, mlp_ratio=2, img=16, patch=4, in_chans=1, classes=10,
-                wbits=4, abits=4, pow2=False, seed=0, model="synthetic-vit") -> IntegerProgram:
-    b = _B(wbits, abits, pow2, seed)
+                wbits=4, abits=4, pow2=False, sqrt2=False, seed=0, model="synthetic-vit") -> IntegerProgram:
+    b = _B(wbits, abits, pow2, seed, sqrt2)
     x = b.t("input", 8, (in_chans, img, img), signed=False)
     n_patch = (img // patch) ** 2
     patches = b.t("patches", 8, (n_patch, in_chans * patch * patch), signed=False)

@@ -59,9 +59,16 @@ def test_mac_energy_is_array_macs_times_the_mac_energy():
     e = program_energy(r, EDGE4)
     table = action_energies(EDGE4)
     macs = sum(o.actions.get("mac", 0) for o in r.ops)
-    shifts = sum(o.actions.get("shift_mac", 0) for o in r.ops)
+    shifts = sum(o.actions.get("shift_mac", 0) for o in r.ops)  # base-2 codes
     assert macs + shifts == r.array_macs
     assert e.breakdown_j["mac"] == pytest.approx((macs * table["mac"] + shifts * table["shift_mac"]) * PJ)
+
+
+def test_sqrt2_codes_cost_the_same_cycles_and_a_little_more_energy():
+    base, half = (program_cycles(vit_program(sqrt2=s), EDGE4) for s in (False, True))
+    assert base.cycles == half.cycles
+    e_base, e_half = program_energy(base, EDGE4), program_energy(half, EDGE4)
+    assert e_base.breakdown_j["mac"] < e_half.breakdown_j["mac"] < 1.2 * e_base.breakdown_j["mac"]
 
 
 def test_a_power_of_two_requantizer_costs_less_than_a_dyadic_one():
