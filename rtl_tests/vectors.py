@@ -205,3 +205,59 @@ def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[s
         segs.append(softmax_segment(rng.integers(-5 * one, 5 * one, (2, length)), np.ones((2, length)),
                                     f"length{length}", "corner"))
     return merge(*segs)
+
+
+# ---------------------------------------------------------------- layernorm
+
+def layernorm_segment(x, gamma, beta, shift: int, op: str, source: str) -> dict[str, np.ndarray]:
+    x = np.asarray(x, np.int64)
+    return {"x": x.ravel(), "gamma": np.asarray(gamma, np.int64), "beta": np.asarray(beta, np.int64),
+            "seg_rows": np.array([x.shape[0]]), "seg_len": np.array([x.shape[1]]),
+            "seg_shift": np.array([shift]), "seg_op": np.array([op]), "seg_source": np.array([source])}
+
+
+def layernorm_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Rows of random width and spread (tiny to full-range variance, offset means), affine tables
+    that map the normalized value onto the output grid; corners: zero-variance rows (equal values,
+    at both rails), one outlier channel, alternating rails (largest variance), n = 1, the widest row."""
+    rng = np.random.default_rng(seed)
+    lo, hi = intops.int_range(p["in_bits"])
+    glo, ghi = intops.int_range(p["gamma_bits"])
+    blo, bhi = intops.int_range(p["beta_bits"])
+    max_n = p["max_n"]
+    frac = p["frac_bits"]
+    out_bits = p["out_bits"]
+
+    def affine(n):  # gamma ~ 2**frac on the normalized grid, shift brings it to a few output steps
+        gamma = rng.integers(-(1 << 12), 1 << 12, n)
+        beta = rng.integers(-(1 << 16), 1 << 16, n)
+        shift = frac + 12 - out_bits + int(rng.integers(-2, 3))
+        return gamma, beta, max(0, shift)
+
+    segs, total = [], 0
+    while total < n_random:
+        n = int(rng.integers(1, max_n + 1))
+        rows = int(rng.integers(1, 6))
+        spread = 1 << int(rng.integers(0, p["in_bits"]))
+        centre = int(rng.integers(lo, hi + 1))
+        x = np.clip(centre + rng.integers(-spread, spread + 1, (rows, n)), lo, hi)
+        gamma, beta, shift = affine(n)
+        segs.append(layernorm_segment(x, gamma, beta, shift, f"random{len(segs)}", "random"))
+        total += rows * n
+    n = max_n
+    gamma, beta, shift = affine(n)
+    segs.append(layernorm_segment(np.array([[5] * n, [lo] * n, [hi] * n, [0] * n]), gamma, beta, shift,
+                                  "zero_variance", "corner"))
+    outlier = np.zeros((2, n), np.int64)
+    outlier[0, 3 % n], outlier[1, n - 1] = hi, lo
+    segs.append(layernorm_segment(outlier, gamma, beta, shift, "one_outlier", "corner"))
+    segs.append(layernorm_segment(np.where(np.arange(n) % 2, hi, lo)[None], gamma, beta, shift,
+                                  "alternating_rails", "corner"))
+    segs.append(layernorm_segment(rng.integers(lo, hi + 1, (2, n)), np.full(n, ghi), np.full(n, bhi), 0,
+                                  "saturate_high", "corner"))
+    segs.append(layernorm_segment(rng.integers(lo, hi + 1, (2, n)), np.full(n, glo), np.full(n, blo), 0,
+                                  "saturate_low", "corner"))
+    segs.append(layernorm_segment(rng.integers(lo, hi + 1, (3, 1)), [1 << frac], [7], 2, "n1", "corner"))
+    segs.append(layernorm_segment(rng.integers(lo, hi + 1, (2, n)), gamma, beta, 63 if p["shift_bits"] >= 6 else 1,
+                                  "huge_shift", "corner"))
+    return merge(*segs)

@@ -1,0 +1,25 @@
+"""LayerNorm RTL vs sim.intops.layernorm, on Icarus and on Verilator."""
+
+from __future__ import annotations
+
+import pytest
+
+from hw.layernorm import LayerNorm
+from rtl_tests import harness, vectors
+from rtl_tests.conftest import SIMS
+
+CONFIGS = {"x4-n64-int8": dict(in_bits=16, out_bits=8, max_n=64, lanes=4)}
+
+
+def run(config: str, sim: str) -> dict:
+    dut = LayerNorm(**CONFIGS[config])
+    p = dut.params
+    return harness.run_bench("layernorm", dut, p, vectors.layernorm_vectors(p), sim, tag=config)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_layernorm_matches_intops_and_timing(config, sim):
+    s = run(config, sim)
+    assert s["vectors"] >= 10_000
+    assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
