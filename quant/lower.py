@@ -46,12 +46,24 @@ class _Builder:
         return pow2_shift(m) if self.plan.pow2 else dyadic(m)
 
     def requant(self, name: str, x: str, in_scale, out: QParams, out_name: str | None = None) -> str:
-        """Requantize ``x`` (real = in_scale * x, per channel or per tensor) onto the grid ``out``."""
-        m, shift = self.multipliers(np.atleast_1d(np.asarray(in_scale, dtype=np.float64)) / out.scale)
-        y = self.tensor(out_name or name, out.bits, self.shape(x), out)
+        """Requantize ``x`` (real = in_scale * x, per channel or per tensor) onto the grid ``out``.
+
+        Where the output is a point with a channel map (x / r + delta), the map
+        becomes per-channel multipliers and zero points.
+        """
+        y_name = out_name or name
+        in_scale = np.atleast_1d(np.asarray(in_scale, dtype=np.float64))
+        params = {}
+        if y_name in self.plan.channel_maps:
+            ratio, delta = (t.double().numpy() for t in self.plan.channel_maps[y_name])
+            in_scale = in_scale / ratio
+            zps = out.zero_point + np.round(delta / out.scale).astype(np.int64)
+            params["zero_points"] = np.clip(zps, out.qmin, out.qmax).astype(np.int32)
+        m, shift = self.multipliers(in_scale / out.scale)
+        y = self.tensor(y_name, out.bits, self.shape(x), out)
         self.op("requant", name, [x], [y],
                 {"out_bits": out.bits, "signed": True, "zero_point": out.zero_point, "pow2": self.plan.pow2},
-                {"m": m.astype(np.int32), "shift": shift.astype(np.int32)})
+                {"m": m.astype(np.int32), "shift": shift.astype(np.int32), **params})
         return y
 
     def linear(self, name: str, x: str, lin, x_qp: QParams) -> tuple[str, np.ndarray]:
@@ -84,11 +96,26 @@ class _Builder:
         self.op("add", name, [a, b], [y], {"ma": ma, "mb": mb, "shift": shift, "out_bits": out.bits})
         return y
 
-    def layernorm(self, name: str, x: str, norm: Norm, out: QParams) -> str:
-        """n = (x - mean) / std with F fractional bits; y = (n*G + B) >> shift with G = gamma / (s_y 2**F) 2**shift."""
+    def layernorm(self, name: str, x: str, norm: Norm, out: QParams, x_scale: float) -> str:
+        """n = (x - mean) / std with F fractional bits; y = (n*G + B) >> shift with G = gamma / (s_y 2**F) 2**shift.
+
+        A channel map on the output (x / r + delta) folds into gamma and beta; power-of-two
+        factors on the input (FQ-ViT) put a requantizer to the narrow LN input in front.
+        """
         frac = intops.LN_NORM_FRAC_BITS
-        g = norm.g.double().numpy() / out.scale / (1 << frac)
-        b = norm.b.double().numpy() / out.scale + out.zero_point
+        gamma_f, beta_f = norm.g.double().numpy(), norm.b.double().numpy()
+        if name in self.plan.channel_maps:
+            ratio, delta = (t.double().numpy() for t in self.plan.channel_maps[name])
+            gamma_f, beta_f = gamma_f / ratio, beta_f / ratio + delta
+        params = {}
+        if name in self.plan.ln_ptf:
+            grid, alpha = self.plan.ln_ptf[name]
+            alpha = alpha.to(torch.int64).numpy()
+            narrow = QParams(grid.scale, 0, grid.bits)
+            x = self.requant(name + ".ln_in", x, x_scale / 2.0 ** alpha, narrow)
+            params["in_shift"] = alpha.astype(np.int32)
+        g = gamma_f / out.scale / (1 << frac)
+        b = beta_f / out.scale + out.zero_point
         gmax = max(np.abs(g).max(), 1e-12)
         shift = int(np.clip(math.floor(math.log2(((1 << 15) - 1) / gmax)), 0, 40))
         while shift > 0 and np.abs(b).max() * 2 ** shift >= 2 ** 31 - 2 ** 16:
@@ -97,7 +124,8 @@ class _Builder:
         beta = np.round(b * 2 ** shift).astype(np.int64)
         y = self.tensor(name, out.bits, self.shape(x), out)
         self.op("layernorm", name, [x], [y], {"shift": shift, "out_bits": out.bits, "frac_bits": frac},
-                {"gamma": gamma.astype(np.int32), "beta": np.clip(beta, *intops.int_range(32)).astype(np.int32)})
+                {"gamma": gamma.astype(np.int32), "beta": np.clip(beta, *intops.int_range(32)).astype(np.int32),
+                 **params})
         return y
 
     # ---------------------------------------------------------------- blocks
@@ -118,13 +146,14 @@ class _Builder:
         t_qp = QParams(1.0 / (math.log2(math.e) * (1 << f)), 0, 16)  # log2 units, f fractional bits
         t = self.requant(pre + "scores.requant", acc, s_scores, t_qp, pre + "scores.log2")
         codes = self.tensor(pre + "probs", cb, self.shape(t), signed=False)
+        sqrt2 = self.plan.sqrt2_at(pre)
         self.op("softmax_log2", pre + "softmax", [t] + ([mask] if mask else []), [codes],
-                {"code_bits": cb, "frac_bits": f})
+                {"code_bits": cb, "frac_bits": f, "sqrt2": sqrt2})
         ctx = self.tensor(pre + "context.acc", intops.ACC_BITS, self.shape(heads["v"]))
-        self.op("matmul_log2", pre + "context", [codes, heads["v"]], [ctx], {"code_bits": cb})
+        self.op("matmul_log2", pre + "context", [codes, heads["v"]], [ctx], {"code_bits": cb, "sqrt2": sqrt2})
         merged = self.tensor(pre + "context.merged", intops.ACC_BITS, (tq, spec.dim))
         self.op("merge_heads", pre + "context.merge", [ctx], [merged])
-        s_ctx = acts[pre + "v"].scale * 2.0 ** -((1 << cb) - 2)
+        s_ctx = acts[pre + "v"].scale * 2.0 ** -intops.log2_acc_shift(cb, sqrt2)
         o = self.requant(pre + "attn.requant", merged, s_ctx, acts[pre + "attn"], pre + "attn")
         return self.linear_to(pre + "proj", o, blk.proj, acts[pre + "attn"], acts[pre + "proj"])
 
@@ -181,16 +210,16 @@ def _lower_vit(plan: QuantPlan) -> IntegerProgram:
     x_qp = e_qp
     for i, blk in enumerate(s.blocks):
         pre = f"blocks.{i}."
-        h = b.layernorm(pre + "ln1", x, blk.ln1, acts[pre + "ln1"])
+        h = b.layernorm(pre + "ln1", x, blk.ln1, acts[pre + "ln1"], x_qp.scale)
         a = b.attention(pre, h, acts[pre + "ln1"], blk, None)
         x = b.add(pre + "res1", x, x_qp.scale, a, acts[pre + "proj"].scale, acts[pre + "res1"])
-        h = b.layernorm(pre + "ln2", x, blk.ln2, acts[pre + "ln2"])
+        h = b.layernorm(pre + "ln2", x, blk.ln2, acts[pre + "ln2"], acts[pre + "res1"].scale)
         m = b.mlp(pre, h, acts[pre + "ln2"], blk)
         x = b.add(pre + "res2", x, acts[pre + "res1"].scale, m, acts[pre + "fc2"].scale, acts[pre + "res2"])
         x_qp = acts[pre + "res2"]
     cls = b.tensor("cls", x_qp.bits, (s.dim,), x_qp)
     b.op("select_token", "select_cls", [x], [cls], {"index": 0})
-    h = b.layernorm("norm", cls, s.norm, acts["norm"])
+    h = b.layernorm("norm", cls, s.norm, acts["norm"], x_qp.scale)
     logits, s_acc = b.linear("head", h, s.head, acts["norm"])
     return b.program(inputs, [logits])
 
@@ -215,18 +244,18 @@ def _lower_bert(plan: QuantPlan) -> IntegerProgram:
     e = b.add("embed.sum1", parts[0], one.scale, parts[1], one.scale, one)
     e = b.add("embed", e, one.scale, parts[2], one.scale, one)
     x_qp = acts["embed_ln"]
-    x = b.layernorm("embed_ln", e, s.emb_norm, x_qp)
+    x = b.layernorm("embed_ln", e, s.emb_norm, x_qp, one.scale)
     for i, blk in enumerate(s.blocks):
         pre = f"blocks.{i}."
         h = b.requant(pre + "in", x, x_qp.scale, acts[pre + "in"])
         a = b.attention(pre, h, acts[pre + "in"], blk, mask)
         r = b.add(pre + "res1", x, x_qp.scale, a, acts[pre + "proj"].scale, acts[pre + "res1"])
-        x = b.layernorm(pre + "ln1_out", r, blk.ln1, acts[pre + "ln1_out"])
+        x = b.layernorm(pre + "ln1_out", r, blk.ln1, acts[pre + "ln1_out"], acts[pre + "res1"].scale)
         h = b.requant(pre + "ln2", x, acts[pre + "ln1_out"].scale, acts[pre + "ln2"])
         m = b.mlp(pre, h, acts[pre + "ln2"], blk)
         r = b.add(pre + "res2", x, acts[pre + "ln1_out"].scale, m, acts[pre + "fc2"].scale, acts[pre + "res2"])
         x_qp = acts[pre + "ln2_out"]
-        x = b.layernorm(pre + "ln2_out", r, blk.ln2, x_qp)
+        x = b.layernorm(pre + "ln2_out", r, blk.ln2, x_qp, acts[pre + "res2"].scale)
     pooled = b.tensor("pool", x_qp.bits, (s.dim,), x_qp)
     b.op("mean_pool", "pool", [x, mask], [pooled])
     return b.program(inputs, [pooled])

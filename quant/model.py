@@ -24,13 +24,14 @@ import torch.nn.functional as F
 #:  residual residual stream, int16 symmetric
 #:  gelu_in  GELU unit input, int8 asymmetric
 #:  input    the image, int8 asymmetric
+#:  ln_in    LayerNorm input: the int16 residual, unless a method narrows it (FQ-ViT's PTF)
 #:  float    not quantized (scores before softmax, logits)
 POINT_ROLES = {
     "input": "input", "embed": "residual", "embed_ln": "residual",
     "in": "act", "ln1": "act", "q": "qkv", "k": "qkv", "v": "qkv", "scores": "float", "probs": "probs",
     "attn": "act", "proj": "residual", "res1": "residual", "ln1_out": "residual", "ln2": "act",
     "fc1": "gelu_in", "gelu": "act", "fc2": "residual", "res2": "residual", "ln2_out": "residual",
-    "norm": "act", "logits": "float", "pool": "residual",
+    "norm": "act", "logits": "float", "pool": "residual", "ln_in": "ln_in",
 }
 
 
@@ -208,45 +209,55 @@ class Forward:
         o = (p @ v).transpose(1, 2).reshape(h.shape)
         return self.linear(act(pre + "attn", o), blk.proj, pre + "proj")
 
+    def norm(self, name: str, x: torch.Tensor, n: Norm) -> torch.Tensor:
+        """LayerNorm whose input is a point of its own (``<name>.ln_in``) and whose output is ``name``."""
+        return self.act(name, _ln(self.act(name + ".ln_in", x), n))
+
     def __call__(self, inputs) -> torch.Tensor:
-        return self.vit(inputs) if self.spec.family == "vit" else self.bert(inputs)
+        x, mask = self.embed(inputs)
+        for i in range(len(self.spec.blocks)):
+            x = self.block(i, x, mask)
+        return self.head(x, mask)
 
-    def vit(self, img: torch.Tensor) -> torch.Tensor:
+    def embed(self, inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs -> the residual stream entering block 0, and the key mask (None for images)."""
         s, act = self.spec, self.act
-        x = act("input", img)
-        b, c, hh, ww = x.shape
-        p = s.patch
-        patches = x.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
-        x = self.linear(patches, s.patch_embed, "patch_embed")
-        x = torch.cat([s.cls.expand(b, 1, -1), x], dim=1) + s.pos
-        x = act("embed", x)
-        for i, blk in enumerate(s.blocks):
-            pre = f"blocks.{i}."
-            h = act(pre + "ln1", _ln(x, blk.ln1))
-            x = act(pre + "res1", x + act(pre + "proj", self.attention(h, blk, pre, None)))
-            h = act(pre + "ln2", _ln(x, blk.ln2))
-            g = act(pre + "gelu", F.gelu(act(pre + "fc1", self.linear(h, blk.fc1, pre + "fc1"))))
-            x = act(pre + "res2", x + act(pre + "fc2", self.linear(g, blk.fc2, pre + "fc2")))
-        h = act("norm", _ln(x[:, 0], s.norm))
-        return act("logits", self.linear(h, s.head, "head"))
-
-    def bert(self, batch: dict) -> torch.Tensor:
-        """Returns the mean-pooled (not yet normalized) sentence embedding [B, D]."""
-        s, act = self.spec, self.act
-        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-        types = batch.get("token_type_ids")
+        if s.family == "vit":
+            x = act("input", inputs)
+            b, c, hh, ww = x.shape
+            p = s.patch
+            patches = x.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
+            x = self.linear(patches, s.patch_embed, "patch_embed")
+            x = torch.cat([s.cls.expand(b, 1, -1), x], dim=1) + s.pos
+            return act("embed", x), None
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+        types = inputs.get("token_type_ids")
         types = torch.zeros_like(ids) if types is None else types
         pos = torch.arange(ids.shape[1])
         x = act("embed", s.word[ids] + s.pos_emb[pos][None] + s.type_emb[types])
-        x = act("embed_ln", _ln(x, s.emb_norm))
-        for i, blk in enumerate(s.blocks):
-            pre = f"blocks.{i}."
-            h = act(pre + "in", x)
-            r = act(pre + "res1", x + act(pre + "proj", self.attention(h, blk, pre, mask)))
-            x = act(pre + "ln1_out", _ln(r, blk.ln1))
-            h = act(pre + "ln2", x)
+        return self.norm("embed_ln", x, s.emb_norm), mask
+
+    def block(self, i: int, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        s, act, blk, pre = self.spec, self.act, self.spec.blocks[i], f"blocks.{i}."
+        if s.family == "vit":  # pre-LN
+            h = self.norm(pre + "ln1", x, blk.ln1)
+            x = act(pre + "res1", x + act(pre + "proj", self.attention(h, blk, pre, None)))
+            h = self.norm(pre + "ln2", x, blk.ln2)
             g = act(pre + "gelu", F.gelu(act(pre + "fc1", self.linear(h, blk.fc1, pre + "fc1"))))
-            r = act(pre + "res2", x + act(pre + "fc2", self.linear(g, blk.fc2, pre + "fc2")))
-            x = act(pre + "ln2_out", _ln(r, blk.ln2))
+            return act(pre + "res2", x + act(pre + "fc2", self.linear(g, blk.fc2, pre + "fc2")))
+        h = act(pre + "in", x)  # post-LN: the residual itself feeds Q, K, V
+        r = act(pre + "res1", x + act(pre + "proj", self.attention(h, blk, pre, mask)))
+        x = self.norm(pre + "ln1_out", r, blk.ln1)
+        h = act(pre + "ln2", x)
+        g = act(pre + "gelu", F.gelu(act(pre + "fc1", self.linear(h, blk.fc1, pre + "fc1"))))
+        r = act(pre + "res2", x + act(pre + "fc2", self.linear(g, blk.fc2, pre + "fc2")))
+        return self.norm(pre + "ln2_out", r, blk.ln2)
+
+    def head(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """ViT: logits from the class token. BERT: the mean-pooled (not yet normalized) sentence embedding."""
+        s, act = self.spec, self.act
+        if s.family == "vit":
+            h = self.norm("norm", x[:, 0], s.norm)
+            return act("logits", self.linear(h, s.head, "head"))
         m = mask[..., None].float()
         return act("pool", (x * m).sum(1) / m.sum(1).clamp_min(1))

@@ -1,8 +1,8 @@
 """Calibration observers: statistics of float activations, turned into quantization grids.
 
 One :class:`Observer` per quantization point keeps the running min / max, the
-per-channel min / max (over the last axis) and a bounded random sample of
-values; ``minmax``, ``percentile`` and ``mse`` turn that into a grid.
+per-channel min / max (over the last axis), a bounded random sample of
+values and one of whole rows; ``minmax``, ``percentile`` and ``mse`` turn that into a grid.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch
 
 from quant.quantizers import QParams, qparams_from_range
 
-SAMPLE_SIZE = 1 << 17
+SAMPLE_SIZE = 1 << 17  #: values kept for percentile / MSE searches
+ROW_SAMPLE = 2048  #: whole rows (all channels of one token) kept for per-channel searches
 
 
 class Observer:
@@ -21,6 +22,7 @@ class Observer:
         self.ch_min: torch.Tensor | None = None
         self.ch_max: torch.Tensor | None = None
         self.sample = torch.empty(0)
+        self.rows = torch.empty(0)
         self._gen = torch.Generator().manual_seed(seed)
 
     def update(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
@@ -43,6 +45,10 @@ class Observer:
         if self.sample.numel() > SAMPLE_SIZE:
             keep = torch.randperm(self.sample.numel(), generator=self._gen)[:SAMPLE_SIZE]
             self.sample = self.sample[keep]
+        pick = rows[torch.randperm(rows.shape[0], generator=self._gen)[:ROW_SAMPLE]]
+        self.rows = pick if self.rows.numel() == 0 else torch.cat([self.rows, pick])
+        if self.rows.shape[0] > ROW_SAMPLE:
+            self.rows = self.rows[torch.randperm(self.rows.shape[0], generator=self._gen)[:ROW_SAMPLE]]
 
     # ---------------------------------------------------------- grids
     def minmax(self, bits: int, symmetric: bool) -> QParams:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from quant.model import Forward, Transformer, role
 from quant.observers import Observer
-from quant.quantizers import QParams, fake_log2, fake_weight, pow2_qparams, quantize_weight, weight_scales
+from quant.quantizers import QParams, fake_log2, fake_ptf, fake_weight, pow2_qparams, quantize_weight, weight_scales
 from sim import intops
 
 #: bits and symmetry of each role that the method does not choose (hardware unit widths)
@@ -32,8 +32,18 @@ class QuantPlan:
     weight_scales: dict[str, torch.Tensor]  # per output channel
     weight_bits: dict[str, int] = field(default_factory=dict)  # overrides of wbits per linear
     code_bits: int = 4
+    sqrt2: bool = False  # attention probabilities as log-sqrt(2) codes instead of log2
+    softmax_sqrt2: dict[str, bool] = field(default_factory=dict)  # per block prefix ("blocks.3."), overrides sqrt2
     pow2: bool = False  # every requantizer a pure shift (M = 1)
+    #: point -> (r, delta): the tensor there holds x / r + delta (per channel) on the grid acts[point];
+    #: the requantizer producing it realizes that as per-channel multipliers and zero points
+    channel_maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: LayerNorm name -> (grid, alpha): its input narrowed to grid.bits with power-of-two factors 2**alpha_c
+    ln_ptf: dict[str, tuple[QParams, torch.Tensor]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+
+    def sqrt2_at(self, prefix: str) -> bool:
+        return self.softmax_sqrt2.get(prefix, self.sqrt2)
 
     def wbits_of(self, name: str) -> int:
         return self.weight_bits.get(name, self.wbits)
@@ -55,13 +65,26 @@ def linears(spec: Transformer) -> dict[str, "torch.Tensor"]:
     return out
 
 
-def collect(spec: Transformer, batches: Iterable, *, desc: str = "calibrate", progress: bool = True) -> dict[str, Observer]:
-    """Run the float forward over calibration batches, observing every quantized point."""
+def linear_edges(spec: Transformer) -> list[tuple[str, str, str]]:
+    """(linear, input point, output point) of every linear whose output is requantized."""
+    edges = [("patch_embed", "input", "embed")] if spec.family == "vit" else []
+    for i in range(len(spec.blocks)):
+        pre = f"blocks.{i}."
+        src = pre + ("ln1" if spec.family == "vit" else "in")
+        edges += [(pre + p, src, pre + p) for p in ("q", "k", "v")]
+        edges += [(pre + "proj", pre + "attn", pre + "proj"), (pre + "fc1", pre + "ln2", pre + "fc1"),
+                  (pre + "fc2", pre + "gelu", pre + "fc2")]
+    return edges
+
+
+def collect(spec: Transformer, batches: Iterable, *, desc: str = "calibrate", progress: bool = True,
+            extra_roles: tuple[str, ...] = ()) -> dict[str, Observer]:
+    """Run the float forward over calibration batches, observing every quantized point (and ``extra_roles``)."""
     observers: dict[str, Observer] = {}
     state = {"mask": None}
 
     def hook(name: str, x: torch.Tensor) -> torch.Tensor:
-        if role(name) in ("float", "probs"):
+        if role(name) in ("float", "probs") or (role(name) == "ln_in" and "ln_in" not in extra_roles):
             return x
         obs = observers.setdefault(name, Observer(seed=len(observers)))
         mask = state["mask"]
@@ -76,18 +99,20 @@ def collect(spec: Transformer, batches: Iterable, *, desc: str = "calibrate", pr
     return observers
 
 
-def act_grid(name: str, obs: Observer, abits: int, observer: str = "minmax") -> QParams:
-    """The grid of one point: width and symmetry from its role, range from the chosen observer."""
+def act_grid(name: str, obs: Observer, abits: int, observer: str = "minmax", symmetric: bool = False) -> QParams:
+    """The grid of one point: width and symmetry from its role (or symmetric everywhere), range from the observer."""
     r = role(name)
-    bits, symmetric = ROLE_BITS.get(r, (abits, r == "qkv"))
+    bits, sym = ROLE_BITS.get(r, (abits, r == "qkv"))
+    symmetric = symmetric or sym
     if r in ROLE_BITS or observer == "minmax":
         return obs.minmax(bits, symmetric)
     return getattr(obs, observer)(bits, symmetric)
 
 
 def baseline_plan(spec: Transformer, observers: dict[str, Observer], wbits: int, abits: int, *,
-                  method: str = "baseline", observer: str = "minmax", pow2: bool = False) -> QuantPlan:
-    acts = {name: act_grid(name, obs, abits, observer) for name, obs in observers.items()}
+                  method: str = "baseline", observer: str = "minmax", pow2: bool = False,
+                  symmetric: bool = False) -> QuantPlan:
+    acts = {name: act_grid(name, obs, abits, observer, symmetric) for name, obs in observers.items()}
     if pow2:
         acts = {k: pow2_qparams(v) for k, v in acts.items()}
     scales = {name: weight_scales(lin.w, wbits) for name, lin in linears(spec).items()}
@@ -100,8 +125,14 @@ def paper_forward(plan: QuantPlan) -> Forward:
     def act(name: str, x: torch.Tensor) -> torch.Tensor:
         r = role(name)
         if r == "probs":
-            return fake_log2(x, plan.code_bits)
+            return fake_log2(x, plan.code_bits, plan.sqrt2_at(name[: -len("probs")]))
+        if r == "ln_in" and name[: -len(".ln_in")] in plan.ln_ptf:
+            grid, alpha = plan.ln_ptf[name[: -len(".ln_in")]]
+            return fake_ptf(x, grid, alpha)
         if r in ("act", "qkv", "input"):
+            if name in plan.channel_maps:
+                ratio, delta = plan.channel_maps[name]
+                return plan.acts[name].fake(x / ratio + delta)
             return plan.acts[name].fake(x)
         return x
 

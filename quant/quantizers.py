@@ -105,11 +105,19 @@ def search_weight_clip(w: torch.Tensor, bits: int, grid: tuple[float, ...] = (1.
 
 
 # ------------------------------------------------------------------ log2 probabilities
-def fake_log2(p: torch.Tensor, code_bits: int = 4) -> torch.Tensor:
-    """Probabilities on the log2 grid ``2**-round(-log2 p)``; codes past ``2**b - 2`` become 0 (matches intops.softmax_log2)."""
+def fake_log2(p: torch.Tensor, code_bits: int = 4, sqrt2: bool = False) -> torch.Tensor:
+    """Probabilities on the log2 grid ``2**-round(-log2 p)`` (or the log-sqrt(2) grid ``2**(-round(-2 log2 p)/2)``);
+    codes past ``2**b - 2`` become 0 (matches intops.softmax_log2)."""
     zero_code = (1 << code_bits) - 1
-    code = torch.round(-torch.log2(p.clamp_min(1e-30))).clamp(0, zero_code)
-    return torch.where(code < zero_code, torch.exp2(-code), torch.zeros_like(p))
+    steps = 2.0 if sqrt2 else 1.0
+    code = torch.round(-steps * torch.log2(p.clamp_min(1e-30))).clamp(0, zero_code)
+    return torch.where(code < zero_code, torch.exp2(-code / steps), torch.zeros_like(p))
+
+
+def fake_ptf(x: torch.Tensor, grid: QParams, alpha: torch.Tensor) -> torch.Tensor:
+    """Power-of-two factors (FQ-ViT): channel c on the grid of scale ``grid.scale * 2**alpha_c`` (symmetric)."""
+    scale = grid.scale * torch.exp2(alpha.to(x.dtype))
+    return torch.clamp(torch.round(x / scale), grid.qmin, grid.qmax) * scale
 
 
 # ------------------------------------------------------------------ integer multipliers

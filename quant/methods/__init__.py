@@ -12,7 +12,7 @@ from typing import Callable
 from quant.quantizers import QuantError
 
 _METHODS: dict[str, Callable] = {}
-_MODULES = ("baseline",)
+_MODULES = ("baseline", "repq", "apq", "hvit", "fqvit")
 
 
 def register_method(name: str):

@@ -1,0 +1,70 @@
+"""``apq`` (APQ-ViT, Ding et al., ACM MM 2022): blockwise calibration with bottom elimination.
+
+* Blockwise calibration: block by block, each activation grid inside the
+  block is chosen (a clipping ratio of its observed range) to minimize the
+  error of the *whole block's output* against FP32, not the error of the
+  tensor itself.
+* Bottom elimination: the block error counts only the larger half of the
+  squared output errors, so calibration gives priority to the large errors
+  that change the output and ignores the many small ones.
+* Matthew-effect preserving softmax quantization: attention probabilities
+  follow a power law with a few large values carrying the weight ("the rich
+  get richer"); they stay on a logarithmic grid, which keeps that shape at
+  every scale, and each block picks the log2 or the finer log-sqrt(2) grid by
+  the same block metric.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from quant.methods import register_method
+from quant.model import Forward, role
+from quant.plan import QuantPlan, act_grid, baseline_plan, collect, paper_forward
+
+RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+
+
+def bottom_eliminated_error(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """Sum of the squared errors above their median (the bottom half eliminated)."""
+    err = (out - target).pow(2)
+    if mask is not None:
+        err = err[mask]
+    err = err.reshape(-1)
+    return float(err[err >= err.median()].sum())
+
+
+@register_method("apq")
+def apq(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> QuantPlan:
+    observers = collect(spec, batches, progress=progress, desc="calibrate (apq)")
+    plan = baseline_plan(spec, observers, wbits, abits, method="apq")
+    fp, fq = Forward(spec), paper_forward(plan)  # fq reads plan.acts at call time
+    with torch.no_grad():
+        xs = [fp.embed(inputs) for inputs, _ in batches]
+        for i in tqdm(range(len(spec.blocks)), desc="blockwise (apq)", disable=not progress, leave=False):
+            pre = f"blocks.{i}."
+            targets = [fp.block(i, x, m) for x, m in xs]
+
+            def block_error() -> float:
+                return sum(bottom_eliminated_error(fq.block(i, x, m), t, m) for (x, m), t in zip(xs, targets))
+
+            for point in [p for p in plan.acts if p.startswith(pre) and role(p) in ("act", "qkv")]:
+                obs = observers[point]
+                full = (obs.min, obs.max)
+                best, best_err = plan.acts[point], float("inf")
+                for r in RATIOS:
+                    obs.min, obs.max = full[0] * r, full[1] * r
+                    plan.acts[point] = act_grid(point, obs, abits)
+                    err = block_error()
+                    if err < best_err:
+                        best, best_err = plan.acts[point], err
+                obs.min, obs.max = full
+                plan.acts[point] = best
+            errs = {}
+            for base in (False, True):
+                plan.softmax_sqrt2[pre] = base
+                errs[base] = block_error()
+            plan.softmax_sqrt2[pre] = errs[True] < errs[False]
+            xs = [(t, m) for t, (_, m) in zip(targets, xs)]
+    return plan

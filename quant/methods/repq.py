@@ -1,0 +1,83 @@
+"""``repq`` (RepQ-ViT, Li et al., ICCV 2023): scale reparameterization.
+
+* Post-LayerNorm activations are calibrated per channel (scale s_c, integer
+  zero point z_c), then reparameterized to one per-tensor grid
+  (s = mean s_c, z = round(mean z_c)): the tensor carries x_c / r_c + delta_c
+  with r_c = s_c / s and delta_c = s (z_c - z), and the consumers' weights
+  absorb it, W' = W diag(r), b' = b - W' delta. Because z and z_c are
+  integers, per-tensor quantization of the new tensor *is* per-channel
+  quantization of the old one. Where the LayerNorm output only feeds linears
+  (ViT) the map folds into LayerNorm's gamma and beta; where it is also the
+  residual stream (BERT, post-LN) the requantizer that narrows the residual
+  for the linears realizes it with per-channel multipliers and zero points.
+* Post-softmax values use a log-sqrt(2) grid; for inference the codes are
+  half-step log2 shifts (one constant shift-add for odd codes).
+* Weights per output channel with a searched clipping ratio.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quant.methods import register_method
+from quant.plan import QuantPlan, baseline_plan, collect
+from quant.quantizers import QParams, search_weight_clip, weight_scales
+from sim import intops
+
+
+def post_ln_points(spec) -> dict[str, list[str]]:
+    """Post-LayerNorm activation points and the linears that consume each."""
+    points = {}
+    for i in range(len(spec.blocks)):
+        pre = f"blocks.{i}."
+        qkv = [pre + "q", pre + "k", pre + "v"]
+        points[pre + ("ln1" if spec.family == "vit" else "in")] = qkv
+        points[pre + "ln2"] = [pre + "fc1"]
+    if spec.family == "vit":
+        points["norm"] = ["head"]
+    return points
+
+
+def channel_grid(obs, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel asymmetric scales and integer zero points from the observed channel ranges."""
+    qmin, qmax = intops.int_range(bits)
+    lo = torch.clamp(obs.ch_min, max=0.0)
+    hi = torch.clamp(obs.ch_max, min=0.0)
+    scale = torch.clamp((hi - lo) / (qmax - qmin), min=1e-8)
+    zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
+    return scale, zp
+
+
+def reparameterize(spec, point: str, consumers: list[str], obs, bits: int) -> tuple[QParams, torch.Tensor, torch.Tensor]:
+    """Fold the per-channel grid of ``point`` into its consumers; returns the per-tensor grid and the map (r, delta)."""
+    from quant.plan import linears
+
+    s_c, z_c = channel_grid(obs, bits)
+    s = float(s_c.mean())
+    z = int(torch.round(z_c.mean()))
+    ratio = s_c / s
+    delta = s * (z_c - z)
+    lin = linears(spec)
+    for name in consumers:
+        w = lin[name].w * ratio[None, :]
+        lin[name].b = lin[name].b - w @ delta
+        lin[name].w = w
+    return QParams(s, z, bits), ratio, delta
+
+
+@register_method("repq")
+def repq(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> QuantPlan:
+    observers = collect(spec, batches, progress=progress, desc="calibrate (repq)")
+    grids, maps = {}, {}
+    for point, consumers in post_ln_points(spec).items():
+        qp, ratio, delta = reparameterize(spec, point, consumers, observers[point], abits)
+        grids[point], maps[point] = qp, (ratio, delta)
+    plan = baseline_plan(spec, observers, wbits, abits, method="repq")
+    plan.acts.update(grids)
+    plan.channel_maps = maps
+    plan.sqrt2 = True
+    from quant.plan import linears
+
+    for name, lin in linears(spec).items():  # recalibrate the weight quantizers on the rewritten weights
+        plan.weight_scales[name] = weight_scales(lin.w, wbits, search_weight_clip(lin.w, wbits))
+    return plan
