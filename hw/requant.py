@@ -7,25 +7,26 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_bool, check_int, delay, round_const, saturate
+from hw.common import check_bool, check_int, delay, round_const
 
 
 class Requantizer(wiring.Component):
-    """``y = saturate(((x*M[c] + 2**(s[c]-1)) >> s[c]) + zero_point, out_bits)``, round half up.
+    """``y = saturate(((x*M[c] + 2**(s[c]-1)) >> s[c]) + z[c], out_width, out_signed)``, round half up.
 
-    ``(M, s)`` is a per-channel table of ``channels`` entries, loaded through
+    ``(M, s, z)`` is a per-channel table of ``channels`` entries, loaded through
     the ``tbl_*`` port; each lane names the channel of its element on ``i_ch``.
     With ``pow2=True`` M is 1 and there is no multiplier: the unit is a
-    rounding shifter. Fully pipelined: an input beat taken on ``i_valid``
-    appears on ``o_y`` with ``o_valid`` exactly ``latency`` clock edges later
-    (``sim.timing.stream_cycles``). Shift amounts beyond the product width give
-    the same result as the product width (0 before the zero point), so the
-    shifter only spans the product.
+    rounding shifter. The output width (up to ``out_bits``) and signedness are
+    set per op on ``out_width`` / ``out_signed``; ``o_y`` carries the result's
+    bits, sign- or zero-extended to ``out_bits``. Fully pipelined: an input
+    beat taken on ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly
+    ``latency`` clock edges later (``sim.timing.stream_cycles``). Shift amounts
+    beyond the product width give the same result as the product width, so
+    the shifter only spans the product.
     """
 
     def __init__(self, in_bits: int = 32, out_bits: int = 8, mult_bits: int = 16, shift_bits: int = 6,
-                 lanes: int = 1, channels: int = 64, pow2: bool = False, signed_out: bool = True,
-                 latency: int | None = None):
+                 lanes: int = 1, channels: int = 64, pow2: bool = False, latency: int | None = None):
         unit = "Requantizer"
         self.in_bits = check_int(unit, "in_bits", in_bits, 2, 48)
         self.out_bits = check_int(unit, "out_bits", out_bits, 2, 32)
@@ -34,23 +35,23 @@ class Requantizer(wiring.Component):
         self.lanes = check_int(unit, "lanes", lanes, 1, 64)
         self.channels = check_int(unit, "channels", channels, 1, 1 << 16)
         self.pow2 = check_bool(unit, "pow2", pow2)
-        self.signed_out = check_bool(unit, "signed_out", signed_out)
         self.min_latency = 3 if pow2 else 4
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
                                  self.min_latency, 64)
         self.prod_bits = in_bits if pow2 else in_bits + mult_bits
-        out_shape = signed(out_bits) if signed_out else unsigned(out_bits)
         ch_shape = unsigned(max(1, (channels - 1).bit_length()))
         members = {
             "tbl_we": In(1),
             "tbl_addr": In(ch_shape),
             "tbl_shift": In(unsigned(shift_bits)),
-            "zero_point": In(out_shape),
+            "tbl_zp": In(signed(out_bits + 1)),  # unsigned outputs reach 2**out_bits - 1
+            "out_width": In(range(2, out_bits + 1)),
+            "out_signed": In(1),
             "i_valid": In(1),
             "i_x": In(data.ArrayLayout(signed(in_bits), lanes)),
             "i_ch": In(data.ArrayLayout(ch_shape, lanes)),
             "o_valid": Out(1),
-            "o_y": Out(data.ArrayLayout(out_shape, lanes)),
+            "o_y": Out(data.ArrayLayout(unsigned(out_bits), lanes)),
         }
         if not pow2:
             members["tbl_m"] = In(unsigned(mult_bits))
@@ -60,19 +61,27 @@ class Requantizer(wiring.Component):
     def params(self) -> dict:
         return {"in_bits": self.in_bits, "out_bits": self.out_bits, "mult_bits": self.mult_bits,
                 "shift_bits": self.shift_bits, "lanes": self.lanes, "channels": self.channels,
-                "pow2": self.pow2, "signed_out": self.signed_out, "latency": self.latency}
+                "pow2": self.pow2, "latency": self.latency}
 
     def elaborate(self, platform):
         m = Module()
-        entry = data.StructLayout({"shift": unsigned(self.shift_bits)} if self.pow2 else
-                                  {"m": unsigned(self.mult_bits), "shift": unsigned(self.shift_bits)})
-        m.submodules.table = table = Memory(shape=entry, depth=self.channels, init=[])
+        fields = {"shift": unsigned(self.shift_bits), "zp": signed(self.out_bits + 1)}
+        if not self.pow2:
+            fields["m"] = unsigned(self.mult_bits)
+        m.submodules.table = table = Memory(shape=data.StructLayout(fields), depth=self.channels, init=[])
         wr = table.write_port()
-        m.d.comb += [wr.en.eq(self.tbl_we), wr.addr.eq(self.tbl_addr), wr.data.shift.eq(self.tbl_shift)]
+        m.d.comb += [wr.en.eq(self.tbl_we), wr.addr.eq(self.tbl_addr), wr.data.shift.eq(self.tbl_shift),
+                     wr.data.zp.eq(self.tbl_zp)]
         if not self.pow2:
             m.d.comb += wr.data.m.eq(self.tbl_m)
 
         w = self.prod_bits
+        # the op's output range, from its width and signedness (held for the op)
+        lo = Signal(signed(self.out_bits + 1))
+        hi = Signal(signed(self.out_bits + 1))
+        top = Signal(unsigned(self.out_bits + 1))
+        m.d.comb += top.eq(1 << (self.out_width - self.out_signed).as_unsigned())
+        m.d.comb += [hi.eq(top - 1), lo.eq(Mux(self.out_signed, -top, 0))]
         valid = [self.i_valid]
         for stage in range(self.min_latency):
             v = Signal(name=f"valid_s{stage + 1}")
@@ -84,20 +93,22 @@ class Requantizer(wiring.Component):
             x1 = Signal(signed(self.in_bits), name=f"x1_{lane}")
             m.d.sync += x1.eq(self.i_x[lane])
             if self.pow2:  # no multiplier: the product is x itself
-                prod, s2 = x1, rd.data.shift
+                prod, s2, z2 = x1, rd.data.shift, rd.data.zp
             else:  # stage 2: x * M
                 prod = Signal(signed(w), name=f"prod_{lane}")
                 s2 = Signal(unsigned(self.shift_bits), name=f"s2_{lane}")
-                m.d.sync += [prod.eq(x1 * rd.data.m), s2.eq(rd.data.shift)]
+                z2 = Signal(signed(self.out_bits + 1), name=f"z2_{lane}")
+                m.d.sync += [prod.eq(x1 * rd.data.m), s2.eq(rd.data.shift), z2.eq(rd.data.zp)]
             # next stage: round half up and shift; shifts beyond w act as w
             sc = Signal(range(w + 1), name=f"sc_{lane}")
             m.d.comb += sc.eq(Mux(s2 > w, w, s2))
             shifted = Signal(signed(w + 1), name=f"shifted_{lane}")
-            m.d.sync += shifted.eq((prod + round_const(sc, w)) >> sc)
-            # last stage: zero point and saturation
-            y = Signal.like(self.o_y[lane], name=f"y_{lane}")
-            biased = shifted + self.zero_point
-            m.d.sync += y.eq(saturate(biased, self.out_bits, self.signed_out))
+            z3 = Signal(signed(self.out_bits + 1), name=f"z3_{lane}")
+            m.d.sync += [shifted.eq((prod + round_const(sc, w)) >> sc), z3.eq(z2)]
+            # last stage: zero point and saturation to the op's range
+            y = Signal(unsigned(self.out_bits), name=f"y_{lane}")
+            biased = shifted + z3
+            m.d.sync += y.eq(Mux(biased > hi, hi, Mux(biased < lo, lo, biased)))
             m.d.comb += self.o_y[lane].eq(delay(m, y, self.latency - self.min_latency, f"y_{lane}"))
         m.d.comb += self.o_valid.eq(delay(m, valid[-1], self.latency - self.min_latency, "valid"))
         return m

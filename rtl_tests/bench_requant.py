@@ -22,23 +22,26 @@ async def requant_bench(dut):
     lanes, in_bits, out_bits = p["lanes"], p["in_bits"], p["out_bits"]
     ch_bits = max(1, (p["channels"] - 1).bit_length())
     clk = Clocked(dut)
-    await clk.start(["tbl_we", "tbl_addr", "tbl_shift", "zero_point", "i_valid", "i_x", "i_ch"]
-                    + ([] if p["pow2"] else ["tbl_m"]))
+    await clk.start(["tbl_we", "tbl_addr", "tbl_shift", "tbl_zp", "out_width", "out_signed", "i_valid", "i_x",
+                     "i_ch"] + ([] if p["pow2"] else ["tbl_m"]))
     sb = Scoreboard("requant", cfg["sim"])
     starts = np.concatenate([[0], np.cumsum(v["seg_len"])])
     for s in range(len(v["seg_len"])):
         x = v["x"][starts[s]:starts[s + 1]]
         ch = v["ch"][starts[s]:starts[s + 1]]
-        tm, ts, zp = v["seg_m"][s], v["seg_shift"][s], int(v["seg_zp"][s])
+        tm, ts, tz = v["seg_m"][s], v["seg_shift"][s], v["seg_zp"][s]
+        width, sgn = int(v["seg_width"][s]), bool(v["seg_signed"][s])
         for c in range(p["channels"]):  # load this op's table
             dut.tbl_we.value = 1
             dut.tbl_addr.value = c
             dut.tbl_shift.value = int(ts[c])
+            dut.tbl_zp.value = int(tz[c]) & ((1 << (out_bits + 1)) - 1)
             if not p["pow2"]:
                 dut.tbl_m.value = int(tm[c])
             await clk.tick()
         dut.tbl_we.value = 0
-        dut.zero_point.value = zp & ((1 << out_bits) - 1)
+        dut.out_width.value = width
+        dut.out_signed.value = int(sgn)
         beats = -(-len(x) // lanes)
         pad = beats * lanes - len(x)
         xb = np.concatenate([x, np.zeros(pad, np.int64)]).reshape(beats, lanes)
@@ -58,16 +61,16 @@ async def requant_bench(dut):
                 dut.i_valid.value = 0
             await clk.sample()
             if dut.o_valid.value:
-                got += unpack(int(dut.o_y.value), out_bits, lanes, p["signed_out"])
+                got += unpack(int(dut.o_y.value), out_bits, lanes, sgn)
                 last_out = clk.cycle
             await clk.tick()
             if clk.cycle - first_in > beats + 4 * p["latency"] + 16:
                 break  # the unit lost outputs; the scoreboard reports the shortfall
         got_arr = np.asarray(got[: len(x)], dtype=np.int64)
-        expected = intops.requantize(x, tm[ch], ts[ch], out_bits, zp, p["signed_out"])
+        expected = intops.requantize(x, tm[ch], ts[ch], width, tz[ch], sgn)
         op = str(v["seg_op"][s])
         sb.compare(op, str(v["seg_source"][s]), {"x": x, "channel": ch, "m": tm[ch], "shift": ts[ch],
-                                                  "zero_point": np.full(len(x), zp)}, expected, got_arr)
+                                                  "zero_point": tz[ch]}, expected, got_arr)
         if last_out is not None:
             sb.check_cycles(op, last_out - first_in, timing.stream_cycles(len(x), lanes, p["latency"]))
         else:

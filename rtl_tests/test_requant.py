@@ -9,8 +9,8 @@ from rtl_tests import harness, vectors
 from rtl_tests.conftest import SIMS
 
 CONFIGS = {
-    "dyadic-int8": dict(in_bits=32, out_bits=8, mult_bits=16, lanes=4, channels=16),
-    "pow2-uint4": dict(in_bits=32, out_bits=4, lanes=2, channels=16, pow2=True, signed_out=False),
+    "dyadic-16b": dict(in_bits=32, out_bits=16, mult_bits=16, lanes=4, channels=16),
+    "pow2-8b": dict(in_bits=32, out_bits=8, lanes=2, channels=16, pow2=True, latency=4),
 }
 
 

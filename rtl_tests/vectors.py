@@ -31,33 +31,41 @@ def merge(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- requant
 
-def requant_segment(x, ch, m, shift, zp, op: str, source: str) -> dict[str, np.ndarray]:
+def requant_segment(x, ch, m, shift, zp, out_width: int, out_signed: bool, op: str,
+                    source: str) -> dict[str, np.ndarray]:
+    """One requant op: elements ``x`` of channels ``ch``, the per-channel table (m, shift, zp)."""
     return {"x": np.asarray(x, np.int64), "ch": np.asarray(ch, np.int64),
             "seg_len": np.array([len(x)]), "seg_m": np.asarray(m, np.int64)[None],
-            "seg_shift": np.asarray(shift, np.int64)[None], "seg_zp": np.array([zp]),
+            "seg_shift": np.asarray(shift, np.int64)[None], "seg_zp": np.asarray(zp, np.int64)[None],
+            "seg_width": np.array([out_width]), "seg_signed": np.array([int(out_signed)]),
             "seg_op": np.array([op]), "seg_source": np.array([source])}
 
 
 def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[str, np.ndarray]:
-    """Random segments with varied tables, then the corner cases: both rails, most-negative x,
-    M = 0 / 1 / max, shifts 0, 1, the product width and beyond, exact rounding ties."""
+    """Random segments with varied tables, output widths and signedness, then the corner cases:
+    both rails, most-negative x, M = 0 / 1 / max, shifts 0, 1, the product width and beyond,
+    exact rounding ties."""
     rng = np.random.default_rng(seed)
-    c, in_bits, mult_bits = p["channels"], p["in_bits"], p["mult_bits"]
+    c, in_bits, mult_bits, out_bits = p["channels"], p["in_bits"], p["mult_bits"], p["out_bits"]
     w = in_bits if p["pow2"] else in_bits + mult_bits
     xlo, xhi = intops.int_range(in_bits)
-    zlo, zhi = intops.int_range(p["out_bits"], p["signed_out"])
     max_shift = (1 << p["shift_bits"]) - 1
+    formats = sorted({(min(4, out_bits), True), (min(8, out_bits), True), (out_bits, True),
+                      (min(4, out_bits), False), (out_bits, False)})
     segs = []
-    n_seg = 4
+    n_seg = 8
     for k in range(n_seg):
+        width, sgn = formats[k % len(formats)]
+        zlo, zhi = intops.int_range(width, sgn)
         n = n_random // n_seg
         m = np.ones(c, np.int64) if p["pow2"] else rng.integers(0, 1 << mult_bits, c)
         # shifts that land the product near the output range, plus uniformly random ones
-        target = np.clip(w - 1 - p["out_bits"] + rng.integers(-8, 9, c), 0, max_shift)
+        target = np.clip(w - 1 - width + rng.integers(-8, 9, c), 0, max_shift)
         shift = np.where(rng.random(c) < 0.75, target, rng.integers(0, max_shift + 1, c))
+        zp = rng.integers(zlo, zhi + 1, c) if k % 2 else np.full(c, (zlo + zhi + 1) // 2)
         x = _magnitudes(rng, n, in_bits)
-        zp = int(rng.integers(zlo, zhi + 1)) if k % 2 else (zlo + zhi + 1) // 2
-        segs.append(requant_segment(x, rng.integers(0, c, n), m, shift, zp, f"random{k}", "random"))
+        segs.append(requant_segment(x, rng.integers(0, c, n), m, shift, zp, width, sgn,
+                                    f"random{k}_{'s' if sgn else 'u'}{width}", "random"))
     # corners: every (x, M, shift) combination of extreme values, one channel per (M, shift)
     ms = [1] if p["pow2"] else [0, 1, (1 << mult_bits) - 1, 1 << (mult_bits - 1)]
     shifts = sorted({0, 1, 2, w - 1, w, min(w + 1, max_shift), max_shift, min(62, max_shift)})
@@ -67,8 +75,11 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
     xs = np.array([xlo, xlo + 1, xhi, xhi - 1, 0, 1, -1, 2, -2, 3, -3])
     ch = np.repeat(np.arange(len(pairs)), len(xs))
     x = np.tile(xs, len(pairs))
-    for zp in ([0, zlo, zhi] if p["signed_out"] else [zlo, zhi, (zlo + zhi) // 2]):
-        segs.append(requant_segment(x, ch, m, shift, zp, f"corner_zp{zp}", "corner"))
+    for width, sgn in formats:
+        zlo, zhi = intops.int_range(width, sgn)
+        for zp in (zlo, zhi, (zlo + zhi + 1) // 2):
+            segs.append(requant_segment(x, ch, m, shift, np.full(c, zp), width, sgn,
+                                        f"corner_{'s' if sgn else 'u'}{width}_zp{zp}", "corner"))
     # rounding ties: x*M exactly k*2**s + 2**(s-1), positive and negative
     s = np.clip(rng.integers(1, 16, c), 1, max_shift)
     m = np.ones(c, np.int64) if p["pow2"] else rng.integers(1, 64, c)
@@ -76,7 +87,7 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
     k = rng.integers(-40, 40, 2000)
     target = k * (1 << s[ch]) + (1 << (s[ch] - 1))
     x = np.clip(target // m[ch], xlo, xhi)  # exact ties where M divides, near-ties elsewhere
-    segs.append(requant_segment(x, ch, m, s, (zlo + zhi + 1) // 2, "ties", "corner"))
+    segs.append(requant_segment(x, ch, m, s, np.zeros(c, np.int64), out_bits, True, "ties", "corner"))
     return merge(*segs)
 
 
