@@ -21,8 +21,8 @@ class Observer:
         self.max = float("-inf")
         self.ch_min: torch.Tensor | None = None
         self.ch_max: torch.Tensor | None = None
-        self.sample = torch.empty(0)
-        self.rows = torch.empty(0)
+        self._values: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor] = []
         self._gen = torch.Generator().manual_seed(seed)
 
     def update(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
@@ -33,22 +33,35 @@ class Observer:
             rows = rows[valid.reshape(-1).bool()]
         if rows.numel() == 0:
             return
-        self.min = min(self.min, float(rows.min()))
-        self.max = max(self.max, float(rows.max()))
         cmin, cmax = rows.amin(dim=0), rows.amax(dim=0)
         self.ch_min = cmin if self.ch_min is None else torch.minimum(self.ch_min, cmin)
         self.ch_max = cmax if self.ch_max is None else torch.maximum(self.ch_max, cmax)
+        self.min = min(self.min, float(cmin.min()))
+        self.max = max(self.max, float(cmax.max()))
         flat = rows.reshape(-1)
-        take = min(flat.numel(), SAMPLE_SIZE)
-        idx = torch.randint(flat.numel(), (take,), generator=self._gen)
-        self.sample = torch.cat([self.sample, flat[idx]])
-        if self.sample.numel() > SAMPLE_SIZE:
-            keep = torch.randperm(self.sample.numel(), generator=self._gen)[:SAMPLE_SIZE]
-            self.sample = self.sample[keep]
-        pick = rows[torch.randperm(rows.shape[0], generator=self._gen)[:ROW_SAMPLE]]
-        self.rows = pick if self.rows.numel() == 0 else torch.cat([self.rows, pick])
-        if self.rows.shape[0] > ROW_SAMPLE:
-            self.rows = self.rows[torch.randperm(self.rows.shape[0], generator=self._gen)[:ROW_SAMPLE]]
+        self._values.append(flat[torch.randint(flat.numel(), (min(flat.numel(), SAMPLE_SIZE // 4),), generator=self._gen)])
+        self._rows.append(rows[torch.randint(rows.shape[0], (min(rows.shape[0], ROW_SAMPLE // 4),), generator=self._gen)])
+
+    @staticmethod
+    def _subsample(parts: list[torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
+        whole = torch.cat(parts)
+        if whole.shape[0] > size:
+            whole = whole[torch.randperm(whole.shape[0], generator=gen)[:size]]
+        return whole
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """A random sample of at most SAMPLE_SIZE observed values."""
+        if len(self._values) != 1:
+            self._values = [self._subsample(self._values, SAMPLE_SIZE, self._gen)]
+        return self._values[0]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """A random sample of at most ROW_SAMPLE observed rows [n, C]."""
+        if len(self._rows) != 1:
+            self._rows = [self._subsample(self._rows, ROW_SAMPLE, self._gen)]
+        return self._rows[0]
 
     # ---------------------------------------------------------- grids
     def minmax(self, bits: int, symmetric: bool) -> QParams:
