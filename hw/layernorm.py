@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -17,24 +17,28 @@ class LayerNorm(wiring.Component):
     """Integer LayerNorm of a row of ``n`` signed ``in_bits`` channels (``n <= max_n``), per-channel affine.
 
     Three passes over a row buffer with fixed-length steps between them:
-    the input pass sums the row; a sequential divider gives the mean
-    (round half up, ``in_bits`` steps); the second pass sums ``(x - mean)**2``;
-    the divider gives the variance (``2*in_bits`` steps); a digit-by-digit
-    square root gives ``std`` (``in_bits`` steps); the divider gives
-    ``floor(2**recip_bits / max(std, 1))`` (``recip_bits + 1`` steps); the
-    output pass computes ``n = sat16(round((x - mean) * r >> (recip_bits - frac_bits)))``
-    and ``y = sat(round((n * gamma + beta) >> shift), out_bits)``. Every step
+    the input pass applies the power-of-two input factors (``x << in_shift``,
+    which the program keeps inside ``in_bits``) and sums the row; a restoring
+    divider gives the mean (round half up, ``in_bits`` quotient bits); the
+    second pass sums ``(x - mean)**2``; the divider gives the variance
+    (``2*in_bits`` bits); a digit-by-digit square root gives ``std``
+    (``in_bits`` bits); the divider gives ``floor(2**recip_bits / max(std, 1))``
+    (``recip_bits + 1`` bits); the output pass computes
+    ``n = sat16(round((x - mean) * r >> (recip_bits - frac_bits)))`` and
+    ``y = sat(round((n * gamma + beta) >> shift), out_bits)``. The divider and
+    the square root make ``steps_per_cycle`` result bits a cycle. Every step
     count is fixed, so a row of B beats takes ``3*B + latency`` clock edges,
     first beat in to last result out (``sim.timing.layernorm_row_cycles``),
-    with ``latency = 4*in_bits + recip_bits + 11`` at the minimum.
+    with ``latency`` at least :meth:`latency_for`.
 
-    ``gamma``/``beta`` are loaded a beat (``lanes`` channels) at a time through
-    ``tbl_*``; ``n`` and ``shift`` are held for the row.
+    ``gamma``, ``beta`` and ``in_shift`` are loaded a beat (``lanes``
+    channels) at a time through ``tbl_*``; ``n`` and ``shift`` are held for the row.
     """
 
     def __init__(self, in_bits: int = 16, out_bits: int = 8, max_n: int = 64, lanes: int = 1,
                  frac_bits: int = intops.LN_NORM_FRAC_BITS, recip_bits: int = intops.LN_RECIP_BITS,
-                 gamma_bits: int = 16, beta_bits: int = 32, shift_bits: int = 6, latency: int | None = None):
+                 gamma_bits: int = 16, beta_bits: int = 32, shift_bits: int = 6, steps_per_cycle: int = 1,
+                 latency: int | None = None):
         unit = "LayerNorm"
         self.in_bits = check_int(unit, "in_bits", in_bits, 2, 16)
         self.out_bits = check_int(unit, "out_bits", out_bits, 2, 32)
@@ -45,7 +49,8 @@ class LayerNorm(wiring.Component):
         self.gamma_bits = check_int(unit, "gamma_bits", gamma_bits, 2, 16)
         self.beta_bits = check_int(unit, "beta_bits", beta_bits, 2, 32)
         self.shift_bits = check_int(unit, "shift_bits", shift_bits, 1, 7)
-        self.min_latency = 4 * in_bits + recip_bits + 11
+        self.steps_per_cycle = check_int(unit, "steps_per_cycle", steps_per_cycle, 1, 8)
+        self.min_latency = self.latency_for(in_bits, recip_bits, steps_per_cycle)
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
                                  self.min_latency, 1 << 12)
         self.depth = -(-max_n // lanes)
@@ -54,6 +59,7 @@ class LayerNorm(wiring.Component):
             "tbl_addr": In(range(self.depth)),
             "tbl_gamma": In(data.ArrayLayout(signed(gamma_bits), lanes)),
             "tbl_beta": In(data.ArrayLayout(signed(beta_bits), lanes)),
+            "tbl_in_shift": In(data.ArrayLayout(unsigned(2), lanes)),
             "n": In(range(max_n + 1)),
             "shift": In(unsigned(shift_bits)),
             "i_valid": In(1),
@@ -65,17 +71,31 @@ class LayerNorm(wiring.Component):
             "o_last": Out(1),
         })
 
+    @staticmethod
+    def latency_for(in_bits: int, recip_bits: int, steps_per_cycle: int) -> int:
+        """The fixed per-row work in clock edges: mean, variance and reciprocal divisions and the square
+        root at ``steps_per_cycle`` result bits a cycle, plus 6 hand-over states and the 4-deep output pipeline."""
+        k = steps_per_cycle
+        return sum(-(-q // k) for q in (in_bits, 2 * in_bits, in_bits, recip_bits + 1)) + 10
+
     @property
     def params(self) -> dict:
         return {"in_bits": self.in_bits, "out_bits": self.out_bits, "max_n": self.max_n, "lanes": self.lanes,
                 "frac_bits": self.frac_bits, "recip_bits": self.recip_bits, "gamma_bits": self.gamma_bits,
-                "beta_bits": self.beta_bits, "shift_bits": self.shift_bits, "latency": self.latency}
+                "beta_bits": self.beta_bits, "shift_bits": self.shift_bits,
+                "steps_per_cycle": self.steps_per_cycle, "latency": self.latency}
 
     def elaborate(self, platform):
         m = Module()
         lanes, xb = self.lanes, self.in_bits
         n_bits = self.max_n.bit_length()
-        q_mean, q_var, q_recip = xb, 2 * xb, self.recip_bits + 1  # quotient bits of the three divisions
+        k = self.steps_per_cycle
+
+        def rounded(bits):  # a step count made a multiple of k: extra leading quotient bits are zeros
+            return k * -(-bits // k)
+
+        q_mean, q_var, q_recip = rounded(xb), rounded(2 * xb), rounded(self.recip_bits + 1)
+        sq_digits = rounded(xb)  # result bits of the square root
         d_bits = xb + 1  # x - mean
         sum_bits = xb + n_bits + 1
         sumsq_bits = 2 * xb + n_bits
@@ -88,12 +108,17 @@ class LayerNorm(wiring.Component):
         aff_wr, aff_rd = aff.write_port(), aff.read_port()
         m.d.comb += [aff_wr.en.eq(self.tbl_we), aff_wr.addr.eq(self.tbl_addr),
                      aff_wr.data.gamma.eq(self.tbl_gamma), aff_wr.data.beta.eq(self.tbl_beta)]
+        # power-of-two input factors, needed as the row comes in: a small table read without a register
+        m.submodules.in_shifts = shifts = Memory(shape=data.ArrayLayout(unsigned(2), lanes), depth=self.depth, init=[])
+        sh_wr, sh_rd = shifts.write_port(), shifts.read_port(domain="comb")
+        m.d.comb += [sh_wr.en.eq(self.tbl_we), sh_wr.addr.eq(self.tbl_addr), sh_wr.data.eq(self.tbl_in_shift)]
 
         n_reg = Signal(range(self.max_n + 1))
         shift = Signal(unsigned(self.shift_bits))
         n_beats = Signal(range(self.depth + 1))
         ptr = Signal(range(self.depth + 1))
-        count = Signal(range(max(q_var, q_recip, self.latency) + 1))
+        tail = 4  # the output pipeline: product, normalized value, affine, shift and saturate
+        count = Signal(range(max(q_var, q_recip, self.latency, tail) + 1))
         total = Signal(signed(sum_bits))
         sumsq = Signal(unsigned(sumsq_bits))
         mean = Signal(signed(xb + 1))
@@ -103,30 +128,37 @@ class LayerNorm(wiring.Component):
         def lane_ok(beat, lane, n):  # channel beat*lanes + lane exists in this row
             return beat * lanes + lane < n
 
-        # the shared sequential divider: quotient bit per cycle, divisor pre-shifted
+        # the shared divider: restoring, k quotient bits a cycle, divisor pre-shifted
         div_w = max(xb + n_bits, sumsq_bits, self.recip_bits + 1) + 1
         ds_w = max(n_bits + q_var, xb + q_recip)
         rem = Signal(div_w)
         dsr = Signal(ds_w)
         quo = Signal(max(q_var, q_recip))
-        step_rem = Mux(rem >= dsr, rem - dsr, rem)
-        step_bit = rem >= dsr
+        new_rem, new_dsr, new_quo = rem, dsr, quo
+        for _ in range(k):
+            fits = new_rem >= new_dsr
+            new_rem = Mux(fits, new_rem - new_dsr, new_rem)[:div_w]
+            new_quo = Cat(fits, new_quo)[:len(quo)]
+            new_dsr = new_dsr >> 1
 
         def div_load(dividend, divisor, q_bits):
-            return [rem.eq(dividend), dsr.eq(divisor << (q_bits - 1)), quo.eq(0), count.eq(q_bits - 1)]
+            return [rem.eq(dividend), dsr.eq(divisor << (q_bits - 1)), quo.eq(0), count.eq(q_bits // k - 1)]
 
-        div_step = [rem.eq(step_rem), dsr.eq(dsr >> 1), quo.eq((quo << 1) | step_bit), count.eq(count - 1)]
+        div_step = [rem.eq(new_rem), dsr.eq(new_dsr), quo.eq(new_quo), count.eq(count - 1)]
 
-        # digit-by-digit square root of the variance
-        sq_v = Signal(2 * xb)
-        sq_rem = Signal(xb + 3)
-        root = Signal(xb)
-        sq_in = Signal(xb + 3)
-        sq_trial = Signal(xb + 3)
-        m.d.comb += [sq_in.eq((sq_rem << 2) | sq_v[-2:]), sq_trial.eq((root << 2) | 1)]
-        sq_fits = sq_in >= sq_trial
-        sq_step = [sq_v.eq(sq_v << 2), sq_rem.eq(Mux(sq_fits, sq_in - sq_trial, sq_in)),
-                   root.eq((root << 1) | sq_fits), count.eq(count - 1)]
+        # digit-by-digit square root of the variance, k result bits a cycle
+        sq_v = Signal(2 * sq_digits)
+        sq_rem = Signal(sq_digits + 2)
+        root = Signal(sq_digits)
+        v_, r_, root_ = sq_v, sq_rem, root
+        for _ in range(k):
+            sq_in = Cat(v_[-2:], r_)  # remainder and the next two bits of the variance
+            trial = Cat(Const(1, 2), root_)  # 4*root + 1
+            fits = sq_in >= trial
+            r_ = Mux(fits, sq_in - trial, sq_in)[:len(sq_rem)]
+            root_ = Cat(fits, root_)[:len(root)]
+            v_ = (v_ << 2)[:len(sq_v)]
+        sq_step = [sq_v.eq(v_), sq_rem.eq(r_), root.eq(root_), count.eq(count - 1)]
 
         neg = Signal()
         pass_data = Signal()  # buf_rd.data holds a second-pass beat
@@ -134,14 +166,15 @@ class LayerNorm(wiring.Component):
         out_last = Signal()
         rd_ptr = Signal(range(self.depth + 1))  # the beat whose data is arriving
         m.d.sync += [pass_data.eq(0), out_data.eq(0), out_last.eq(0), rd_ptr.eq(ptr)]
-        tail = 4  # output pipeline: product, normalized value, affine, shift and saturate
         with m.FSM():
             with m.State("INPUT"):
-                m.d.comb += [self.i_ready.eq(1), buf_wr.addr.eq(ptr), buf_wr.en.eq(fire), buf_wr.data.eq(self.i_x)]
+                m.d.comb += [self.i_ready.eq(1), buf_wr.addr.eq(ptr), buf_wr.en.eq(fire), sh_rd.addr.eq(ptr)]
+                for lane in range(lanes):  # x << in_shift; the program keeps it inside in_bits
+                    m.d.comb += buf_wr.data[lane].eq((self.i_x[lane] << sh_rd.data[lane])[:xb])
                 with m.If(fire):
                     beat_sum = 0
                     for lane in range(lanes):
-                        beat_sum = beat_sum + Mux(lane_ok(ptr, lane, self.n), self.i_x[lane], 0)
+                        beat_sum = beat_sum + Mux(lane_ok(ptr, lane, self.n), buf_wr.data[lane], 0)
                     m.d.sync += [total.eq(total + beat_sum), ptr.eq(ptr + 1), n_reg.eq(self.n),
                                  shift.eq(self.shift)]
                     with m.If(self.i_last):
@@ -174,7 +207,7 @@ class LayerNorm(wiring.Component):
                 with m.If(count == 0):
                     m.next = "SQRT_LOAD"
             with m.State("SQRT_LOAD"):
-                m.d.sync += [sq_v.eq(quo[:2 * xb]), sq_rem.eq(0), root.eq(0), count.eq(xb - 1)]
+                m.d.sync += [sq_v.eq(quo[:2 * xb]), sq_rem.eq(0), root.eq(0), count.eq(sq_digits // k - 1)]
                 m.next = "SQRT"
             with m.State("SQRT"):
                 m.d.sync += sq_step

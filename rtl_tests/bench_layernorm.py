@@ -22,23 +22,25 @@ async def layernorm_bench(dut):
     p = cfg["params"]
     lanes, in_bits, out_bits = p["lanes"], p["in_bits"], p["out_bits"]
     clk = Clocked(dut)
-    await clk.start(["tbl_we", "tbl_addr", "tbl_gamma", "tbl_beta", "n", "shift", "i_valid", "i_x", "i_last"])
+    await clk.start(["tbl_we", "tbl_addr", "tbl_gamma", "tbl_beta", "tbl_in_shift", "n", "shift", "i_valid", "i_x",
+                     "i_last"])
     sb = Scoreboard("layernorm", cfg["sim"])
     off = aoff = 0
     for s in range(len(v["seg_rows"])):
         n_rows, n = int(v["seg_rows"][s]), int(v["seg_len"][s])
         x = v["x"][off:off + n_rows * n].reshape(n_rows, n)
-        gamma, beta = v["gamma"][aoff:aoff + n], v["beta"][aoff:aoff + n]
+        gamma, beta, in_shift = v["gamma"][aoff:aoff + n], v["beta"][aoff:aoff + n], v["in_shift"][aoff:aoff + n]
         off, aoff = off + n_rows * n, aoff + n
         shift = int(v["seg_shift"][s])
         beats_per_row = -(-n // lanes)
         pad = beats_per_row * lanes - n
-        gp, bp = np.pad(gamma, (0, pad)), np.pad(beta, (0, pad))
+        gp, bp, sp = np.pad(gamma, (0, pad)), np.pad(beta, (0, pad)), np.pad(in_shift, (0, pad))
         for b in range(beats_per_row):
             dut.tbl_we.value = 1
             dut.tbl_addr.value = b
             dut.tbl_gamma.value = pack(gp[b * lanes:(b + 1) * lanes], p["gamma_bits"])
             dut.tbl_beta.value = pack(bp[b * lanes:(b + 1) * lanes], p["beta_bits"])
+            dut.tbl_in_shift.value = pack(sp[b * lanes:(b + 1) * lanes], 2)
             await clk.tick()
         dut.tbl_we.value = 0
         dut.n.value = n
@@ -73,9 +75,11 @@ async def layernorm_bench(dut):
         got = np.asarray(ys, np.int64)
         if got.size == n_rows * beats_per_row * lanes:
             got = got.reshape(n_rows, -1)[:, :n]
-        expected = intops.layernorm(x, gamma, beta, shift, out_bits, p["frac_bits"], p["recip_bits"])
+        expected = intops.layernorm(x, gamma, beta, shift, out_bits, p["frac_bits"], p["recip_bits"],
+                                    in_shift=in_shift)
         sb.compare(op, str(v["seg_source"][s]), {"x": x, "gamma": np.broadcast_to(gamma, x.shape),
                                                   "beta": np.broadcast_to(beta, x.shape),
+                                                  "in_shift": np.broadcast_to(in_shift, x.shape),
                                                   "shift": np.full(n_rows, shift)}, expected, got, axis_items=n)
         spans = [o - i_ for i_, o in zip(row_in, row_out)]
         worst = max(spans, key=lambda c: abs(c - model_row)) if spans else -1

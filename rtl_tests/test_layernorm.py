@@ -8,7 +8,10 @@ from hw.layernorm import LayerNorm
 from rtl_tests import harness, vectors
 from rtl_tests.conftest import SIMS
 
-CONFIGS = {"x4-n64-int8": dict(in_bits=16, out_bits=8, max_n=64, lanes=4)}
+CONFIGS = {
+    "x4-n64-k2-lat64": dict(in_bits=16, out_bits=8, max_n=64, lanes=4, steps_per_cycle=2, latency=64),
+    "x1-n32-k1": dict(in_bits=16, out_bits=16, max_n=32, lanes=1),
+}
 
 
 def run(config: str, sim: str) -> dict:

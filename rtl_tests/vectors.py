@@ -220,9 +220,11 @@ def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[s
 
 # ---------------------------------------------------------------- layernorm
 
-def layernorm_segment(x, gamma, beta, shift: int, op: str, source: str) -> dict[str, np.ndarray]:
+def layernorm_segment(x, gamma, beta, shift: int, op: str, source: str, in_shift=None) -> dict[str, np.ndarray]:
     x = np.asarray(x, np.int64)
+    in_shift = np.zeros(x.shape[1], np.int64) if in_shift is None else np.asarray(in_shift, np.int64)
     return {"x": x.ravel(), "gamma": np.asarray(gamma, np.int64), "beta": np.asarray(beta, np.int64),
+            "in_shift": in_shift,
             "seg_rows": np.array([x.shape[0]]), "seg_len": np.array([x.shape[1]]),
             "seg_shift": np.array([shift]), "seg_op": np.array([op]), "seg_source": np.array([source])}
 
@@ -271,4 +273,14 @@ def layernorm_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict
     segs.append(layernorm_segment(rng.integers(lo, hi + 1, (3, 1)), [1 << frac], [7], 2, "n1", "corner"))
     segs.append(layernorm_segment(rng.integers(lo, hi + 1, (2, n)), gamma, beta, 63 if p["shift_bits"] >= 6 else 1,
                                   "huge_shift", "corner"))
+    # power-of-two input factors: x << in_shift stays inside in_bits (the program's rule)
+    for k in range(6):
+        n = int(rng.integers(1, max_n + 1))
+        sh = rng.integers(0, 4, n)
+        x = rng.integers(lo >> 3, (hi >> 3) + 1, (3, n)) >> rng.integers(0, 8)
+        gamma, beta, shift = affine(n)
+        segs.append(layernorm_segment(x, gamma, beta, shift, f"in_shift{k}", "random", in_shift=sh))
+    sh = np.full(max_n, 3)
+    segs.append(layernorm_segment(np.array([[lo >> 3] * max_n, [hi >> 3] * max_n]), *affine(max_n)[:2], 4,
+                                  "in_shift_rails", "corner", in_shift=sh))
     return merge(*segs)
