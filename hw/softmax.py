@@ -20,7 +20,8 @@ class SoftmaxLog2(wiring.Component):
     pass sums ``EXP[d mod 2**frac_bits] >> (d >> frac_bits)`` with
     ``d = max - t`` (a 2**frac_bits-entry ROM and a shifter); then ``log2`` of
     the sum (priority encoder, a 2**log_bits-entry ROM); (3) the code pass
-    emits ``q = clamp((L - exp_bits*2**frac_bits + d + 2**(frac_bits-1)) >> frac_bits)``.
+    emits ``q = clamp((L - exp_bits*2**frac_bits + d + 2**(frac_bits-1)) >> frac_bits)``, or with
+    ``sqrt2`` (held for the row) the half-step codes ``clamp((2*(L - ...) + 2**(frac_bits-1)) >> frac_bits)``.
     A row of B beats takes ``3*B + latency`` clock edges from its first beat
     in to its last code out (``sim.timing.softmax_row_cycles``), and the next
     row's first beat is taken on the cycle that last code appears.
@@ -51,6 +52,7 @@ class SoftmaxLog2(wiring.Component):
             "i_t": In(data.ArrayLayout(signed(in_bits), lanes)),
             "i_mask": In(data.ArrayLayout(unsigned(1), lanes)),
             "i_last": In(1),
+            "sqrt2": In(1),
             "o_valid": Out(1),
             "o_q": Out(data.ArrayLayout(unsigned(code_bits), lanes)),
             "o_last": Out(1),
@@ -88,6 +90,7 @@ class SoftmaxLog2(wiring.Component):
         m.d.sync += [exp_data.eq(0), code_data.eq(0), code_last.eq(0)]
 
         first_beat = Signal(init=1)
+        sqrt2 = Signal()  # base sqrt(2) codes for this row
         with m.FSM():
             with m.State("INPUT"):
                 m.d.comb += [self.i_ready.eq(1), wr.addr.eq(ptr), wr.en.eq(fire)]
@@ -98,7 +101,7 @@ class SoftmaxLog2(wiring.Component):
                     for lane in range(lanes):
                         t, ok = self.i_t[lane], self.i_mask[lane]
                         row_max = Mux(ok & (t > row_max), t, row_max)
-                    m.d.sync += [mx.eq(row_max), ptr.eq(ptr + 1), first_beat.eq(0)]
+                    m.d.sync += [mx.eq(row_max), ptr.eq(ptr + 1), first_beat.eq(0), sqrt2.eq(self.sqrt2)]
                     with m.If(self.i_last):
                         m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0), total.eq(0)]
                         m.next = "EXP"
@@ -160,11 +163,12 @@ class SoftmaxLog2(wiring.Component):
 
         # the code pass datapath
         q_out = Signal.like(self.o_q)
-        bias = (1 << (fb - 1)) - (self.exp_bits << fb)
+        half = 1 << (fb - 1)
         for lane in range(lanes):
             elem = rd.data[lane]
             raw = Signal(signed(w + fb + 3), name=f"code_raw_{lane}")
-            m.d.comb += raw.eq((big_l + (mx - elem.t) + bias) >> fb)
+            log_p = big_l + (mx - elem.t) - (self.exp_bits << fb)  # -log2(p), frac_bits fractional bits
+            m.d.comb += raw.eq((Mux(sqrt2, log_p << 1, log_p) + half) >> fb)  # half steps: twice -log2(p)
             q = Mux(~elem.mask | (raw > zero_code), zero_code, Mux(raw < 0, 0, raw[:self.code_bits]))
             m.d.sync += q_out[lane].eq(q)
         o_valid = Signal()

@@ -21,7 +21,7 @@ async def softmax_bench(dut):
     p = cfg["params"]
     lanes, in_bits, code_bits = p["lanes"], p["in_bits"], p["code_bits"]
     clk = Clocked(dut)
-    await clk.start(["i_valid", "i_t", "i_mask", "i_last"])
+    await clk.start(["i_valid", "i_t", "i_mask", "i_last", "sqrt2"])
     sb = Scoreboard("softmax", cfg["sim"])
     off = 0
     for s in range(len(v["seg_rows"])):
@@ -29,6 +29,8 @@ async def softmax_bench(dut):
         t = v["t"][off:off + n_rows * length].reshape(n_rows, length)
         mask = v["mask"][off:off + n_rows * length].reshape(n_rows, length)
         off += n_rows * length
+        sqrt2 = bool(v["seg_sqrt2"][s])
+        dut.sqrt2.value = int(sqrt2)
         beats_per_row = -(-length // lanes)
         pad = beats_per_row * lanes - length
         tp = np.pad(t, ((0, 0), (0, pad)))
@@ -62,7 +64,7 @@ async def softmax_bench(dut):
         got = np.asarray(codes, np.int64)
         if got.size == n_rows * beats_per_row * lanes:
             got = got.reshape(n_rows, -1)[:, :length]
-        expected = intops.softmax_log2(t, mask.astype(bool), code_bits, p["frac_bits"], p["exp_bits"])
+        expected = intops.softmax_log2(t, mask.astype(bool), code_bits, p["frac_bits"], p["exp_bits"], sqrt2=sqrt2)
         sb.compare(op, str(v["seg_source"][s]), {"t": t, "mask": mask}, expected, got, axis_items=length)
         spans = [o - i_ for i_, o in zip(row_in, row_out)]
         worst = max(spans, key=lambda x: abs(x - model_row)) if spans else -1

@@ -176,9 +176,10 @@ def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dic
 
 # ---------------------------------------------------------------- softmax
 
-def softmax_segment(t, mask, op: str, source: str) -> dict[str, np.ndarray]:
+def softmax_segment(t, mask, op: str, source: str, sqrt2: bool = False) -> dict[str, np.ndarray]:
     t = np.asarray(t, np.int64)
     return {"t": t.ravel(), "mask": np.asarray(mask, np.int64).ravel(), "seg_rows": np.array([t.shape[0]]),
+            "seg_sqrt2": np.array([int(sqrt2)]),
             "seg_len": np.array([t.shape[1]]), "seg_op": np.array([op]), "seg_source": np.array([source])}
 
 
@@ -198,7 +199,8 @@ def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[s
         centre = int(rng.integers(lo + spread, hi - spread))
         t = np.clip(centre + rng.integers(-spread, spread + 1, (rows, length)), lo, hi)
         mask = rng.random((rows, length)) < rng.choice([1.0, 0.9, 0.5])
-        segs.append(softmax_segment(t, mask, f"random{len(segs)}", "random"))
+        sqrt2 = len(segs) % 3 == 2
+        segs.append(softmax_segment(t, mask, f"random{len(segs)}{'_sqrt2' if sqrt2 else ''}", "random", sqrt2))
         total += rows * length
     n = max_len
     segs.append(softmax_segment(np.full((3, n), 7), np.ones((3, n)), "all_equal", "corner"))
@@ -212,6 +214,8 @@ def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[s
     segs.append(softmax_segment(rng.integers(lo, hi, (3, 1)), np.ones((3, 1)), "length1", "corner"))
     near = 100 + np.arange(n)[None] * (one // 2)  # d steps through half units: every rounding boundary
     segs.append(softmax_segment(near, np.ones((1, n)), "half_steps", "corner"))
+    segs.append(softmax_segment(near, np.ones((1, n)), "half_steps_sqrt2", "corner", sqrt2=True))
+    segs.append(softmax_segment(np.full((2, n), -3), np.ones((2, n)), "all_equal_sqrt2", "corner", sqrt2=True))
     for length in sorted({max(1, p["lanes"] + 1), max(1, 2 * p["lanes"] - 1)}):
         segs.append(softmax_segment(rng.integers(-5 * one, 5 * one, (2, length)), np.ones((2, length)),
                                     f"length{length}", "corner"))
