@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import ParameterError, check_int, delay, saturate
+from hw.common import ParameterError, check_bool, check_int, delay, saturate
+from sim import intops
 
 
 def _bits_for(bound: int) -> int:
@@ -29,10 +30,17 @@ class MacArray(wiring.Component):
     ``w_last`` emits ``saturate(acc, acc_bits)`` rows on ``o_acc``. A fold takes
     ``sim.timing.mac_fold_cycles(m, rows, cols)`` clock edges, first weight
     beat to last output, and the next fold's weights are taken right after.
+
+    With ``log2`` the PEs also run ``sim.intops.matmul_log2``: a fold flagged
+    ``w_log2`` holds V as its weights and streams ``code_bits`` log2 codes,
+    each PE adding ``V << (2**code_bits - 2 - c)`` (``w_sqrt2``: the base
+    sqrt(2) weights, odd codes through the constant 181/256) and nothing for
+    the zero code: shifts, no multiplier. ``linear`` and activation x
+    activation ``matmul`` are the plain mode (a matmul has no bias).
     """
 
     def __init__(self, rows: int = 4, cols: int = 4, act_bits: int = 4, weight_bits: int = 4,
-                 acc_bits: int = 32, max_m: int = 64, max_k: int = 4096):
+                 acc_bits: int = 32, max_m: int = 64, max_k: int = 4096, log2: bool = True, code_bits: int = 4):
         unit = "MacArray"
         self.rows = check_int(unit, "rows", rows, 1, 256)
         self.cols = check_int(unit, "cols", cols, 1, 256)
@@ -43,7 +51,13 @@ class MacArray(wiring.Component):
         self.max_k = check_int(unit, "max_k", max_k, 1, 1 << 24)
         if max_k < rows:
             raise ParameterError(f"MacArray: parameter 'max_k' = {max_k} must be at least rows = {rows}")
+        self.log2 = check_bool(unit, "log2", log2)
+        self.code_bits = check_int(unit, "code_bits", code_bits, 2, min(5, act_bits))
+        top = (1 << code_bits) - 2
+        self.log2_k = {False: top, True: intops.log2_acc_shift(code_bits, True)}  # sqrt2 -> weight exponent
         prod = 1 << (act_bits + weight_bits - 2)  # largest |x*w|: most-negative times most-negative
+        if log2:  # largest |V * 2**K|
+            prod = max(prod, 1 << (weight_bits - 1 + max(self.log2_k.values())))
         self.psum_bits = _bits_for(rows * prod)
         self.acc_int_bits = _bits_for((1 << (acc_bits - 1)) + max_k * prod)  # exact over max_k terms and a bias
         super().__init__({
@@ -52,6 +66,8 @@ class MacArray(wiring.Component):
             "w_row": In(data.ArrayLayout(signed(weight_bits), cols)),
             "w_first": In(1),
             "w_last": In(1),
+            "w_log2": In(1),
+            "w_sqrt2": In(1),
             "m": In(range(max_m + 1)),
             "bias": In(data.ArrayLayout(signed(acc_bits), cols)),
             "x_valid": In(1),
@@ -64,7 +80,22 @@ class MacArray(wiring.Component):
     @property
     def params(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, "act_bits": self.act_bits, "weight_bits": self.weight_bits,
-                "acc_bits": self.acc_bits, "max_m": self.max_m, "max_k": self.max_k}
+                "acc_bits": self.acc_bits, "max_m": self.max_m, "max_k": self.max_k, "log2": self.log2,
+                "code_bits": self.code_bits}
+
+    def _term(self, x, w, log2, sqrt2):
+        """One PE's product: ``x * w``, or in log2 mode ``w * log2_weights(code x)``."""
+        if not self.log2:
+            return x * w
+        cb = self.code_bits
+        code = x.as_unsigned()[:cb]
+        k2, ks = self.log2_k[False], self.log2_k[True]
+        base2 = (w << k2) >> code
+        # sqrt(2): even c -> w << (K - c/2); odd c -> (w*181) << (K - 8 - (c-1)/2)
+        odd = (w * intops.SQRT_HALF_Q8) << (ks - 8)
+        half = Mux(code[0], odd, w << ks) >> code[1:]
+        shifted = Mux(code == (1 << cb) - 1, 0, Mux(sqrt2, half, base2))
+        return Mux(log2, shifted, x * w)
 
     def elaborate(self, platform):
         m = Module()
@@ -78,6 +109,8 @@ class MacArray(wiring.Component):
         m_reg = Signal(range(self.max_m + 1))
         first = Signal()
         last = Signal()
+        log2 = Signal()
+        sqrt2 = Signal()
         bias = Signal(data.ArrayLayout(signed(self.acc_bits), cols))
         w_fire = Signal()
         x_fire = Signal()
@@ -88,6 +121,8 @@ class MacArray(wiring.Component):
                 with m.If(w_fire):
                     m.d.sync += [first.eq(self.w_first), last.eq(self.w_last), m_reg.eq(self.m),
                                  bias.eq(self.bias), row_idx.eq(row_idx + 1)]
+                    if self.log2:
+                        m.d.sync += [log2.eq(self.w_log2), sqrt2.eq(self.w_sqrt2)]
                     with m.If(row_idx == rows - 1):
                         m.d.sync += [row_idx.eq(0), x_count.eq(0)]
                         m.next = "STREAM"
@@ -115,7 +150,7 @@ class MacArray(wiring.Component):
             for c in range(cols):
                 x_reg = Signal(signed(self.act_bits), name=f"x_{r}_{c}")
                 psum = Signal(signed(self.psum_bits), name=f"psum_{r}_{c}")
-                product = x_in * weights[r][c]
+                product = self._term(x_in, weights[r][c], log2, sqrt2)
                 m.d.sync += [x_reg.eq(x_in), psum.eq(product if r == 0 else psum_above[c] + product)]
                 psum_above[c] = psum
                 x_in = x_reg

@@ -16,7 +16,7 @@ from rtl_tests.bench_common import Clocked, Scoreboard, load, pack, unpack
 from sim import intops, timing
 
 
-def _folds(x, w, b, rows, cols):
+def _folds(x, w, b, rows, cols, kind):
     """The beat sequence of one GEMM: per fold, its weight beats then its input beats."""
     m, k = x.shape
     n = w.shape[0]
@@ -30,7 +30,7 @@ def _folds(x, w, b, rows, cols):
     for j in range(nf):
         for i in range(kf):
             wt = wp[j * cols:(j + 1) * cols, i * rows:(i + 1) * rows].T  # [rows, cols]
-            yield ("w", wt, i == 0, i == kf - 1, bp[j * cols:(j + 1) * cols], m)
+            yield ("w", wt, i == 0, i == kf - 1, bp[j * cols:(j + 1) * cols], m, kind)
             yield ("x", xp[:, i * rows:(i + 1) * rows])
 
 
@@ -40,7 +40,8 @@ async def mac_array_bench(dut):
     p = cfg["params"]
     rows, cols, a_bits, w_bits, acc_bits = p["rows"], p["cols"], p["act_bits"], p["weight_bits"], p["acc_bits"]
     clk = Clocked(dut)
-    await clk.start(["w_valid", "w_row", "w_first", "w_last", "m", "bias", "x_valid", "x_vec"])
+    await clk.start(["w_valid", "w_row", "w_first", "w_last", "m", "bias", "x_valid", "x_vec"]
+                    + (["w_log2", "w_sqrt2"] if p["log2"] else []))
     sb = Scoreboard("mac_array", cfg["sim"])
     xo = wo = bo = 0
     for g in range(len(v["g_m"])):
@@ -49,12 +50,14 @@ async def mac_array_bench(dut):
         w = v["w"][wo:wo + n * k].reshape(n, k)
         b = v["b"][bo:bo + n]
         xo, wo, bo = xo + m * k, wo + n * k, bo + n
+        kind = int(v["g_kind"][g])  # 0: x * w, 1: log2 codes x V, 2: base sqrt(2) codes x V
         beats = []
-        for fold in _folds(x, w, b, rows, cols):
+        for fold in _folds(x, w, b, rows, cols, kind):
             if fold[0] == "w":
-                _, wt, first, last, bias, mm = fold
+                _, wt, first, last, bias, mm, kind = fold
                 for r in range(rows):
-                    beats.append(("w", pack(wt[r], w_bits), int(first), int(last), pack(bias, acc_bits), mm))
+                    beats.append(("w", pack(wt[r], w_bits), int(first), int(last), pack(bias, acc_bits), mm,
+                                  int(kind > 0), int(kind == 2)))
             else:
                 beats += [("x", pack(row, a_bits)) for row in fold[1]]
         n_out = m * -(-n // cols)
@@ -68,7 +71,9 @@ async def mac_array_bench(dut):
             dut.w_valid.value = int(beat is not None and beat[0] == "w")
             dut.x_valid.value = int(beat is not None and beat[0] == "x")
             if beat is not None and beat[0] == "w":
-                _, dut.w_row.value, dut.w_first.value, dut.w_last.value, dut.bias.value, dut.m.value = beat
+                _, dut.w_row.value, dut.w_first.value, dut.w_last.value, dut.bias.value, dut.m.value = beat[:6]
+                if p["log2"]:
+                    dut.w_log2.value, dut.w_sqrt2.value = beat[6:]
             elif beat is not None:
                 dut.x_vec.value = beat[1]
             await clk.sample()
@@ -90,7 +95,10 @@ async def mac_array_bench(dut):
         else:
             got = np.zeros((len(outs),), np.int64)
         got = got[:, :n] if got.ndim == 2 else got
-        expected = intops.linear(x, w, b, acc_bits)
+        if kind:  # x holds codes, w holds V transposed
+            expected = intops.matmul_log2(x, w.T, p["code_bits"], acc_bits, sqrt2=kind == 2)
+        else:
+            expected = intops.linear(x, w, b, acc_bits)
         op = str(v["g_op"][g])
         sb.compare(op, str(v["g_source"][g]), {"x": x, "w": np.broadcast_to(w, (m,) + w.shape),
                                                 "bias": np.broadcast_to(b, (m, n))}, expected, got, axis_items=n)
