@@ -25,7 +25,8 @@ class LayerNorm(wiring.Component):
     (``in_bits`` bits); the divider gives ``floor(2**recip_bits / max(std, 1))``
     (``recip_bits + 1`` bits); the output pass computes
     ``n = sat16(round((x - mean) * r >> (recip_bits - frac_bits)))`` and
-    ``y = sat(round((n * gamma + beta) >> shift), out_bits)``. The divider and
+    ``y = sat(round((n * gamma + beta) >> shift), out_width)`` (``out_width <= out_bits``, held for
+    the row, sign-extended onto ``o_y``). The divider and
     the square root make ``steps_per_cycle`` result bits a cycle. Every step
     count is fixed, so a row of B beats takes ``3*B + latency`` clock edges,
     first beat in to last result out (``sim.timing.layernorm_row_cycles``),
@@ -62,6 +63,7 @@ class LayerNorm(wiring.Component):
             "tbl_in_shift": In(data.ArrayLayout(unsigned(2), lanes)),
             "n": In(range(max_n + 1)),
             "shift": In(unsigned(shift_bits)),
+            "out_width": In(range(2, out_bits + 1)),
             "i_valid": In(1),
             "i_ready": Out(1),
             "i_x": In(data.ArrayLayout(signed(in_bits), lanes)),
@@ -115,6 +117,9 @@ class LayerNorm(wiring.Component):
 
         n_reg = Signal(range(self.max_n + 1))
         shift = Signal(unsigned(self.shift_bits))
+        out_width = Signal(range(2, self.out_bits + 1))
+        y_hi = Signal(signed(self.out_bits + 1))  # the op's output range
+        m.d.comb += y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1)
         n_beats = Signal(range(self.depth + 1))
         ptr = Signal(range(self.depth + 1))
         tail = 4  # the output pipeline: product, normalized value, affine, shift and saturate
@@ -176,7 +181,7 @@ class LayerNorm(wiring.Component):
                     for lane in range(lanes):
                         beat_sum = beat_sum + Mux(lane_ok(ptr, lane, self.n), buf_wr.data[lane], 0)
                     m.d.sync += [total.eq(total + beat_sum), ptr.eq(ptr + 1), n_reg.eq(self.n),
-                                 shift.eq(self.shift)]
+                                 shift.eq(self.shift), out_width.eq(self.out_width)]
                     with m.If(self.i_last):
                         m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0)]
                         m.next = "MEAN_LOAD"
@@ -269,7 +274,8 @@ class LayerNorm(wiring.Component):
             m.d.sync += affine_v.eq(norm * g2 + b2)
             sc = Signal(range(aff_w + 1), name=f"out_sc_{lane}")
             m.d.comb += sc.eq(Mux(shift > aff_w, aff_w, shift))
-            m.d.sync += y[lane].eq(saturate((affine_v + round_const(sc, aff_w)) >> sc, self.out_bits))
+            rounded_y = (affine_v + round_const(sc, aff_w)) >> sc
+            m.d.sync += y[lane].eq(Mux(rounded_y > y_hi, y_hi, Mux(rounded_y < -y_hi - 1, -y_hi - 1, rounded_y)))
         valid_pipe = [out_data]
         last_pipe = [out_last]
         for i in range(tail):

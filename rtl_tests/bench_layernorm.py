@@ -22,7 +22,7 @@ async def layernorm_bench(dut):
     p = cfg["params"]
     lanes, in_bits, out_bits = p["lanes"], p["in_bits"], p["out_bits"]
     clk = Clocked(dut)
-    await clk.start(["tbl_we", "tbl_addr", "tbl_gamma", "tbl_beta", "tbl_in_shift", "n", "shift", "i_valid", "i_x",
+    await clk.start(["tbl_we", "tbl_addr", "tbl_gamma", "tbl_beta", "tbl_in_shift", "n", "shift", "out_width", "i_valid", "i_x",
                      "i_last"])
     sb = Scoreboard("layernorm", cfg["sim"])
     off = aoff = 0
@@ -45,6 +45,8 @@ async def layernorm_bench(dut):
         dut.tbl_we.value = 0
         dut.n.value = n
         dut.shift.value = shift
+        width = int(v["seg_width"][s])
+        dut.out_width.value = width
         xp = np.pad(x, ((0, 0), (0, pad)), constant_values=12345 % (1 << (in_bits - 1)))  # padding must not count
         beats = [(pack(xp[r, b * lanes:(b + 1) * lanes], in_bits), int(b == beats_per_row - 1))
                  for r in range(n_rows) for b in range(beats_per_row)]
@@ -75,7 +77,7 @@ async def layernorm_bench(dut):
         got = np.asarray(ys, np.int64)
         if got.size == n_rows * beats_per_row * lanes:
             got = got.reshape(n_rows, -1)[:, :n]
-        expected = intops.layernorm(x, gamma, beta, shift, out_bits, p["frac_bits"], p["recip_bits"],
+        expected = intops.layernorm(x, gamma, beta, shift, width, p["frac_bits"], p["recip_bits"],
                                     in_shift=in_shift)
         sb.compare(op, str(v["seg_source"][s]), {"x": x, "gamma": np.broadcast_to(gamma, x.shape),
                                                   "beta": np.broadcast_to(beta, x.shape),

@@ -237,13 +237,15 @@ def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[s
 
 # ---------------------------------------------------------------- layernorm
 
-def layernorm_segment(x, gamma, beta, shift: int, op: str, source: str, in_shift=None) -> dict[str, np.ndarray]:
+def layernorm_segment(x, gamma, beta, shift: int, op: str, source: str, in_shift=None,
+                      out_width: int = 8) -> dict[str, np.ndarray]:
     x = np.asarray(x, np.int64)
     in_shift = np.zeros(x.shape[1], np.int64) if in_shift is None else np.asarray(in_shift, np.int64)
     return {"x": x.ravel(), "gamma": np.asarray(gamma, np.int64), "beta": np.asarray(beta, np.int64),
             "in_shift": in_shift,
             "seg_rows": np.array([x.shape[0]]), "seg_len": np.array([x.shape[1]]),
-            "seg_shift": np.array([shift]), "seg_op": np.array([op]), "seg_source": np.array([source])}
+            "seg_shift": np.array([shift]), "seg_width": np.array([out_width]), "seg_op": np.array([op]),
+            "seg_source": np.array([source])}
 
 
 def layernorm_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[str, np.ndarray]:
@@ -271,8 +273,11 @@ def layernorm_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict
         spread = 1 << int(rng.integers(0, p["in_bits"]))
         centre = int(rng.integers(lo, hi + 1))
         x = np.clip(centre + rng.integers(-spread, spread + 1, (rows, n)), lo, hi)
+        width = int(rng.choice(sorted({min(4, out_bits), min(8, out_bits), out_bits})))
         gamma, beta, shift = affine(n)
-        segs.append(layernorm_segment(x, gamma, beta, shift, f"random{len(segs)}", "random"))
+        shift = max(0, shift - (out_bits - width))  # keep the output near its grid whatever its width
+        segs.append(layernorm_segment(x, gamma, beta, shift, f"random{len(segs)}_w{width}", "random",
+                                      out_width=width))
         total += rows * n
     n = max_n
     gamma, beta, shift = affine(n)
@@ -284,9 +289,9 @@ def layernorm_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict
     segs.append(layernorm_segment(np.where(np.arange(n) % 2, hi, lo)[None], gamma, beta, shift,
                                   "alternating_rails", "corner"))
     segs.append(layernorm_segment(rng.integers(lo, hi + 1, (2, n)), np.full(n, ghi), np.full(n, bhi), 0,
-                                  "saturate_high", "corner"))
+                                  "saturate_high", "corner", out_width=out_bits))
     segs.append(layernorm_segment(rng.integers(lo, hi + 1, (2, n)), np.full(n, glo), np.full(n, blo), 0,
-                                  "saturate_low", "corner"))
+                                  "saturate_low", "corner", out_width=out_bits))
     segs.append(layernorm_segment(rng.integers(lo, hi + 1, (3, 1)), [1 << frac], [7], 2, "n1", "corner"))
     segs.append(layernorm_segment(rng.integers(lo, hi + 1, (2, n)), gamma, beta, 63 if p["shift_bits"] >= 6 else 1,
                                   "huge_shift", "corner"))
