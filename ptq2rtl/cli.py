@@ -79,6 +79,42 @@ def cmd_eval(args) -> None:
     _print(result, args.json)
 
 
+def cmd_simulate(args) -> None:
+    from ptq2rtl.simulate import format_table, simulate_report
+
+    _print(simulate_report(args.program, args.accel, batch=args.batch, seq_len=args.seq_len), args.json, format_table)
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """The sweep as a text table: one line per method and width, both protocols side by side."""
+    if not rows:
+        return "(no rows)"
+    text = "cosine" in (rows[0].get("paper") or rows[0].get("integer") or {})
+    cols = ("cosine", "nn_agreement") if text else ("top1",)
+    head = f"{'method':10s} {'bits':>5s} " + " ".join(f"{p + ' ' + c:>20s}" for p in ("paper", "integer") for c in cols)
+    lines = [f"{rows[0]['model']}", head + f" {'calib s':>8s}", "-" * (len(head) + 9)]
+    for r in rows:
+        vals = []
+        for p in ("paper", "integer"):
+            for c in cols:
+                v = (r.get(p) or {}).get(c)
+                vals.append(f"{v:20.4f}" if v is not None else f"{'-':>20s}")
+        lines.append(f"{r['method']:10s} {'W%dA%d' % (r['wbits'], r['abits']):>5s} " + " ".join(vals)
+                     + f" {r['calib_seconds']:8.1f}")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args) -> None:
+    from ptq2rtl import flows
+    from quant.methods import method_names
+
+    methods = args.methods.split(",") if args.methods else method_names()
+    protocols = ("paper", "integer") if args.protocol == "both" else (args.protocol,)
+    rows = list(flows.sweep(args.model, methods, args.bits, protocols=protocols, checkpoint=args.checkpoint,
+                            data=args.data, limit=args.limit))
+    _print(rows, args.json, format_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptq2rtl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     model_args(s)
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("simulate", help="cycles, latency and energy of a program on an accelerator")
+    s.add_argument("program")
+    s.add_argument("--accel", default="edge-int4", help="a bundled config name or a YAML file")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--seq-len", type=int, default=128, help="tokens of a text program")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_simulate)
+
+    s = sub.add_parser("sweep", help="accuracy across methods and widths, both protocols")
+    s.add_argument("model")
+    s.add_argument("--methods", help="comma-separated (default: all registered)")
+    s.add_argument("--bits", type=_bits, default=[8, 6, 4], help="widths WnAn, e.g. 8,6,4")
+    s.add_argument("--protocol", choices=("paper", "integer", "both"), default="both")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--json", action="store_true")
+    model_args(s)
+    s.set_defaults(fn=cmd_sweep)
     return p
 
 

@@ -106,3 +106,33 @@ def evaluate_paper(plan: QuantPlan, *, data: str | None = None, limit: int | Non
     result = _evaluate(plan.meta.get("model", plan.spec.name), run_batch, data=data, limit=limit,
                        desc="eval (paper)", progress=progress)
     return {**result, "protocol": "paper", "method": plan.method, "wbits": plan.wbits, "abits": plan.abits}
+
+
+def sweep(name: str, methods: list[str], bits: list[int], *, protocols: tuple[str, ...] = ("paper", "integer"),
+          checkpoint: str | None = None, data: str | None = None, limit: int | None = None, progress: bool = True,
+          on_program=None):
+    """Yield one row per method and width WnAn: calibration time and the metrics of each protocol.
+
+    ``on_program(method, bits, program)`` sees each lowered program (the report simulates and caches them).
+    """
+    for b in bits:
+        check_bits("bits", b)
+    spec = load_transformer(name, checkpoint)
+    for method in methods:
+        get_method(method)
+        for b in bits:
+            plan = make_plan(name, method, b, b, checkpoint=checkpoint, data=data, progress=progress, spec=spec)
+            row = {"model": name, "method": method, "wbits": b, "abits": b, "calib_seconds": plan.meta["calib_seconds"]}
+            if "paper" in protocols:
+                row["paper"] = _metrics(evaluate_paper(plan, data=data, limit=limit, progress=progress))
+            if "integer" in protocols or on_program is not None:
+                program = lower(plan)
+                if on_program is not None:
+                    on_program(method, b, program)
+                if "integer" in protocols:
+                    row["integer"] = _metrics(evaluate_program(program, data=data, limit=limit, progress=progress))
+            yield row
+
+
+def _metrics(result: dict) -> dict:
+    return {k: result[k] for k in ("top1", "top5", "cosine", "nn_agreement", "n") if k in result}

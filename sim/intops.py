@@ -57,6 +57,11 @@ def _absmax(a: np.ndarray) -> int:
     return max(int(a.max(initial=0)), -int(a.min(initial=0)))
 
 
+def _float_matmul(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
+    """``a @ b`` in float BLAS, back to int64; exact under the caller's bound."""
+    return np.matmul(a.astype(dtype, order="C"), b.astype(dtype, order="C")).astype(np.int64)
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact integer ``a @ b`` (``a`` [..., K], ``b`` [K, N] or batched), as int64.
 
@@ -70,15 +75,17 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b)
     k = a.shape[-1]
     prod = max(_absmax(a) * _absmax(b), 1)
+    if b.ndim == 2 and a.ndim > 2:  # one 2-D GEMM, not a loop of small ones
+        return exact_matmul(a.reshape(-1, k), b).reshape(a.shape[:-1] + (b.shape[1],))
     for dtype, limit in ((np.float32, 1 << 24), (np.float64, 1 << 53)):
         block = (limit - 1) // prod
         if block >= k:
-            return np.matmul(a.astype(dtype), b.astype(dtype)).astype(np.int64)
+            return _float_matmul(a, b, dtype)
         if block >= 64:
             out = None
             for k0 in range(0, k, block):
-                part = np.matmul(a[..., k0:k0 + block].astype(dtype), b[..., k0:k0 + block, :].astype(dtype))
-                out = part.astype(np.int64) if out is None else out + part.astype(np.int64)
+                part = _float_matmul(a[..., k0:k0 + block], b[..., k0:k0 + block, :], dtype)
+                out = part if out is None else out + part
             return out
     return np.matmul(a.astype(np.int64), b.astype(np.int64))
 
