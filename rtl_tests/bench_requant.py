@@ -31,7 +31,7 @@ async def requant_bench(dut):
         ch = v["ch"][starts[s]:starts[s + 1]]
         tm, ts, tz = v["seg_m"][s], v["seg_shift"][s], v["seg_zp"][s]
         width, sgn = int(v["seg_width"][s]), bool(v["seg_signed"][s])
-        for c in range(p["channels"]):  # load this op's table
+        for c in range(len(ts)):  # load this op's table
             dut.tbl_we.value = 1
             dut.tbl_addr.value = c
             dut.tbl_shift.value = int(ts[c])

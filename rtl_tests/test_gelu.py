@@ -1,25 +1,24 @@
-"""GELU ROM RTL vs sim.intops.gelu, on Icarus and on Verilator."""
+"""GELU ROM RTL vs sim.intops.gelu, on Icarus and on Verilator: random and corner vectors, then program traces."""
 
 from __future__ import annotations
 
 import pytest
 
-from hw.gelu import Gelu
-from rtl_tests import harness, vectors
+from rtl_tests import harness, traces, units
 from rtl_tests.conftest import SIMS
-
-CONFIGS = {"int8-x4": dict(in_bits=8, out_bits=8, lanes=4, latency=2)}
-
-
-def run(config: str, sim: str) -> dict:
-    dut = Gelu(**CONFIGS[config])
-    p = dut.params
-    return harness.run_bench("gelu", dut, p, vectors.gelu_vectors(p), sim, tag=config)
 
 
 @pytest.mark.parametrize("sim", SIMS)
-@pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_gelu_matches_intops_and_timing(config, sim):
-    s = run(config, sim)
+@pytest.mark.parametrize("config", sorted(units.CONFIGS["gelu"]))
+def test_gelu_matches_intops_and_stream_cycles(config, sim):
+    s = units.run_config("gelu", config, sim)
     assert s["vectors"] >= 10_000
+    assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("path", traces.files("gelu"), ids=lambda p: p.parent.name)
+def test_gelu_replays_program_traces_and_stream_cycles(path, sim):
+    s = units.run_trace("gelu", path, sim)
+    assert s["vectors"] > 0
     assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
