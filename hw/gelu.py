@@ -38,6 +38,14 @@ class Gelu(wiring.Component):
             "o_y": Out(data.ArrayLayout(signed(out_bits), lanes)),
         })
 
+    @classmethod
+    def from_accel(cls, cfg, **overrides) -> "Gelu":
+        """The GELU unit of accelerator ``cfg``: its ROM address width, lanes and latency; entries as wide
+        as the array's activations (at least 8 bits)."""
+        kw = dict(in_bits=cfg.gelu.in_bits, out_bits=max(8, cfg.array.act_bits), lanes=cfg.gelu.lanes,
+                  latency=cfg.gelu.latency)
+        return cls(**{**kw, **overrides})
+
     @property
     def params(self) -> dict:
         return {"in_bits": self.in_bits, "out_bits": self.out_bits, "lanes": self.lanes, "latency": self.latency}

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int, round_const, saturate, signed_width
+from hw.common import ParameterError, check_int, round_const, saturate, signed_width
 from sim import intops
 
 NORM_BITS = 16  #: the normalized value n saturates to 16 bits (sim.intops.layernorm step 5)
@@ -72,6 +72,19 @@ class LayerNorm(wiring.Component):
             "o_y": Out(data.ArrayLayout(signed(out_bits), lanes)),
             "o_last": Out(1),
         })
+
+    @classmethod
+    def from_accel(cls, cfg, max_n: int = 1024, **overrides) -> "LayerNorm":
+        """The LayerNorm unit of accelerator ``cfg``: the fewest divider / square-root bits a cycle that
+        meet its configured latency; ``max_n`` sizes the row buffer (the widest row)."""
+        lat = cfg.layernorm.latency
+        k = next((k for k in range(1, 9) if cls.latency_for(16, intops.LN_RECIP_BITS, k) <= lat), None)
+        if k is None:
+            raise ParameterError(f"LayerNorm: {cfg.name}: units.layernorm.latency = {lat} is below the fastest "
+                                 f"this unit builds ({cls.latency_for(16, intops.LN_RECIP_BITS, 8)} cycles)")
+        kw = dict(in_bits=intops.RESIDUAL_BITS, out_bits=intops.RESIDUAL_BITS, max_n=max_n,
+                  lanes=cfg.layernorm.lanes, steps_per_cycle=k, latency=lat)
+        return cls(**{**kw, **overrides})
 
     @staticmethod
     def latency_for(in_bits: int, recip_bits: int, steps_per_cycle: int) -> int:

@@ -77,6 +77,16 @@ class MacArray(wiring.Component):
             "o_acc": Out(data.ArrayLayout(signed(acc_bits), cols)),
         })
 
+    @classmethod
+    def from_accel(cls, cfg, **overrides) -> "MacArray":
+        """The MAC array of accelerator ``cfg``; its accumulator buffer holds the rows the accumulator
+        SRAM holds (double-buffered, so half of it per fold)."""
+        a = cfg.array
+        max_m = cfg.buffers.bytes("accumulator") // (2 * a.cols * a.acc_bits // 8)
+        kw = dict(rows=a.rows, cols=a.cols, act_bits=a.act_bits, weight_bits=a.weight_bits, acc_bits=a.acc_bits,
+                  max_m=max_m)
+        return cls(**{**kw, **overrides})
+
     @property
     def params(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, "act_bits": self.act_bits, "weight_bits": self.weight_bits,

@@ -8,6 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.common import check_bool, check_int, delay, round_const
+from sim import intops
 
 
 class Requantizer(wiring.Component):
@@ -56,6 +57,15 @@ class Requantizer(wiring.Component):
         if not pow2:
             members["tbl_m"] = In(unsigned(mult_bits))
         super().__init__(members)
+
+    @classmethod
+    def from_accel(cls, cfg, channels: int = 2048, **overrides) -> "Requantizer":
+        """The requantizer of accelerator ``cfg`` (``sim.accel.AccelConfig``): it reads the array's
+        accumulators and writes up to the residual stream's width; ``channels`` sizes its table."""
+        kw = dict(in_bits=cfg.array.acc_bits, out_bits=intops.RESIDUAL_BITS, mult_bits=cfg.requant.multiplier_bits,
+                  lanes=cfg.requant.lanes, channels=channels, pow2=cfg.requant.pow2_only,
+                  latency=cfg.requant.latency)
+        return cls(**{**kw, **overrides})
 
     @property
     def params(self) -> dict:

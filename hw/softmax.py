@@ -58,6 +58,12 @@ class SoftmaxLog2(wiring.Component):
             "o_last": Out(1),
         })
 
+    @classmethod
+    def from_accel(cls, cfg, max_len: int = 256, **overrides) -> "SoftmaxLog2":
+        """The softmax unit of accelerator ``cfg``; ``max_len`` sizes its row buffer (the longest row)."""
+        kw = dict(in_bits=16, max_len=max_len, lanes=cfg.softmax.lanes, latency=cfg.softmax.latency)
+        return cls(**{**kw, **overrides})
+
     @property
     def params(self) -> dict:
         return {"in_bits": self.in_bits, "max_len": self.max_len, "lanes": self.lanes,
@@ -91,16 +97,30 @@ class SoftmaxLog2(wiring.Component):
 
         first_beat = Signal(init=1)
         sqrt2 = Signal()  # base sqrt(2) codes for this row
+        # the max over the beat's positions that take part and the row so far: a tree of compare-selects
+        most_negative = -(1 << (self.in_bits - 1))
+        level = [Mux(first_beat, most_negative, mx)]
+        for lane in range(lanes):
+            cand = Signal(signed(self.in_bits), name=f"cand_{lane}")
+            m.d.comb += cand.eq(Mux(self.i_mask[lane], self.i_t[lane], most_negative))
+            level.append(cand)
+        depth = 0
+        while len(level) > 1:
+            nxt = []
+            for i in range(0, len(level) - 1, 2):
+                a, b = level[i], level[i + 1]
+                bigger = Signal(signed(self.in_bits), name=f"max_{depth}_{i // 2}")
+                m.d.comb += bigger.eq(Mux(b > a, b, a))
+                nxt.append(bigger)
+            level = nxt + level[len(level) - len(level) % 2:]
+            depth += 1
+        row_max = level[0]
         with m.FSM():
             with m.State("INPUT"):
                 m.d.comb += [self.i_ready.eq(1), wr.addr.eq(ptr), wr.en.eq(fire)]
                 for lane in range(lanes):
                     m.d.comb += [wr.data[lane].t.eq(self.i_t[lane]), wr.data[lane].mask.eq(self.i_mask[lane])]
                 with m.If(fire):  # pass 1: store the row, keep the max over the positions that take part
-                    row_max = Mux(first_beat, -(1 << (self.in_bits - 1)), mx)
-                    for lane in range(lanes):
-                        t, ok = self.i_t[lane], self.i_mask[lane]
-                        row_max = Mux(ok & (t > row_max), t, row_max)
                     m.d.sync += [mx.eq(row_max), ptr.eq(ptr + 1), first_beat.eq(0), sqrt2.eq(self.sqrt2)]
                     with m.If(self.i_last):
                         m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0), total.eq(0)]

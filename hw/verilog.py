@@ -1,12 +1,51 @@
-"""Verilog out of the Amaranth units: one file per unit, plus a manifest of parameters and ports."""
+"""Verilog out of the Amaranth units: one file per unit, plus a manifest of parameters and ports.
+
+``export(accel, out_dir)`` builds every unit of an accelerator description
+(``sim.accel``) with its ``from_accel`` sizing, writes ``<unit>.v`` (plain
+Verilog-2005, what Yosys and vendor tools synthesize), a Verilator waiver file,
+and ``manifest.json``: per unit its module, file, class, parameters, ports,
+latency and the ``sim.timing`` formula its cycle count follows; with ``lint``
+each file is checked with ``verilator --lint-only -Wall`` under the waivers.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 from amaranth.back import verilog as amaranth_verilog
-from amaranth.lib import wiring
+from amaranth.hdl import Shape
+from amaranth.lib import data, wiring
+
+from hw.gelu import Gelu
+from hw.layernorm import LayerNorm
+from hw.mac_array import MacArray
+from hw.requant import Requantizer
+from hw.softmax import SoftmaxLog2
+
+#: unit name -> (component class, the sim.timing function its cycle count follows)
+UNITS = {
+    "mac_array": (MacArray, "gemm_cycles / mac_fold_cycles"),
+    "requant": (Requantizer, "stream_cycles"),
+    "softmax": (SoftmaxLog2, "softmax_row_cycles"),
+    "gelu": (Gelu, "stream_cycles"),
+    "layernorm": (LayerNorm, "layernorm_row_cycles"),
+}
+
+#: Verilator -Wall warnings the Amaranth/Yosys backend produces by construction, each waived with its reason
+WAIVERS = {
+    "WIDTHEXPAND": "the backend relies on Verilog's implicit zero/sign extension of narrower operands",
+    "WIDTHTRUNC": "the backend relies on Verilog's implicit truncation on assignment to narrower targets",
+    "UNUSEDSIGNAL": "intermediate wires keep every bit of a product or sum, not all of which are read",
+    "PROCASSINIT": "registers carry their reset value as an initializer as well as in the reset branch",
+    "CASEINCOMPLETE": "FSM case statements have no default: the value before the case is the default",
+}
+
+
+class ExportError(RuntimeError):
+    pass
 
 
 def to_verilog(component: wiring.Component, name: str, for_simulation: bool = False) -> str:
@@ -28,14 +67,80 @@ def ports(component: wiring.Component) -> list[dict]:
     out = [{"name": "clk", "dir": "in", "width": 1}, {"name": "rst", "dir": "in", "width": 1}]
     for name, member in component.signature.members.items():
         shape = member.shape
-        entry = {"name": name, "dir": "in" if member.flow == wiring.In else "out",
-                 "width": shape.size if hasattr(shape, "size") else shape.width}
-        if hasattr(shape, "elem_shape"):
-            elem = shape.elem_shape
-            entry["lanes"] = shape.length
-            entry["elem_width"] = elem.width
-            entry["elem_signed"] = elem.signed
-        elif hasattr(shape, "signed"):
-            entry["signed"] = shape.signed
+        entry = {"name": name, "dir": "in" if member.flow == wiring.In else "out"}
+        if isinstance(shape, data.ArrayLayout):
+            elem = Shape.cast(shape.elem_shape)
+            entry.update(width=shape.size, lanes=shape.length, elem_width=elem.width, elem_signed=elem.signed)
+        elif isinstance(shape, data.Layout):
+            entry.update(width=shape.size, fields={k: Shape.cast(f.shape).width for k, f in shape})
+        else:
+            cast = Shape.cast(shape)
+            entry.update(width=cast.width, signed=cast.signed)
         out.append(entry)
     return out
+
+
+def units_from_accel(accel) -> dict[str, wiring.Component]:
+    """Every unit of accelerator ``accel`` (an ``AccelConfig``, or a config name / YAML path)."""
+    if isinstance(accel, (str, Path)):
+        from sim.accel import load_accel
+
+        accel = load_accel(accel)
+    return {name: cls.from_accel(accel) for name, (cls, _) in UNITS.items()}
+
+
+def _components(accel_or_params) -> tuple[str, dict[str, wiring.Component]]:
+    """An accelerator description, or ``{unit: constructor arguments}`` for a hand-picked set."""
+    if isinstance(accel_or_params, dict):
+        unknown = sorted(set(accel_or_params) - set(UNITS))
+        if unknown:
+            raise ExportError(f"unknown unit {unknown[0]!r} (accepted: {', '.join(UNITS)})")
+        return "custom", {u: UNITS[u][0](**kw) for u, kw in accel_or_params.items()}
+    if isinstance(accel_or_params, (str, Path)):
+        from sim.accel import load_accel
+
+        accel_or_params = load_accel(accel_or_params)
+    return accel_or_params.name, units_from_accel(accel_or_params)
+
+
+def waiver_file() -> str:
+    lines = ["`verilator_config", "// Warnings of Amaranth's Verilog backend, by construction (see hw/verilog.py)"]
+    for rule, why in WAIVERS.items():
+        lines.append(f"// {rule}: {why}")
+        lines.append(f"lint_off -rule {rule}")
+    return "\n".join(lines) + "\n"
+
+
+def lint(path: Path, top: str, waivers: Path) -> dict:
+    """``verilator --lint-only -Wall`` on one file under the waivers: ``{"ok", "warnings"}``."""
+    from sim import toolchain
+
+    toolchain.setup_verilator()
+    r = subprocess.run(["verilator", "--lint-only", "-Wall", str(waivers), str(path), "--top-module", top],
+                       capture_output=True, text=True)
+    warnings = sorted(set(re.findall(r"%(?:Warning|Error)-(\w+)", r.stderr)))
+    return {"ok": r.returncode == 0, "warnings": warnings, "log": r.stderr[-2000:] if r.returncode else ""}
+
+
+def export(accel_or_params, out_dir: str | Path, *, lint_files: bool = True) -> dict:
+    """Write one Verilog file per unit, ``verilator.vlt`` and ``manifest.json`` into ``out_dir``; return the manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name, comps = _components(accel_or_params)
+    waivers = out / "verilator.vlt"
+    waivers.write_text(waiver_file())
+    manifest = {"accelerator": name, "generator": "ptq2rtl hw (Amaranth 0.5)", "clock": "clk", "reset": "rst (sync)",
+                "waivers": WAIVERS, "units": {}}
+    for unit, comp in comps.items():
+        path = out / f"{unit}.v"
+        tmp = path.with_suffix(".v.tmp")
+        tmp.write_text(to_verilog(comp, unit))
+        tmp.replace(path)
+        entry = {"module": unit, "file": path.name, "class": type(comp).__name__, "params": comp.params,
+                 "latency": getattr(comp, "latency", None), "timing": f"sim.timing.{UNITS[unit][1]}",
+                 "ports": ports(comp)}
+        if lint_files:
+            entry["lint"] = lint(path, unit, waivers)
+        manifest["units"][unit] = entry
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
