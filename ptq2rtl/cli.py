@@ -115,6 +115,38 @@ def cmd_sweep(args) -> None:
     _print(rows, args.json, format_sweep)
 
 
+def cmd_verilog(args) -> None:
+    from hw.verilog import export
+    from sim.accel import load_accel
+
+    manifest = export(load_accel(args.accel), args.output, lint_files=not args.no_lint)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return
+    print(f"wrote {len(manifest['units'])} units for {manifest['accelerator']} into {args.output} (+ manifest.json)")
+    for unit, e in manifest["units"].items():
+        lint = e.get("lint")
+        status = "" if lint is None else ("lint ok" if lint["ok"] else "LINT FAILED") + (
+            f" (waived: {', '.join(lint['warnings'])})" if lint and lint["warnings"] else "")
+        print(f"  {e['file']:<18s} {e['class']:<12s} latency {e['latency']}  {status}")
+
+
+def cmd_regress(args) -> None:
+    from rtl_tests import regress
+
+    summary = regress.run(args.sim, args.unit, not args.no_traces,
+                          progress=None if args.json else (lambda label: print(f"... {label}", file=sys.stderr)))
+    _print(summary, args.json, regress.format_summary)
+    if not summary["ok"]:
+        raise SystemExit(1)
+
+
+def cmd_report(args) -> None:
+    from reports import report
+
+    report.run(args.output, quick=args.quick, limit=args.limit, hardware=not args.no_hardware)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptq2rtl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,6 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     model_args(s)
     s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("verilog", help="Verilog of the accelerator units, one file per unit, plus a manifest")
+    s.add_argument("--accel", default="edge-int4")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_verilog)
+
+    s = sub.add_parser("regress", help="RTL vs golden model regression (cocotb)")
+    s.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
+    s.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    s.add_argument("--no-traces", action="store_true", help="skip the vectors replayed from program traces")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_regress)
+
+    s = sub.add_parser("report", help="the main job: every method x width on the bundled models -> reports/")
+    s.add_argument("-o", "--output", default="reports", help="output folder (default: reports)")
+    s.add_argument("--quick", action="store_true", help="one method (baseline), one width (W4A4)")
+    s.add_argument("--limit", type=int, help="evaluate on the first N samples of each model")
+    s.add_argument("--no-hardware", action="store_true", help="skip synthesis and the RTL regression")
+    s.set_defaults(fn=cmd_report)
     return p
 
 

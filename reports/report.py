@@ -1,0 +1,190 @@
+"""``ptq2rtl report``: the main job. Every method x width on the bundled models -> tables and plots.
+
+For each model and each registered method at W8A8 / W6A6 / W4A4 it computes
+accuracy (or fidelity) under the paper and the integer protocol, and cycles,
+latency and energy on edge-int4 and edge-int8; it adds the synthesis figures
+of the units and the RTL regression summary. It writes ``REPORT.md``,
+``results.json`` and PNG plots into the output folder.
+
+A re-run reuses every cached entry whose inputs did not change: the key of an
+entry hashes the model's data and weights, the method, the widths and the
+source of quant/ and sim/, so editing any of them recomputes what it affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from ptq2rtl import models
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("vit-digits", "minilm")
+ACCELS = ("edge-int4", "edge-int8")
+BITS = (8, 6, 4)
+OP_CLASS = {"linear": "linear", "matmul": "attention", "matmul_log2": "attention", "requant": "requant",
+            "softmax_log2": "softmax", "gelu": "gelu", "layernorm": "layernorm", "add": "residual",
+            "add_const": "residual", "embedding": "other", "mean_pool": "other"}
+
+
+def _hash_files(paths) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def code_fingerprint() -> str:
+    """The source every result depends on: quantization, the golden model, the cost model, models and flows."""
+    files = [p for d in ("quant", "sim", "configs") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".yaml")]
+    files += [ROOT / "ptq2rtl" / f for f in ("flows.py", "models.py", "corpus.py", "vit_digits.py", "simulate.py")]
+    return _hash_files(files)
+
+
+def data_fingerprint(name: str) -> str:
+    data = ROOT / "ptq2rtl" / "data"
+    files = {"vit-digits": [data / "vit_digits.safetensors", data / "vit_digits.json"],
+             "minilm": [data / "stdlib_sentences.txt", Path(models.minilm_folder()) / "model.safetensors"]}[name]
+    return _hash_files(files)
+
+
+def entry_key(name: str, method: str, bits: int, code: str, data: str) -> str:
+    return hashlib.sha256(f"{name}|{method}|{bits}|{code}|{data}".encode()).hexdigest()[:16]
+
+
+def op_classes(sim: dict) -> dict:
+    """Cycles and energy of a simulation grouped by op class (linear, attention, softmax, ...)."""
+    cycles: dict[str, int] = {}
+    energy: dict[str, float] = {}
+    for op in sim["ops"]:
+        c = OP_CLASS.get(op["kind"], "other")
+        cycles[c] = cycles.get(c, 0) + op["cycles"]
+        energy[c] = energy.get(c, 0.0) + op["energy_j"]
+    return {"cycles": cycles, "energy_j": energy}
+
+
+def simulate_entry(program, accel: str) -> dict:
+    from ptq2rtl.simulate import simulate_report
+    from sim.accel import AccelError
+
+    try:
+        sim = simulate_report(program, accel)
+    except AccelError as exc:
+        return {"refused": str(exc)}
+    keep = ("cycles", "latency_s", "energy_j", "utilization", "dram_bytes", "energy_breakdown_j", "largest_energy")
+    return {**{k: sim[k] for k in keep}, "op_classes": op_classes(sim),
+            "layers": [{"name": l["name"], "latency_s": l["latency_s"]} for l in sim["layers"]]}
+
+
+def evaluate_entry(name: str, method: str, bits: int, cache: Path, key: str, progress: bool,
+                   limit: int | None) -> dict:
+    """One model x method x width: calibrate, evaluate both protocols, simulate on both accelerators."""
+    from ptq2rtl import flows
+    from quant.lower import lower
+
+    plan = flows.make_plan(name, method, bits, bits, progress=progress)
+    program = lower(plan)
+    program.save(cache / f"{name}-{method}-w{bits}a{bits}-{key}.safetensors")
+    paper = flows.evaluate_paper(plan, limit=limit, progress=progress)
+    integer = flows.evaluate_program(program, limit=limit, progress=progress)
+    metrics = ("top1", "top5", "cosine", "nn_agreement", "n")
+    return {"model": name, "method": method, "wbits": bits, "abits": bits, "key": key,
+            "calib_seconds": plan.meta["calib_seconds"],
+            "paper": {k: paper[k] for k in metrics if k in paper},
+            "integer": {k: integer[k] for k in metrics if k in integer},
+            "accel": {a: simulate_entry(program, a) for a in ACCELS}}
+
+
+def run(out_dir: str | Path = ROOT / "reports", *, quick: bool = False, progress: bool = True,
+        log: Callable[[str], None] = print, limit: int | None = None, hardware: bool = True) -> dict:
+    """Compute (or reuse) every entry, then write REPORT.md, results.json and the plots into ``out_dir``."""
+    from quant.methods import method_names
+    from reports import plots, tables
+
+    out = Path(out_dir)
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    methods = ["baseline"] if quick else method_names()
+    bits = (4,) if quick else BITS
+    code = code_fingerprint()
+    start = time.perf_counter()
+    entries = []
+    for name in MODELS:
+        data = data_fingerprint(name)
+        for method in methods:
+            for b in bits:
+                key = entry_key(name, method, b, code, f"{data}|{limit}")
+                path = cache / f"{key}.json"
+                if path.exists():
+                    entry = json.loads(path.read_text())
+                    log(f"report: {name} {method} W{b}A{b}: cached")
+                else:
+                    t0 = time.perf_counter()
+                    entry = evaluate_entry(name, method, b, cache, key, progress, limit)
+                    _atomic_write(path, json.dumps(entry, indent=1))
+                    log(f"report: {name} {method} W{b}A{b}: {time.perf_counter() - t0:.0f} s")
+                entries.append(entry)
+    fp32 = {name: _fp32(name, cache, data_fingerprint(name), code, limit) for name in MODELS}
+    hw = hardware_summary(cache, quick, log) if hardware else {}
+    results = {"generated_seconds": round(time.perf_counter() - start, 1), "quick": quick, "fp32": fp32,
+               "entries": entries, **hw}
+    figures = plots.write_all(results, out)
+    _atomic_write(out / "results.json", json.dumps(results, indent=1))
+    _atomic_write(out / "REPORT.md", tables.report_markdown(results, figures))
+    log(f"report: wrote {out / 'REPORT.md'}, {out / 'results.json'} and {len(figures)} plots "
+        f"in {time.perf_counter() - start:.0f} s")
+    return results
+
+
+def _fp32(name: str, cache: Path, data: str, code: str, limit: int | None) -> dict:
+    path = cache / f"fp32-{entry_key(name, 'fp32', 32, code, f'{data}|{limit}')}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if models.model_info(name).task == "image":
+        r = models.fp32_eval(name, progress=False, limit=limit)
+        result = {"top1": r["top1"], "top5": r["top5"], "n": r["n"]}
+    else:  # the FP32 reference of the text metrics is FP32 itself: report the corpus size
+        result = {"cosine": 1.0, "nn_agreement": 1.0, "n": limit or 2000}
+    _atomic_write(path, json.dumps(result))
+    return result
+
+
+def hardware_summary(cache: Path, quick: bool, log) -> dict:
+    """Synthesis figures and the RTL regression summary (each cached on the hw/ and rtl_tests/ sources)."""
+    files = [p for d in ("hw", "rtl_tests", "sim", "configs") for p in (ROOT / d).rglob("*")
+             if p.suffix in (".py", ".yaml")]
+    key = _hash_files(files)[:16]
+    out = {}
+    for what, fn in (("synthesis", _synthesis), ("regression", _regression)):
+        path = cache / f"{what}-{'quick-' if quick else ''}{key}.json"
+        if path.exists():
+            out[what] = json.loads(path.read_text())
+            log(f"report: {what}: cached")
+            continue
+        t0 = time.perf_counter()
+        out[what] = fn(quick)
+        _atomic_write(path, json.dumps(out[what], indent=1))
+        log(f"report: {what}: {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def _synthesis(quick: bool) -> dict:
+    from hw import synth
+
+    return synth.report_table(quick=quick)
+
+
+def _regression(quick: bool) -> dict:
+    from rtl_tests import regress
+
+    return regress.run(sim="icarus", with_traces=not quick)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,148 @@
+"""Each method's distinctive transform, and agreement between what quant believes and what the engine computes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from quant.lower import lower
+from quant.methods import get_method, method_names
+from quant.methods.apq import bottom_eliminated_error
+from quant.methods.fqvit import ln_inputs
+from quant.methods.hvit import pow2_attention
+from quant.methods.repq import post_ln_points, reparameterize
+from quant.model import Forward
+from quant.plan import baseline_plan, collect, paper_forward
+from quant.quantizers import program_inputs
+from sim import engine
+from tests.tiny_models import image_batch, text_batch, tiny_bert, tiny_vit
+
+
+def _with_maps(spec, maps):
+    """The float forward where each mapped point carries x / r + delta (no quantization)."""
+    def act(name, x):
+        if name in maps:
+            r, d = maps[name]
+            return x / r + d
+        return x
+    return Forward(spec, act)
+
+
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_repq_reparameterization_leaves_fp32_output_unchanged(family):
+    _, spec = tiny_vit() if family == "vit" else tiny_bert()
+    x = image_batch() if family == "vit" else text_batch()
+    with torch.no_grad():
+        ref = Forward(spec)(x)
+        obs = collect(spec, [(x, None)], progress=False)
+        new = spec.copy()
+        maps = {}
+        for point, consumers in post_ln_points(new).items():
+            _, r, d = reparameterize(new, point, consumers, obs[point], 4)
+            assert not torch.allclose(r, torch.ones_like(r))  # the transform does something
+            maps[point] = (r, d)
+        out = _with_maps(new, maps)(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_repq_per_tensor_grid_is_the_per_channel_grid():
+    """After the map, per-tensor quantization of x / r + delta equals per-channel quantization of x."""
+    _, spec = tiny_vit()
+    x = image_batch()
+    with torch.no_grad():
+        obs = collect(spec, [(x, None)], progress=False)
+        point = "blocks.0.ln1"
+        qp, r, d = reparameterize(spec.copy(), point, [], obs[point], 4)
+        vals = {}
+        Forward(spec, lambda n, t: vals.setdefault(n, t) if n == point else t)(x)
+        h = vals[point]
+        q_tensor = torch.clamp(torch.round((h / r + d) / qp.scale) + qp.zero_point, -8, 7)
+        s_c = r * qp.scale
+        z_c = qp.zero_point + torch.round(d / qp.scale)
+        q_channel = torch.clamp(torch.round(h / s_c) + z_c, -8, 7)
+    assert (q_tensor != q_channel).float().mean() < 1e-3  # equal up to float ties
+
+
+def test_hvit_programs_requantize_with_shifts_only():
+    for spec, x in ((tiny_vit()[1], image_batch()), (tiny_bert()[1], text_batch())):
+        prog = lower(get_method("hvit")(spec.copy(), [(x, None)], 4, 4, progress=False))
+        requants = prog.ops_of("requant")
+        assert requants and all(np.all(op.params["m"] == 1) for op in requants)
+        for op in prog.ops_of("add"):
+            for m in (op.attrs["ma"], op.attrs["mb"]):
+                assert m & (m - 1) == 0  # alignment by powers of two
+        assert all(op.attrs["pow2"] for op in requants)
+
+
+def test_hvit_attention_rewrite_is_exact_in_float():
+    _, spec = tiny_vit()
+    x = image_batch()
+    new = spec.copy()
+    pow2_attention(new)
+    for blk in new.blocks:
+        e = math.log2(blk.attn_scale * math.log2(math.e))
+        assert e == round(e)
+    with torch.no_grad():
+        assert torch.allclose(Forward(new)(x), Forward(spec)(x), atol=1e-4)
+
+
+def test_fqvit_narrows_every_layernorm_input_with_power_of_two_factors():
+    _, spec = tiny_vit()
+    prog = lower(get_method("fqvit")(spec.copy(), [(image_batch(), None)], 8, 8, progress=False))
+    lns = prog.ops_of("layernorm")
+    assert len(lns) == len(ln_inputs(spec))
+    for op in lns:
+        shifts = op.params["in_shift"]
+        assert shifts.min() >= 0 and shifts.max() <= 3
+        assert prog.tensors[op.inputs[0]].bits == 8
+
+
+def test_apq_bottom_elimination_ignores_the_small_errors():
+    target = torch.zeros(100)
+    small = torch.full((100,), 0.01)
+    big = torch.zeros(100)
+    big[:10] = 1.0
+    assert bottom_eliminated_error(small, target, None) == pytest.approx(50 * 1e-4)
+    assert bottom_eliminated_error(big, target, None) == pytest.approx(10.0)
+
+
+def test_apq_blockwise_search_never_worsens_the_block_error():
+    _, spec = tiny_vit()
+    x = image_batch(32)
+    base = baseline_plan(spec.copy(), collect(spec, [(x, None)], progress=False), 4, 4)
+    apq = get_method("apq")(spec.copy(), [(x, None)], 4, 4, progress=False)
+    with torch.no_grad():
+        fp = Forward(spec)
+        h, _ = fp.embed(x)
+        target = fp.block(0, h, None)
+        err = [bottom_eliminated_error(paper_forward(p).block(0, h, None), target, None) for p in (base, apq)]
+    assert err[1] <= err[0]
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_lowers_to_a_valid_program_for_both_families(method):
+    for spec, x in ((tiny_vit()[1], image_batch()), (tiny_bert()[1], text_batch())):
+        prog = lower(get_method(method)(spec.copy(), [(x, None)], 4, 4, progress=False))
+        out = engine.run(prog, program_inputs(prog, x)).outputs[prog.outputs[0]]
+        assert out.shape[0] == (x.shape[0] if isinstance(x, torch.Tensor) else x["input_ids"].shape[0])
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_quant_emulation_and_golden_engine_agree_on_vit_digits(method):
+    """What quant believes (its fake-quant forward) and what the hardware computes agree on >= 99 % of top-1."""
+    from ptq2rtl import flows
+
+    plan = flows.make_plan("vit-digits", method, 8, 8, progress=False)
+    program = lower(plan)
+    fq = paper_forward(plan)
+    agree = n = 0
+    for inputs, _ in flows.models.iter_batches("vit-digits", "eval", 256):
+        with torch.no_grad():
+            a = fq(inputs).argmax(1).numpy()
+        b = engine.run(program, program_inputs(program, inputs)).outputs[program.outputs[0]].argmax(1)
+        agree += int((a == b).sum())
+        n += len(a)
+    assert agree / n >= 0.99, f"{method}: {agree}/{n}"
