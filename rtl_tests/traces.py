@@ -139,18 +139,24 @@ def _gemm(op, ins, outs, rng, src: str) -> dict[str, np.ndarray]:
 
 
 def unit_for(unit: str, v: dict[str, np.ndarray]) -> dict:
-    """Constructor arguments of a unit that can replay the trace vectors ``v``."""
+    """Constructor arguments of a unit that can replay the trace vectors ``v``.
+
+    Sizes are fixed where the bundled traces allow (so every trace file of a unit, and the GELU
+    and softmax bench configurations, share one simulator build) and grow only for bigger traces.
+    """
     if unit == "requant":
-        return dict(in_bits=32, out_bits=16, mult_bits=16, lanes=4, channels=_pow2_at_least(v["seg_m"].shape[1]))
+        return dict(in_bits=32, out_bits=16, mult_bits=16, lanes=4,
+                    channels=max(2048, _pow2_at_least(v["seg_m"].shape[1])))
     if unit == "gelu":
-        return dict(in_bits=intops.GELU_IN_BITS, out_bits=8, lanes=4)
+        return dict(in_bits=intops.GELU_IN_BITS, out_bits=max(8, _bits(v["seg_table"])), lanes=4, latency=2)
     if unit == "softmax":
-        return dict(in_bits=16, max_len=int(v["seg_len"].max()), lanes=2)
+        return dict(in_bits=16, max_len=max(64, _pow2_at_least(int(v["seg_len"].max()))), lanes=2)
     if unit == "layernorm":
-        return dict(in_bits=16, out_bits=16, max_n=int(v["seg_len"].max()), lanes=4, steps_per_cycle=2)
+        return dict(in_bits=16, out_bits=max(8, int(v["seg_width"].max())),
+                    max_n=max(512, _pow2_at_least(int(v["seg_len"].max()))), lanes=4, steps_per_cycle=2)
     if unit == "mac_array":
-        return dict(rows=4, cols=4, act_bits=max(4, _bits(v["x"])), weight_bits=max(4, _bits(v["w"])),
-                    max_m=int(v["g_m"].max()))
+        return dict(rows=4, cols=4, act_bits=max(8, _bits(v["x"])), weight_bits=max(4, _bits(v["w"])),
+                    max_m=max(GEMM_ROWS, int(v["g_m"].max())))
     raise ValueError(f"unknown unit {unit!r} (accepted: {', '.join(UNITS)})")
 
 
