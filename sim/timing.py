@@ -4,6 +4,24 @@ These formulas are a contract: the Amaranth unit in ``hw/`` takes exactly
 this many clock cycles (its cocotb bench measures it), and ``sim/cycles.py``
 builds whole-program estimates from them. Change a formula only together
 with the RTL that it describes.
+
+What the RTL benches measure: the number of clock edges from the one that
+takes a unit's first input beat to the one that makes its last output,
+inclusive (``rtl_tests/bench_common.py``). The vector units (softmax,
+LayerNorm) take the next row's first beat on the cycle the last result of
+the previous row appears, so back-to-back rows cost ``rows * row_cycles``.
+
+``latency`` is the unit's configured latency (``units.<unit>.latency`` of the
+accelerator description); each unit has a minimum it can be built with, and
+pads up to the configured value:
+
+* requantizer: 4 register stages (table read, multiply, round-shift, zero
+  point and saturation); 3 without the multiplier (power-of-two mode);
+* GELU: 1 (the ROM read);
+* softmax: 3 (the last exp beat summed, the sum's leading one, log2 of the sum);
+* LayerNorm: the fixed work between its passes, ``hw.layernorm.LayerNorm.latency_for``:
+  ``ceil(16/k) + ceil(32/k) + ceil(16/k) + ceil(31/k) + 10`` for 16-bit inputs
+  at ``k`` divider / square-root bits a cycle (105 at k = 1, 58 at k = 2).
 """
 
 from __future__ import annotations
@@ -18,7 +36,8 @@ def mac_fold_cycles(m: int, rows: int, cols: int) -> int:
 
     ``rows`` cycles load the weights (one array row per cycle), then ``m``
     input vectors stream in with a one-cycle skew per row and column: the last
-    partial sum leaves the array ``m + rows + cols - 1`` cycles later.
+    partial sum leaves the array ``m + rows + cols - 1`` cycles later. The next
+    fold's first weight beat is taken on the following cycle.
     """
     return rows + m + rows + cols - 1
 
