@@ -59,3 +59,19 @@ def delay(m: Module, value, cycles: int, name: str):
         m.d.sync += reg.eq(value)
         value = reg
     return value
+
+
+def lane_tables(m: Module, name: str, shape, depth: int, lanes: int, write: dict):
+    """One copy of a loadable table per lane, each with one synchronous read port; the copies share
+    the write (``write``: ``en``, ``addr``, ``data`` values). The same as one memory with ``lanes`` read
+    ports, in a form every BRAM mapper takes (Yosys' memory_libmap gives up on many read ports)."""
+    from amaranth.lib.memory import Memory
+
+    ports = []
+    for lane in range(lanes):
+        mem = Memory(shape=shape, depth=depth, init=[])
+        m.submodules[f"{name}_{lane}"] = mem
+        wr = mem.write_port()
+        m.d.comb += [wr.en.eq(write["en"]), wr.addr.eq(write["addr"]), wr.data.eq(write["data"])]
+        ports.append(mem.read_port())
+    return ports

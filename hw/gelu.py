@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int, delay
+from hw.common import check_int, delay, lane_tables
 
 
 class Gelu(wiring.Component):
@@ -15,7 +14,7 @@ class Gelu(wiring.Component):
 
     The table is computed at quantization time and loaded through ``tbl_*``
     (address = the input code plus ``2**(in_bits-1)``, i.e. its sign bit flipped).
-    Each lane has its own read port. Fully pipelined, ``latency`` clock
+    Each lane reads its own copy of the table. Fully pipelined, ``latency`` clock
     edges from input to output (``sim.timing.stream_cycles``).
     """
 
@@ -52,12 +51,11 @@ class Gelu(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.table = table = Memory(shape=signed(self.out_bits), depth=1 << self.in_bits, init=[])
-        wr = table.write_port()
-        m.d.comb += [wr.en.eq(self.tbl_we), wr.addr.eq(self.tbl_addr), wr.data.eq(self.tbl_data)]
+        reads = lane_tables(m, "table", signed(self.out_bits), 1 << self.in_bits, self.lanes,
+                            {"en": self.tbl_we, "addr": self.tbl_addr, "data": self.tbl_data})
         extra = self.latency - self.min_latency
         for lane in range(self.lanes):
-            rd = table.read_port()
+            rd = reads[lane]
             x = self.i_x[lane]
             m.d.comb += rd.addr.eq(x.as_unsigned() ^ (1 << (self.in_bits - 1)))  # x + 2**(in_bits-1) modulo the table size
             m.d.comb += self.o_y[lane].eq(delay(m, rd.data, extra, f"y_{lane}"))

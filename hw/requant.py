@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_bool, check_int, delay, round_const
+from hw.common import check_bool, check_int, delay, lane_tables, round_const
 from sim import intops
 
 
@@ -78,12 +77,13 @@ class Requantizer(wiring.Component):
         fields = {"shift": unsigned(self.shift_bits), "zp": signed(self.out_bits + 1)}
         if not self.pow2:
             fields["m"] = unsigned(self.mult_bits)
-        m.submodules.table = table = Memory(shape=data.StructLayout(fields), depth=self.channels, init=[])
-        wr = table.write_port()
-        m.d.comb += [wr.en.eq(self.tbl_we), wr.addr.eq(self.tbl_addr), wr.data.shift.eq(self.tbl_shift),
-                     wr.data.zp.eq(self.tbl_zp)]
+        entry = data.StructLayout(fields)
+        row = Signal(entry)
+        m.d.comb += [row.shift.eq(self.tbl_shift), row.zp.eq(self.tbl_zp)]
         if not self.pow2:
-            m.d.comb += wr.data.m.eq(self.tbl_m)
+            m.d.comb += row.m.eq(self.tbl_m)
+        reads = lane_tables(m, "table", entry, self.channels, self.lanes,
+                            {"en": self.tbl_we, "addr": self.tbl_addr, "data": row})
 
         w = self.prod_bits
         # the op's output range, from its width and signedness (held for the op)
@@ -98,7 +98,7 @@ class Requantizer(wiring.Component):
             m.d.sync += v.eq(valid[-1])
             valid.append(v)
         for lane in range(self.lanes):
-            rd = table.read_port()  # stage 1: table entry and x arrive together
+            rd = reads[lane]  # stage 1: table entry and x arrive together
             m.d.comb += rd.addr.eq(self.i_ch[lane])
             x1 = Signal(signed(self.in_bits), name=f"x1_{lane}")
             m.d.sync += x1.eq(self.i_x[lane])
