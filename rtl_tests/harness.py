@@ -10,10 +10,13 @@ the unit's parameters in ``config.json``; the bench writes ``summary.json``
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,18 @@ def _hw_digest() -> str:
     return h.hexdigest()[:12]
 
 
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (a build directory): concurrent test runs on one checkout build in turn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def verilog_file(component, name: str, params: dict) -> Path:
     """Write (or reuse) the Verilog of ``component`` under build/rtl and return its path."""
     from hw.verilog import to_verilog
@@ -43,7 +58,7 @@ def verilog_file(component, name: str, params: dict) -> Path:
         component._MustUse__silence = True  # Amaranth's flag for "not elaborated on purpose": the cached file is it
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(to_verilog(component, name, for_simulation=True))
         tmp.replace(path)
     return path
@@ -57,7 +72,8 @@ def run_bench(unit: str, component, params: dict, vectors: dict[str, np.ndarray]
     toolchain.setup_simulator(sim)
     src = verilog_file(component, unit, params)
     build_dir = BUILD / f"{unit}-{sim}-{src.stem.split('_')[-1]}"
-    test_dir = BUILD / "runs" / f"{unit}{('-' + tag) if tag else ''}-{sim}"
+    # one run directory per process, kept only when the bench fails (for its logs)
+    test_dir = BUILD / "runs" / f"{unit}{('-' + tag) if tag else ''}-{sim}-{os.getpid()}"
     test_dir.mkdir(parents=True, exist_ok=True)
     summary_path = test_dir / "summary.json"
     summary_path.unlink(missing_ok=True)
@@ -65,8 +81,9 @@ def run_bench(unit: str, component, params: dict, vectors: dict[str, np.ndarray]
     (test_dir / "config.json").write_text(json.dumps({"unit": unit, "sim": sim, "params": params,
                                                       **(config or {})}, indent=1))
     runner = get_runner(sim)
-    runner.build(sources=[src], hdl_toplevel=unit, build_dir=build_dir, timescale=("1ns", "1ps"),
-                 build_args=VERILATOR_ARGS if sim == "verilator" else [], log_file=build_dir / "build.log")
+    with _locked(build_dir):
+        runner.build(sources=[src], hdl_toplevel=unit, build_dir=build_dir, timescale=("1ns", "1ps"),
+                     build_args=VERILATOR_ARGS if sim == "verilator" else [], log_file=build_dir / "build.log")
     env = {"PTQ2RTL_BENCH_DIR": str(test_dir),
            "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in sys.path if p])}
     try:
@@ -78,7 +95,11 @@ def run_bench(unit: str, component, params: dict, vectors: dict[str, np.ndarray]
     if not summary_path.exists():
         log = (test_dir / "sim.log").read_text(errors="replace")[-4000:] if (test_dir / "sim.log").exists() else ""
         raise RuntimeError(f"bench {unit} on {sim} wrote no summary; log tail:\n{log}")
-    return json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    summary["run_dir"] = str(test_dir)
+    if summary["mismatches"] == 0 and summary["cycles_ok"]:
+        shutil.rmtree(test_dir, ignore_errors=True)
+    return summary
 
 
 def describe_failures(summary: dict) -> str:
@@ -90,4 +111,6 @@ def describe_failures(summary: dict) -> str:
     for c in summary.get("cycles", []):
         if c["measured"] != c["model"]:
             lines.append(f"{summary['unit']} cycles {c['what']}: measured {c['measured']}, model {c['model']}")
+    if lines and summary.get("run_dir"):
+        lines.append(f"(bench logs: {summary['run_dir']}/sim.log)")
     return "\n".join(lines)
