@@ -24,6 +24,7 @@ from quant.model import Forward, role
 from quant.plan import QuantPlan, act_grid, baseline_plan, collect, paper_forward
 
 RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+SEARCH_BATCHES = 4  #: calibration batches the blockwise search evaluates (all of them are observed)
 
 
 def bottom_eliminated_error(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> float:
@@ -32,7 +33,12 @@ def bottom_eliminated_error(out: torch.Tensor, target: torch.Tensor, mask: torch
     if mask is not None:
         err = err[mask]
     err = err.reshape(-1)
-    return float(err.topk((err.numel() + 1) // 2).values.sum())
+    drop = err.numel() // 2
+    if drop == 0:
+        return float(err.sum())
+    threshold = err.kthvalue(drop).values  # O(n) selection, not a sort
+    above = err[err > threshold]
+    return float(above.sum() + (err.numel() - drop - above.numel()) * threshold)
 
 
 @register_method("apq")
@@ -41,7 +47,8 @@ def apq(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> Quan
     plan = baseline_plan(spec, observers, wbits, abits, method="apq")
     fp, fq = Forward(spec), paper_forward(plan)  # fq reads plan.acts at call time
     with torch.no_grad():
-        xs = [fp.embed(inputs) for inputs, _ in batches]
+        spread = batches[:: max(1, len(batches) // SEARCH_BATCHES)][:SEARCH_BATCHES]  # batches may be length-sorted
+        xs = [fp.embed(inputs) for inputs, _ in spread]
         for i in tqdm(range(len(spec.blocks)), desc="blockwise (apq)", disable=not progress, leave=False):
             pre = f"blocks.{i}."
             targets = [fp.block(i, x, m) for x, m in xs]
