@@ -179,12 +179,7 @@ def _nextpnr_ice40(netlist: Path, workdir: Path) -> dict:
 def synth(accel_or_params, target: str = "ice40", units: list[str] | None = None, fmax: bool = True,
           workdir: str | Path | None = None, dsp: bool = True) -> dict:
     """Synthesis figures of every unit (or ``units``) of an accelerator description or ``{unit: params}``."""
-    name, comps = _components(accel_or_params)
-    if units:
-        unknown = sorted(set(units) - set(comps))
-        if unknown:
-            raise SynthError(f"unknown unit {unknown[0]!r} (accepted: {', '.join(comps)})")
-        comps = {u: comps[u] for u in units}
+    name, comps = _components(accel_or_params, units)
     with tempfile.TemporaryDirectory(prefix="ptq2rtl-synth-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
         wd.mkdir(parents=True, exist_ok=True)

@@ -80,27 +80,33 @@ def ports(component: wiring.Component) -> list[dict]:
     return out
 
 
-def units_from_accel(accel) -> dict[str, wiring.Component]:
-    """Every unit of accelerator ``accel`` (an ``AccelConfig``, or a config name / YAML path)."""
+def units_from_accel(accel, units: list[str] | None = None) -> dict[str, wiring.Component]:
+    """The units (all, or ``units``) of accelerator ``accel`` (an ``AccelConfig``, or a config name / YAML path)."""
     if isinstance(accel, (str, Path)):
         from sim.accel import load_accel
 
         accel = load_accel(accel)
-    return {name: cls.from_accel(accel) for name, (cls, _) in UNITS.items()}
+    _check_names(units or [])
+    return {name: cls.from_accel(accel) for name, (cls, _) in UNITS.items() if units is None or name in units}
 
 
-def _components(accel_or_params) -> tuple[str, dict[str, wiring.Component]]:
-    """An accelerator description, or ``{unit: constructor arguments}`` for a hand-picked set."""
+def _check_names(names) -> None:
+    unknown = sorted(set(names) - set(UNITS))
+    if unknown:
+        raise ExportError(f"unknown unit {unknown[0]!r} (accepted: {', '.join(UNITS)})")
+
+
+def _components(accel_or_params, units: list[str] | None = None) -> tuple[str, dict[str, wiring.Component]]:
+    """An accelerator description, or ``{unit: constructor arguments}`` for a hand-picked set; only ``units``."""
     if isinstance(accel_or_params, dict):
-        unknown = sorted(set(accel_or_params) - set(UNITS))
-        if unknown:
-            raise ExportError(f"unknown unit {unknown[0]!r} (accepted: {', '.join(UNITS)})")
-        return "custom", {u: UNITS[u][0](**kw) for u, kw in accel_or_params.items()}
+        _check_names(accel_or_params)
+        _check_names(units or [])
+        return "custom", {u: UNITS[u][0](**kw) for u, kw in accel_or_params.items() if units is None or u in units}
     if isinstance(accel_or_params, (str, Path)):
         from sim.accel import load_accel
 
         accel_or_params = load_accel(accel_or_params)
-    return accel_or_params.name, units_from_accel(accel_or_params)
+    return accel_or_params.name, units_from_accel(accel_or_params, units)
 
 
 def waiver_file() -> str:
