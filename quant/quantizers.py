@@ -146,12 +146,13 @@ def dyadic(m: float | np.ndarray, mult_bits: int = 16) -> tuple[np.ndarray, np.n
 
 
 def pow2_shift(m: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Power-of-two multipliers ``2**-shift`` (M = 1): the shift nearest to -log2(m)."""
+    """Power-of-two multipliers as shifts: ``2**-shift`` (M = 1, a right shift) or, for m > 1, ``M = 2**k``
+    with no right shift (a left shift). Either way there is no multiplier, only a shifter."""
     m = np.atleast_1d(np.asarray(m, dtype=np.float64))
     shift = np.round(-np.log2(m)).astype(np.int64)
-    if np.any(shift < 0):
-        raise QuantError(f"power-of-two multiplier {m.max():.4g} > 1 cannot be a right shift")
-    return np.ones_like(shift), np.minimum(shift, 62)
+    if np.any(shift < -15):
+        raise QuantError(f"power-of-two multiplier {m.max():.4g} needs a left shift beyond 15")
+    return np.left_shift(1, np.maximum(-shift, 0)), np.clip(shift, 0, 62)
 
 
 def program_inputs(program, inputs) -> dict[str, np.ndarray]:

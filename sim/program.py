@@ -263,8 +263,10 @@ def _shape_requant(c: _Check, ins, p):
         zps = c.param("zero_points", 1, lo, hi, f"the output's int{out_bits} range")
         if zps.shape != m.shape:
             c.fail("zero_points", f"shape {zps.shape} differs from m's {m.shape}")
-    if c.attr("pow2", kind=bool) and m.size and np.any(m != 1):
-        c.fail("m", "a power-of-two requantizer has M = 1 everywhere")
+    if c.attr("pow2", kind=bool) and m.size and (np.any(m < 1) or np.any(m & (m - 1))):
+        c.fail("m", "a power-of-two requantizer has only powers of two (shifts) as M")
+    if m.size and np.any((m > 1) & (shift > 0) & ((m & (m - 1)) == 0)) and c.attr("pow2", kind=bool):
+        c.fail("shift", "a power-of-two requantizer shifts one way: M > 1 with a right shift")
     x = ins[0]
     if m.shape[0] != 1 and not _same(_last(x.shape), m.shape[0]):
         c.fail("m", f"{m.shape[0]} channels, input {x.name!r} has shape {x.shape}")

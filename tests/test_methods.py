@@ -70,7 +70,11 @@ def test_hvit_programs_requantize_with_shifts_only():
     for spec, x in ((tiny_vit()[1], image_batch()), (tiny_bert()[1], text_batch())):
         prog = lower(get_method("hvit")(spec.copy(), [(x, None)], 4, 4, progress=False))
         requants = prog.ops_of("requant")
-        assert requants and all(np.all(op.params["m"] == 1) for op in requants)
+        for op in requants:  # M = 1 (right shift) or a power of two with no right shift (left shift)
+            m, s = op.params["m"].astype(np.int64), op.params["shift"]
+            assert np.all((m & (m - 1)) == 0) and np.all((m == 1) | (s == 0)), op.name
+        assert sum(np.count_nonzero(op.params["m"] != 1) for op in requants) <= sum(
+            1 for op in requants if op.name.endswith("scores.requant"))  # left shifts only into the softmax domain
         for op in prog.ops_of("add"):
             for m in (op.attrs["ma"], op.attrs["mb"]):
                 assert m & (m - 1) == 0  # alignment by powers of two

@@ -55,10 +55,10 @@ def test_dyadic_multiplier_is_16_bit_and_close():
 
 
 def test_pow2_shift_is_a_pure_shift():
-    M, s = pow2_shift(np.array([0.25, 0.3, 1.0]))
-    assert M.tolist() == [1, 1, 1] and s.tolist() == [2, 2, 0]
-    with pytest.raises(QuantError, match="cannot be a right shift"):
-        pow2_shift(4.0)
+    M, s = pow2_shift(np.array([0.25, 0.3, 1.0, 4.0]))
+    assert M.tolist() == [1, 1, 1, 4] and s.tolist() == [2, 2, 0, 0]
+    with pytest.raises(QuantError, match="left shift beyond 15"):
+        pow2_shift(2.0**20)
 
 
 def test_gelu_table_matches_gelu_on_its_grid():

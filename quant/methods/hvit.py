@@ -2,8 +2,11 @@
 
 * Weights symmetric and layer-wise (one scale per tensor), activations
   symmetric per tensor, every scale a power of two: each requantization
-  multiplier s_in * s_w / s_out is an exact power of two and the program's
-  requant tables hold M = 1 everywhere.
+  multiplier s_in * s_w / s_out is an exact power of two: the program's
+  requant tables hold M = 1 (a right shift) everywhere, except where 4-bit
+  Q.K scores are coarser than the softmax unit's input grid and the shift
+  goes left (M = 2**k, no right shift). Linear outputs get grids no finer
+  than their accumulators', so they never need a left shift.
 * LayerNorm's inter-channel variation, without hyper-parameters: each
   channel c of a post-LayerNorm activation gets a power-of-two factor
   2**-alpha_c, alpha_c = max(0, round(log2(range_c / median range))), so every
