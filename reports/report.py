@@ -173,9 +173,17 @@ def hardware_summary(cache: Path, quick: bool, log) -> dict:
 
 
 def _synthesis(quick: bool) -> dict:
+    """Per unit of edge-int4 and edge-int8 on iCE40 (with Fmax where a unit fits an UP5K)."""
     from hw import synth
+    from sim.accel import load_accel
 
-    return synth.report_table(quick=quick)
+    rows = []
+    for accel in ACCELS[:1] if quick else ACCELS:
+        result = synth.synth(load_accel(accel), "ice40", fmax=not quick)
+        for unit, r in result["units"].items():
+            rows.append({"unit": unit, "config": accel, "target": "ice40", "luts": r["lut"], "ffs": r["ff"],
+                         "dsps": r["dsp"], "brams": r["bram"], "fmax_mhz": r.get("fmax_mhz")})
+    return {"target": "ice40", "rows": rows}
 
 
 def _regression(quick: bool) -> dict:
