@@ -85,23 +85,24 @@ def cmd_simulate(args) -> None:
     _print(simulate_report(args.program, args.accel, batch=args.batch, seq_len=args.seq_len), args.json, format_table)
 
 
-def format_sweep(rows: list[dict]) -> str:
-    """The sweep as a text table: one line per method and width, both protocols side by side."""
-    if not rows:
-        return "(no rows)"
-    text = "cosine" in (rows[0].get("paper") or rows[0].get("integer") or {})
-    cols = ("cosine", "nn_agreement") if text else ("top1",)
-    head = f"{'method':10s} {'bits':>5s} " + " ".join(f"{p + ' ' + c:>20s}" for p in ("paper", "integer") for c in cols)
-    lines = [f"{rows[0]['model']}", head + f" {'calib s':>8s}", "-" * (len(head) + 9)]
-    for r in rows:
-        vals = []
-        for p in ("paper", "integer"):
-            for c in cols:
-                v = (r.get(p) or {}).get(c)
-                vals.append(f"{v:20.4f}" if v is not None else f"{'-':>20s}")
-        lines.append(f"{r['method']:10s} {'W%dA%d' % (r['wbits'], r['abits']):>5s} " + " ".join(vals)
-                     + f" {r['calib_seconds']:8.1f}")
-    return "\n".join(lines)
+def _sweep_cols(row: dict) -> tuple[str, ...]:
+    text = "cosine" in (row.get("paper") or row.get("integer") or {})
+    return ("cosine", "nn_agreement") if text else ("top1",)
+
+
+def sweep_header(row: dict) -> str:
+    head = f"{'method':10s} {'bits':>5s} " + " ".join(f"{p + ' ' + c:>20s}" for p in ("paper", "integer")
+                                                      for c in _sweep_cols(row))
+    return f"{row['model']}\n{head} {'calib s':>8s}\n" + "-" * (len(head) + 9)
+
+
+def sweep_line(r: dict) -> str:
+    vals = []
+    for p in ("paper", "integer"):
+        for c in _sweep_cols(r):
+            v = (r.get(p) or {}).get(c)
+            vals.append(f"{v:20.4f}" if v is not None else f"{'-':>20s}")
+    return f"{r['method']:10s} {'W%dA%d' % (r['wbits'], r['abits']):>5s} " + " ".join(vals) + f" {r['calib_seconds']:8.1f}"
 
 
 def cmd_sweep(args) -> None:
@@ -110,9 +111,14 @@ def cmd_sweep(args) -> None:
 
     methods = args.methods.split(",") if args.methods else method_names()
     protocols = ("paper", "integer") if args.protocol == "both" else (args.protocol,)
-    rows = list(flows.sweep(args.model, methods, args.bits, protocols=protocols, checkpoint=args.checkpoint,
-                            data=args.data, limit=args.limit))
-    _print(rows, args.json, format_sweep)
+    rows = []
+    for row in flows.sweep(args.model, methods, args.bits, protocols=protocols, checkpoint=args.checkpoint,
+                           data=args.data, limit=args.limit):
+        if not args.json:  # print each row as soon as it is measured
+            print((sweep_header(row) + "\n" if not rows else "") + sweep_line(row), flush=True)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
 
 
 def cmd_verilog(args) -> None:
