@@ -29,18 +29,24 @@ def _key_mask(mask: np.ndarray, ndim: int) -> np.ndarray:
     return m.reshape(m.shape[:1] + (1,) * (ndim - 2) + m.shape[1:])
 
 
+def _accumulator(name: str, acc: np.ndarray, overflows: dict[str, int]) -> np.ndarray:
+    """Saturate an accumulator at ACC_BITS and count what saturated (two reductions when nothing does)."""
+    lo, hi = intops.int_range(intops.ACC_BITS)
+    if acc.size == 0 or (acc.min() >= lo and acc.max() <= hi):
+        overflows[name] = 0
+        return acc
+    overflows[name] = intops.count_saturated(acc, intops.ACC_BITS)
+    return intops.saturate(acc, intops.ACC_BITS)
+
+
 def _run_op(op: Op, args: list[np.ndarray], overflows: dict[str, int]) -> list[np.ndarray]:
     a, p = op.attrs, op.params
     k = op.kind
     if k == "linear":
-        acc = intops.accumulate(args[0], p["weight"], p["bias"])
-        overflows[op.name] = intops.count_saturated(acc, intops.ACC_BITS)
-        return [intops.saturate(acc, intops.ACC_BITS)]
+        return [_accumulator(op.name, intops.accumulate(args[0], p["weight"], p["bias"]), overflows)]
     if k == "matmul":
         b = np.swapaxes(args[1], -1, -2) if a["transpose_b"] else args[1]
-        acc = intops.exact_matmul(args[0], b)
-        overflows[op.name] = intops.count_saturated(acc, intops.ACC_BITS)
-        return [intops.saturate(acc, intops.ACC_BITS)]
+        return [_accumulator(op.name, intops.exact_matmul(args[0], b), overflows)]
     if k == "requant":
         zp = p["zero_points"] if "zero_points" in p else a["zero_point"]
         return [intops.requantize(args[0], p["m"], p["shift"], a["out_bits"], zp, a["signed"])]
@@ -56,8 +62,7 @@ def _run_op(op: Op, args: list[np.ndarray], overflows: dict[str, int]) -> list[n
         return [intops.softmax_log2(args[0], valid, a["code_bits"], a["frac_bits"], sqrt2=a.get("sqrt2", False))]
     if k == "matmul_log2":
         acc = intops.exact_matmul(intops.log2_weights(args[0], a["code_bits"], a.get("sqrt2", False)), args[1])
-        overflows[op.name] = intops.count_saturated(acc, intops.ACC_BITS)
-        return [intops.saturate(acc, intops.ACC_BITS)]
+        return [_accumulator(op.name, acc, overflows)]
     if k == "gelu":
         return [intops.gelu(args[0], p["table"], a["in_bits"])]
     if k == "embedding":
