@@ -15,8 +15,9 @@ class Requantizer(wiring.Component):
 
     ``(M, s, z)`` is a per-channel table of ``channels`` entries, loaded through
     the ``tbl_*`` port; each lane names the channel of its element on ``i_ch``.
-    With ``pow2=True`` M is 1 and there is no multiplier: the unit is a
-    rounding shifter. The output width (up to ``out_bits``) and signedness are
+    With ``pow2=True`` every M is a power of two and there is no multiplier:
+    the table keeps ``log2(M)`` (taken from the loaded M's leading one) and
+    the unit is a left shifter followed by a rounding right shifter. The output width (up to ``out_bits``) and signedness are
     set per op on ``out_width`` / ``out_signed``; ``o_y`` carries the result's
     bits, sign- or zero-extended to ``out_bits``. Fully pipelined: an input
     beat taken on ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly
@@ -35,14 +36,15 @@ class Requantizer(wiring.Component):
         self.lanes = check_int(unit, "lanes", lanes, 1, 64)
         self.channels = check_int(unit, "channels", channels, 1, 1 << 16)
         self.pow2 = check_bool(unit, "pow2", pow2)
-        self.min_latency = 3 if pow2 else 4
+        self.min_latency = 4  # table read, product (or left shift), round and shift, zero point and saturation
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
                                  self.min_latency, 64)
-        self.prod_bits = in_bits if pow2 else in_bits + mult_bits
+        self.prod_bits = in_bits + mult_bits  # x * M, or x << log2(M) with M < 2**mult_bits
         ch_shape = unsigned(max(1, (channels - 1).bit_length()))
         members = {
             "tbl_we": In(1),
             "tbl_addr": In(ch_shape),
+            "tbl_m": In(unsigned(mult_bits)),
             "tbl_shift": In(unsigned(shift_bits)),
             "tbl_zp": In(signed(out_bits + 1)),  # unsigned outputs reach 2**out_bits - 1
             "out_width": In(range(2, out_bits + 1)),
@@ -53,8 +55,6 @@ class Requantizer(wiring.Component):
             "o_valid": Out(1),
             "o_y": Out(data.ArrayLayout(unsigned(out_bits), lanes)),
         }
-        if not pow2:
-            members["tbl_m"] = In(unsigned(mult_bits))
         super().__init__(members)
 
     @classmethod
@@ -75,12 +75,18 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         fields = {"shift": unsigned(self.shift_bits), "zp": signed(self.out_bits + 1)}
-        if not self.pow2:
+        if self.pow2:
+            fields["log2_m"] = range(self.mult_bits)
+        else:
             fields["m"] = unsigned(self.mult_bits)
         entry = data.StructLayout(fields)
         row = Signal(entry)
         m.d.comb += [row.shift.eq(self.tbl_shift), row.zp.eq(self.tbl_zp)]
-        if not self.pow2:
+        if self.pow2:  # the loaded M's leading one, found once at load time
+            for bit in range(self.mult_bits):
+                with m.If(self.tbl_m[bit]):
+                    m.d.comb += row.log2_m.eq(bit)
+        else:
             m.d.comb += row.m.eq(self.tbl_m)
         reads = lane_tables(m, "table", entry, self.channels, self.lanes,
                             {"en": self.tbl_we, "addr": self.tbl_addr, "data": row})
@@ -102,13 +108,12 @@ class Requantizer(wiring.Component):
             m.d.comb += rd.addr.eq(self.i_ch[lane])
             x1 = Signal(signed(self.in_bits), name=f"x1_{lane}")
             m.d.sync += x1.eq(self.i_x[lane])
-            if self.pow2:  # no multiplier: the product is x itself
-                prod, s2, z2 = x1, rd.data.shift, rd.data.zp
-            else:  # stage 2: x * M
-                prod = Signal(signed(w), name=f"prod_{lane}")
-                s2 = Signal(unsigned(self.shift_bits), name=f"s2_{lane}")
-                z2 = Signal(signed(self.out_bits + 1), name=f"z2_{lane}")
-                m.d.sync += [prod.eq(x1 * rd.data.m), s2.eq(rd.data.shift), z2.eq(rd.data.zp)]
+            # stage 2: x * M, or x << log2(M) without a multiplier
+            prod = Signal(signed(w), name=f"prod_{lane}")
+            s2 = Signal(unsigned(self.shift_bits), name=f"s2_{lane}")
+            z2 = Signal(signed(self.out_bits + 1), name=f"z2_{lane}")
+            scaled = (x1 << rd.data.log2_m) if self.pow2 else x1 * rd.data.m
+            m.d.sync += [prod.eq(scaled), s2.eq(rd.data.shift), z2.eq(rd.data.zp)]
             # next stage: round half up and shift; shifts beyond w act as w
             sc = Signal(range(w + 1), name=f"sc_{lane}")
             m.d.comb += sc.eq(Mux(s2 > w, w, s2))

@@ -22,8 +22,8 @@ async def requant_bench(dut):
     lanes, in_bits, out_bits = p["lanes"], p["in_bits"], p["out_bits"]
     ch_bits = max(1, (p["channels"] - 1).bit_length())
     clk = Clocked(dut)
-    await clk.start(["tbl_we", "tbl_addr", "tbl_shift", "tbl_zp", "out_width", "out_signed", "i_valid", "i_x",
-                     "i_ch"] + ([] if p["pow2"] else ["tbl_m"]))
+    await clk.start(["tbl_we", "tbl_addr", "tbl_m", "tbl_shift", "tbl_zp", "out_width", "out_signed", "i_valid",
+                     "i_x", "i_ch"])
     sb = Scoreboard("requant", cfg["sim"])
     starts = np.concatenate([[0], np.cumsum(v["seg_len"])])
     for s in range(len(v["seg_len"])):
@@ -36,8 +36,7 @@ async def requant_bench(dut):
             dut.tbl_addr.value = c
             dut.tbl_shift.value = int(ts[c])
             dut.tbl_zp.value = int(tz[c]) & ((1 << (out_bits + 1)) - 1)
-            if not p["pow2"]:
-                dut.tbl_m.value = int(tm[c])
+            dut.tbl_m.value = int(tm[c])
             await clk.tick()
         dut.tbl_we.value = 0
         dut.out_width.value = width

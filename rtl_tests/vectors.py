@@ -47,7 +47,7 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
     exact rounding ties."""
     rng = np.random.default_rng(seed)
     c, in_bits, mult_bits, out_bits = p["channels"], p["in_bits"], p["mult_bits"], p["out_bits"]
-    w = in_bits if p["pow2"] else in_bits + mult_bits
+    w = in_bits + mult_bits
     xlo, xhi = intops.int_range(in_bits)
     max_shift = (1 << p["shift_bits"]) - 1
     formats = sorted({(min(4, out_bits), True), (min(8, out_bits), True), (out_bits, True),
@@ -58,7 +58,10 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
         width, sgn = formats[k % len(formats)]
         zlo, zhi = intops.int_range(width, sgn)
         n = n_random // n_seg
-        m = np.ones(c, np.int64) if p["pow2"] else rng.integers(0, 1 << mult_bits, c)
+        if p["pow2"]:  # M = 2**k: a left shift (programs pair k > 0 with no right shift; the unit does both)
+            m = 1 << np.where(rng.random(c) < 0.5, 0, rng.integers(0, mult_bits, c))
+        else:
+            m = rng.integers(0, 1 << mult_bits, c)
         # shifts that land the product near the output range, plus uniformly random ones
         target = np.clip(w - 1 - width + rng.integers(-8, 9, c), 0, max_shift)
         shift = np.where(rng.random(c) < 0.75, target, rng.integers(0, max_shift + 1, c))
@@ -67,7 +70,7 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
         segs.append(requant_segment(x, rng.integers(0, c, n), m, shift, zp, width, sgn,
                                     f"random{k}_{'s' if sgn else 'u'}{width}", "random"))
     # corners: every (x, M, shift) combination of extreme values, one channel per (M, shift)
-    ms = [1] if p["pow2"] else [0, 1, (1 << mult_bits) - 1, 1 << (mult_bits - 1)]
+    ms = [1, 2, 1 << (mult_bits - 1)] if p["pow2"] else [0, 1, (1 << mult_bits) - 1, 1 << (mult_bits - 1)]
     shifts = sorted({0, 1, 2, w - 1, w, min(w + 1, max_shift), max_shift, min(62, max_shift)})
     pairs = [(mm, ss) for mm in ms for ss in shifts][:c]
     m = np.array([pairs[i % len(pairs)][0] for i in range(c)])
@@ -82,7 +85,7 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
                                         f"corner_{'s' if sgn else 'u'}{width}_zp{zp}", "corner"))
     # rounding ties: x*M exactly k*2**s + 2**(s-1), positive and negative
     s = np.clip(rng.integers(1, 16, c), 1, max_shift)
-    m = np.ones(c, np.int64) if p["pow2"] else rng.integers(1, 64, c)
+    m = 1 << rng.integers(0, 6, c) if p["pow2"] else rng.integers(1, 64, c)
     ch = rng.integers(0, c, 2000)
     k = rng.integers(-40, 40, 2000)
     target = k * (1 << s[ch]) + (1 << (s[ch] - 1))

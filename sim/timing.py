@@ -15,8 +15,8 @@ the previous row appears, so back-to-back rows cost ``rows * row_cycles``.
 accelerator description); each unit has a minimum it can be built with, and
 pads up to the configured value:
 
-* requantizer: 4 register stages (table read, multiply, round-shift, zero
-  point and saturation); 3 without the multiplier (power-of-two mode);
+* requantizer: 4 register stages (table read, multiply -- a left shift in
+  power-of-two mode --, round-shift, zero point and saturation);
 * GELU: 1 (the ROM read);
 * softmax: 3 (the last exp beat summed, the sum's leading one, log2 of the sum);
 * LayerNorm: the fixed work between its passes, ``hw.layernorm.LayerNorm.latency_for``:
