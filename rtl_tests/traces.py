@@ -144,8 +144,9 @@ def unit_for(unit: str, v: dict[str, np.ndarray]) -> dict:
     Sizes are fixed where the bundled traces allow (so every trace file of a unit, and the GELU
     and softmax bench configurations, share one simulator build) and grow only for bigger traces.
     """
-    if unit == "requant":
-        return dict(in_bits=32, out_bits=16, mult_bits=16, lanes=4,
+    if unit == "requant":  # a program with only power-of-two multipliers runs on the shifter-only unit
+        m = v["seg_m"][v["seg_m"] > 0]  # zeros pad the tables of narrower ops
+        return dict(in_bits=32, out_bits=16, mult_bits=16, lanes=4, pow2=bool(np.all(m & (m - 1) == 0)),
                     channels=max(2048, _pow2_at_least(v["seg_m"].shape[1])))
     if unit == "gelu":
         return dict(in_bits=intops.GELU_IN_BITS, out_bits=max(8, _bits(v["seg_table"])), lanes=4, latency=2)
