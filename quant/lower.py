@@ -52,6 +52,8 @@ class _Builder:
         becomes per-channel multipliers and zero points.
         """
         y_name = out_name or name
+        if self.tensors[x].zero_point != 0:
+            raise QuantError(f"{name}: a requantizer input must have zero point 0, {x!r} has {self.tensors[x].zero_point}")
         in_scale = np.atleast_1d(np.asarray(in_scale, dtype=np.float64))
         params = {}
         if y_name in self.plan.channel_maps:
@@ -160,11 +162,16 @@ class _Builder:
     def mlp(self, pre: str, h: str, h_qp: QParams, blk) -> str:
         acts = self.plan.acts
         g_in = self.linear_to(pre + "fc1", h, blk.fc1, h_qp, acts[pre + "fc1"])
-        table = gelu_table(acts[pre + "fc1"], acts[pre + "gelu"])
-        g = self.tensor(pre + "gelu", acts[pre + "gelu"].bits, self.shape(g_in), acts[pre + "gelu"])
-        self.op("gelu", pre + "gelu", [g_in], [g], {"in_bits": intops.GELU_IN_BITS, "out_bits": acts[pre + "gelu"].bits},
-                {"table": table.astype(np.int32)})
-        return self.linear_to(pre + "fc2", g, blk.fc2, acts[pre + "gelu"], acts[pre + "fc2"])
+        point = pre + "gelu"
+        # with a channel map the ROM writes a wide per-tensor grid, and a per-channel requant narrows it
+        rom = acts[point + ".rom"] if point in self.plan.channel_maps else acts[point]
+        name = point + ".rom" if point in self.plan.channel_maps else point
+        g = self.tensor(name, rom.bits, self.shape(g_in), rom)
+        self.op("gelu", point, [g_in], [g], {"in_bits": intops.GELU_IN_BITS, "out_bits": rom.bits},
+                {"table": gelu_table(acts[pre + "fc1"], rom).astype(np.int32)})
+        if point in self.plan.channel_maps:
+            g = self.requant(point + ".requant", g, rom.scale, acts[point], point)
+        return self.linear_to(pre + "fc2", g, blk.fc2, acts[point], acts[pre + "fc2"])
 
     def program(self, inputs: list[TensorSpec], outputs: list[str]) -> IntegerProgram:
         p = self.plan

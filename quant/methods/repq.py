@@ -13,6 +13,11 @@
 * Post-softmax values use a log-sqrt(2) grid; for inference the codes are
   half-step log2 shifts (one constant shift-add for odd codes).
 * Weights per output channel with a searched clipping ratio.
+* Beyond the paper: post-GELU activations (the FFN's second linear input,
+  with a few channels 10-20x wider than the rest in BERT) get the same
+  per-channel reparameterization into fc2. GELU is not linear, so the map
+  cannot go into the GELU ROM; the ROM writes a 16-bit per-tensor grid and
+  the requantizer narrows it per channel (multipliers and zero points).
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ from quant.methods import register_method
 from quant.plan import QuantPlan, baseline_plan, collect
 from quant.quantizers import QParams, search_weight_clip, weight_scales
 from sim import intops
+
+GELU_ROM_BITS = 16  #: the GELU ROM's output width when a per-channel requant follows it
+
+
+def post_gelu_points(spec) -> dict[str, list[str]]:
+    """Post-GELU activation points and their consumer (fc2)."""
+    return {f"blocks.{i}.gelu": [f"blocks.{i}.fc2"] for i in range(len(spec.blocks))}
 
 
 def post_ln_points(spec) -> dict[str, list[str]]:
@@ -69,9 +81,11 @@ def reparameterize(spec, point: str, consumers: list[str], obs, bits: int) -> tu
 def repq(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> QuantPlan:
     observers = collect(spec, batches, progress=progress, desc="calibrate (repq)")
     grids, maps = {}, {}
-    for point, consumers in post_ln_points(spec).items():
+    for point, consumers in {**post_ln_points(spec), **post_gelu_points(spec)}.items():
         qp, ratio, delta = reparameterize(spec, point, consumers, observers[point], abits)
         grids[point], maps[point] = qp, (ratio, delta)
+    for point in post_gelu_points(spec):  # the GELU ROM's own output grid, before the per-channel requant
+        grids[point + ".rom"] = observers[point].minmax(GELU_ROM_BITS, True)  # zero point 0: a requant input
     plan = baseline_plan(spec, observers, wbits, abits, method="repq")
     plan.acts.update(grids)
     plan.channel_maps = maps
