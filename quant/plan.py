@@ -7,9 +7,11 @@ into an IntegerProgram; the paper protocol turns it into a fake-quant forward.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -119,17 +121,47 @@ def baseline_plan(spec: Transformer, observers: dict[str, Observer], wbits: int,
     return QuantPlan(spec=spec, method=method, wbits=wbits, abits=abits, acts=acts, weight_scales=scales, pow2=pow2)
 
 
-def paper_forward(plan: QuantPlan) -> Forward:
-    """Fake-quant forward (paper protocol): linear and matmul inputs and weights quantized, the rest float."""
+def integer_softmax(plan: QuantPlan, prefix: str, scores: torch.Tensor) -> torch.Tensor:
+    """Attention weights as the program computes them: the Q.K^T accumulator recovered from the
+    fake-quantized scores, the program's requant into the softmax unit's log2 domain, the unit's codes."""
+    from quant.quantizers import dyadic, pow2_shift
+
+    f = intops.SOFTMAX_FRAC_BITS
+    blk = plan.spec.blocks[int(prefix.split(".")[1])]
+    s_acc = plan.acts[prefix + "q"].scale * plan.acts[prefix + "k"].scale * blk.attn_scale
+    m, shift = (pow2_shift if plan.pow2 else dyadic)(s_acc * math.log2(math.e) * 2**f)
+    valid = torch.isfinite(scores)
+    acc = torch.round(torch.where(valid, scores, 0.0).double() / s_acc).to(torch.int64).numpy()
+    t = intops.requantize(acc, m, shift, 16)
+    sqrt2 = plan.sqrt2_at(prefix)
+    codes = intops.softmax_log2(t, valid.numpy(), plan.code_bits, sqrt2=sqrt2)
+    weights = intops.log2_weights(codes, plan.code_bits, sqrt2)
+    return torch.from_numpy(weights.astype(np.float64) / 2.0 ** intops.log2_acc_shift(plan.code_bits, sqrt2))
+
+
+def paper_forward(plan: QuantPlan, emulate_integer: bool = False) -> Forward:
+    """Fake-quant forward (paper protocol): linear and matmul inputs and weights quantized, the rest float.
+
+    ``emulate_integer`` makes it quant's own emulation of the integer program: the residual stream
+    (int16) and the GELU input (int8) on their grids too, and the attention codes computed by the
+    softmax unit's integer function from scores on its input grid; LayerNorm and GELU stay float.
+    """
+    fake_roles = ("act", "qkv", "input") + (("residual", "gelu_in") if emulate_integer else ())
+    scores: dict[str, torch.Tensor] = {}
 
     def act(name: str, x: torch.Tensor) -> torch.Tensor:
         r = role(name)
+        if emulate_integer and r == "float" and name.endswith("scores"):
+            scores[name[: -len("scores")]] = x
         if r == "probs":
-            return fake_log2(x, plan.code_bits, plan.sqrt2_at(name[: -len("probs")]))
+            prefix = name[: -len("probs")]
+            if emulate_integer:
+                return integer_softmax(plan, prefix, scores.pop(prefix)).to(x.dtype)
+            return fake_log2(x, plan.code_bits, plan.sqrt2_at(prefix))
         if r == "ln_in" and name[: -len(".ln_in")] in plan.ln_ptf:
             grid, alpha = plan.ln_ptf[name[: -len(".ln_in")]]
             return fake_ptf(x, grid, alpha)
-        if r in ("act", "qkv", "input"):
+        if r in fake_roles and name in plan.acts:
             if name in plan.channel_maps:
                 ratio, delta = plan.channel_maps[name]
                 return plan.acts[name].fake(x / ratio + delta)
