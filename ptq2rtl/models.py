@@ -333,6 +333,12 @@ def _minilm_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(minilm_folder())
 
 
+def text_order(split: str, limit: int | None = None) -> list[str]:
+    """minilm's sentences of ``split`` (the first ``limit``) in the order iter_batches yields them:
+    sorted by length, so a batch pads little; every text metric is per sentence or order-free."""
+    return sorted(corpus.corpus_split(split)[:limit], key=len)
+
+
 def iter_batches(
     name: str, split: str, batch_size: int, *, data: str | None = None, limit: int | None = None
 ) -> Iterator[tuple[Any, torch.Tensor | None]]:
@@ -355,9 +361,7 @@ def iter_batches(
         if data is not None:
             raise ModelError(f"{name} evaluates on its bundled data; got data folder {data}")
         if name == "minilm":
-            # batches of similar length pad little; every metric is per sentence or order-free
-            sentences = corpus.corpus_split(split)[:limit]
-            return ((tokenize(chunk), None) for chunk in _batched(sorted(sentences, key=len), batch_size, None))
+            return ((tokenize(chunk), None) for chunk in _batched(text_order(split, limit), batch_size, None))
         images, labels = vit_digits.digits_split()["calib" if split == "calib" else "test"]
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
@@ -472,7 +476,7 @@ def fp32_eval(
     )
     if info.task == "text":
         embeddings = torch.cat([encode(model, inputs) for inputs, _ in batches])
-        sentences = corpus.corpus_split("eval")[: len(embeddings)]
+        sentences = text_order("eval", limit)
         reference = _sentence_transformers_embeddings(sentences, batch_size)
         result: dict[str, Any] = {
             "model": name,

@@ -22,6 +22,7 @@ from ptq2rtl.models import (
     minilm_folder,
     model_info,
     sentence_embeddings,
+    text_order,
     text_metrics,
 )
 
@@ -196,7 +197,7 @@ def test_minilm_fp32_path_matches_sentence_transformers_encode():
     sentence_transformers = pytest.importorskip("sentence_transformers")
     model = load_model("minilm")
     ours = torch.cat([encode(model, inputs) for inputs, _ in iter_batches("minilm", "eval", 32, limit=64)])
-    sentences = corpus.corpus_split("eval")[:64]
+    sentences = text_order("eval", 64)
     reference = sentence_transformers.SentenceTransformer(str(minilm_folder()), device="cpu").encode(
         sentences, convert_to_tensor=True, normalize_embeddings=True
     )
