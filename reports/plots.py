@@ -125,7 +125,8 @@ def synthesis(results: dict, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(rows)), 4.5))
     width = 0.8 / max(len(fields), 1)
     for i, f in enumerate(fields):
-        ax.bar([x + i * width for x in range(len(rows))], [r.get(f) or 0 for r in rows], width, label=f.upper())
+        label = {"luts": "LUTs", "ffs": "FFs", "dsps": "DSPs", "brams": "BRAMs"}[f]
+        ax.bar([x + i * width for x in range(len(rows))], [r.get(f) or 0 for r in rows], width, label=label)
     ax.set_xticks([x + width * (len(fields) - 1) / 2 for x in range(len(rows))], labels, fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("count (log scale)")
