@@ -275,20 +275,27 @@ def softmax_log2(
     """
     t = np.asarray(t, dtype=np.int64)
     zero_code = (1 << code_bits) - 1
-    if valid is None:
-        valid = np.ones(t.shape, dtype=bool)
-    valid = np.broadcast_to(np.asarray(valid, dtype=bool), t.shape)
-    lo = np.int64(np.iinfo(np.int64).min // 4)
-    mx = np.where(valid, t, lo).max(axis=-1, keepdims=True)
-    d = np.where(valid, mx - t, 0)
+    if valid is not None:
+        valid = np.broadcast_to(np.asarray(valid, dtype=bool), t.shape)
+        t = np.where(valid, t, np.int64(np.iinfo(np.int64).min // 4))  # masked keys never win the max
+    d = t.max(axis=-1, keepdims=True) - t
     table = _EXP2 if (frac_bits, exp_bits) == (SOFTMAX_FRAC_BITS, SOFTMAX_EXP_BITS) else exp2_table(frac_bits, exp_bits)
-    e = table[d & ((1 << frac_bits) - 1)] >> np.minimum(d >> frac_bits, 63)
-    e = np.where(valid, e, 0)
+    if valid is not None:
+        d = np.where(valid, d, 0)
+    e = table[d & ((1 << frac_bits) - 1)]
+    e >>= np.minimum(d >> frac_bits, 63)
+    if valid is not None:
+        e[~valid] = 0
     s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
-    L = log2_fixed(s, frac_bits)
-    q = ((L - (exp_bits << frac_bits) + d) * (2 if sqrt2 else 1) + (1 << (frac_bits - 1))) >> frac_bits
-    q = np.clip(q, 0, zero_code)
-    return np.where(valid, q, zero_code)
+    q = log2_fixed(s, frac_bits) - (exp_bits << frac_bits) + d  # [.., 1] + [.., T]: one pass
+    if sqrt2:
+        q *= 2
+    q += 1 << (frac_bits - 1)
+    q >>= frac_bits
+    np.clip(q, 0, zero_code, out=q)
+    if valid is not None:
+        q[~valid] = zero_code
+    return q
 
 
 SQRT_HALF_Q8 = 181  #: round(2**8 / sqrt(2)): odd log-sqrt(2) codes multiply by 181 and shift right by 8
