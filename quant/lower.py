@@ -15,7 +15,7 @@ import torch
 
 from quant.model import Norm
 from quant.plan import QuantPlan
-from quant.quantizers import QParams, QuantError, dyadic, pow2_shift
+from quant.quantizers import QParams, QuantError
 from sim import intops
 from sim.program import IntegerProgram, Op, TensorSpec
 
@@ -42,9 +42,6 @@ class _Builder:
         return self.tensors[name].shape
 
     # ---------------------------------------------------------------- units
-    def multipliers(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return pow2_shift(m) if self.plan.pow2 else dyadic(m)
-
     def requant(self, name: str, x: str, in_scale, out: QParams, out_name: str | None = None) -> str:
         """Requantize ``x`` (real = in_scale * x, per channel or per tensor) onto the grid ``out``.
 
@@ -61,7 +58,7 @@ class _Builder:
             in_scale = in_scale / ratio
             zps = out.zero_point + np.round(delta / out.scale).astype(np.int64)
             params["zero_points"] = np.clip(zps, out.qmin, out.qmax).astype(np.int32)
-        m, shift = self.multipliers(in_scale / out.scale)
+        m, shift = self.plan.multipliers(in_scale / out.scale)
         y = self.tensor(y_name, out.bits, self.shape(x), out)
         self.op("requant", name, [x], [y],
                 {"out_bits": out.bits, "signed": True, "zero_point": out.zero_point, "pow2": self.plan.pow2},

@@ -44,6 +44,12 @@ class QuantPlan:
     ln_ptf: dict[str, tuple[QParams, torch.Tensor]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
+    def multipliers(self, m) -> tuple[np.ndarray, np.ndarray]:
+        """Real requant multipliers as (M, shift): shifts only for a power-of-two plan, dyadic otherwise."""
+        from quant.quantizers import dyadic, pow2_shift
+
+        return pow2_shift(m) if self.pow2 else dyadic(m)
+
     def sqrt2_at(self, prefix: str) -> bool:
         return self.softmax_sqrt2.get(prefix, self.sqrt2)
 
@@ -124,12 +130,10 @@ def baseline_plan(spec: Transformer, observers: dict[str, Observer], wbits: int,
 def integer_softmax(plan: QuantPlan, prefix: str, scores: torch.Tensor) -> torch.Tensor:
     """Attention weights as the program computes them: the Q.K^T accumulator recovered from the
     fake-quantized scores, the program's requant into the softmax unit's log2 domain, the unit's codes."""
-    from quant.quantizers import dyadic, pow2_shift
-
     f = intops.SOFTMAX_FRAC_BITS
     blk = plan.spec.blocks[int(prefix.split(".")[1])]
     s_acc = plan.acts[prefix + "q"].scale * plan.acts[prefix + "k"].scale * blk.attn_scale
-    m, shift = (pow2_shift if plan.pow2 else dyadic)(s_acc * math.log2(math.e) * 2**f)
+    m, shift = plan.multipliers(s_acc * math.log2(math.e) * 2**f)
     valid = torch.isfinite(scores)
     acc = torch.round(torch.where(valid, scores, 0.0).double() / s_acc).to(torch.int64).numpy()
     t = intops.requantize(acc, m, shift, 16)

@@ -207,9 +207,6 @@ class _Check:
                 self.fail(key, f"values outside {what or 'the accepted range'} [{lo}, {hi}] (found {bad})")
         return a
 
-    def bits_range(self, key: str, bits: int, signed: bool = True) -> tuple[int, int]:
-        return intops.int_range(bits, signed)
-
 
 def _last(shape: tuple) -> int | None:
     return shape[-1] if shape else None
