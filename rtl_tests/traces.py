@@ -1,14 +1,13 @@
 """Bench vectors replayed from real programs: the golden engine's traces of quantized models.
 
-``python -m rtl_tests.traces vit-digits minilm`` quantizes each model (W4A4 by
-default), runs a few evaluation samples through ``sim.engine.run`` with
-``trace_samples``, and turns every op's recorded integer inputs (and the op's
+:func:`extract` turns every traced op's recorded integer inputs (and the op's
 own tables) into the vectors of the unit that runs it, sampled down to a
-bench-sized set: one ``<unit>.npz`` per model under ``rtl_tests/data/traces/``,
-in exactly the format the random generators of ``rtl_tests.vectors`` use.
-The benches compute the expected outputs with ``sim.intops`` themselves; the
-traced outputs are checked against that here, so a trace file that disagrees
-with the engine is never written.
+bench-sized set, in exactly the format the random generators of
+``rtl_tests.vectors`` use; ``python -m ptq2rtl.traces`` writes them as one
+``<unit>.npz`` per program under ``rtl_tests/data/traces/``. The benches
+compute the expected outputs with ``sim.intops`` themselves; the traced
+outputs are checked against that here, so a trace file that disagrees with
+the engine is never written.
 
 :func:`unit_for` sizes a unit that can replay a trace file (enough channels,
 a long enough row, wide enough operands).
@@ -16,8 +15,6 @@ a long enough row, wide enough operands).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,40 +166,3 @@ def files(unit: str) -> list[Path]:
 def load(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
-
-
-def build(model: str, method: str = "baseline", wbits: int = 4, abits: int = 4, samples: int = 2,
-          out_dir: Path = TRACE_DIR) -> list[Path]:
-    """Quantize ``model``, trace ``samples`` evaluation inputs through the engine, write one npz per unit."""
-    from ptq2rtl import flows, models
-    from quant.quantizers import program_inputs
-    from sim import engine
-
-    program, _ = flows.quantize(model, method, wbits, abits, progress=False)
-    batch, _ = next(iter(models.iter_batches(model, "eval", samples)))
-    result = engine.run(program, program_inputs(program, batch), trace_samples=list(range(samples)))
-    tag = f"{model}-{method}-w{wbits}a{abits}"
-    written = []
-    for unit, v in extract(program, result.trace, tag).items():
-        path = out_dir / tag / f"{unit}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **v)
-        written.append(path)
-    return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+")
-    ap.add_argument("--method", default="baseline")
-    ap.add_argument("--wbits", type=int, default=4)
-    ap.add_argument("--abits", type=int, default=4)
-    args = ap.parse_args(argv)
-    for model in args.models:
-        for path in build(model, args.method, args.wbits, args.abits):
-            print(path.relative_to(TRACE_DIR.parent.parent.parent), f"{path.stat().st_size // 1024} KiB")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
