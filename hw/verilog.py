@@ -119,7 +119,7 @@ def waiver_file() -> str:
 
 def lint(path: Path, top: str, waivers: Path) -> dict:
     """``verilator --lint-only -Wall`` on one file under the waivers: ``{"ok", "warnings"}``."""
-    from sim import toolchain
+    from hw import toolchain
 
     toolchain.setup_verilator()
     r = subprocess.run(["verilator", "--lint-only", "-Wall", str(waivers), str(path), "--top-module", top],

@@ -3,7 +3,7 @@ environment is set) here, before any bench runs."""
 
 from __future__ import annotations
 
-from sim import toolchain
+from hw import toolchain
 
 SIMS = list(toolchain.SIMULATORS)
 

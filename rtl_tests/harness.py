@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim import toolchain
+from hw import toolchain
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "rtl"

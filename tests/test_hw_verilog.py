@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hw import synth, verilog
-from sim import toolchain
+from hw import toolchain
 
 SMALL = {"requant": dict(lanes=2, channels=16), "gelu": dict(lanes=2), "mac_array": dict(rows=2, cols=2, max_m=8),
          "softmax": dict(max_len=16), "layernorm": dict(max_n=16, steps_per_cycle=4)}
