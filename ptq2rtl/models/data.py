@@ -1,0 +1,164 @@
+"""Calibration and evaluation batches: the bundled digits and sentences, ImageNet-style folders, the tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptq2rtl import corpus, vit_digits
+from ptq2rtl.models.registry import ModelError, minilm_folder, model_info, offline
+
+TEXT_MAX_LENGTH = 128
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def input_spec(name: str) -> dict[str, Any]:
+    """What the model takes: image size, channels, normalization; or the text length limit."""
+    info = model_info(name)
+    if info.task == "text":
+        return {"max_length": TEXT_MAX_LENGTH}
+    if name == "vit-digits":
+        return {
+            "image_size": vit_digits.IMAGE_SIZE,
+            "in_chans": 1,
+            "mean": [vit_digits.MEAN],
+            "std": [vit_digits.STD],
+            "num_classes": vit_digits.MODEL_CONFIG.num_classes,
+        }
+    cfg = _timm_data_config(name)
+    return {
+        "image_size": cfg["input_size"][1],
+        "in_chans": cfg["input_size"][0],
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "interpolation": cfg["interpolation"],
+        "crop_pct": cfg["crop_pct"],
+        "num_classes": 1000,
+    }
+
+
+def _timm_data_config(name: str) -> dict[str, Any]:
+    """timm's own preprocessing for ``name`` (input size, mean / std, resize and crop)."""
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    pretrained_cfg = get_pretrained_cfg(name)
+    return resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else None)
+
+
+def image_folder(data: str | Path) -> list[tuple[Path, int]]:
+    """(image path, class index) pairs of an ImageNet-style folder.
+
+    One subfolder per class; class indices follow the sorted subfolder names
+    (torchvision's ImageFolder convention, which for the 1,000 ImageNet synset
+    folders is the ImageNet class order). Images are files with a common
+    image extension, sorted by path.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise ModelError(f"data folder {root}: no such directory")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ModelError(f"data folder {root}: no class subfolders (expected one subfolder per class)")
+    samples = [
+        (path, index)
+        for index, folder in enumerate(classes)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    if not samples:
+        raise ModelError(
+            f"data folder {root}: {len(classes)} class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return samples
+
+
+def _load_image(path: Path, transform: Any, root: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ModelError(f"data folder {root}: cannot read image {path} ({exc})") from exc
+
+
+def tokenize(sentences: list[str]) -> dict[str, torch.Tensor]:
+    """MiniLM's tokenizer: int64 input_ids / attention_mask / token_type_ids [B, T], padded to the longest."""
+    encoded = _minilm_tokenizer()(
+        sentences, padding="longest", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
+    )
+    return {key: encoded[key].to(torch.int64) for key in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+@cache
+def _minilm_tokenizer() -> Any:
+    offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_folder())
+
+
+def text_order(split: str, limit: int | None = None) -> list[str]:
+    """minilm's sentences of ``split`` (the first ``limit``) in the order iter_batches yields them:
+    sorted by length, so a batch pads little; every text metric is per sentence or order-free."""
+    return sorted(corpus.corpus_split(split)[:limit], key=len)
+
+
+def iter_batches(
+    name: str, split: str, batch_size: int, *, data: str | None = None, limit: int | None = None
+) -> Iterator[tuple[Any, torch.Tensor | None]]:
+    """Batches ``(inputs, labels)`` of the ``calib`` or ``eval`` split of ``name``.
+
+    Images: float32 [B, C, H, W], preprocessed for the model, and int64 labels [B].
+    Text: a dict of int64 [B, T] ``input_ids`` / ``attention_mask`` /
+    ``token_type_ids`` (padded to the longest, at most 128 tokens) and ``None``.
+    ``limit`` caps the number of samples. vit-digits and minilm use their
+    bundled data (``data`` must be None); timm names need ``data``, an
+    ImageNet-style folder, whose calib and eval splits are the same images.
+    Bad arguments raise ``ModelError`` here, before the first batch is asked for.
+    """
+    info = model_info(name)
+    if split not in ("calib", "eval"):
+        raise ModelError(f"unknown split {split!r}: expected 'calib' or 'eval'")
+    if batch_size < 1:
+        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ModelError(f"limit must be >= 1, got {limit}")
+    if name in ("vit-digits", "minilm"):
+        if data is not None:
+            raise ModelError(f"{name} evaluates on its bundled data; got data folder {data}")
+        if name == "minilm":
+            return ((tokenize(chunk), None) for chunk in _batched(text_order(split, limit), batch_size, None))
+        images, labels = vit_digits.digits_split()["calib" if split == "calib" else "test"]
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        return ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size))
+    if data is None:
+        raise ModelError(f"{info.name} needs data: an ImageNet-style folder with one subfolder per class")
+    return _image_folder_batches(name, data, batch_size, limit)
+
+
+def _batched(items: list[Any], batch_size: int, limit: int | None) -> Iterator[list[Any]]:
+    items = items if limit is None else items[:limit]
+    return (items[start : start + batch_size] for start in range(0, len(items), batch_size))
+
+
+def _image_folder_batches(
+    name: str, data: str, batch_size: int, limit: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    from timm.data import create_transform
+
+    samples = image_folder(data)
+    transform = create_transform(**_timm_data_config(name))
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk in _batched(samples, batch_size, limit):
+            images = torch.stack([_load_image(path, transform, data) for path, _ in chunk])
+            yield images, torch.tensor([label for _, label in chunk], dtype=torch.int64)
+
+    return batches()

