@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 from ptq2rtl import models
+from sim.ops import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("vit-digits", "minilm")
 ACCELS = ("edge-int4", "edge-int8")
 BITS = (8, 6, 4)
-OP_CLASS = {"linear": "linear", "matmul": "attention", "matmul_log2": "attention", "requant": "requant",
-            "softmax_log2": "softmax", "gelu": "gelu", "layernorm": "layernorm", "add": "residual",
-            "add_const": "residual", "embedding": "other", "mean_pool": "other"}
 
 
 def _hash_files(paths) -> str:
@@ -61,7 +59,7 @@ def op_classes(sim: dict) -> dict:
     cycles: dict[str, int] = {}
     energy: dict[str, float] = {}
     for op in sim["ops"]:
-        c = OP_CLASS.get(op["kind"], "other")
+        c = OPS[op["kind"]].report_class
         cycles[c] = cycles.get(c, 0) + op["cycles"]
         energy[c] = energy.get(c, 0.0) + op["energy_j"]
     return {"cycles": cycles, "energy_j": energy}

@@ -16,7 +16,7 @@ from rtl_tests.bench_common import Clocked, Scoreboard, load, pack, unpack
 from sim import intops, timing
 
 
-def _folds(x, w, b, rows, cols, kind):
+def _folds(x, w, b, rows, cols, mode):
     """The beat sequence of one GEMM: per fold, its weight beats then its input beats."""
     m, k = x.shape
     n = w.shape[0]
@@ -30,7 +30,7 @@ def _folds(x, w, b, rows, cols, kind):
     for j in range(nf):
         for i in range(kf):
             wt = wp[j * cols:(j + 1) * cols, i * rows:(i + 1) * rows].T  # [rows, cols]
-            yield ("w", wt, i == 0, i == kf - 1, bp[j * cols:(j + 1) * cols], m, kind)
+            yield ("w", wt, i == 0, i == kf - 1, bp[j * cols:(j + 1) * cols], m, mode)
             yield ("x", xp[:, i * rows:(i + 1) * rows])
 
 
@@ -50,14 +50,14 @@ async def mac_array_bench(dut):
         w = v["w"][wo:wo + n * k].reshape(n, k)
         b = v["b"][bo:bo + n]
         xo, wo, bo = xo + m * k, wo + n * k, bo + n
-        kind = int(v["g_kind"][g])  # 0: x * w, 1: log2 codes x V, 2: base sqrt(2) codes x V
+        mode = int(v["g_kind"][g])  # 0: x * w, 1: log2 codes x V, 2: base sqrt(2) codes x V
         beats = []
-        for fold in _folds(x, w, b, rows, cols, kind):
+        for fold in _folds(x, w, b, rows, cols, mode):
             if fold[0] == "w":
-                _, wt, first, last, bias, mm, kind = fold
+                _, wt, first, last, bias, mm, mode = fold
                 for r in range(rows):
                     beats.append(("w", pack(wt[r], w_bits), int(first), int(last), pack(bias, acc_bits), mm,
-                                  int(kind > 0), int(kind == 2)))
+                                  int(mode > 0), int(mode == 2)))
             else:
                 beats += [("x", pack(row, a_bits)) for row in fold[1]]
         n_out = m * -(-n // cols)
@@ -95,8 +95,8 @@ async def mac_array_bench(dut):
         else:
             got = np.zeros((len(outs),), np.int64)
         got = got[:, :n] if got.ndim == 2 else got
-        if kind:  # x holds codes, w holds V transposed
-            expected = intops.matmul_log2(x, w.T, p["code_bits"], acc_bits, sqrt2=kind == 2)
+        if mode:  # x holds codes, w holds V transposed
+            expected = intops.matmul_log2(x, w.T, p["code_bits"], acc_bits, sqrt2=mode == 2)
         else:
             expected = intops.linear(x, w, b, acc_bits)
         op = str(v["g_op"][g])

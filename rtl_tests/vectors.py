@@ -130,10 +130,10 @@ def gelu_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[str,
 
 # ---------------------------------------------------------------- mac array
 
-def gemm_case(x, w, b, op: str, source: str, kind: int = 0) -> dict[str, np.ndarray]:
-    """``x @ w.T + b`` on the array; ``kind`` 1 / 2: x holds log2 / log-sqrt(2) codes, w holds V.T, b = 0."""
+def gemm_case(x, w, b, op: str, source: str, mode: int = 0) -> dict[str, np.ndarray]:
+    """``x @ w.T + b`` on the array; ``mode`` 1 / 2: x holds log2 / log-sqrt(2) codes, w holds V.T, b = 0."""
     x, w, b = (np.asarray(t, np.int64) for t in (x, w, b))
-    return {"x": x.ravel(), "w": w.ravel(), "b": b.ravel(), "g_kind": np.array([kind]), "g_m": np.array([x.shape[0]]),
+    return {"x": x.ravel(), "w": w.ravel(), "b": b.ravel(), "g_kind": np.array([mode]), "g_m": np.array([x.shape[0]]),
             "g_k": np.array([x.shape[1]]), "g_n": np.array([w.shape[0]]), "g_op": np.array([op]),
             "g_source": np.array([source])}
 
@@ -177,16 +177,16 @@ def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dic
                            np.zeros(cols), "one_fold_full", "corner"))
     if p["log2"]:  # attention x V with log2 codes: every code, both bases, most-negative V
         codes = 1 << p["code_bits"]
-        for kind in (1, 2):
+        for mode in (1, 2):
             for j in range(4):
                 m, k, n = int(rng.integers(1, max_m + 1)), int(rng.integers(1, 3 * rows + 1)), \
                     int(rng.integers(1, 2 * cols + 1))
                 c = rng.integers(0, codes, (m, k))
                 v = rng.integers(wlo, whi + 1, (n, k))
-                cases.append(gemm_case(c, v, np.zeros(n), f"log2_{'sqrt2_' if kind == 2 else ''}{j}", "random", kind))
+                cases.append(gemm_case(c, v, np.zeros(n), f"log2_{'sqrt2_' if mode == 2 else ''}{j}", "random", mode))
             c = np.arange(2 * codes * rows).reshape(-1, rows) % codes
             cases.append(gemm_case(c, np.full((cols, rows), wlo), np.zeros(cols),
-                                   f"log2_{'sqrt2_' if kind == 2 else ''}every_code_most_negative", "corner", kind))
+                                   f"log2_{'sqrt2_' if mode == 2 else ''}every_code_most_negative", "corner", mode))
     return merge(*cases)
 
 

@@ -11,7 +11,7 @@ file, the field and the accepted range.
 * Weights are parameters fixed at quantization time: a linear whose ``wbits``
   exceed the array's ``weight_bits`` is refused (quantize for the target instead).
 * Activations wider than an array port are split into digits and run as extra
-  passes (see :func:`operand_digits`); an 8-bit image into the patch
+  passes (see :func:`sim.timing.operand_digits`); an 8-bit image into the patch
   embedding takes two passes on an int4 array.
 * The requantizer must hold every multiplier ``M`` in ``multiplier_bits``; a
   power-of-two-only requantizer (no multiplier) refuses dyadic requants and
@@ -29,13 +29,14 @@ from typing import Any
 import yaml
 
 from sim.energy import ACTIONS, PRESETS
+from sim import widths
+from sim.ops import OPS
 from sim.program import IntegerProgram
 from sim.timing import ceil_div
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATAFLOWS = ("weight_stationary",)
 ARRAY_BITS = (4, 8)
-ACC_BITS = 32  # sim.intops.ACC_BITS: the integer semantics accumulate in 32 bits
 
 
 class AccelError(ValueError):
@@ -212,7 +213,7 @@ def parse_accel(data: Any, source: str = "<config>") -> AccelConfig:
     a = top.sub("array")
     array = ArrayConfig(rows=a.int("rows", 1, 256), cols=a.int("cols", 1, 256),
                         dataflow=a.choice("dataflow", DATAFLOWS), weight_bits=a.choice("weight_bits", ARRAY_BITS),
-                        act_bits=a.choice("act_bits", ARRAY_BITS), acc_bits=a.choice("acc_bits", (ACC_BITS,)))
+                        act_bits=a.choice("act_bits", ARRAY_BITS), acc_bits=a.choice("acc_bits", (widths.ACC_BITS,)))
     a.done()
     b = top.sub("buffers")
     buffers = BufferConfig(weight_kib=b.int("weight_kib", 1, 1 << 16), activation_kib=b.int("activation_kib", 1, 1 << 16),
@@ -256,56 +257,14 @@ def load_accel(path_or_name: str | Path) -> AccelConfig:
 
 
 # ------------------------------------------------------------------ programs
-def operand_digits(bits: int, port_bits: int) -> int:
-    """Passes an operand of ``bits`` takes through a ``port_bits``-wide array port: ``ceil(bits / port_bits)``.
-
-    Digit d of x is ``(x >> (d*port_bits)) mod 2**port_bits``, read as unsigned,
-    except the top digit of a signed operand, read as signed: each port has a
-    sign-mode bit (a ``port_bits + 1``-wide signed multiplier input), so signed
-    and unsigned operands up to ``port_bits`` wide take one pass. The
-    accumulator adds each pass's partial sums shifted left by ``d*port_bits``.
-    """
-    return ceil_div(bits, port_bits)
-
-
 def _refuse(program: IntegerProgram, accel: AccelConfig, op, field: str, problem: str):
     raise AccelError(f"{accel.name} cannot run program {program.model!r}: op {op.name!r} ({op.kind}): "
                      f"field {field!r}: {problem}")
 
 
 def check_program(program: IntegerProgram, accel: AccelConfig) -> None:
-    """Raise :class:`AccelError` if some op's widths do not fit this accelerator's units."""
-    arr, rq = accel.array, accel.requant
+    """Raise :class:`AccelError` if some op's widths do not fit this accelerator's units (``sim.ops`` refusals)."""
     for op in program.ops:
-        a = op.attrs
-        if op.kind == "linear" and a["wbits"] > arr.weight_bits:
-            _refuse(program, accel, op, "wbits",
-                    f"int{a['wbits']} weights do not fit the {arr.weight_bits}-bit weight port of the array "
-                    f"(accepted: wbits <= {arr.weight_bits}); quantize with --wbits {arr.weight_bits} "
-                    f"or use an accelerator with weight_bits >= {a['wbits']}")
-        if op.kind == "requant" and program.tensors[op.inputs[0]].bits > arr.acc_bits:
-            _refuse(program, accel, op, "inputs", f"{program.tensors[op.inputs[0]].bits}-bit input is wider than "
-                    f"the {arr.acc_bits}-bit accumulators the requantizer reads (accepted: <= {arr.acc_bits})")
-        if op.kind == "matmul_log2" and a["code_bits"] > arr.act_bits:
-            _refuse(program, accel, op, "code_bits", f"{a['code_bits']}-bit log2 codes do not fit the array's "
-                    f"{arr.act_bits}-bit activation port, which decodes them into shifts (accepted: <= {arr.act_bits})")
-        if op.kind == "requant":
-            m = op.params["m"]
-            if rq.pow2_only and not a["pow2"]:
-                _refuse(program, accel, op, "pow2", "a dyadic requant (M != 1) on a power-of-two-only requantizer, "
-                        "which has no multiplier (accepted: pow2 = true); quantize with power-of-two scales")
-            if m.size and int(m.max()) >= 1 << rq.multiplier_bits:
-                _refuse(program, accel, op, "m", f"multiplier {int(m.max())} does not fit the requantizer's "
-                        f"{rq.multiplier_bits}-bit multipliers (accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
-        if op.kind == "add":
-            for key in ("ma", "mb"):
-                v = a[key]
-                if rq.pow2_only and v & (v - 1):
-                    _refuse(program, accel, op, key, f"scale factor {v} is not a power of two, and the "
-                            "power-of-two-only requantizer that runs residual adds has no multiplier")
-                if not rq.pow2_only and v >= 1 << rq.multiplier_bits:
-                    _refuse(program, accel, op, key, f"{v} does not fit the requantizer's {rq.multiplier_bits}-bit "
-                            f"multipliers (accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
-        if op.kind == "gelu" and a["in_bits"] > accel.gelu.in_bits:
-            _refuse(program, accel, op, "in_bits", f"a {a['in_bits']}-bit GELU table does not fit the GELU unit's "
-                    f"{accel.gelu.in_bits}-bit ROM address (accepted: in_bits <= {accel.gelu.in_bits})")
+        refused = OPS[op.kind].refusal(op, program, accel)
+        if refused is not None:
+            _refuse(program, accel, op, *refused)

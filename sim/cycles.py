@@ -12,7 +12,7 @@ tile's rows } } }. Its compute cycles are::
     sum over m-tiles mt of  timing.gemm_cycles(mt * p, K, N, R, C)
     = sum  ceil(K/R) * ceil(N/C) * (R + mt*p + R + C - 1)
 
-where ``p = ceil(act_bits_of_x / act_bits)`` digit passes (``sim.accel.operand_digits``;
+where ``p = ceil(act_bits_of_x / act_bits)`` digit passes (``sim.timing.operand_digits``;
 an 8-bit image on an int4 array streams each row twice, low digit unsigned,
 high digit signed, the accumulator adding the second pass shifted by 4). An
 m-tile is as many rows as the accumulator buffer holds double-buffered for one
@@ -66,16 +66,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sim import timing
-from sim.accel import AccelConfig, check_program, operand_digits
+from sim.accel import AccelConfig, check_program
+from sim.ops import OPS
 from sim.program import IntegerProgram, Op
-from sim.timing import ceil_div
+from sim.timing import ceil_div, operand_digits
 
-ARRAY_KINDS = ("linear", "matmul", "matmul_log2")
-VIEW_KINDS = ("patchify", "split", "split_heads", "merge_heads", "concat_token", "select_token")
-HEADWISE_KINDS = ("matmul", "requant", "softmax_log2", "matmul_log2")
-UNIT_OF = {"linear": "array", "matmul": "array", "matmul_log2": "array", "requant": "requant", "add": "requant",
-           "add_const": "requant", "mean_pool": "requant", "softmax_log2": "softmax", "gelu": "gelu",
-           "layernorm": "layernorm", "embedding": "dram"}
 BUILTIN = ("positions",)  # made on chip by a counter
 
 
@@ -183,11 +178,11 @@ class _Plan:
         self.root = {t.name: t.name for t in program.inputs}
         for op in ops:
             for out in op.outputs:
-                self.root[out] = self.root[op.inputs[0]] if op.kind in VIEW_KINDS else out
+                self.root[out] = self.root[op.inputs[0]] if OPS[op.kind].role == "view" else out
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = defaultdict(list)
         for i, op in enumerate(ops):
-            if op.kind in VIEW_KINDS:
+            if OPS[op.kind].role == "view":
                 continue
             for out in op.outputs:
                 self.producer[self.root[out]] = i
@@ -216,12 +211,14 @@ class _Plan:
     def nbytes(self, name: str) -> int:
         return ceil_div(self.numel(name) * self.p.tensors[name].bits, 8)
 
-    def _only_consumer(self, s: str, i: int, kind: str) -> int | None:
-        """The op that alone consumes storage ``s`` (made by op ``i``), if it is a ``kind`` after views only."""
+    def _only_consumer(self, s: str, i: int, unit: str) -> int | None:
+        """The op that alone consumes storage ``s`` (made by op ``i``), if it can take it from ``unit``'s
+        pipeline and only views lie between them."""
         if s in self.outputs or len(self.consumers[s]) != 1:
             return None
         j = self.consumers[s][0]
-        if self.p.ops[j].kind == kind and all(op.kind in VIEW_KINDS for op in self.p.ops[i + 1:j]):
+        if OPS[self.p.ops[j].kind].fuses_after == unit and all(
+                OPS[op.kind].role == "view" for op in self.p.ops[i + 1:j]):
             return j
         return None
 
@@ -234,23 +231,20 @@ class _Plan:
         """
         fused = {}
         for s, i in self.producer.items():
-            if self.p.ops[i].kind not in ARRAY_KINDS:
+            if OPS[self.p.ops[i].kind].role != "array":
                 continue
-            j = self._only_consumer(s, i, "requant")
-            if j is None:
-                continue
-            fused[j] = (s, i)
-            s2 = self.root[self.p.ops[j].outputs[0]]
-            g = self._only_consumer(s2, j, "gelu")
-            if g is not None:
-                fused[g] = (s2, i)
+            unit, k = "array", i
+            while (j := self._only_consumer(s, k, unit)) is not None:  # array -> requant -> GELU
+                fused[j] = (s, i)
+                unit, k = OPS[self.p.ops[j].kind].unit, j
+                s = self.root[self.p.ops[j].outputs[0]]
         return fused
 
     def _footprint(self, s: str) -> int:
         """Bytes a storage occupies while live; head-wise attention tensors one (sample, head) at a time."""
         members = self.members[s]
-        kinds = [self.p.ops[i].kind for i in self.consumers[s] + ([self.producer[s]] if s in self.producer else [])]
-        if kinds and all(len(self.dims[n]) >= 3 for n in members) and all(k in HEADWISE_KINDS for k in kinds):
+        kinds = [OPS[self.p.ops[i].kind] for i in self.consumers[s] + ([self.producer[s]] if s in self.producer else [])]
+        if kinds and all(len(self.dims[n]) >= 3 for n in members) and all(k.headwise for k in kinds):
             return ceil_div(self.size[s], self.batch * _prod(self.dims[s][:-2]))
         return self.size[s]
 
@@ -260,10 +254,11 @@ class _Plan:
         last = {s: max(c) for s, c in self.consumers.items() if c}
         resident: dict[str, int] = {}
         for i, op in enumerate(ops):
-            if op.kind in VIEW_KINDS:
+            role = OPS[op.kind].role
+            if role == "view":
                 continue
             ins = {self.root[n] for n in op.inputs if n not in BUILTIN}
-            if op.kind not in ARRAY_KINDS:  # a streaming unit writes its output over inputs it reads for the last time
+            if role != "array":  # a streaming unit writes its output over inputs it reads for the last time
                 for s in [s for s in ins if s in resident and last.get(s) == i]:
                     del resident[s]
             for out in op.outputs:
@@ -300,32 +295,7 @@ class _Plan:
 
 def _param_bytes(op: Op, plan: _Plan) -> dict[str, int]:
     """Bytes of each parameter as the accelerator stores it (read from DRAM once per inference)."""
-    a, pr, acc = op.attrs, op.params, plan.a.array.acc_bits
-    if op.kind == "linear":
-        n, k = pr["weight"].shape
-        return {"weight": ceil_div(n * k * a["wbits"], 8), "bias": ceil_div(n * acc, 8)}
-    if op.kind == "requant":  # per channel: M (unless pow2), a 6-bit shift, a zero point if per channel
-        bits = 6 + (0 if a["pow2"] else plan.a.requant.multiplier_bits)
-        bits += a["out_bits"] if "zero_points" in pr else 0
-        return {"table": ceil_div(pr["m"].size * bits, 8)}
-    if op.kind == "layernorm":  # int16 gamma, int32 beta, 2-bit power-of-two input factors if any
-        n = pr["gamma"].size
-        return {"gamma": 2 * n, "beta": 4 * n, "in_shift": ceil_div(2 * n, 8) if "in_shift" in pr else 0}
-    if op.kind == "gelu":
-        return {"table": ceil_div(pr["table"].size * a["out_bits"], 8)}
-    if op.kind == "embedding":  # only the looked-up rows
-        return {"table": plan.nbytes(op.outputs[0])}
-    if op.kind == "concat_token":
-        return {"token": ceil_div(pr["token"].size * plan.p.tensors[op.inputs[0]].bits, 8)}
-    if op.kind == "add_const":
-        c = pr["const"]
-        return {"const": ceil_div(c.size * _signed_bits(int(c.min()), int(c.max())), 8) if c.size else 0}
-    return {}
-
-
-def _signed_bits(lo: int, hi: int) -> int:
-    """Width of the narrowest two's complement integer holding [lo, hi]."""
-    return max((-lo - 1).bit_length() if lo < 0 else 0, max(hi, 0).bit_length()) + 1
+    return OPS[op.kind].param_bytes(op, plan)
 
 
 def _m_tiles(m: int, tile: int) -> list[int]:
@@ -349,6 +319,12 @@ class _Mapper:
             c.count("dram", b)
             c.count("sram_activation_write", b)
         c.count("sram_activation_read", b * times)
+
+    def read_inputs(self, c: OpCost, i: int, op: Op) -> None:
+        """Every input of op ``i`` once (built-in tensors are made on chip)."""
+        for name in op.inputs:
+            if name not in BUILTIN:
+                self.read_input(c, i, name)
 
     def write_output(self, c: OpCost, name: str) -> None:
         if self.plan.root[name] in self.plan.in_pipe:  # handed to the next stage of the drain pipeline
@@ -392,15 +368,12 @@ class _Mapper:
         c.count("mac", c.array_macs)
         self.accumulate(c, m * n, ceil_div(k, self.R) * p, op)
 
-    def matmul(self, c: OpCost, i: int, op: Op) -> None:
+    def array_product(self, c: OpCost, i: int, op: Op, n: int, pa: int, action: str) -> None:
+        """An activation x activation product, run per (sample, head): the second operand is stationary
+        (loaded from the activation buffer), the first streams in ``pa`` digit passes; ``n`` output columns."""
         a_name, b_name = op.inputs
-        da, db = self.plan.dims[a_name], self.plan.dims[b_name]
+        da = self.plan.dims[a_name]
         mm, k = da[-2], da[-1]
-        if op.kind == "matmul":
-            n = db[-2] if op.attrs["transpose_b"] else db[-1]
-            pa = operand_digits(self.plan.p.tensors[a_name].bits, self.a.array.act_bits)
-        else:  # log2 codes stream in on the activation port, one pass (sim.accel.check_program)
-            n, pa = db[-1], 1
         pb = operand_digits(self.plan.p.tensors[b_name].bits, self.a.array.weight_bits)
         items = self.plan.batch * _prod(da[:-2])
         tiles = _m_tiles(mm, self.acc_rows)
@@ -410,66 +383,34 @@ class _Mapper:
         c.blocks = items * len(tiles) * ceil_div(n * pb, self.C)
         self.read_input(c, i, b_name, times=len(tiles))  # the stationary operand, once per m-tile
         self.read_input(c, i, a_name, times=ceil_div(n * pb, self.C))  # streamed once per n-fold
-        if op.kind == "matmul":
-            c.count("mac", c.array_macs)
-        else:
-            c.count("shift_mac_sqrt2" if op.attrs.get("sqrt2") else "shift_mac", c.array_macs)
+        c.count(action, c.array_macs)
         self.accumulate(c, items * mm * n, ceil_div(k, self.R) * pa * pb, op)
 
-    def requant(self, c: OpCost, i: int, op: Op, fused: bool) -> None:
-        x = op.inputs[0]
-        n = self.plan.numel(x)
-        rq = self.a.requant
-        c.compute_cycles = timing.stream_cycles(n, rq.lanes, rq.latency)
-        if fused:
-            c.count("sram_accumulator_read", n * self.acc_bytes)
-        else:
-            self.read_input(c, i, x)
+    def stream(self, c: OpCost, i: int, op: Op, unit, beats: int, fused: bool) -> None:
+        """An element-wise unit (``unit``: its lanes and latency) busy for ``beats`` element beats.
+
+        Unfused, it reads every input from the activation buffer; fused, its input comes from the stage
+        before it in the drain pipeline (the cost hook counts an accumulator read where that is the source).
+        """
+        c.compute_cycles = timing.stream_cycles(beats, unit.lanes, unit.latency)
+        if not fused:
+            self.read_inputs(c, i, op)
         self.params(c, op)
         self.write_output(c, op.outputs[0])
-        c.count("requant_pow2" if op.attrs["pow2"] else "requant", n)
 
-    def elementwise(self, c: OpCost, i: int, op: Op) -> None:
-        """add / add_const / mean_pool on the requantizer lanes."""
-        rq = self.a.requant
-        n = self.plan.numel(op.inputs[0])
-        for name in op.inputs:
-            self.read_input(c, i, name)
-        beats = 2 * n if op.kind == "add" else n  # a residual add scales its two operands one after the other
-        c.compute_cycles = timing.stream_cycles(beats, rq.lanes, rq.latency)
-        self.params(c, op)
-        self.write_output(c, op.outputs[0])
-        c.count(op.kind, self.plan.numel(op.outputs[0]) if op.kind == "add" else n)
-
-    def rows_unit(self, c: OpCost, i: int, op: Op) -> None:
-        """softmax_log2 / layernorm: one row after the other."""
+    def rows_unit(self, c: OpCost, i: int, op: Op, unit, row_cycles, action: str) -> None:
+        """A vector unit that works one row of its first input after the other (softmax, LayerNorm):
+        ``row_cycles(width, lanes, latency)`` a row, ``action`` per element and ``action_row`` per row."""
         x = op.inputs[0]
         width = self.plan.dims[x][-1]
         n = self.plan.numel(x)
         rows = n // width
-        if op.kind == "softmax_log2":
-            u = self.a.softmax
-            c.compute_cycles = rows * timing.softmax_row_cycles(width, u.lanes, u.latency)
-            c.count("softmax", n)
-            c.count("softmax_row", rows)
-        else:
-            u = self.a.layernorm
-            c.compute_cycles = rows * timing.layernorm_row_cycles(width, u.lanes, u.latency)
-            c.count("layernorm", n)
-            c.count("layernorm_row", rows)
-        for name in op.inputs:
-            self.read_input(c, i, name)
+        c.compute_cycles = rows * row_cycles(width, unit.lanes, unit.latency)
+        c.count(action, n)
+        c.count(action + "_row", rows)
+        self.read_inputs(c, i, op)
         self.params(c, op)
         self.write_output(c, op.outputs[0])
-
-    def gelu(self, c: OpCost, i: int, op: Op, fused: bool) -> None:
-        n = self.plan.numel(op.inputs[0])
-        c.compute_cycles = timing.stream_cycles(n, self.a.gelu.lanes, self.a.gelu.latency)
-        if not fused:
-            self.read_input(c, i, op.inputs[0])
-        self.params(c, op)
-        self.write_output(c, op.outputs[0])
-        c.count("gelu", n)
 
     @staticmethod
     def drain_tail(busy: int, n: int, blocks: int, upstream: int, lanes: int, latency: int) -> int:
@@ -481,17 +422,6 @@ class _Mapper:
         """
         last = timing.stream_cycles(ceil_div(n, blocks), lanes, latency)
         return max(last, busy - upstream + ceil_div(upstream, blocks))
-
-    def embedding(self, c: OpCost, i: int, op: Op) -> None:
-        if op.inputs[0] not in BUILTIN:
-            self.read_input(c, i, op.inputs[0])
-        self.params(c, op)
-        self.write_output(c, op.outputs[0])
-
-    def view(self, c: OpCost, i: int, op: Op) -> None:
-        if op.kind == "concat_token":  # writes the class token's row in front of the patch rows
-            self.params(c, op)
-            c.count("sram_activation_write", self.plan.batch * _param_bytes(op, self.plan)["token"])
 
 
 def program_cycles(program: IntegerProgram, accel: AccelConfig, *, batch: int = 1, seq_len: int = 128) -> CycleReport:
@@ -510,31 +440,17 @@ def program_cycles(program: IntegerProgram, accel: AccelConfig, *, batch: int = 
     by_index: dict[int, OpCost] = {}
     upstream: dict[int, int] = {}  # array op -> busy cycles of the slowest drain-pipeline stage so far
     for i, op in enumerate(program.ops):
-        c = OpCost(op.name, op.kind, layer_of(op.name), UNIT_OF.get(op.kind, "none"))
+        kind = OPS[op.kind]
+        c = OpCost(op.name, op.kind, layer_of(op.name), kind.unit)
         array = by_index[plan.fused[i][1]] if i in plan.fused else None
-        if op.kind == "linear":
-            mapper.linear(c, i, op)
-        elif op.kind in ("matmul", "matmul_log2"):
-            mapper.matmul(c, i, op)
-        elif op.kind == "requant":
-            mapper.requant(c, i, op, array is not None)
-        elif op.kind in ("add", "add_const", "mean_pool"):
-            mapper.elementwise(c, i, op)
-        elif op.kind in ("softmax_log2", "layernorm"):
-            mapper.rows_unit(c, i, op)
-        elif op.kind == "gelu":
-            mapper.gelu(c, i, op, array is not None)
-        elif op.kind == "embedding":
-            mapper.embedding(c, i, op)
-        else:
-            mapper.view(c, i, op)
+        kind.cost(mapper, c, i, op, array is not None)
         if plan.evict_writes.get(i):  # live tensors pushed out to DRAM to make room
             c.count("sram_activation_read", plan.evict_writes[i])
             c.count("dram", plan.evict_writes[i])
         if array is None:
             c.cycles = window = c.compute_cycles
         else:
-            unit = accel.requant if op.kind == "requant" else accel.gelu
+            unit = getattr(accel, kind.unit)
             k = plan.fused[i][1]
             up = upstream.setdefault(k, array.compute_cycles)
             c.fused_into = array.name

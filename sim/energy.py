@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sim import widths
+
 if TYPE_CHECKING:
     from sim.accel import AccelConfig
 
@@ -104,9 +106,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "gelu": ("gelu", "one element through the GELU unit (a ROM read)"),
 }
 
-SOFTMAX_ROM = (64, 16)  #: exp2 table entries x bits (sim.intops.exp2_table)
-LOG2_ROM = (64, 6)  #: log2 table entries x bits (sim.intops.log2_table)
-GELU_OUT_BITS = 16  #: widest GELU table entry a program may use
+SOFTMAX_ROM = (1 << widths.SOFTMAX_FRAC_BITS, widths.SOFTMAX_EXP_BITS + 1)  #: exp2 table entries x bits
+LOG2_ROM = (1 << widths.SOFTMAX_LOG_BITS, widths.SOFTMAX_FRAC_BITS)  #: log2 table entries x bits
 
 
 def preset_energies(accel: "AccelConfig") -> dict[str, float]:
@@ -115,7 +116,8 @@ def preset_energies(accel: "AccelConfig") -> dict[str, float]:
     arr, rq = accel.array, accel.requant
     acc = arr.acc_bits
     prod = acc + rq.multiplier_bits  # the requantizer's product width
-    scale = p.shift(acc) if rq.pow2_only else p.mul(16, rq.multiplier_bits)  # one operand's alignment in an add
+    res, sm, ln, var = widths.RESIDUAL_BITS, widths.SOFTMAX_IN_BITS, widths.LN_IN_BITS, widths.LN_VAR_BITS
+    scale = p.shift(acc) if rq.pow2_only else p.mul(res, rq.multiplier_bits)  # one operand's alignment in an add
     e = {
         "mac": p.mul(arr.weight_bits, arr.act_bits) + p.add(acc),
         "shift_mac": p.shift(arr.weight_bits + 14) + p.add(acc),
@@ -128,14 +130,15 @@ def preset_energies(accel: "AccelConfig") -> dict[str, float]:
         "add_const": p.add(acc),
         "mean_pool": p.add(acc),
         # max compare; subtract, exp ROM, shift, sum; add, round, shift to the code
-        "softmax": 4 * p.add(16) + p.add(acc) + 2 * p.shift(16) + p.rom_read(*SOFTMAX_ROM),
-        "softmax_row": p.shift(acc) + p.rom_read(*LOG2_ROM) + p.add(16),
+        "softmax": 4 * p.add(sm) + p.add(acc) + 2 * p.shift(sm) + p.rom_read(*SOFTMAX_ROM),
+        "softmax_row": p.shift(acc) + p.rom_read(*LOG2_ROM) + p.add(sm),
         # sum; square and sum; subtract, multiply by the reciprocal, round; gamma, beta, round
-        "layernorm": (p.add(acc) + p.mul(16, 16) + p.add(48) + p.add(16) + p.mul(17, 30) + p.add(acc)
-                      + p.shift(acc) + p.mul(16, 16) + p.add(acc) + p.shift(acc)),
-        # 24-step integer square root (square and compare), two 32-step restoring divisions
-        "layernorm_row": 24 * (p.mul(24, 24) + p.add(48)) + 64 * p.add(acc),
-        "gelu": p.rom_read(1 << accel.gelu.in_bits, GELU_OUT_BITS),
+        "layernorm": (p.add(acc) + p.mul(ln, ln) + p.add(var) + p.add(ln) + p.mul(ln + 1, widths.LN_RECIP_BITS)
+                      + p.add(acc) + p.shift(acc) + p.mul(widths.LN_NORM_BITS, widths.LN_GAMMA_BITS) + p.add(acc)
+                      + p.shift(acc)),
+        # integer square root of the variance a bit a step (square and compare), two restoring divisions
+        "layernorm_row": (var // 2) * (p.mul(var // 2, var // 2) + p.add(var)) + 2 * acc * p.add(acc),
+        "gelu": p.rom_read(1 << accel.gelu.in_bits, widths.GELU_OUT_BITS),
     }
     for buf in ("weight", "activation", "accumulator"):
         per_byte = p.sram_byte(accel.buffers.bytes(buf) / sram_banks(accel, buf))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim import intops
+from sim.ops import OPS
 from sim.program import IntegerProgram, Op, ProgramError
 
 
@@ -21,12 +22,6 @@ class RunResult:
     outputs: dict[str, np.ndarray]
     overflows: dict[str, int] = field(default_factory=dict)  #: accumulator saturations per op
     trace: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)  #: op -> {"inputs", "outputs"}
-
-
-def _key_mask(mask: np.ndarray, ndim: int) -> np.ndarray:
-    """[B, T] attention mask -> boolean key mask broadcastable onto [B, ..., Tq, Tk] scores."""
-    m = np.asarray(mask) != 0
-    return m.reshape(m.shape[:1] + (1,) * (ndim - 2) + m.shape[1:])
 
 
 def _accumulator(name: str, acc: np.ndarray, overflows: dict[str, int]) -> np.ndarray:
@@ -39,60 +34,14 @@ def _accumulator(name: str, acc: np.ndarray, overflows: dict[str, int]) -> np.nd
     return intops.saturate(acc, intops.ACC_BITS)
 
 
-def _run_op(op: Op, args: list[np.ndarray], overflows: dict[str, int]) -> list[np.ndarray]:
-    a, p = op.attrs, op.params
-    k = op.kind
-    if k == "linear":
-        return [_accumulator(op.name, intops.accumulate(args[0], p["weight"], p["bias"]), overflows)]
-    if k == "matmul":
-        b = np.swapaxes(args[1], -1, -2) if a["transpose_b"] else args[1]
-        return [_accumulator(op.name, intops.exact_matmul(args[0], b), overflows)]
-    if k == "requant":
-        zp = p["zero_points"] if "zero_points" in p else a["zero_point"]
-        return [intops.requantize(args[0], p["m"], p["shift"], a["out_bits"], zp, a["signed"])]
-    if k == "add":
-        return [intops.add(args[0], args[1], a["ma"], a["mb"], a["shift"], a["out_bits"])]
-    if k == "add_const":
-        return [intops.saturate(args[0] + p["const"].astype(np.int64), a["out_bits"])]
-    if k == "layernorm":
-        return [intops.layernorm(args[0], p["gamma"], p["beta"], a["shift"], a["out_bits"], a["frac_bits"],
-                                 in_shift=p.get("in_shift"))]
-    if k == "softmax_log2":
-        valid = _key_mask(args[1], args[0].ndim) if len(args) > 1 else None
-        return [intops.softmax_log2(args[0], valid, a["code_bits"], a["frac_bits"], sqrt2=a.get("sqrt2", False))]
-    if k == "matmul_log2":
-        acc = intops.exact_matmul(intops.log2_weights(args[0], a["code_bits"], a.get("sqrt2", False)), args[1])
-        return [_accumulator(op.name, acc, overflows)]
-    if k == "gelu":
-        return [intops.gelu(args[0], p["table"], a["in_bits"])]
-    if k == "embedding":
-        return [intops.embedding(args[0], p["table"])]
-    if k == "patchify":
-        x = args[0]
-        b, c, h, w = x.shape
-        s = a["patch"]
-        x = x.reshape(b, c, h // s, s, w // s, s).transpose(0, 2, 4, 1, 3, 5)
-        return [x.reshape(b, (h // s) * (w // s), c * s * s)]
-    if k == "split":
-        cuts = np.cumsum(a["sizes"])[:-1]
-        return list(np.split(args[0], cuts, axis=-1))
-    if k == "split_heads":
-        x = args[0]
-        h = a["heads"]
-        x = x.reshape(x.shape[:-1] + (h, x.shape[-1] // h))
-        return [np.moveaxis(x, -2, -3)]
-    if k == "merge_heads":
-        x = np.moveaxis(args[0], -3, -2)
-        return [x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))]
-    if k == "concat_token":
-        x = args[0]
-        tok = np.broadcast_to(p["token"].astype(np.int64), x.shape[:-2] + (1, x.shape[-1]))
-        return [np.concatenate([tok, x], axis=-2)]
-    if k == "select_token":
-        return [args[0][..., a["index"], :]]
-    if k == "mean_pool":
-        return [intops.mean_pool(args[0], np.asarray(args[1]) != 0)]
-    raise ProgramError(f"op {op.name!r}: unknown kind {k!r}")
+class _Context:
+    """What an op's run (``sim.ops.OpKind.run``) sees of the engine: accumulator saturation, counted per op."""
+
+    def __init__(self, overflows: dict[str, int]):
+        self.overflows = overflows
+
+    def accumulator(self, op: Op, acc: np.ndarray) -> np.ndarray:
+        return _accumulator(op.name, acc, self.overflows)
 
 
 def run(
@@ -108,6 +57,7 @@ def run(
     batch indices. ``keep`` names extra tensors to return besides the outputs.
     """
     env: dict[str, np.ndarray] = {}
+    sizes: dict[str, int] = {}  # the batch and the run-time token count, shared by every input
     for spec in program.inputs:
         if spec.name not in inputs:
             raise ProgramError(f"input {spec.name!r} missing (program inputs: {[t.name for t in program.inputs]})")
@@ -117,17 +67,24 @@ def run(
         lo, hi = intops.int_range(spec.bits, spec.signed)
         if x.size and (x.min() < lo or x.max() > hi):
             raise ProgramError(f"input {spec.name!r} has values outside its int{spec.bits} range [{lo}, {hi}]")
-        if len(x.shape) != len(spec.shape) + 1:
-            raise ProgramError(f"input {spec.name!r} must have shape [batch, {spec.shape}], got {x.shape}")
+        want = ["batch"] + ["tokens" if d is None else d for d in spec.shape]
+        if x.ndim != len(want) or any(isinstance(d, int) and d != n for d, n in zip(want, x.shape)):
+            raise ProgramError(f"input {spec.name!r} must have shape [{', '.join(map(str, want))}], got {list(x.shape)}")
+        for d, n in zip(want, x.shape):
+            if n == 0:
+                raise ProgramError(f"input {spec.name!r} has an empty dimension: shape {list(x.shape)}")
+            if isinstance(d, str) and sizes.setdefault(d, n) != n:
+                raise ProgramError(f"input {spec.name!r} has {n} {d}, another input has {sizes[d]}")
         env[spec.name] = x.astype(np.int64)
     if "positions" in program.tensors:
         first = env[program.inputs[0].name]
         env["positions"] = np.broadcast_to(np.arange(first.shape[1], dtype=np.int64), first.shape[:2])
     result = RunResult(outputs={})
+    ctx = _Context(result.overflows)
     producers_needed = _last_use(program)
     for i, op in enumerate(program.ops):
         args = [env[n] for n in op.inputs]
-        outs = _run_op(op, args, result.overflows)
+        outs = OPS[op.kind].run(op, args, ctx)
         if trace_samples is not None:
             result.trace[op.name] = {"inputs": [x[trace_samples].copy() for x in args],
                                      "outputs": [y[trace_samples].copy() for y in outs]}

@@ -176,6 +176,11 @@ def isqrt(v: np.ndarray, bits: int = 48) -> np.ndarray:
     return root
 
 
+def add_const(x: np.ndarray, const: np.ndarray, out_bits: int) -> np.ndarray:
+    """Constant add (position embeddings): ``saturate(x + const, out_bits)``, ``const`` broadcast onto ``x``."""
+    return saturate(np.asarray(x, dtype=np.int64) + np.asarray(const, dtype=np.int64), out_bits)
+
+
 def layernorm(
     x: np.ndarray,
     gamma: np.ndarray,

@@ -61,3 +61,15 @@ def layernorm_row_cycles(n: int, lanes: int, latency: int) -> int:
     """One LayerNorm row: a sum pass, a sum-of-squares pass, the divide / square-root / reciprocal
     steps (``latency``), an output pass."""
     return 3 * ceil_div(n, lanes) + latency
+
+
+def operand_digits(bits: int, port_bits: int) -> int:
+    """Passes an operand of ``bits`` takes through a ``port_bits``-wide array port: ``ceil(bits / port_bits)``.
+
+    Digit d of x is ``(x >> (d*port_bits)) mod 2**port_bits``, read as unsigned,
+    except the top digit of a signed operand, read as signed: each port has a
+    sign-mode bit (a ``port_bits + 1``-wide signed multiplier input), so signed
+    and unsigned operands up to ``port_bits`` wide take one pass. The
+    accumulator adds each pass's partial sums shifted left by ``d*port_bits``.
+    """
+    return ceil_div(bits, port_bits)

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import yaml
 
-from sim.accel import CONFIG_DIR, AccelError, check_program, load_accel, operand_digits
+from sim.accel import CONFIG_DIR, AccelError, check_program, load_accel
+from sim.timing import operand_digits
 from tests.synthetic_programs import bert_program, vit_program
 
 

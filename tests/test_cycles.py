@@ -42,15 +42,12 @@ def _analytic_macs(program: IntegerProgram, batch: int = 1, seq_len: int = 128) 
     def dims(name):
         return [seq_len if d is None else d for d in program.tensors[name].shape]
 
-    total = 0
-    for op in program.ops:
-        if op.kind == "linear":
-            total += math.prod(dims(op.inputs[0])) * op.params["weight"].shape[0]
-        elif op.kind == "matmul":
-            b = dims(op.inputs[1])
-            total += math.prod(dims(op.inputs[0])) * (b[-2] if op.attrs["transpose_b"] else b[-1])
-        elif op.kind == "matmul_log2":
-            total += math.prod(dims(op.inputs[0])) * dims(op.inputs[1])[-1]
+    total = sum(math.prod(dims(op.inputs[0])) * op.params["weight"].shape[0] for op in program.ops_of("linear"))
+    for op in program.ops_of("matmul"):
+        b = dims(op.inputs[1])
+        total += math.prod(dims(op.inputs[0])) * (b[-2] if op.attrs["transpose_b"] else b[-1])
+    for op in program.ops_of("matmul_log2"):
+        total += math.prod(dims(op.inputs[0])) * dims(op.inputs[1])[-1]
     return batch * total
 
 
@@ -157,7 +154,7 @@ def test_fused_requant_hides_behind_the_array():
     assert {o.kind for o in fused} == {"requant", "gelu"}
     for o in fused:
         assert o.cycles < o.compute_cycles, o.name
-    standalone = next(o for o in r.ops if o.kind == "layernorm")
+    standalone = next(o for o in r.ops if o.unit == "layernorm")
     assert standalone.cycles == standalone.compute_cycles
 
 

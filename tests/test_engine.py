@@ -9,7 +9,7 @@ import torch
 from quant.quantizers import program_inputs
 from quant.lower import lower
 from quant.methods import get_method
-from sim import engine
+from sim import engine, intops
 from sim.program import ProgramError
 from tests.tiny_models import image_batch, text_batch, tiny_bert, tiny_vit
 
@@ -58,7 +58,7 @@ def test_trace_records_integer_inputs_and_outputs_of_every_op(vit_program):
     x = program_inputs(vit_program, image_batch(4, seed=2))
     res = engine.run(vit_program, x, trace_samples=[1, 3])
     assert set(res.trace) == {op.name for op in vit_program.ops}
-    soft = next(op for op in vit_program.ops if op.kind == "softmax_log2")
+    soft = vit_program.ops_of("softmax_log2")[0]
     codes = res.trace[soft.name]["outputs"][0]
     assert codes.shape[0] == 2 and codes.min() >= 0 and codes.max() <= 15
     for rec in res.trace.values():
@@ -83,18 +83,23 @@ def test_engine_refuses_inputs_outside_their_width(vit_program):
         engine.run(vit_program, {})
 
 
-def test_engine_uses_no_float_on_its_integer_path(vit_program, monkeypatch):
-    """Every array an op produces is an integer array."""
-    real = engine._run_op
+def test_every_tensor_the_engine_computes_is_an_integer_array_inside_its_declared_range(vit_program):
+    """Validation's invariant, checked as the engine runs: each tensor holds integers its declaration allows."""
+    names = [n for op in vit_program.ops for n in op.outputs]
+    result = engine.run(vit_program, program_inputs(vit_program, image_batch(2)), keep=names)
+    for name in names:
+        y, spec = result.outputs[name], vit_program.tensors[name]
+        assert np.issubdtype(y.dtype, np.integer), f"{name} is {y.dtype}"
+        lo, hi = intops.int_range(spec.bits, spec.signed)
+        assert lo <= y.min() and y.max() <= hi, f"{name}: [{y.min()}, {y.max()}] outside int{spec.bits}"
 
-    def checked(op, args, overflows):
-        outs = real(op, args, overflows)
-        for y in outs:
-            assert np.issubdtype(np.asarray(y).dtype, np.integer), f"{op.name} produced {y.dtype}"
-        return outs
 
-    monkeypatch.setattr(engine, "_run_op", checked)
-    engine.run(vit_program, program_inputs(vit_program, image_batch(2)))
+def test_float_blas_products_give_the_int64_products_bit_for_bit(vit_program, monkeypatch):
+    """The engine's products through float BLAS (exact under the bound in ``exact_matmul``) change no bit."""
+    x = program_inputs(vit_program, image_batch(4, seed=3))
+    fast = engine.run(vit_program, x).outputs["head.acc"]
+    monkeypatch.setattr(intops, "exact_matmul", lambda a, b: np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64)))
+    assert np.array_equal(engine.run(vit_program, x).outputs["head.acc"], fast)
 
 
 def test_integer_program_tracks_fp32_on_a_tiny_vit():

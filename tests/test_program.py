@@ -94,7 +94,7 @@ def test_shape_mismatch_between_ops_names_the_op(program, tmp_path):
 
 
 def test_bit_width_out_of_range_names_the_field(program):
-    op = next(op for op in program.ops if op.kind == "linear")
+    op = program.ops_of("linear")[0]
     saved = op.attrs["wbits"]
     op.attrs["wbits"] = 12
     try:
@@ -131,7 +131,7 @@ def test_failed_save_leaves_no_file(program, tmp_path, monkeypatch):
 
 
 def test_save_refuses_an_invalid_program_before_writing(program, tmp_path):
-    op = next(op for op in program.ops if op.kind == "requant")
+    op = program.ops_of("requant")[0]
     saved = op.params["shift"]
     op.params["shift"] = saved + 100
     try:

@@ -1,0 +1,889 @@
+"""The op registry: every op kind of an IntegerProgram, declared once.
+
+An :class:`OpKind` says, for one kind of op:
+
+* what a well-formed op looks like: its attributes and parameters, how many
+  inputs it takes, and :meth:`OpKind.check` — the shape and width rule that
+  validates the op against the widths its inputs are declared with and
+  returns the shape and value range of each output;
+* its integer semantics, :meth:`OpKind.run`: a call into ``sim.intops``;
+* the unit that runs it on the accelerator and its cost hook,
+  :meth:`OpKind.cost`: how it uses the array, the vector units, the buffers
+  and DRAM (``sim.cycles``), counted as energy actions (``sim.energy``);
+  :meth:`OpKind.param_bytes` and :meth:`OpKind.refusal` (what an accelerator
+  cannot run);
+* how its traces are cut into vectors of an RTL bench, :meth:`OpKind.trace`;
+* the class the report groups it under.
+
+The engine (``sim.engine``), validation (``sim.program.validate``), the cycle
+and energy models, the accelerator check, the trace writer
+(``rtl_tests.traces``) and the report read :data:`OPS`; nothing else
+dispatches on an op's kind. Adding a kind is one subclass and
+:func:`register`.
+
+Validation keeps one invariant that the engine relies on: every value of a
+tensor lies in the range its declaration (bits, signedness) gives. Each kind
+checks that its inputs' declared ranges are ones its unit accepts, and says
+which range its outputs can take; the declared output must hold that range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from sim import intops, timing, widths
+from sim.program import Op, ProgramError, TensorSpec
+from sim.timing import ceil_div, operand_digits
+
+if TYPE_CHECKING:
+    from sim.accel import AccelConfig
+    from sim.cycles import OpCost, _Mapper, _Plan
+    from sim.program import IntegerProgram
+
+Shape = tuple  # of int | None; None is a dimension fixed at run time (tokens)
+
+
+@dataclass(frozen=True)
+class Value:
+    """What validation knows of a tensor: its shape (no batch dim) and the closed range of its values."""
+
+    name: str
+    shape: Shape
+    lo: int
+    hi: int
+    zero_point: int = 0
+
+    @classmethod
+    def of(cls, spec: TensorSpec, shape: Shape) -> "Value":
+        lo, hi = intops.int_range(spec.bits, spec.signed)
+        return cls(spec.name, shape, lo, hi, spec.zero_point)
+
+    def width(self) -> str:
+        return f"[{self.lo}, {self.hi}]"
+
+
+def _range(bits: int, signed: bool = True) -> tuple[int, int]:
+    return intops.int_range(bits, signed)
+
+
+class Check:
+    """Validation of one op: every failure is a ProgramError naming the op, the field and the accepted range."""
+
+    def __init__(self, op: Op):
+        self.op = op
+
+    def fail(self, fieldname: str, problem: str):
+        raise ProgramError(f"op {self.op.name!r} ({self.op.kind}): field {fieldname!r}: {problem}")
+
+    def attr(self, key: str, lo: int | None = None, hi: int | None = None) -> int:
+        """An integer attribute in ``[lo, hi]`` (either end open when None)."""
+        v = self._get(key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(key, f"must be an integer, got {v!r}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.fail(key, f"{v} outside the accepted range [{lo}, {'...' if hi is None else hi}]")
+        return v
+
+    def flag(self, key: str, default: bool | None = None) -> bool:
+        if key not in self.op.attrs and default is not None:
+            return default
+        v = self._get(key)
+        if not isinstance(v, bool):
+            self.fail(key, f"must be true or false, got {v!r}")
+        return v
+
+    def int_list(self, key: str, lo: int = 1) -> list[int]:
+        v = self._get(key)
+        if not isinstance(v, list) or not v or any(isinstance(e, bool) or not isinstance(e, int) or e < lo for e in v):
+            self.fail(key, f"must be a non-empty list of integers >= {lo}, got {v!r}")
+        return v
+
+    def _get(self, key: str) -> Any:
+        if key not in self.op.attrs:
+            self.fail(key, "missing attribute")
+        return self.op.attrs[key]
+
+    def param(self, key: str, ndim: int | None, lo: int, hi: int, what: str) -> np.ndarray:
+        """An integer array parameter with ``ndim`` dimensions (any when None) and values in ``[lo, hi]``."""
+        if key not in self.op.params:
+            self.fail(key, "missing parameter")
+        a = self.op.params[key]
+        if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.integer):
+            self.fail(key, f"must be an integer array, got {getattr(a, 'dtype', type(a).__name__)}")
+        if ndim is not None and a.ndim != ndim:
+            self.fail(key, f"must have {ndim} dimension(s), got shape {a.shape}")
+        if a.size == 0:
+            self.fail(key, f"is empty (shape {a.shape})")
+        amin, amax = int(a.min()), int(a.max())
+        if amin < lo or amax > hi:
+            self.fail(key, f"values outside {what} [{lo}, {hi}] (found {amin if amin < lo else amax})")
+        return a
+
+    def within(self, x: Value, lo: int, hi: int, what: str, fieldname: str = "inputs") -> None:
+        """The declared range of input ``x`` must lie inside what the unit accepts."""
+        if x.lo < lo or x.hi > hi:
+            self.fail(fieldname, f"input {x.name!r} holds values in {x.width()}, {what} accepts [{lo}, {hi}]")
+
+    def rank(self, x: Value, lo: int, hi: int | None = None) -> None:
+        n = len(x.shape)
+        if n < lo or (hi is not None and n > hi):
+            want = f"exactly {lo}" if hi == lo else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            self.fail("inputs", f"input {x.name!r} has shape {x.shape}; this op takes {want} dimension(s)")
+
+    def symmetric(self, x: Value) -> None:
+        if x.zero_point != 0:
+            self.fail("inputs", f"operands must be symmetric; {x.name!r} has zero point {x.zero_point}")
+
+    def same_dims(self, a: Shape, b: Shape, what: str) -> None:
+        if len(a) != len(b) or not all(same(x, y) for x, y in zip(a, b)):
+            self.fail("inputs", f"{what}: {a} vs {b}")
+
+
+def same(a: int | None, b: int | None) -> bool:
+    """Two dimensions agree (a run-time dimension agrees with anything)."""
+    return a is None or b is None or a == b
+
+
+def _out(x: Value, shape: Shape | None = None, lo: int | None = None, hi: int | None = None) -> Value:
+    """An output like ``x`` (views keep their input's values), with a new shape or range."""
+    return Value("", x.shape if shape is None else shape, x.lo if lo is None else lo, x.hi if hi is None else hi)
+
+
+def _acc_out(shape: Shape) -> Value:
+    return Value("", shape, *_range(widths.ACC_BITS))
+
+
+class OpKind:
+    """One kind of op. Subclasses set the class attributes and override what their kind does."""
+
+    kind: ClassVar[str]
+    arity: ClassVar[tuple[int, int]] = (1, 1)  #: least and most inputs
+    attrs: ClassVar[tuple[str, ...]] = ()  #: attributes every op of the kind carries
+    optional_attrs: ClassVar[tuple[str, ...]] = ()
+    params: ClassVar[tuple[str, ...]] = ()  #: integer arrays every op of the kind carries
+    optional_params: ClassVar[tuple[str, ...]] = ()
+    unit: ClassVar[str] = "none"  #: array, requant, softmax, gelu, layernorm, dram or none (views)
+    role: ClassVar[str] = "stream"  #: array (accumulates in the accumulator buffer), view (moves nothing), stream
+    headwise: ClassVar[bool] = False  #: runs one (sample, head) at a time inside the attention core
+    fuses_after: ClassVar[str | None] = None  #: the unit whose result it can take straight from the drain pipeline
+    bench: ClassVar[str | None] = None  #: the RTL bench its traces feed
+    report_class: ClassVar[str] = "other"
+
+    # ---------------------------------------------------------------- validation
+    def check(self, c: Check, ins: list[Value]) -> list[Value]:
+        """Validate attributes, parameters and input widths; return each output's shape and value range."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- semantics
+    def run(self, op: Op, args: list[np.ndarray], ctx) -> list[np.ndarray]:
+        """The op's integer outputs for a batch of inputs (each [B, ...]).
+
+        ``ctx.accumulator(op, acc)`` saturates an array op's accumulator, counting what saturated.
+        """
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- cost
+    def cost(self, m: "_Mapper", c: "OpCost", i: int, op: Op, fused: bool) -> None:
+        """Fill ``c`` (compute cycles, MACs, energy actions, DRAM bytes) for op ``i`` of the plan."""
+
+    def param_bytes(self, op: Op, plan: "_Plan") -> dict[str, int]:
+        """Bytes of each parameter as the accelerator stores it (read from DRAM once per inference)."""
+        return {}
+
+    def refusal(self, op: Op, program: "IntegerProgram", accel: "AccelConfig") -> tuple[str, str] | None:
+        """``(field, problem)`` if ``accel`` cannot run this op, else None."""
+        return None
+
+    # ---------------------------------------------------------------- RTL traces
+    def trace(self, op: Op, ins: list[np.ndarray], outs: list[np.ndarray], rng: np.random.Generator) -> dict:
+        """Keyword arguments of the bench's segment builder (``rtl_tests.vectors``) for sampled traced values.
+
+        Implementations check that the sampled outputs are what ``sim.intops``
+        computes from the sampled inputs, so a wrong cut is never written.
+        """
+        raise NotImplementedError
+
+
+OPS: dict[str, OpKind] = {}
+
+
+def register(cls: type[OpKind]) -> type[OpKind]:
+    """Class decorator: add an op kind to :data:`OPS` (a kind is registered once)."""
+    if cls.kind in OPS:
+        raise ValueError(f"op kind {cls.kind!r} is already registered")
+    OPS[cls.kind] = cls()
+    return cls
+
+
+def _agree(op: Op, traced: np.ndarray, recomputed: np.ndarray) -> None:
+    if not np.array_equal(np.asarray(traced), np.asarray(recomputed)):
+        raise RuntimeError(f"trace of op {op.name!r} ({op.kind}): the extracted vectors do not reproduce the "
+                           f"engine's outputs")
+
+
+def _sample_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    rows = x.reshape(-1, x.shape[-1])
+    return rng.choice(rows.shape[0], min(n, rows.shape[0]), replace=False)
+
+
+def _sample_elems(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(x.size, min(n, x.size), replace=False)
+
+
+TRACE_ELEMS = 512  #: elements sampled per traced requant / GELU op
+TRACE_ROWS = 6  #: rows sampled per traced softmax / LayerNorm op
+TRACE_GEMM_ROWS, TRACE_GEMM_COLS = 6, 8  #: output rows and channels sampled per traced array op (the whole K)
+
+
+# ==================================================================== the MAC array
+class _ArrayOp(OpKind):
+    unit = "array"
+    role = "array"
+    bench = "mac_array"
+    report_class = "attention"
+
+    def cost(self, m, c, i, op, fused):
+        m.array_product(c, i, op, *self.streams(op, m.plan))
+
+    def streams(self, op: Op, plan: "_Plan") -> tuple[int, int, str]:
+        """Output columns, digit passes of the streamed operand, and the PE action of a product."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _cut(op, x, w, b, out, rng) -> dict:
+        """A few output rows and channels of a product ``x @ w.T + b`` over its whole reduction."""
+        rows = rng.choice(x.shape[0], min(TRACE_GEMM_ROWS, x.shape[0]), replace=False)
+        cols = rng.choice(w.shape[0], min(TRACE_GEMM_COLS, w.shape[0]), replace=False)
+        _agree(op, out[rows][:, cols], intops.linear(x[rows], w[cols], b[cols]))
+        return dict(x=x[rows], w=w[cols], b=b[cols], mode=0)
+
+
+@register
+class Linear(_ArrayOp):
+    kind = "linear"
+    attrs = ("wbits", "abits")
+    params = ("weight", "bias")
+    report_class = "linear"
+
+    def check(self, c, ins):
+        wbits = c.attr("wbits", 2, widths.MAX_WEIGHT_BITS)
+        abits = c.attr("abits", 2, widths.MAX_ACT_BITS)
+        w = c.param("weight", 2, *_range(wbits), f"int{wbits} range")
+        b = c.param("bias", 1, *_range(widths.ACC_BITS), f"int{widths.ACC_BITS} range")
+        if b.shape[0] != w.shape[0]:
+            c.fail("bias", f"has {b.shape[0]} entries for {w.shape[0]} output channels")
+        x = ins[0]
+        c.rank(x, 1)
+        c.within(x, -(1 << (abits - 1)), (1 << abits) - 1, f"a linear with abits={abits}")
+        if not same(x.shape[-1], w.shape[1]):
+            c.fail("weight", f"expects {w.shape[1]} input features, input {x.name!r} has shape {x.shape}")
+        return [_acc_out(x.shape[:-1] + (w.shape[0],))]
+
+    def run(self, op, args, ctx):
+        return [ctx.accumulator(op, intops.accumulate(args[0], op.params["weight"], op.params["bias"]))]
+
+    def cost(self, m, c, i, op, fused):
+        m.linear(c, i, op)
+
+    def param_bytes(self, op, plan):
+        n, k = op.params["weight"].shape
+        return {"weight": ceil_div(n * k * op.attrs["wbits"], 8), "bias": ceil_div(n * plan.a.array.acc_bits, 8)}
+
+    def refusal(self, op, program, accel):
+        wbits, port = op.attrs["wbits"], accel.array.weight_bits
+        if wbits > port:
+            return "wbits", (f"int{wbits} weights do not fit the {port}-bit weight port of the array "
+                             f"(accepted: wbits <= {port}); quantize with --wbits {port} "
+                             f"or use an accelerator with weight_bits >= {wbits}")
+        return None
+
+    def trace(self, op, ins, outs, rng):
+        x = ins[0].reshape(-1, ins[0].shape[-1])
+        out = outs[0].reshape(-1, outs[0].shape[-1])
+        return self._cut(op, x, op.params["weight"], op.params["bias"], out, rng)
+
+
+def _check_pair(c: Check, a: Value, b: Value, kb: int | None) -> None:
+    """Activation x activation: equal leading dimensions, matching inner dimension."""
+    c.rank(a, 2)
+    c.rank(b, 2)
+    c.same_dims(a.shape[:-2], b.shape[:-2], f"leading dimensions of {a.name!r} and {b.name!r} differ")
+    if not same(a.shape[-1], kb):
+        c.fail("inputs", f"inner dimensions differ: {a.name!r} {a.shape} x {b.name!r} {b.shape}")
+
+
+@register
+class Matmul(_ArrayOp):
+    kind = "matmul"
+    arity = (2, 2)
+    attrs = ("transpose_b",)
+    headwise = True
+
+    def check(self, c, ins):
+        a, b = ins
+        tb = c.flag("transpose_b")
+        for x in ins:
+            c.symmetric(x)
+            c.within(x, *_range(widths.MAX_ACT_BITS), f"a matmul operand (at most int{widths.MAX_ACT_BITS})")
+        _check_pair(c, a, b, (b.shape[-1] if tb else b.shape[-2]) if len(b.shape) >= 2 else None)
+        n = b.shape[-2] if tb else b.shape[-1]
+        return [_acc_out(a.shape[:-1] + (n,))]
+
+    def run(self, op, args, ctx):
+        b = np.swapaxes(args[1], -1, -2) if op.attrs["transpose_b"] else args[1]
+        return [ctx.accumulator(op, intops.exact_matmul(args[0], b))]
+
+    def streams(self, op, plan):  # Q.K^T: K^T is stationary, the query rows stream on the activation port
+        b = plan.dims[op.inputs[1]]
+        pa = operand_digits(plan.p.tensors[op.inputs[0]].bits, plan.a.array.act_bits)
+        return (b[-2] if op.attrs["transpose_b"] else b[-1]), pa, "mac"
+
+    def trace(self, op, ins, outs, rng):  # one (sample, head); the second operand is the stationary one
+        a, b = ins
+        idx = tuple(int(rng.integers(0, d)) for d in a.shape[:-2])
+        x, b, out = a[idx], b[idx], outs[0][idx]
+        w = b if op.attrs["transpose_b"] else b.T
+        return self._cut(op, x, w, np.zeros(w.shape[0], np.int64), out, rng)
+
+
+@register
+class MatmulLog2(_ArrayOp):
+    kind = "matmul_log2"
+    arity = (2, 2)
+    attrs = ("code_bits",)
+    optional_attrs = ("sqrt2",)
+    headwise = True
+
+    def check(self, c, ins):
+        codes, v = ins
+        cb = c.attr("code_bits", 2, widths.MAX_CODE_BITS)
+        c.flag("sqrt2", False)
+        c.within(codes, 0, (1 << cb) - 1, f"{cb}-bit log2 codes")
+        c.symmetric(v)
+        c.within(v, *_range(widths.MAX_ACT_BITS), f"V (at most int{widths.MAX_ACT_BITS})")
+        _check_pair(c, codes, v, v.shape[-2] if len(v.shape) >= 2 else None)
+        return [_acc_out(codes.shape[:-1] + (v.shape[-1],))]
+
+    def run(self, op, args, ctx):
+        w = intops.log2_weights(args[0], op.attrs["code_bits"], op.attrs.get("sqrt2", False))
+        return [ctx.accumulator(op, intops.exact_matmul(w, args[1]))]
+
+    def streams(self, op, plan):  # V is stationary; codes stream in and each PE shifts instead of multiplying
+        action = "shift_mac_sqrt2" if op.attrs.get("sqrt2") else "shift_mac"
+        return plan.dims[op.inputs[1]][-1], 1, action
+
+    def refusal(self, op, program, accel):
+        cb, port = op.attrs["code_bits"], accel.array.act_bits
+        if cb > port:
+            return "code_bits", (f"{cb}-bit log2 codes do not fit the array's {port}-bit activation port, "
+                                 f"which decodes them into shifts (accepted: <= {port})")
+        return None
+
+    def trace(self, op, ins, outs, rng):
+        a, bm = ins
+        idx = tuple(int(rng.integers(0, d)) for d in a.shape[:-2])
+        x, v, out = a[idx], bm[idx], outs[0][idx]
+        sqrt2 = bool(op.attrs.get("sqrt2", False))
+        rows = rng.choice(x.shape[0], min(TRACE_GEMM_ROWS, x.shape[0]), replace=False)
+        cols = rng.choice(v.shape[1], min(TRACE_GEMM_COLS, v.shape[1]), replace=False)
+        _agree(op, out[rows][:, cols], intops.matmul_log2(x[rows], v[:, cols], op.attrs["code_bits"], sqrt2=sqrt2))
+        return dict(x=x[rows], w=v.T[cols], b=np.zeros(len(cols), np.int64), mode=2 if sqrt2 else 1)
+
+
+# ==================================================================== the requantizer and its lanes
+@register
+class Requant(OpKind):
+    kind = "requant"
+    attrs = ("out_bits", "signed", "zero_point", "pow2")
+    params = ("m", "shift")
+    optional_params = ("zero_points",)
+    unit = "requant"
+    headwise = True
+    fuses_after = "array"
+    bench = "requant"
+    report_class = "requant"
+
+    def check(self, c, ins):
+        out_bits = c.attr("out_bits", 2, widths.MAX_TENSOR_BITS)
+        signed = c.flag("signed")
+        pow2 = c.flag("pow2")
+        lo, hi = _range(out_bits, signed)
+        c.attr("zero_point", lo, hi)
+        m = c.param("m", 1, 0, (1 << widths.REQUANT_M_BITS) - 1, f"{widths.REQUANT_M_BITS}-bit unsigned multipliers")
+        shift = c.param("shift", 1, 0, widths.MAX_SHIFT, "shift amounts")
+        if m.shape != shift.shape:
+            c.fail("shift", f"shape {shift.shape} differs from m's {m.shape}")
+        if "zero_points" in c.op.params:
+            zps = c.param("zero_points", 1, lo, hi, f"the output's int{out_bits} range")
+            if zps.shape != m.shape:
+                c.fail("zero_points", f"shape {zps.shape} differs from m's {m.shape}")
+        if pow2 and (np.any(m < 1) or np.any(m & (m - 1))):
+            c.fail("m", "a power-of-two requantizer has only powers of two (shifts) as M")
+        if pow2 and np.any((m > 1) & (shift > 0)):
+            c.fail("shift", "a power-of-two requantizer shifts one way: M > 1 with a right shift")
+        x = ins[0]
+        c.within(x, *_range(widths.ACC_BITS), f"the requantizer (int{widths.ACC_BITS} accumulators)")
+        if m.shape[0] != 1 and (not x.shape or not same(x.shape[-1], m.shape[0])):
+            c.fail("m", f"{m.shape[0]} channels, input {x.name!r} has shape {x.shape}")
+        return [Value("", x.shape, lo, hi)]
+
+    def run(self, op, args, ctx):
+        a, p = op.attrs, op.params
+        zp = p["zero_points"] if "zero_points" in p else a["zero_point"]
+        return [intops.requantize(args[0], p["m"], p["shift"], a["out_bits"], zp, a["signed"])]
+
+    def cost(self, m, c, i, op, fused):
+        n = m.plan.numel(op.inputs[0])
+        m.stream(c, i, op, m.a.requant, n, fused)
+        if fused:  # drains the accumulator buffer
+            c.count("sram_accumulator_read", n * m.acc_bytes)
+        c.count("requant_pow2" if op.attrs["pow2"] else "requant", n)
+
+    def param_bytes(self, op, plan):  # per channel: M (unless pow2), a 6-bit shift, a zero point if per channel
+        a, p = op.attrs, op.params
+        bits = 6 + (0 if a["pow2"] else plan.a.requant.multiplier_bits)
+        bits += a["out_bits"] if "zero_points" in p else 0
+        return {"table": ceil_div(p["m"].size * bits, 8)}
+
+    def refusal(self, op, program, accel):
+        rq, m = accel.requant, op.params["m"]
+        if program.tensors[op.inputs[0]].bits > accel.array.acc_bits:
+            return "inputs", (f"{program.tensors[op.inputs[0]].bits}-bit input is wider than the "
+                              f"{accel.array.acc_bits}-bit accumulators the requantizer reads "
+                              f"(accepted: <= {accel.array.acc_bits})")
+        if rq.pow2_only and not op.attrs["pow2"]:
+            return "pow2", ("a dyadic requant (M != 1) on a power-of-two-only requantizer, which has no "
+                            "multiplier (accepted: pow2 = true); quantize with power-of-two scales")
+        if int(m.max()) >= 1 << rq.multiplier_bits:
+            return "m", (f"multiplier {int(m.max())} does not fit the requantizer's {rq.multiplier_bits}-bit "
+                         f"multipliers (accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
+        return None
+
+    def trace(self, op, ins, outs, rng):
+        a, p = op.attrs, op.params
+        x = ins[0].reshape(-1, ins[0].shape[-1])
+        ch_count = x.shape[1]
+        flat = _sample_elems(x, TRACE_ELEMS, rng)
+        zp = p["zero_points"] if "zero_points" in p else np.full(ch_count, a["zero_point"])
+        m, shift, zp = (np.broadcast_to(t, (ch_count,)) for t in (p["m"], p["shift"], zp))
+        ch = flat % ch_count
+        xs = x.ravel()[flat]
+        _agree(op, outs[0].ravel()[flat], intops.requantize(xs, m[ch], shift[ch], a["out_bits"], zp[ch], a["signed"]))
+        return dict(x=xs, ch=ch, m=m, shift=shift, zp=zp, out_width=a["out_bits"], out_signed=a["signed"])
+
+
+class _LaneOp(OpKind):
+    """Element-wise ops the cost model runs on the requantizer's lanes."""
+
+    unit = "requant"
+    report_class = "residual"
+    beats_per_element = 1  #: lane beats per element
+
+    def cost(self, m, c, i, op, fused):  # the energy action has the kind's name
+        n = m.plan.numel(op.inputs[0])
+        m.stream(c, i, op, m.a.requant, self.beats_per_element * n, fused=False)
+        c.count(self.kind, n)
+
+
+@register
+class Add(_LaneOp):
+    kind = "add"
+    arity = (2, 2)
+    attrs = ("ma", "mb", "shift", "out_bits")
+    beats_per_element = 2  # the two operands are scaled one after the other
+
+    def check(self, c, ins):
+        for key in ("ma", "mb"):
+            c.attr(key, 0, (1 << widths.REQUANT_M_BITS) - 1)
+        c.attr("shift", 0, widths.MAX_SHIFT)
+        out_bits = c.attr("out_bits", 2, widths.MAX_TENSOR_BITS)
+        a, b = ins
+        for x in ins:
+            c.within(x, *_range(widths.ACC_BITS), f"the residual adder (at most int{widths.ACC_BITS})")
+        c.same_dims(a.shape, b.shape, "shapes differ")
+        return [Value("", a.shape, *_range(out_bits))]
+
+    def run(self, op, args, ctx):
+        a = op.attrs
+        return [intops.add(args[0], args[1], a["ma"], a["mb"], a["shift"], a["out_bits"])]
+
+    def refusal(self, op, program, accel):
+        rq = accel.requant
+        for key in ("ma", "mb"):
+            v = op.attrs[key]
+            if rq.pow2_only and v & (v - 1):
+                return key, (f"scale factor {v} is not a power of two, and the power-of-two-only requantizer "
+                             "that runs residual adds has no multiplier")
+            if not rq.pow2_only and v >= 1 << rq.multiplier_bits:
+                return key, (f"{v} does not fit the requantizer's {rq.multiplier_bits}-bit multipliers "
+                             f"(accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
+        return None
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Width of the narrowest two's complement integer holding [lo, hi]."""
+    return max((-lo - 1).bit_length() if lo < 0 else 0, max(hi, 0).bit_length()) + 1
+
+
+@register
+class AddConst(_LaneOp):
+    kind = "add_const"
+    attrs = ("out_bits",)
+    params = ("const",)
+
+    def check(self, c, ins):
+        out_bits = c.attr("out_bits", 2, widths.MAX_TENSOR_BITS)
+        x = ins[0]
+        c.within(x, *_range(widths.ACC_BITS), f"a constant add (at most int{widths.ACC_BITS})")
+        k = c.param("const", None, *_range(widths.ACC_BITS), f"int{widths.ACC_BITS} range")
+        if k.ndim > len(x.shape) or not all(same(a, b) for a, b in zip(x.shape[::-1], k.shape[::-1])):
+            c.fail("const", f"shape {k.shape} does not broadcast onto {x.name!r} {x.shape}")
+        return [Value("", x.shape, *_range(out_bits))]
+
+    def run(self, op, args, ctx):
+        return [intops.add_const(args[0], op.params["const"], op.attrs["out_bits"])]
+
+    def param_bytes(self, op, plan):
+        k = op.params["const"]
+        return {"const": ceil_div(k.size * signed_bits(int(k.min()), int(k.max())), 8)}
+
+
+@register
+class MeanPool(_LaneOp):
+    kind = "mean_pool"
+    arity = (2, 2)
+    report_class = "other"
+
+    def check(self, c, ins):
+        x, mask = ins
+        c.rank(x, 2)
+        c.rank(mask, 1, 1)
+        if not same(x.shape[-2], mask.shape[0]):
+            c.fail("inputs", f"mask {mask.name!r} {mask.shape} does not match the rows of {x.name!r} {x.shape}")
+        lo, hi = _range(widths.RESIDUAL_BITS)
+        return [Value("", x.shape[:-2] + (x.shape[-1],), max(x.lo, lo), min(x.hi, hi))]  # a mean stays in range
+
+    def run(self, op, args, ctx):
+        return [intops.mean_pool(args[0], np.asarray(args[1]) != 0)]
+
+
+# ==================================================================== softmax, GELU, LayerNorm units
+def _key_mask(mask: np.ndarray, ndim: int) -> np.ndarray:
+    """[B, T] key mask -> boolean mask broadcastable onto [B, ..., Tq, Tk] scores."""
+    m = np.asarray(mask) != 0
+    return m.reshape(m.shape[:1] + (1,) * (ndim - 2) + m.shape[1:])
+
+
+@register
+class SoftmaxLog2(OpKind):
+    kind = "softmax_log2"
+    arity = (1, 2)  # scores, optionally a key mask
+    attrs = ("code_bits", "frac_bits")
+    optional_attrs = ("sqrt2",)
+    unit = "softmax"
+    headwise = True
+    bench = "softmax"
+    report_class = "softmax"
+
+    def check(self, c, ins):
+        cb = c.attr("code_bits", 2, widths.MAX_CODE_BITS)
+        c.attr("frac_bits", 1, 10)
+        c.flag("sqrt2", False)
+        t = ins[0]
+        c.rank(t, 1)
+        c.within(t, *_range(widths.SOFTMAX_IN_BITS), f"the softmax unit (int{widths.SOFTMAX_IN_BITS} scores)")
+        if len(ins) == 2:
+            mask = ins[1]
+            c.rank(mask, 1, 1)
+            if not same(mask.shape[0], t.shape[-1]):
+                c.fail("inputs", f"key mask {mask.name!r} {mask.shape} does not match scores {t.name!r} {t.shape}")
+        return [Value("", t.shape, 0, (1 << cb) - 1)]
+
+    def run(self, op, args, ctx):
+        a = op.attrs
+        valid = _key_mask(args[1], args[0].ndim) if len(args) > 1 else None
+        return [intops.softmax_log2(args[0], valid, a["code_bits"], a["frac_bits"], sqrt2=a.get("sqrt2", False))]
+
+    def cost(self, m, c, i, op, fused):
+        m.rows_unit(c, i, op, m.a.softmax, timing.softmax_row_cycles, "softmax")
+
+    def trace(self, op, ins, outs, rng):
+        t = ins[0]
+        mask = np.ones(t.shape, bool)
+        if len(ins) > 1:
+            mask = np.broadcast_to(_key_mask(ins[1], t.ndim), t.shape)
+        rows = t.reshape(-1, t.shape[-1])
+        mask = mask.reshape(rows.shape)
+        pick = _sample_rows(t, TRACE_ROWS, rng)
+        sqrt2 = bool(op.attrs.get("sqrt2", False))
+        _agree(op, outs[0].reshape(rows.shape)[pick],
+               intops.softmax_log2(rows[pick], mask[pick], op.attrs["code_bits"], op.attrs["frac_bits"], sqrt2=sqrt2))
+        return dict(t=rows[pick], mask=mask[pick], sqrt2=sqrt2)
+
+
+@register
+class Gelu(OpKind):
+    kind = "gelu"
+    attrs = ("in_bits", "out_bits")
+    params = ("table",)
+    unit = "gelu"
+    fuses_after = "requant"
+    bench = "gelu"
+    report_class = "gelu"
+
+    def check(self, c, ins):
+        in_bits = c.attr("in_bits", 2, widths.MAX_GELU_IN_BITS)
+        out_bits = c.attr("out_bits", 2, widths.GELU_OUT_BITS)
+        t = c.param("table", 1, *_range(out_bits), f"int{out_bits} range")
+        if t.shape[0] != 1 << in_bits:
+            c.fail("table", f"has {t.shape[0]} entries, a {in_bits}-bit input needs {1 << in_bits}")
+        x = ins[0]
+        c.within(x, *_range(in_bits), f"a GELU table indexed by a signed {in_bits}-bit value", "in_bits")
+        return [Value("", x.shape, int(t.min()), int(t.max()))]
+
+    def run(self, op, args, ctx):
+        return [intops.gelu(args[0], op.params["table"], op.attrs["in_bits"])]
+
+    def cost(self, m, c, i, op, fused):
+        n = m.plan.numel(op.inputs[0])
+        m.stream(c, i, op, m.a.gelu, n, fused)
+        c.count("gelu", n)
+
+    def param_bytes(self, op, plan):
+        return {"table": ceil_div(op.params["table"].size * op.attrs["out_bits"], 8)}
+
+    def refusal(self, op, program, accel):
+        in_bits, rom = op.attrs["in_bits"], accel.gelu.in_bits
+        if in_bits > rom:
+            return "in_bits", (f"a {in_bits}-bit GELU table does not fit the GELU unit's {rom}-bit ROM address "
+                               f"(accepted: in_bits <= {rom})")
+        return None
+
+    def trace(self, op, ins, outs, rng):
+        pick = _sample_elems(ins[0], TRACE_ELEMS, rng)
+        x = ins[0].ravel()[pick]
+        _agree(op, outs[0].ravel()[pick], intops.gelu(x, op.params["table"], op.attrs["in_bits"]))
+        return dict(x=x, table=op.params["table"])
+
+
+@register
+class LayerNorm(OpKind):
+    kind = "layernorm"
+    attrs = ("shift", "out_bits", "frac_bits")
+    params = ("gamma", "beta")
+    optional_params = ("in_shift",)
+    unit = "layernorm"
+    bench = "layernorm"
+    report_class = "layernorm"
+
+    def check(self, c, ins):
+        c.attr("shift", 0, widths.MAX_SHIFT)
+        out_bits = c.attr("out_bits", 2, widths.MAX_TENSOR_BITS)
+        c.attr("frac_bits", 1, 14)
+        g = c.param("gamma", 1, *_range(widths.LN_GAMMA_BITS), f"int{widths.LN_GAMMA_BITS} range")
+        b = c.param("beta", 1, *_range(widths.LN_BETA_BITS), f"int{widths.LN_BETA_BITS} range")
+        x = ins[0]
+        c.rank(x, 1)
+        c.within(x, *_range(widths.LN_IN_BITS), f"the LayerNorm unit (int{widths.LN_IN_BITS})")
+        if not same(x.shape[-1], g.shape[0]):
+            c.fail("gamma", f"{g.shape[0]} channels, input {x.name!r} has shape {x.shape}")
+        if b.shape != g.shape:
+            c.fail("beta", f"shape {b.shape} differs from gamma's {g.shape}")
+        if "in_shift" in c.op.params:
+            sh = c.param("in_shift", 1, 0, widths.LN_MAX_IN_SHIFT, "power-of-two factors")
+            if sh.shape != g.shape:
+                c.fail("in_shift", f"shape {sh.shape} differs from gamma's {g.shape}")
+            c.within(x, *_range(widths.LN_SHIFTED_IN_BITS),
+                     f"a LayerNorm with power-of-two factors (int{widths.LN_SHIFTED_IN_BITS})")
+        return [Value("", x.shape, *_range(out_bits))]
+
+    def run(self, op, args, ctx):
+        a, p = op.attrs, op.params
+        return [intops.layernorm(args[0], p["gamma"], p["beta"], a["shift"], a["out_bits"], a["frac_bits"],
+                                 in_shift=p.get("in_shift"))]
+
+    def cost(self, m, c, i, op, fused):
+        m.rows_unit(c, i, op, m.a.layernorm, timing.layernorm_row_cycles, "layernorm")
+
+    def param_bytes(self, op, plan):  # int16 gamma, int32 beta, 2-bit power-of-two input factors if any
+        n = op.params["gamma"].size
+        return {"gamma": ceil_div(n * widths.LN_GAMMA_BITS, 8), "beta": ceil_div(n * widths.LN_BETA_BITS, 8),
+                "in_shift": ceil_div(2 * n, 8) if "in_shift" in op.params else 0}
+
+    def trace(self, op, ins, outs, rng):
+        a, p = op.attrs, op.params
+        rows = ins[0].reshape(-1, ins[0].shape[-1])
+        pick = _sample_rows(ins[0], TRACE_ROWS, rng)
+        _agree(op, outs[0].reshape(rows.shape)[pick],
+               intops.layernorm(rows[pick], p["gamma"], p["beta"], a["shift"], a["out_bits"], a["frac_bits"],
+                                in_shift=p.get("in_shift")))
+        return dict(x=rows[pick], gamma=p["gamma"], beta=p["beta"], shift=a["shift"], in_shift=p.get("in_shift"),
+                    out_width=a["out_bits"])
+
+
+# ==================================================================== embeddings (DRAM lookups)
+@register
+class Embedding(OpKind):
+    kind = "embedding"
+    attrs = ("out_bits",)
+    params = ("table",)
+    unit = "dram"
+
+    def check(self, c, ins):
+        out_bits = c.attr("out_bits", 2, widths.RESIDUAL_BITS)
+        t = c.param("table", 2, *_range(out_bits), f"int{out_bits} range")
+        ids = ins[0]  # checked against the table as the program runs: token ids are program inputs
+        return [Value("", ids.shape + (t.shape[1],), int(t.min()), int(t.max()))]
+
+    def run(self, op, args, ctx):
+        ids, table = args[0], op.params["table"]
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise ProgramError(f"op {op.name!r} (embedding): field 'inputs': id {bad} outside the table's "
+                               f"rows [0, {table.shape[0] - 1}]")
+        return [intops.embedding(ids, table)]
+
+    def cost(self, m, c, i, op, fused):  # a lookup in DRAM: no unit busy
+        m.read_inputs(c, i, op)
+        m.params(c, op)
+        m.write_output(c, op.outputs[0])
+
+    def param_bytes(self, op, plan):  # only the looked-up rows
+        return {"table": plan.nbytes(op.outputs[0])}
+
+
+# ==================================================================== views (move nothing)
+class _View(OpKind):
+    unit = "none"
+    role = "view"
+
+    def cost(self, m, c, i, op, fused):
+        pass
+
+
+@register
+class Patchify(_View):
+    kind = "patchify"
+    attrs = ("patch",)
+
+    def check(self, c, ins):
+        k = c.attr("patch", 1, 64)
+        x = ins[0]
+        c.rank(x, 3, 3)
+        ch, h, w = x.shape
+        if None in (ch, h, w):
+            c.fail("inputs", f"an image {x.name!r} needs a fixed size, got {x.shape}")
+        if h % k or w % k:
+            c.fail("patch", f"{k} does not divide the image size {h}x{w}")
+        return [_out(x, ((h // k) * (w // k), ch * k * k))]
+
+    def run(self, op, args, ctx):
+        x = args[0]
+        b, ch, h, w = x.shape
+        s = op.attrs["patch"]
+        x = x.reshape(b, ch, h // s, s, w // s, s).transpose(0, 2, 4, 1, 3, 5)
+        return [x.reshape(b, (h // s) * (w // s), ch * s * s)]
+
+
+@register
+class Split(_View):
+    kind = "split"
+    attrs = ("sizes",)
+
+    def check(self, c, ins):
+        sizes = c.int_list("sizes")
+        x = ins[0]
+        c.rank(x, 1)
+        if not same(x.shape[-1], sum(sizes)):
+            c.fail("sizes", f"sum {sum(sizes)} differs from the last dimension of {x.name!r} {x.shape}")
+        return [_out(x, x.shape[:-1] + (s,)) for s in sizes]
+
+    def run(self, op, args, ctx):
+        return list(np.split(args[0], np.cumsum(op.attrs["sizes"])[:-1], axis=-1))
+
+
+@register
+class SplitHeads(_View):
+    kind = "split_heads"
+    attrs = ("heads",)
+
+    def check(self, c, ins):
+        h = c.attr("heads", 1, 256)
+        x = ins[0]
+        c.rank(x, 2)
+        *lead, t, d = x.shape
+        if d is None or d % h:
+            c.fail("heads", f"{h} heads do not divide width {d} of {x.name!r}")
+        return [_out(x, tuple(lead) + (h, t, d // h))]
+
+    def run(self, op, args, ctx):
+        x = args[0]
+        h = op.attrs["heads"]
+        return [np.moveaxis(x.reshape(x.shape[:-1] + (h, x.shape[-1] // h)), -2, -3)]
+
+
+@register
+class MergeHeads(_View):
+    kind = "merge_heads"
+
+    def check(self, c, ins):
+        x = ins[0]
+        c.rank(x, 3)
+        *lead, h, t, d = x.shape
+        if h is None or d is None:
+            c.fail("inputs", f"heads and head width of {x.name!r} must be fixed, got {x.shape}")
+        return [_out(x, tuple(lead) + (t, h * d))]
+
+    def run(self, op, args, ctx):
+        x = np.moveaxis(args[0], -3, -2)
+        return [x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))]
+
+
+@register
+class ConcatToken(_View):
+    kind = "concat_token"
+    params = ("token",)
+
+    def check(self, c, ins):
+        x = ins[0]
+        c.rank(x, 2)
+        tok = c.param("token", 1, x.lo, x.hi, f"the range of {x.name!r}")
+        if not same(x.shape[-1], tok.shape[0]):
+            c.fail("token", f"width {tok.shape[0]} differs from {x.name!r} {x.shape}")
+        t = x.shape[-2]
+        return [_out(x, x.shape[:-2] + (None if t is None else t + 1, x.shape[-1]))]
+
+    def run(self, op, args, ctx):
+        x = args[0]
+        tok = np.broadcast_to(op.params["token"].astype(x.dtype), x.shape[:-2] + (1, x.shape[-1]))
+        return [np.concatenate([tok, x], axis=-2)]
+
+    def cost(self, m, c, i, op, fused):  # writes the class token's row in front of the patch rows
+        m.params(c, op)
+        c.count("sram_activation_write", m.plan.batch * self.param_bytes(op, m.plan)["token"])
+
+    def param_bytes(self, op, plan):
+        return {"token": ceil_div(op.params["token"].size * plan.p.tensors[op.inputs[0]].bits, 8)}
+
+
+@register
+class SelectToken(_View):
+    kind = "select_token"
+    attrs = ("index",)
+
+    def check(self, c, ins):
+        x = ins[0]
+        c.rank(x, 2)
+        t = x.shape[-2]
+        c.attr("index", 0, None if t is None else t - 1)
+        return [_out(x, x.shape[:-2] + (x.shape[-1],))]
+
+    def run(self, op, args, ctx):
+        x, index = args[0], op.attrs["index"]
+        if index >= x.shape[-2]:
+            raise ProgramError(f"op {op.name!r} (select_token): field 'index': {index} outside the "
+                               f"{x.shape[-2]} tokens of the input")
+        return [x[..., index, :]]
