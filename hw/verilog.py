@@ -131,8 +131,8 @@ def lint(path: Path, top: str, waivers: Path) -> dict:
 def export(accel_or_params, out_dir: str | Path, *, lint_files: bool = True) -> dict:
     """Write one Verilog file per unit, ``verilator.vlt`` and ``manifest.json`` into ``out_dir``; return the manifest."""
     out = Path(out_dir)
+    name, comps = _components(accel_or_params)  # parameter errors before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    name, comps = _components(accel_or_params)
     waivers = out / "verilator.vlt"
     waivers.write_text(waiver_file())
     manifest = {"accelerator": name, "generator": "ptq2rtl hw (Amaranth 0.5)", "clock": "clk", "reset": "rst (sync)",

@@ -17,7 +17,7 @@ from quant.model import Norm
 from quant.plan import QuantPlan
 from quant.quantizers import QParams, QuantError
 from sim import intops
-from sim.program import IntegerProgram, Op, TensorSpec
+from sim.program import IntegerProgram, Op, TensorSpec, validate
 
 T = None  # a token dimension fixed at run time
 
@@ -175,7 +175,9 @@ class _Builder:
         meta = {"method": p.method, "wbits": p.wbits, "abits": p.abits, "code_bits": p.code_bits, "pow2": p.pow2,
                 "family": p.spec.family, "residual_bits": intops.RESIDUAL_BITS, "gelu_in_bits": intops.GELU_IN_BITS,
                 **p.meta}
-        return IntegerProgram(p.spec.name, inputs, outputs, self.tensors, self.ops, meta)
+        program = IntegerProgram(p.spec.name, inputs, outputs, self.tensors, self.ops, meta)
+        validate(program)  # a lowering bug is named here, not deep inside the engine
+        return program
 
 
 def gelu_table(x_qp: QParams, y_qp: QParams) -> np.ndarray:

@@ -39,7 +39,8 @@ def _hash_files(paths) -> str:
 def code_fingerprint() -> str:
     """The source every result depends on: quantization, the golden model, the cost model, models and flows."""
     files = [p for d in ("quant", "sim", "configs") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".yaml")]
-    files += [ROOT / "ptq2rtl" / f for f in ("flows.py", "models.py", "corpus.py", "vit_digits.py", "simulate.py")]
+    files += [ROOT / "ptq2rtl" / f for f in ("flows.py", "corpus.py", "vit_digits.py", "simulate.py")]
+    files += sorted((ROOT / "ptq2rtl" / "models").glob("*.py"))
     return _hash_files(files)
 
 

@@ -250,9 +250,13 @@ def load_accel(path_or_name: str | Path) -> AccelConfig:
     if not p.is_file():
         raise AccelError(f"{p}: no such accelerator description")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AccelError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise AccelError(f"{p}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise AccelError(f"{p}: not valid YAML ({exc})") from None
+        raise AccelError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
     return parse_accel(data, str(p))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from sim import intops
 from sim.ops import OPS
-from sim.program import IntegerProgram, Op, ProgramError
+from sim.program import IntegerProgram, Op, ProgramError, validate
 
 
 @dataclass
@@ -76,6 +76,9 @@ def run(
             if isinstance(d, str) and sizes.setdefault(d, n) != n:
                 raise ProgramError(f"input {spec.name!r} has {n} {d}, another input has {sizes[d]}")
         env[spec.name] = x.astype(np.int64)
+    if "tokens" in sizes and sizes["tokens"] not in program.checked_tokens:  # what only the token count decides
+        validate(program, tokens=sizes["tokens"])
+        program.checked_tokens.add(sizes["tokens"])
     if "positions" in program.tensors:
         first = env[program.inputs[0].name]
         env["positions"] = np.broadcast_to(np.arange(first.shape[1], dtype=np.int64), first.shape[:2])

@@ -79,6 +79,8 @@ class IntegerProgram:
     tensors: dict[str, TensorSpec]
     ops: list[Op]
     meta: dict[str, Any] = field(default_factory=dict)
+    #: token counts the engine has validated this program for (sim.engine.run)
+    checked_tokens: set[int] = field(default_factory=set, repr=False, compare=False)
 
     def tensor(self, name: str) -> TensorSpec:
         return self.tensors[name]
@@ -211,13 +213,17 @@ def _dim(s: Any, where: str) -> int | None:
 
 
 # -------------------------------------------------------------------- validation
-def validate(program: IntegerProgram) -> None:
+def validate(program: IntegerProgram, tokens: int | None = None) -> None:
     """Check every op against its kind's rule (``sim.ops``) and every tensor against what produces and reads it.
 
     Each tensor is produced once, by an op or as a program input, before it is
     read; its declared width must hold every value its producer can write, and
     each consumer accepts the declared widths of its inputs. A failure is a
     ProgramError naming the op, the field and the accepted range.
+
+    ``tokens`` fixes the run-time dimension (``None`` in shapes), so that what
+    only the token count decides is checked too (the engine does this for each
+    token count it runs).
     """
     from sim.ops import OPS, Check, Value, same
 
@@ -231,19 +237,19 @@ def validate(program: IntegerProgram) -> None:
     for spec in program.inputs:
         if spec.name in known:
             raise ProgramError(f"program input {spec.name!r} is listed twice")
-        known[spec.name] = Value.of(spec, spec.shape)
-    for name in BUILTIN_TENSORS:
+        known[spec.name] = Value.of(spec, tuple(tokens if d is None else d for d in spec.shape))
+    for name in BUILTIN_TENSORS:  # positions: 0..T-1 along the first program input's first dimension
         if name in program.tensors:
             if not program.inputs or not program.inputs[0].shape:
                 raise ProgramError(f"tensor {name!r}: needs a program input with a token dimension")
             spec = program.tensors[name]
-            tokens = program.inputs[0].shape[0]
-            if spec.shape and len(spec.shape) != 1 or (spec.shape and not same(spec.shape[0], tokens)):
-                raise ProgramError(f"tensor {name!r}: field 'shape': {spec.shape}, the built-in has ({tokens},)")
-            need = intops.int_range(spec.bits, spec.signed)
-            if need[0] > 0 or (tokens is not None and need[1] < tokens - 1):
-                raise ProgramError(f"tensor {name!r}: field 'bits': int{spec.bits} cannot count the tokens")
-            known[name] = Value.of(spec, (tokens,))
+            n = known[program.inputs[0].name].shape[0]
+            if len(spec.shape) != 1 or not same(spec.shape[0], n):
+                raise ProgramError(f"tensor {name!r}: field 'shape': {spec.shape}, the built-in has ({n},)")
+            lo, hi = intops.int_range(spec.bits, spec.signed)
+            if lo > 0 or (n is not None and hi < n - 1):
+                raise ProgramError(f"tensor {name!r}: field 'bits': int{spec.bits} cannot count {n} tokens")
+            known[name] = Value.of(spec, (n,))
     names = set()
     for op in program.ops:
         kind = OPS.get(op.kind)
