@@ -8,9 +8,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.common import ParameterError, check_int, round_const, saturate, signed_width
-from sim import intops
+from sim import widths
 
-NORM_BITS = 16  #: the normalized value n saturates to 16 bits (sim.intops.layernorm step 5)
 
 
 class LayerNorm(wiring.Component):
@@ -36,9 +35,9 @@ class LayerNorm(wiring.Component):
     channels) at a time through ``tbl_*``; ``n`` and ``shift`` are held for the row.
     """
 
-    def __init__(self, in_bits: int = 16, out_bits: int = 8, max_n: int = 64, lanes: int = 1,
-                 frac_bits: int = intops.LN_NORM_FRAC_BITS, recip_bits: int = intops.LN_RECIP_BITS,
-                 gamma_bits: int = 16, beta_bits: int = 32, shift_bits: int = 6, steps_per_cycle: int = 1,
+    def __init__(self, in_bits: int = widths.LN_IN_BITS, out_bits: int = 8, max_n: int = 64, lanes: int = 1,
+                 frac_bits: int = widths.LN_NORM_FRAC_BITS, recip_bits: int = widths.LN_RECIP_BITS,
+                 gamma_bits: int = widths.LN_GAMMA_BITS, beta_bits: int = widths.LN_BETA_BITS, shift_bits: int = 6, steps_per_cycle: int = 1,
                  latency: int | None = None):
         unit = "LayerNorm"
         self.in_bits = check_int(unit, "in_bits", in_bits, 2, 16)
@@ -78,11 +77,11 @@ class LayerNorm(wiring.Component):
         """The LayerNorm unit of accelerator ``cfg``: the fewest divider / square-root bits a cycle that
         meet its configured latency; ``max_n`` sizes the row buffer (the widest row)."""
         lat = cfg.layernorm.latency
-        k = next((k for k in range(1, 9) if cls.latency_for(16, intops.LN_RECIP_BITS, k) <= lat), None)
+        k = next((k for k in range(1, 9) if cls.latency_for(widths.LN_IN_BITS, widths.LN_RECIP_BITS, k) <= lat), None)
         if k is None:
             raise ParameterError(f"LayerNorm: {cfg.name}: units.layernorm.latency = {lat} is below the fastest "
-                                 f"this unit builds ({cls.latency_for(16, intops.LN_RECIP_BITS, 8)} cycles)")
-        kw = dict(in_bits=intops.RESIDUAL_BITS, out_bits=intops.RESIDUAL_BITS, max_n=max_n,
+                                 f"this unit builds ({cls.latency_for(widths.LN_IN_BITS, widths.LN_RECIP_BITS, 8)} cycles)")
+        kw = dict(in_bits=widths.RESIDUAL_BITS, out_bits=widths.RESIDUAL_BITS, max_n=max_n,
                   lanes=cfg.layernorm.lanes, steps_per_cycle=k, latency=lat)
         return cls(**{**kw, **overrides})
 
@@ -268,8 +267,9 @@ class LayerNorm(wiring.Component):
         # output pass datapath, four registers deep
         recip = quo[:q_recip]
         norm_shift = self.recip_bits - self.frac_bits
-        aff_w = signed_width(-(1 << (NORM_BITS - 1)) * ((1 << (self.gamma_bits - 1)) - 1) - (1 << (self.beta_bits - 1)),
-                             (1 << (NORM_BITS - 1)) * (1 << (self.gamma_bits - 1)) + (1 << (self.beta_bits - 1)) - 1)
+        nb = widths.LN_NORM_BITS
+        aff_w = signed_width(-(1 << (nb - 1)) * ((1 << (self.gamma_bits - 1)) - 1) - (1 << (self.beta_bits - 1)),
+                             (1 << (nb - 1)) * (1 << (self.gamma_bits - 1)) + (1 << (self.beta_bits - 1)) - 1)
         gamma_d = Signal.like(aff_rd.data.gamma)
         beta_d = Signal.like(aff_rd.data.beta)
         m.d.sync += [gamma_d.eq(aff_rd.data.gamma), beta_d.eq(aff_rd.data.beta)]
@@ -279,8 +279,8 @@ class LayerNorm(wiring.Component):
             m.d.comb += d.eq(buf_rd.data[lane] - mean)
             prod = Signal(signed(d_bits + q_recip + 1), name=f"out_prod_{lane}")
             m.d.sync += prod.eq(d * recip)
-            norm = Signal(signed(NORM_BITS), name=f"out_norm_{lane}")
-            m.d.sync += norm.eq(saturate((prod + (1 << (norm_shift - 1))) >> norm_shift, NORM_BITS))
+            norm = Signal(signed(widths.LN_NORM_BITS), name=f"out_norm_{lane}")
+            m.d.sync += norm.eq(saturate((prod + (1 << (norm_shift - 1))) >> norm_shift, widths.LN_NORM_BITS))
             g2, b2 = Signal(signed(self.gamma_bits), name=f"g2_{lane}"), Signal(signed(self.beta_bits), name=f"b2_{lane}")
             m.d.sync += [g2.eq(gamma_d[lane]), b2.eq(beta_d[lane])]
             affine_v = Signal(signed(aff_w), name=f"out_affine_{lane}")

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.common import check_bool, check_int, delay, lane_tables, round_const
-from sim import intops
+from sim import widths
 
 
 class Requantizer(wiring.Component):
@@ -26,7 +26,7 @@ class Requantizer(wiring.Component):
     the shifter only spans the product.
     """
 
-    def __init__(self, in_bits: int = 32, out_bits: int = 8, mult_bits: int = 16, shift_bits: int = 6,
+    def __init__(self, in_bits: int = widths.ACC_BITS, out_bits: int = 8, mult_bits: int = widths.REQUANT_M_BITS, shift_bits: int = 6,
                  lanes: int = 1, channels: int = 64, pow2: bool = False, latency: int | None = None):
         unit = "Requantizer"
         self.in_bits = check_int(unit, "in_bits", in_bits, 2, 48)
@@ -61,7 +61,7 @@ class Requantizer(wiring.Component):
     def from_accel(cls, cfg, channels: int = 2048, **overrides) -> "Requantizer":
         """The requantizer of accelerator ``cfg`` (``sim.accel.AccelConfig``): it reads the array's
         accumulators and writes up to the residual stream's width; ``channels`` sizes its table."""
-        kw = dict(in_bits=cfg.array.acc_bits, out_bits=intops.RESIDUAL_BITS, mult_bits=cfg.requant.multiplier_bits,
+        kw = dict(in_bits=cfg.array.acc_bits, out_bits=widths.RESIDUAL_BITS, mult_bits=cfg.requant.multiplier_bits,
                   lanes=cfg.requant.lanes, channels=channels, pow2=cfg.requant.pow2_only,
                   latency=cfg.requant.latency)
         return cls(**{**kw, **overrides})

@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.common import check_int
-from sim import intops
+from sim import intops, widths
 
 
 class SoftmaxLog2(wiring.Component):
@@ -29,9 +29,9 @@ class SoftmaxLog2(wiring.Component):
 
     min_latency = 3  #: the last exp beat summed, the sum's leading one registered, L registered
 
-    def __init__(self, in_bits: int = 16, max_len: int = 64, lanes: int = 1, code_bits: int = 4,
-                 frac_bits: int = intops.SOFTMAX_FRAC_BITS, exp_bits: int = intops.SOFTMAX_EXP_BITS,
-                 log_bits: int = intops.SOFTMAX_LOG_BITS, latency: int | None = None):
+    def __init__(self, in_bits: int = widths.SOFTMAX_IN_BITS, max_len: int = 64, lanes: int = 1, code_bits: int = 4,
+                 frac_bits: int = widths.SOFTMAX_FRAC_BITS, exp_bits: int = widths.SOFTMAX_EXP_BITS,
+                 log_bits: int = widths.SOFTMAX_LOG_BITS, latency: int | None = None):
         unit = "SoftmaxLog2"
         self.in_bits = check_int(unit, "in_bits", in_bits, 2, 24)
         self.max_len = check_int(unit, "max_len", max_len, 1, 1 << 16)
@@ -61,7 +61,7 @@ class SoftmaxLog2(wiring.Component):
     @classmethod
     def from_accel(cls, cfg, max_len: int = 256, **overrides) -> "SoftmaxLog2":
         """The softmax unit of accelerator ``cfg``; ``max_len`` sizes its row buffer (the longest row)."""
-        kw = dict(in_bits=16, max_len=max_len, lanes=cfg.softmax.lanes, latency=cfg.softmax.latency)
+        kw = dict(in_bits=widths.SOFTMAX_IN_BITS, max_len=max_len, lanes=cfg.softmax.lanes, latency=cfg.softmax.latency)
         return cls(**{**kw, **overrides})
 
     @property

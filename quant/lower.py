@@ -16,7 +16,7 @@ import torch
 from quant.model import Norm
 from quant.plan import QuantPlan
 from quant.quantizers import QParams, QuantError
-from sim import intops
+from sim import intops, widths
 from sim.program import IntegerProgram, Op, TensorSpec, validate
 
 T = None  # a token dimension fixed at run time
@@ -71,7 +71,7 @@ class _Builder:
         s_w = self.plan.weight_scales[name].double().numpy()
         s_acc = x_qp.scale * s_w
         bias = np.round(lin.b.double().numpy() / s_acc).astype(np.int64) - x_qp.zero_point * wq.sum(axis=1)
-        acc = self.tensor(name + ".acc", intops.ACC_BITS, self.shape(x)[:-1] + (wq.shape[0],), scale=None)
+        acc = self.tensor(name + ".acc", widths.ACC_BITS, self.shape(x)[:-1] + (wq.shape[0],), scale=None)
         self.op("linear", name, [x], [acc], {"wbits": self.plan.wbits_of(name), "abits": x_qp.bits},
                 {"weight": wq.astype(np.int8), "bias": np.clip(bias, *intops.int_range(32)).astype(np.int32)})
         return acc, s_acc
@@ -101,7 +101,7 @@ class _Builder:
         A channel map on the output (x / r + delta) folds into gamma and beta; power-of-two
         factors on the input (FQ-ViT) put a requantizer to the narrow LN input in front.
         """
-        frac = intops.LN_NORM_FRAC_BITS
+        frac = widths.LN_NORM_FRAC_BITS
         gamma_f, beta_f = norm.g.double().numpy(), norm.b.double().numpy()
         if name in self.plan.channel_maps:
             ratio, delta = (t.double().numpy() for t in self.plan.channel_maps[name])
@@ -138,19 +138,19 @@ class _Builder:
             self.op("split_heads", pre + part + ".split", [y], [hs], {"heads": spec.heads})
             heads[part] = hs
         tq = self.shape(heads["q"])[1]
-        acc = self.tensor(pre + "scores.acc", intops.ACC_BITS, (spec.heads, tq, tq))
+        acc = self.tensor(pre + "scores.acc", widths.ACC_BITS, (spec.heads, tq, tq))
         self.op("matmul", pre + "scores", [heads["q"], heads["k"]], [acc], {"transpose_b": True})
-        f = intops.SOFTMAX_FRAC_BITS
+        f = widths.SOFTMAX_FRAC_BITS
         s_scores = acts[pre + "q"].scale * acts[pre + "k"].scale * blk.attn_scale
-        t_qp = QParams(1.0 / (math.log2(math.e) * (1 << f)), 0, 16)  # log2 units, f fractional bits
+        t_qp = QParams(1.0 / (math.log2(math.e) * (1 << f)), 0, widths.SOFTMAX_IN_BITS)  # log2 units, f fractional bits
         t = self.requant(pre + "scores.requant", acc, s_scores, t_qp, pre + "scores.log2")
         codes = self.tensor(pre + "probs", cb, self.shape(t), signed=False)
         sqrt2 = self.plan.sqrt2_at(pre)
         self.op("softmax_log2", pre + "softmax", [t] + ([mask] if mask else []), [codes],
                 {"code_bits": cb, "frac_bits": f, "sqrt2": sqrt2})
-        ctx = self.tensor(pre + "context.acc", intops.ACC_BITS, self.shape(heads["v"]))
+        ctx = self.tensor(pre + "context.acc", widths.ACC_BITS, self.shape(heads["v"]))
         self.op("matmul_log2", pre + "context", [codes, heads["v"]], [ctx], {"code_bits": cb, "sqrt2": sqrt2})
-        merged = self.tensor(pre + "context.merged", intops.ACC_BITS, (tq, spec.dim))
+        merged = self.tensor(pre + "context.merged", widths.ACC_BITS, (tq, spec.dim))
         self.op("merge_heads", pre + "context.merge", [ctx], [merged])
         s_ctx = acts[pre + "v"].scale * 2.0 ** -intops.log2_acc_shift(cb, sqrt2)
         o = self.requant(pre + "attn.requant", merged, s_ctx, acts[pre + "attn"], pre + "attn")
@@ -164,7 +164,7 @@ class _Builder:
         rom = acts[point + ".rom"] if point in self.plan.channel_maps else acts[point]
         name = point + ".rom" if point in self.plan.channel_maps else point
         g = self.tensor(name, rom.bits, self.shape(g_in), rom)
-        self.op("gelu", point, [g_in], [g], {"in_bits": intops.GELU_IN_BITS, "out_bits": rom.bits},
+        self.op("gelu", point, [g_in], [g], {"in_bits": widths.GELU_IN_BITS, "out_bits": rom.bits},
                 {"table": gelu_table(acts[pre + "fc1"], rom).astype(np.int32)})
         if point in self.plan.channel_maps:
             g = self.requant(point + ".requant", g, rom.scale, acts[point], point)
@@ -173,7 +173,7 @@ class _Builder:
     def program(self, inputs: list[TensorSpec], outputs: list[str]) -> IntegerProgram:
         p = self.plan
         meta = {"method": p.method, "wbits": p.wbits, "abits": p.abits, "code_bits": p.code_bits, "pow2": p.pow2,
-                "family": p.spec.family, "residual_bits": intops.RESIDUAL_BITS, "gelu_in_bits": intops.GELU_IN_BITS,
+                "family": p.spec.family, "residual_bits": widths.RESIDUAL_BITS, "gelu_in_bits": widths.GELU_IN_BITS,
                 **p.meta}
         program = IntegerProgram(p.spec.name, inputs, outputs, self.tensors, self.ops, meta)
         validate(program)  # a lowering bug is named here, not deep inside the engine
@@ -182,7 +182,7 @@ class _Builder:
 
 def gelu_table(x_qp: QParams, y_qp: QParams) -> np.ndarray:
     """The GELU ROM: every int8 input code mapped to the nearest output code (computed once, in float64)."""
-    lo, hi = intops.int_range(intops.GELU_IN_BITS)
+    lo, hi = intops.int_range(widths.GELU_IN_BITS)
     codes = torch.arange(lo, hi + 1, dtype=torch.float64)
     y = torch.nn.functional.gelu(x_qp.scale * (codes - x_qp.zero_point))
     q = torch.round(y / y_qp.scale) + y_qp.zero_point
@@ -240,7 +240,7 @@ def _lower_bert(plan: QuantPlan) -> IntegerProgram:
     b.tensor("positions", 32, (T,))
     # one grid for the three tables: their sum must fit int16 without saturating
     amax = float(s.word.abs().max() + s.pos_emb.abs().max() + s.type_emb.abs().max())
-    tab_qp = QParams(amax / intops.int_range(intops.RESIDUAL_BITS)[1], 0, intops.RESIDUAL_BITS)
+    tab_qp = QParams(amax / intops.int_range(widths.RESIDUAL_BITS)[1], 0, widths.RESIDUAL_BITS)
     parts = []
     for src, name, table in ((ids, "word", s.word), ("positions", "position", s.pos_emb), (types, "token_type", s.type_emb)):
         y = b.tensor(f"embed.{name}", tab_qp.bits, (T, s.dim), tab_qp)

@@ -18,10 +18,10 @@ from tqdm import tqdm
 from quant.model import Forward, Transformer, role
 from quant.observers import Observer
 from quant.quantizers import QParams, fake_log2, fake_ptf, fake_weight, pow2_qparams, quantize_weight, weight_scales
-from sim import intops
+from sim import intops, widths
 
 #: bits and symmetry of each role that the method does not choose (hardware unit widths)
-ROLE_BITS = {"residual": (intops.RESIDUAL_BITS, True), "gelu_in": (intops.GELU_IN_BITS, False), "input": (8, False)}
+ROLE_BITS = {"residual": (widths.RESIDUAL_BITS, True), "gelu_in": (widths.GELU_IN_BITS, False), "input": (8, False)}
 
 
 @dataclass
@@ -130,13 +130,13 @@ def baseline_plan(spec: Transformer, observers: dict[str, Observer], wbits: int,
 def integer_softmax(plan: QuantPlan, prefix: str, scores: torch.Tensor) -> torch.Tensor:
     """Attention weights as the program computes them: the Q.K^T accumulator recovered from the
     fake-quantized scores, the program's requant into the softmax unit's log2 domain, the unit's codes."""
-    f = intops.SOFTMAX_FRAC_BITS
+    f = widths.SOFTMAX_FRAC_BITS
     blk = plan.spec.blocks[int(prefix.split(".")[1])]
     s_acc = plan.acts[prefix + "q"].scale * plan.acts[prefix + "k"].scale * blk.attn_scale
     m, shift = plan.multipliers(s_acc * math.log2(math.e) * 2**f)
     valid = torch.isfinite(scores)
     acc = torch.round(torch.where(valid, scores, 0.0).double() / s_acc).to(torch.int64).numpy()
-    t = intops.requantize(acc, m, shift, 16)
+    t = intops.requantize(acc, m, shift, widths.SOFTMAX_IN_BITS)
     sqrt2 = plan.sqrt2_at(prefix)
     codes = intops.softmax_log2(t, valid.numpy(), plan.code_bits, sqrt2=sqrt2)
     weights = intops.log2_weights(codes, plan.code_bits, sqrt2)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim import intops
+from sim import intops, widths
 from sim.ops import OPS
 from sim.program import IntegerProgram, Op, ProgramError, validate
 
@@ -26,12 +26,12 @@ class RunResult:
 
 def _accumulator(name: str, acc: np.ndarray, overflows: dict[str, int]) -> np.ndarray:
     """Saturate an accumulator at ACC_BITS and count what saturated (two reductions when nothing does)."""
-    lo, hi = intops.int_range(intops.ACC_BITS)
+    lo, hi = intops.int_range(widths.ACC_BITS)
     if acc.size == 0 or (acc.min() >= lo and acc.max() <= hi):
         overflows[name] = 0
         return acc
-    overflows[name] = intops.count_saturated(acc, intops.ACC_BITS)
-    return intops.saturate(acc, intops.ACC_BITS)
+    overflows[name] = intops.count_saturated(acc, widths.ACC_BITS)
+    return intops.saturate(acc, widths.ACC_BITS)
 
 
 class _Context:

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import numpy as np
 
-ACC_BITS = 32  #: width of the MAC array accumulators
-RESIDUAL_BITS = 16  #: width of the residual stream (embeddings, adds, LayerNorm inputs)
-LN_NORM_FRAC_BITS = 10  #: fractional bits of LayerNorm's normalized value (x - mean) / std
-LN_RECIP_BITS = 30  #: LayerNorm's reciprocal is floor(2**30 / std)
-SOFTMAX_FRAC_BITS = 6  #: fractional bits of softmax inputs, which are in log2 units
-SOFTMAX_EXP_BITS = 15  #: exp(0) is 2**15 inside the softmax unit
-SOFTMAX_LOG_BITS = 6  #: mantissa bits the softmax unit's log2 table looks at
-GELU_IN_BITS = 8  #: the GELU unit is a table indexed by a signed 8-bit value
+from sim.widths import (  # the widths these functions default to
+    ACC_BITS,
+    GELU_IN_BITS,
+    LN_NORM_BITS,
+    LN_NORM_FRAC_BITS,
+    LN_RECIP_BITS,
+    LN_VAR_BITS,
+    RESIDUAL_BITS,
+    SOFTMAX_EXP_BITS,
+    SOFTMAX_FRAC_BITS,
+    SOFTMAX_LOG_BITS,
+)
 
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
@@ -166,7 +170,7 @@ def add(
     return saturate(y, out_bits)
 
 
-def isqrt(v: np.ndarray, bits: int = 48) -> np.ndarray:
+def isqrt(v: np.ndarray, bits: int = LN_VAR_BITS) -> np.ndarray:
     """Exact ``floor(sqrt(v))`` for ``0 <= v < 2**bits``, bit by bit (one compare per result bit)."""
     v = np.asarray(v, dtype=np.int64)
     root = np.zeros_like(v)
@@ -199,7 +203,7 @@ def layernorm(
     3. ``std = max(isqrt(var), 1)``                            (exact floor sqrt)
     4. ``r = floor(2**recip_bits / std)``                      (one divide per row)
     5. ``n = saturate((d*r + 2**(recip_bits-frac_bits-1)) >> (recip_bits-frac_bits), 16)``
-       — the normalized value with ``frac_bits`` fractional bits, round half up
+       — the normalized value with ``frac_bits`` fractional bits (LN_NORM_BITS wide), round half up
     6. ``y = saturate((n*gamma + beta + 2**(shift-1)) >> shift, out_bits)``
        — per-channel affine; the output zero point is folded into ``beta``.
 
@@ -215,7 +219,7 @@ def layernorm(
     std = np.maximum(isqrt(var), 1)
     recip = (np.int64(1) << recip_bits) // std
     norm_shift = recip_bits - frac_bits
-    n = saturate((d * recip + (1 << (norm_shift - 1))) >> norm_shift, 16)
+    n = saturate((d * recip + (1 << (norm_shift - 1))) >> norm_shift, LN_NORM_BITS)
     y = (n * np.asarray(gamma, dtype=np.int64) + np.asarray(beta, dtype=np.int64) + int(_round_const(shift))) >> int(shift)
     return saturate(y, out_bits)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim import intops
+from sim import intops, widths
 from sim.program import IntegerProgram, Op, TensorSpec, validate
 
-RES = intops.RESIDUAL_BITS
-ACC = intops.ACC_BITS
+RES = widths.RESIDUAL_BITS
+ACC = widths.ACC_BITS
 
 
 class _B:
@@ -59,7 +59,7 @@ class _B:
     def layernorm(self, name, x, bits):
         d = self.shape(x)[-1]
         y = self.t(name, bits, self.shape(x))
-        self.op("layernorm", name, [x], [y], {"shift": 12, "out_bits": bits, "frac_bits": intops.LN_NORM_FRAC_BITS},
+        self.op("layernorm", name, [x], [y], {"shift": 12, "out_bits": bits, "frac_bits": widths.LN_NORM_FRAC_BITS},
                 {"gamma": np.full(d, 1 << 10, np.int32), "beta": np.zeros(d, np.int32)})
         return y
 
@@ -82,7 +82,7 @@ class _B:
         s = self.requant(pre + "scores.requant", s, 16, pre + "scores.log2")
         codes = self.t(pre + "probs", 4, (heads, t, t), signed=False)
         self.op("softmax_log2", pre + "softmax", [s] + ([mask] if mask else []), [codes],
-                {"code_bits": 4, "frac_bits": intops.SOFTMAX_FRAC_BITS, "sqrt2": self.sqrt2})
+                {"code_bits": 4, "frac_bits": widths.SOFTMAX_FRAC_BITS, "sqrt2": self.sqrt2})
         ctx = self.t(pre + "context.acc", ACC, (heads, t, dim // heads))
         self.op("matmul_log2", pre + "context", [codes, hs["v"]], [ctx], {"code_bits": 4, "sqrt2": self.sqrt2})
         merged = self.t(pre + "context.merged", ACC, (t, dim))
@@ -91,11 +91,11 @@ class _B:
         a = self.linear(pre + "proj", o, dim, RES)
         x = self.add(pre + "res1", x, a)
         h = self.layernorm(pre + "ln2", x, self.abits)
-        g_in = self.linear(pre + "fc1", h, hidden, intops.GELU_IN_BITS)
+        g_in = self.linear(pre + "fc1", h, hidden, widths.GELU_IN_BITS)
         g = self.t(pre + "gelu", self.abits, self.shape(g_in))
         lo, hi = intops.int_range(self.abits)
         table = np.clip(np.arange(-128, 128) // 16, lo, hi).astype(np.int32)
-        self.op("gelu", pre + "gelu", [g_in], [g], {"in_bits": intops.GELU_IN_BITS, "out_bits": self.abits},
+        self.op("gelu", pre + "gelu", [g_in], [g], {"in_bits": widths.GELU_IN_BITS, "out_bits": self.abits},
                 {"table": table})
         m = self.linear(pre + "fc2", g, dim, RES)
         return self.add(pre + "res2", x, m)
@@ -167,7 +167,7 @@ def _bert_block(b: _B, pre, x, h, dim, heads, hidden, mask):
     b.op("matmul", pre + "scores", [hs["q"], hs["k"]], [s], {"transpose_b": True})
     s = b.requant(pre + "scores.requant", s, 16, pre + "scores.log2")
     codes = b.t(pre + "probs", 4, (heads, None, None), signed=False)
-    b.op("softmax_log2", pre + "softmax", [s, mask], [codes], {"code_bits": 4, "frac_bits": intops.SOFTMAX_FRAC_BITS})
+    b.op("softmax_log2", pre + "softmax", [s, mask], [codes], {"code_bits": 4, "frac_bits": widths.SOFTMAX_FRAC_BITS})
     ctx = b.t(pre + "context.acc", ACC, (heads, None, dim // heads))
     b.op("matmul_log2", pre + "context", [codes, hs["v"]], [ctx], {"code_bits": 4})
     merged = b.t(pre + "context.merged", ACC, (None, dim))
@@ -176,10 +176,10 @@ def _bert_block(b: _B, pre, x, h, dim, heads, hidden, mask):
     a = b.linear(pre + "proj", o, dim, RES)
     x = b.layernorm(pre + "ln1_out", b.add(pre + "res1", x, a), RES)
     h = b.requant(pre + "ln2", x, b.abits)
-    g_in = b.linear(pre + "fc1", h, hidden, intops.GELU_IN_BITS)
+    g_in = b.linear(pre + "fc1", h, hidden, widths.GELU_IN_BITS)
     g = b.t(pre + "gelu", b.abits, b.shape(g_in))
     lo, hi = intops.int_range(b.abits)
-    b.op("gelu", pre + "gelu", [g_in], [g], {"in_bits": intops.GELU_IN_BITS, "out_bits": b.abits},
+    b.op("gelu", pre + "gelu", [g_in], [g], {"in_bits": widths.GELU_IN_BITS, "out_bits": b.abits},
          {"table": np.clip(np.arange(-128, 128) // 16, lo, hi).astype(np.int32)})
     m = b.linear(pre + "fc2", g, dim, RES)
     return b.layernorm(pre + "ln2_out", b.add(pre + "res2", x, m), RES)

@@ -15,7 +15,7 @@ from hw.layernorm import LayerNorm
 from hw.mac_array import MacArray
 from hw.requant import Requantizer
 from hw.softmax import SoftmaxLog2
-from sim import intops
+from sim import intops, widths
 from sim.accel import load_accel
 
 # components whose construction is refused, or built only to read parameters, are never elaborated
@@ -61,7 +61,7 @@ def test_units_from_accel_take_the_configured_sizes_and_latencies(accel):
     assert _inspected(SoftmaxLog2.from_accel(cfg)).latency == cfg.softmax.latency
     ln = _inspected(LayerNorm.from_accel(cfg))
     assert ln.latency == cfg.layernorm.latency
-    assert LayerNorm.latency_for(16, intops.LN_RECIP_BITS, ln.steps_per_cycle) <= ln.latency
+    assert LayerNorm.latency_for(16, widths.LN_RECIP_BITS, ln.steps_per_cycle) <= ln.latency
 
 
 def test_layernorm_picks_the_fewest_steps_per_cycle_that_meet_the_latency():

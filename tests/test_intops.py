@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sim import intops
+from sim import intops, widths
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 
@@ -63,7 +63,7 @@ def test_isqrt_is_exact_floor(v):
 @settings(max_examples=150, deadline=None)
 @given(rows=arrays(np.int64, (3, 48), elements=st.integers(-(2**15), 2**15 - 1)))
 def test_layernorm_normalized_value_within_bound(rows):
-    k = intops.LN_NORM_FRAC_BITS
+    k = widths.LN_NORM_FRAC_BITS
     ones = np.ones(48, dtype=np.int64)
     n = intops.layernorm(rows, ones, np.zeros(48, dtype=np.int64), 0, 32)
     for x, got in zip(rows.astype(np.float64), n):
@@ -86,7 +86,7 @@ def test_layernorm_zero_variance_row_gives_beta():
 @settings(max_examples=200, deadline=None)
 @given(t=arrays(np.int64, (2, 17), elements=st.integers(-4000, 4000)), code_bits=st.sampled_from([3, 4, 5]))
 def test_softmax_log2_codes_within_one_of_exact(t, code_bits):
-    f = intops.SOFTMAX_FRAC_BITS
+    f = widths.SOFTMAX_FRAC_BITS
     q = intops.softmax_log2(t, code_bits=code_bits)
     zero = (1 << code_bits) - 1
     for row, codes in zip(t, q):
@@ -152,7 +152,7 @@ def test_gelu_table_lookup_and_mean_pool():
 @settings(max_examples=100, deadline=None)
 @given(t=arrays(np.int64, (2, 13), elements=st.integers(-3000, 3000)))
 def test_softmax_sqrt2_codes_within_one_half_step_of_exact(t):
-    f = intops.SOFTMAX_FRAC_BITS
+    f = widths.SOFTMAX_FRAC_BITS
     q = intops.softmax_log2(t, sqrt2=True)
     for row, codes in zip(t, q):
         logp = (row - row.max()) / 2**f - np.log2(np.sum(np.exp2((row - row.max()) / 2**f)))

@@ -27,9 +27,9 @@ import torch
 from quant.methods import register_method
 from quant.plan import QuantPlan, baseline_plan, collect
 from quant.quantizers import QParams, search_weight_clip, weight_scales
-from sim import intops
+from sim import intops, widths
 
-GELU_ROM_BITS = 16  #: the GELU ROM's output width when a per-channel requant follows it
+GELU_ROM_BITS = widths.GELU_OUT_BITS  #: the GELU ROM's output width when a per-channel requant follows it
 
 
 def post_gelu_points(spec) -> dict[str, list[str]]:
