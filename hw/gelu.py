@@ -7,6 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.common import check_int, delay, lane_tables
+from sim import timing
 
 
 class Gelu(wiring.Component):
@@ -18,7 +19,7 @@ class Gelu(wiring.Component):
     edges from input to output (``sim.timing.stream_cycles``).
     """
 
-    min_latency = 1
+    min_latency, max_latency = timing.LATENCY_RANGE["gelu"]  #: the ROM read
 
     def __init__(self, in_bits: int = 8, out_bits: int = 8, lanes: int = 1, latency: int | None = None):
         unit = "Gelu"
@@ -26,7 +27,7 @@ class Gelu(wiring.Component):
         self.out_bits = check_int(unit, "out_bits", out_bits, 2, 16)
         self.lanes = check_int(unit, "lanes", lanes, 1, 64)
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
-                                 self.min_latency, 64)
+                                 self.min_latency, self.max_latency)
         super().__init__({
             "tbl_we": In(1),
             "tbl_addr": In(unsigned(in_bits)),

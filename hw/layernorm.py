@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.common import ParameterError, check_int, round_const, saturate, signed_width
-from sim import widths
+from sim import timing, widths
 
 
 
@@ -77,20 +77,16 @@ class LayerNorm(wiring.Component):
         """The LayerNorm unit of accelerator ``cfg``: the fewest divider / square-root bits a cycle that
         meet its configured latency; ``max_n`` sizes the row buffer (the widest row)."""
         lat = cfg.layernorm.latency
-        k = next((k for k in range(1, 9) if cls.latency_for(widths.LN_IN_BITS, widths.LN_RECIP_BITS, k) <= lat), None)
+        steps = range(1, timing.LN_MAX_STEPS_PER_CYCLE + 1)
+        k = next((k for k in steps if cls.latency_for(widths.LN_IN_BITS, widths.LN_RECIP_BITS, k) <= lat), None)
         if k is None:
             raise ParameterError(f"LayerNorm: {cfg.name}: units.layernorm.latency = {lat} is below the fastest "
-                                 f"this unit builds ({cls.latency_for(widths.LN_IN_BITS, widths.LN_RECIP_BITS, 8)} cycles)")
+                                 f"this unit builds ({timing.LATENCY_RANGE['layernorm'][0]} cycles)")
         kw = dict(in_bits=widths.RESIDUAL_BITS, out_bits=widths.RESIDUAL_BITS, max_n=max_n,
                   lanes=cfg.layernorm.lanes, steps_per_cycle=k, latency=lat)
         return cls(**{**kw, **overrides})
 
-    @staticmethod
-    def latency_for(in_bits: int, recip_bits: int, steps_per_cycle: int) -> int:
-        """The fixed per-row work in clock edges: mean, variance and reciprocal divisions and the square
-        root at ``steps_per_cycle`` result bits a cycle, plus 6 hand-over states and the 4-deep output pipeline."""
-        k = steps_per_cycle
-        return sum(-(-q // k) for q in (in_bits, 2 * in_bits, in_bits, recip_bits + 1)) + 10
+    latency_for = staticmethod(timing.layernorm_latency)  #: the fixed per-row work (sim.timing)
 
     @property
     def params(self) -> dict:

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.common import check_bool, check_int, delay, lane_tables, round_const
-from sim import widths
+from sim import timing, widths
 
 
 class Requantizer(wiring.Component):
@@ -36,9 +36,10 @@ class Requantizer(wiring.Component):
         self.lanes = check_int(unit, "lanes", lanes, 1, 64)
         self.channels = check_int(unit, "channels", channels, 1, 1 << 16)
         self.pow2 = check_bool(unit, "pow2", pow2)
-        self.min_latency = 4  # table read, product (or left shift), round and shift, zero point and saturation
+        # table read, product (or left shift), round and shift, zero point and saturation
+        self.min_latency, most = timing.LATENCY_RANGE["requant"]
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
-                                 self.min_latency, 64)
+                                 self.min_latency, most)
         self.prod_bits = in_bits + mult_bits  # x * M, or x << log2(M) with M < 2**mult_bits
         ch_shape = unsigned(max(1, (channels - 1).bit_length()))
         members = {

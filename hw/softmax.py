@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.common import check_int
-from sim import intops, widths
+from sim import intops, timing, widths
 
 
 class SoftmaxLog2(wiring.Component):
@@ -27,7 +27,8 @@ class SoftmaxLog2(wiring.Component):
     row's first beat is taken on the cycle that last code appears.
     """
 
-    min_latency = 3  #: the last exp beat summed, the sum's leading one registered, L registered
+    #: the last exp beat summed, the sum's leading one registered, L registered
+    min_latency, max_latency = timing.LATENCY_RANGE["softmax"]
 
     def __init__(self, in_bits: int = widths.SOFTMAX_IN_BITS, max_len: int = 64, lanes: int = 1, code_bits: int = 4,
                  frac_bits: int = widths.SOFTMAX_FRAC_BITS, exp_bits: int = widths.SOFTMAX_EXP_BITS,
@@ -41,7 +42,7 @@ class SoftmaxLog2(wiring.Component):
         self.exp_bits = check_int(unit, "exp_bits", exp_bits, 1, 30)
         self.log_bits = check_int(unit, "log_bits", log_bits, 1, 12)
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
-                                 self.min_latency, 1 << 12)
+                                 self.min_latency, self.max_latency)
         self.depth = -(-max_len // lanes)
         self.sum_bits = (self.max_len << exp_bits).bit_length()  # a row sums at most max_len entries <= 2**exp_bits
         elem = data.StructLayout({"t": signed(in_bits), "mask": 1})

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from sim.energy import ACTIONS, PRESETS
-from sim import widths
+from sim import timing, widths
 from sim.ops import OPS
 from sim.program import IntegerProgram
 from sim.timing import ceil_div
@@ -184,8 +184,9 @@ class _Fields:
             self.fail(self.prefix + str(extra[0]), f"unknown field (accepted: {', '.join(sorted(self.used))})")
 
 
-def _vector(f: _Fields, cls=VectorConfig, **extra):
-    kw = {"lanes": f.int("lanes", 1, 256), "latency": f.int("latency", 1, 256)}
+def _vector(f: _Fields, unit: str, cls=VectorConfig, **extra):
+    """A unit's lanes and latency; the latency no lower than its RTL needs (``sim.timing.LATENCY_RANGE``)."""
+    kw = {"lanes": f.int("lanes", 1, 256), "latency": f.int("latency", *timing.LATENCY_RANGE[unit])}
     kw.update({k: fn(f) for k, fn in extra.items()})
     f.done()
     return cls(**kw)
@@ -220,11 +221,11 @@ def parse_accel(data: Any, source: str = "<config>") -> AccelConfig:
                            accumulator_kib=b.int("accumulator_kib", 1, 1 << 16))
     b.done()
     u = top.sub("units")
-    requant = _vector(u.sub("requant"), RequantConfig, multiplier_bits=lambda f: f.int("multiplier_bits", 1, 16),
+    requant = _vector(u.sub("requant"), "requant", RequantConfig, multiplier_bits=lambda f: f.int("multiplier_bits", 1, 16),
                       pow2_only=lambda f: f.bool("pow2_only"))
-    softmax = _vector(u.sub("softmax"))
-    gelu = _vector(u.sub("gelu"), GeluConfig, in_bits=lambda f: f.int("in_bits", 2, 10))
-    layernorm = _vector(u.sub("layernorm"))
+    softmax = _vector(u.sub("softmax"), "softmax")
+    gelu = _vector(u.sub("gelu"), "gelu", GeluConfig, in_bits=lambda f: f.int("in_bits", 2, 10))
+    layernorm = _vector(u.sub("layernorm"), "layernorm")
     u.done()
     cfg = AccelConfig(name=top.str("name"), clock_mhz=top.number("clock_mhz", 1.0, 10000.0),
                       dram_bytes_per_cycle=top.number("dram_bytes_per_cycle", 0.01, 4096.0),

@@ -26,6 +26,26 @@ pads up to the configured value:
 
 from __future__ import annotations
 
+from sim import widths
+
+
+def layernorm_latency(in_bits: int, recip_bits: int, steps_per_cycle: int) -> int:
+    """The LayerNorm unit's fixed per-row work in clock edges: the mean, variance and reciprocal divisions
+    and the square root at ``steps_per_cycle`` result bits a cycle, 6 hand-over states and a 4-deep output
+    pipeline."""
+    k = steps_per_cycle
+    return sum(-(-q // k) for q in (in_bits, 2 * in_bits, in_bits, recip_bits + 1)) + 10
+
+
+LN_MAX_STEPS_PER_CYCLE = 8  #: the fastest LayerNorm divider / square root the RTL builds
+#: the least configurable latency of each unit (what its RTL needs) and the most its padding allows
+LATENCY_RANGE = {
+    "requant": (4, 64),
+    "gelu": (1, 64),
+    "softmax": (3, 1 << 12),
+    "layernorm": (layernorm_latency(widths.LN_IN_BITS, widths.LN_RECIP_BITS, LN_MAX_STEPS_PER_CYCLE), 1 << 12),
+}
+
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)

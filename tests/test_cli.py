@@ -161,14 +161,14 @@ def slow_requant_config(tmp_path) -> Path:
     return cfg
 
 
-def test_verilog_refuses_a_unit_latency_below_the_minimum(slow_requant_config, tmp_path, capsys):
-    refused(["verilog", "--accel", slow_requant_config, "--no-lint", "-o", tmp_path / "out"], capsys, tmp_path,
-            "Requantizer", "'latency' = 1", "[4, 64]")
-
-
-def test_synth_refuses_a_unit_latency_below_the_minimum(slow_requant_config, tmp_path, capsys):
-    refused(["synth", "--accel", slow_requant_config, "--no-fmax"], capsys, tmp_path, "Requantizer", "'latency' = 1",
-            "[4, 64]")
+@pytest.mark.parametrize("command", [["verilog", "--no-lint", "-o", "out"], ["synth", "--no-fmax"], ["simulate", "PROG"]])
+def test_a_unit_latency_below_what_the_rtl_needs_is_refused_by_every_command(command, slow_requant_config, tmp_path,
+                                                                             capsys):
+    """The config is refused on load, so simulate never prices a latency the RTL cannot build."""
+    argv = [str(tmp_path / "out") if a == "out" else str(tmp_path / "p.safetensors") if a == "PROG" else a
+            for a in command]
+    refused(argv + ["--accel", slow_requant_config], capsys, tmp_path, "units.requant.latency", "1",
+            "accepted range [4, 64]")
 
 
 @pytest.fixture
