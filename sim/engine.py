@@ -25,9 +25,14 @@ class RunResult:
 
 
 def _accumulator(name: str, acc: np.ndarray, overflows: dict[str, int]) -> np.ndarray:
-    """Saturate an accumulator at ACC_BITS and count what saturated (two reductions when nothing does)."""
+    """Saturate an accumulator at ACC_BITS and count what saturated.
+
+    An accumulator whose dtype holds nothing past the rails (intops returns int32 where it has
+    proven the sum fits) needs no look; otherwise two reductions when nothing saturates.
+    """
     lo, hi = intops.int_range(widths.ACC_BITS)
-    if acc.size == 0 or (acc.min() >= lo and acc.max() <= hi):
+    info = np.iinfo(acc.dtype)
+    if acc.size == 0 or (lo <= info.min and info.max <= hi) or (acc.min() >= lo and acc.max() <= hi):
         overflows[name] = 0
         return acc
     overflows[name] = intops.count_saturated(acc, widths.ACC_BITS)
@@ -55,6 +60,8 @@ def run(
 
     ``trace_samples`` records every op's integer inputs and outputs for those
     batch indices. ``keep`` names extra tensors to return besides the outputs.
+    Inputs enter as int64; between ops tensors stay in the narrow dtypes intops
+    returns; outputs, kept tensors and traces come back as int64.
     """
     env: dict[str, np.ndarray] = {}
     sizes: dict[str, int] = {}  # the batch and the run-time token count, shared by every input
@@ -89,16 +96,16 @@ def run(
         args = [env[n] for n in op.inputs]
         outs = OPS[op.kind].run(op, args, ctx)
         if trace_samples is not None:
-            result.trace[op.name] = {"inputs": [x[trace_samples].copy() for x in args],
-                                     "outputs": [y[trace_samples].copy() for y in outs]}
+            result.trace[op.name] = {"inputs": [x[trace_samples].astype(np.int64) for x in args],
+                                     "outputs": [y[trace_samples].astype(np.int64) for y in outs]}
         for name, y in zip(op.outputs, outs):
             env[name] = y
         for name in producers_needed.get(i, ()):  # free tensors nothing later reads
             if name not in program.outputs and (keep is None or name not in keep):
                 env.pop(name, None)
-    result.outputs = {n: env[n] for n in program.outputs}
+    result.outputs = {n: env[n].astype(np.int64) for n in program.outputs}  # outputs and kept tensors are int64
     for n in keep or ():
-        result.outputs[n] = env[n]
+        result.outputs[n] = env[n].astype(np.int64)
     return result
 
 

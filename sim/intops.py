@@ -10,11 +10,20 @@ Conventions used throughout:
 * "round half up" means ``(x + 2**(s-1)) >> s`` (for ``s == 0`` no constant is
   added): one adder and a wire shift in hardware.
 * Saturation clamps to the two's complement range of the stated width.
-* Arrays are computed in int64; every intermediate is proven to fit by the
-  bounds in the docstrings, so int64 never wraps.
+* A result holds exactly the integers its definition gives, in the narrowest of
+  int8 / int16 / int32 / int64 that its stated range (or a bound proven from the
+  operands) fits. Arithmetic on a result that could leave that range must widen
+  it first.
+* Every intermediate is proven to fit the integer type it is computed in by a
+  bound stated where it is used: int32 (on torch integer tensors, both cores)
+  where operand bounds allow, int64 otherwise, so nothing ever wraps. Float
+  arithmetic appears only inside ``exact_matmul``, and only under a bound that
+  makes every partial sum an exactly representable integer.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -31,6 +40,12 @@ from sim.widths import (  # the widths these functions default to
     SOFTMAX_LOG_BITS,
 )
 
+_I32 = 1 << 31  #: int32 holds every integer of magnitude below this
+_F32_EXACT = 1 << 24  #: float32 holds every integer of magnitude up to this
+_F64_EXACT = 1 << 53  #: float64 likewise
+_INT8_MM_K = 1 << 17  #: an int8 x int8 product is at most 2**14 in magnitude; fewer than 2**17 of them sum inside int32
+_INT8_MM_MIN_K = 4  #: torch's CPU int8 GEMM returns garbage for K == 1 (torch 2.14); short products go to float
+
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
     """The closed interval of a ``bits``-wide two's complement (or unsigned) integer."""
@@ -39,10 +54,116 @@ def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
+def _dtype_holding(lo: int, hi: int) -> np.dtype:
+    for dt in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def out_dtype(bits: int, signed: bool = True) -> np.dtype:
+    """The dtype results of a ``bits``-wide range come in: the narrowest of int8/16/32/64 holding it."""
+    return _dtype_holding(*int_range(bits, signed))
+
+
+# ----------------------------------------------------------------------------- helpers
+def _torch():
+    import torch  # imported on first use: the cocotb benches import this module without needing torch
+
+    return torch
+
+
+def _ints(a) -> np.ndarray:
+    """``a`` as a signed integer array of any width (bool and unsigned widened; floats truncated as before)."""
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.signedinteger):
+        return a
+    if a.dtype == np.bool_ or a.dtype == np.uint8:
+        return a.astype(np.int16)
+    return a.astype(np.int64)
+
+
+def _t(a: np.ndarray):
+    """A torch view of integer array ``a`` (copied when torch cannot share it: read-only or reversed strides)."""
+    if not a.flags.writeable or any(s < 0 for s in a.strides) or not a.dtype.isnative:
+        a = np.array(a)
+    return _torch().from_numpy(a)
+
+
+def _np_to_torch(dtype: np.dtype):
+    torch = _torch()
+    return {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[np.dtype(dtype).itemsize]
+
+
+def _np(t, dtype: np.dtype) -> np.ndarray:
+    """Torch tensor -> numpy array of signed ``dtype`` (the caller has proven the values fit it)."""
+    return t.to(_np_to_torch(dtype)).numpy()
+
+
+def _i32(v) -> "object":
+    """A small int64 array or scalar as an int32 torch tensor with at least one dimension.
+
+    (A dimensioned int32 operand makes torch compute in int32 whatever the width of the other operand.)
+    """
+    return _torch().from_numpy(np.atleast_1d(np.asarray(v, dtype=np.int64)).astype(np.int32))
+
+
+def _dtype_bounds(a: np.ndarray) -> tuple[int, int]:
+    info = np.iinfo(a.dtype)
+    return int(info.min), int(info.max)
+
+
+def _value_bounds(a: np.ndarray) -> tuple[int, int]:
+    """The smallest and largest value of ``a`` (0, 0 when empty)."""
+    if a.size == 0:
+        return 0, 0
+    if a.size < 4096:
+        return int(a.min()), int(a.max())
+    lo, hi = _torch().aminmax(_t(a))
+    return int(lo), int(hi)
+
+
+def _absmax(a: np.ndarray) -> int:
+    lo, hi = _value_bounds(a)
+    return max(hi, -lo)
+
+
+def _cheap_absmax(a: np.ndarray) -> int:
+    """A bound on ``|a|`` from its dtype when that is narrow (no pass over the data), else its true maximum."""
+    if a.dtype.itemsize <= 2:
+        lo, hi = _dtype_bounds(a)
+        return max(hi, -lo)
+    return _absmax(a)
+
+
+def _round_const(shift: np.ndarray | int) -> np.ndarray:
+    shift = np.asarray(shift, dtype=np.int64)
+    return np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+
+
+@contextmanager
+def _ieee_float32():
+    """Float32 GEMMs at full IEEE precision (no TF32 / bf16 shortcuts) while inside; the setting is restored."""
+    torch = _torch()
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
 def saturate(x: np.ndarray, bits: int, signed: bool = True) -> np.ndarray:
-    """Clamp ``x`` to ``bits`` wide (signed or unsigned); returns int64."""
+    """Clamp ``x`` to ``bits`` wide (signed or unsigned), in ``out_dtype(bits, signed)``."""
     lo, hi = int_range(bits, signed)
-    return np.clip(np.asarray(x, dtype=np.int64), lo, hi)
+    x = np.asarray(x)
+    x = x if np.issubdtype(x.dtype, np.signedinteger) else np.asarray(x, dtype=np.int64)
+    dt = out_dtype(bits, signed)
+    dlo, dhi = _dtype_bounds(x)
+    if lo <= dlo and dhi <= hi:  # nothing of this dtype lies outside the rails
+        return x.astype(dt, copy=False)
+    return np.clip(x, max(lo, dlo), min(hi, dhi)).astype(dt, copy=False)
 
 
 def count_saturated(x: np.ndarray, bits: int, signed: bool = True) -> int:
@@ -52,66 +173,171 @@ def count_saturated(x: np.ndarray, bits: int, signed: bool = True) -> int:
     return int(np.count_nonzero((x < lo) | (x > hi)))
 
 
-def _round_const(shift: np.ndarray | int) -> np.ndarray:
-    shift = np.asarray(shift, dtype=np.int64)
-    return np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+# ----------------------------------------------------------------------------- products
+_INT_MM: list[bool] = []  # whether this torch has a working CPU int8 GEMM (probed once)
 
 
-def _absmax(a: np.ndarray) -> int:
-    return max(int(a.max(initial=0)), -int(a.min(initial=0)))
+def _has_int_mm() -> bool:
+    if not _INT_MM:
+        torch = _torch()
+        ok = False
+        if hasattr(torch, "_int_mm"):
+            try:
+                a = torch.tensor([[-128, 127, 3]], dtype=torch.int8)
+                b = torch.tensor([[-128, 1], [127, -128], [5, 7]], dtype=torch.int8)
+                ok = torch._int_mm(a, b).tolist() == [[128 * 128 + 127 * 127 + 15, -128 - 127 * 128 + 21]]
+            except RuntimeError:
+                ok = False
+        _INT_MM.append(ok)
+    return _INT_MM[0]
+
+
+def _int8_matmul(a: np.ndarray, b: np.ndarray, alo: int, ahi: int, bmax: int) -> tuple[np.ndarray, int] | None:
+    """2-D ``a @ b`` on the int8 GEMM (int32 accumulation), or None when the operands do not allow it.
+
+    ``b`` must lie in int8; ``a`` in any 256-wide range ``[o-128, o+127]``, computed as
+    ``(a - o) @ b + o * colsum(b)``. Exact: ``|(a - o)_ik * b_kj| <= 2**14`` and K < 2**17
+    keep the GEMM's int32 sums exact; the correction and the result are each checked to fit int32.
+    """
+    torch = _torch()
+    k = a.shape[1]
+    if not _INT8_MM_MIN_K <= k < _INT8_MM_K or ahi - alo > 255 or not _has_int_mm():
+        return None
+    o = 0 if (alo >= -128 and ahi <= 127) else alo + 128
+    bound = k * max(ahi, -alo) * bmax  # of the true result
+    if bound >= _I32:
+        return None
+    bt = _t(b) if b.dtype == np.int8 else torch.from_numpy(b.astype(np.int8))
+    if o == 0:
+        at = _t(a) if a.dtype == np.int8 else torch.from_numpy(a.astype(np.int8))
+        return torch._int_mm(at, bt).numpy(), bound
+    colsum = o * b.sum(axis=0, dtype=np.int64)
+    if np.abs(colsum).max(initial=0) >= _I32:
+        return None
+    at = (_t(a).to(torch.int32) - o).to(torch.int8)
+    acc = torch._int_mm(at, bt)
+    acc += torch.from_numpy(colsum.astype(np.int32))  # both terms and the sum lie in int32
+    return acc.numpy(), bound
+
+
+_BATCHED_INT8_WORK = 1 << 18  #: M*N*K per matrix above which a loop of int8 GEMMs beats one batched float GEMM
+
+
+def _batched_int8_matmul(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """Stacked ``a @ b`` of int8 operands with the same batch shape, one int8 GEMM per matrix (exact as above)."""
+    torch = _torch()
+    *batch, m, k = a.shape
+    n = b.shape[-1]
+    if (a.dtype != np.int8 or b.dtype != np.int8 or list(b.shape[:-2]) != batch or not _INT8_MM_MIN_K <= k < _INT8_MM_K
+            or m * n * k < _BATCHED_INT8_WORK or not _has_int_mm()):
+        return None
+    a3 = _t(a).reshape(-1, m, k).contiguous()
+    b3 = _t(b).reshape(-1, k, n)
+    out = torch.empty((a3.shape[0], m, n), dtype=torch.int32)
+    for i in range(a3.shape[0]):
+        torch._int_mm(a3[i], b3[i], out=out[i])
+    return out.numpy().reshape(tuple(batch) + (m, n)), k * 128 * 128
 
 
 def _float_matmul(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
-    """``a @ b`` in float BLAS, back to int64; exact under the caller's bound.
+    """``a @ b`` in float BLAS (torch, IEEE precision pinned), back to integers; exact under the caller's bound."""
+    torch = _torch()
+    with _ieee_float32():
+        out = torch.matmul(_t(a).to(dtype), _t(b).to(dtype))
+    return out
 
-    Stacked (batched) products go through torch's batched GEMM: numpy's loop
-    over small stacked matrices is two orders of magnitude slower.
-    """
-    a, b = a.astype(dtype, order="C"), b.astype(dtype, order="C")
-    if a.ndim > 2 or b.ndim > 2:
-        import torch
 
-        return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy().astype(np.int64)
-    return np.matmul(a, b).astype(np.int64)
+def _row_abs_sum_max(a: np.ndarray) -> int:
+    """``max_i sum_k |a[..., i, k]|``, exactly (int32 sums while ``K * max|a| < 2**31``, else int64)."""
+    torch = _torch()
+    lo, hi = _value_bounds(a)
+    t = _t(a)
+    if lo < 0:
+        t = t.to(torch.int64 if a.dtype.itemsize == 8 else torch.int32).abs()
+    acc = torch.int32 if a.shape[-1] * max(hi, -lo) < _I32 else torch.int64
+    return int(t.sum(-1, dtype=acc).max())
+
+
+def _matmul_bound(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+    """Exact ``a @ b`` and a bound on the magnitude of every element of it."""
+    torch = _torch()
+    k = a.shape[-1]
+    if b.ndim == 2 and a.ndim > 2:  # one 2-D GEMM, not a loop of small ones
+        out, bound = _matmul_bound(a.reshape(-1, k), b)
+        return out.reshape(a.shape[:-1] + (b.shape[1],)), bound
+    if a.size == 0 or b.size == 0:
+        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32), 0
+    if a.ndim == 2 and b.ndim == 2:
+        blo, bhi = _dtype_bounds(b) if b.dtype == np.int8 else _value_bounds(b)
+        if blo >= -128 and bhi <= 127:
+            alo, ahi = _dtype_bounds(a) if a.dtype == np.int8 else _value_bounds(a)
+            got = _int8_matmul(a, b, alo, ahi, max(bhi, -blo))
+            if got is not None:
+                return got
+    elif a.ndim > 2 and b.ndim > 2:
+        got = _batched_int8_matmul(a, b)
+        if got is not None:
+            return got
+    amax, bmax = _cheap_absmax(a), _cheap_absmax(b)
+    bound = k * amax * bmax
+    if bound >= _F32_EXACT:  # tighter: the true maxima, then row / column sums of magnitudes
+        amax, bmax = _absmax(a), _absmax(b)
+        bound = k * amax * bmax
+    if bound >= _F32_EXACT and a.ndim >= 2 and b.ndim >= 2:
+        bound = min(bound, _row_abs_sum_max(a) * bmax)
+        if bound >= _F32_EXACT:
+            bound = min(bound, _row_abs_sum_max(np.swapaxes(b, -1, -2)) * amax)
+    # Every partial sum of a row-by-column product is bounded by `bound`, so float32 (float64)
+    # sums it exactly in any order while bound < 2**24 (2**53).
+    if bound < _F32_EXACT:
+        return _float_matmul(a, b, torch.float32).to(torch.int32).numpy(), bound
+    out_dt = np.int32 if bound < _I32 else np.int64
+    prod = max(amax * bmax, 1)
+    for dtype, limit in ((torch.float32, _F32_EXACT), (torch.float64, _F64_EXACT)):
+        block = (limit - 1) // prod
+        if block >= k:
+            return _float_matmul(a, b, dtype).to(torch.int64).numpy().astype(out_dt), bound
+        if block >= 64:  # K in blocks small enough to be exact; block sums added in int64
+            out = None
+            for k0 in range(0, k, block):
+                part = _float_matmul(a[..., k0:k0 + block], b[..., k0:k0 + block, :], dtype).to(torch.int64)
+                out = part if out is None else out + part
+            return out.numpy().astype(out_dt), bound
+    return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(out_dt), bound
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact integer ``a @ b`` (``a`` [..., K], ``b`` [K, N] or batched), as int64.
+    """Exact integer ``a @ b`` (``a`` [..., K], ``b`` [K, N] or batched); int32 when it provably fits, else int64.
 
-    Uses float BLAS where that is provably exact: every partial sum is bounded
-    by ``K * max|a| * max|b|``, and a float32 (float64) sum of integers is exact
-    while that bound stays below 2**24 (2**53). K is split into blocks small
-    enough for float32 when possible, the block sums added in int64; operands
+    2-D products of int8-range operands (``a`` may be any 256-wide range, e.g. unsigned
+    8-bit) run on torch's int8 GEMM with int32 accumulation: exact while K < 2**17
+    (and so do large stacked products of int8 arrays, one GEMM per matrix).
+    Otherwise float BLAS where that is provably exact: every partial sum is bounded by
+    ``K * max|a| * max|b|`` (or, tighter, by ``max|b| * max_i sum_k |a_ik|`` and its
+    transpose), and a float32 (float64) sum of integers is exact while that bound stays
+    below 2**24 (2**53); float32 precision is pinned to IEEE for the call. K is split into
+    blocks small enough for float32 when possible, the block sums added in int64; operands
     too wide even for float64 use an int64 matmul.
     """
-    a = np.asarray(a)
-    b = np.asarray(b)
-    k = a.shape[-1]
-    prod = max(_absmax(a) * _absmax(b), 1)
-    if b.ndim == 2 and a.ndim > 2:  # one 2-D GEMM, not a loop of small ones
-        return exact_matmul(a.reshape(-1, k), b).reshape(a.shape[:-1] + (b.shape[1],))
-    for dtype, limit in ((np.float32, 1 << 24), (np.float64, 1 << 53)):
-        block = (limit - 1) // prod
-        if block >= k:
-            return _float_matmul(a, b, dtype)
-        if block >= 64:
-            out = None
-            for k0 in range(0, k, block):
-                part = _float_matmul(a[..., k0:k0 + block], b[..., k0:k0 + block, :], dtype)
-                out = part if out is None else out + part
-            return out
-    return np.matmul(a.astype(np.int64), b.astype(np.int64))
+    return _matmul_bound(_ints(a), _ints(b))[0]
 
 
 def accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """The MAC array before saturation: ``x @ w.T + bias`` with no bound, int64.
+    """The MAC array before saturation: ``x @ w.T + bias`` with no bound; int32 when it provably fits, else int64.
 
     ``x`` [..., K] activations, ``w`` [N, K] weights, ``bias`` [N] integers.
     """
-    acc = exact_matmul(x, np.asarray(w).T)
-    if bias is not None:
-        acc = acc + np.asarray(bias, dtype=np.int64)
-    return acc
+    x, w = _ints(x), _ints(w)
+    acc = exact_matmul(x, w.T)
+    if bias is None:
+        return acc
+    bias = _ints(bias)
+    bound = x.shape[-1] * (_dtype_bounds(x)[1] + 1 if x.dtype == np.int8 else _absmax(x)) * _cheap_absmax(w)
+    if acc.dtype == np.int32 and bound + _absmax(bias) < _I32:  # |acc + bias| <= K*max|x|*max|w| + max|bias|
+        t = _torch().from_numpy(acc)
+        t += _t(bias).to(_torch().int32)
+        return acc
+    return acc.astype(np.int64) + bias.astype(np.int64)
 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, acc_bits: int = ACC_BITS) -> np.ndarray:
@@ -128,6 +354,15 @@ def matmul(a: np.ndarray, b: np.ndarray, acc_bits: int = ACC_BITS) -> np.ndarray
     return saturate(exact_matmul(a, b), acc_bits)
 
 
+# ----------------------------------------------------------------------------- requantization
+def _requantize_int64(x, m, shift, zp, lo, hi) -> np.ndarray:
+    y = np.multiply(x, m, dtype=np.int64)
+    y += _round_const(shift)
+    y >>= shift
+    y += zp
+    return np.clip(y, lo, hi, out=y)
+
+
 def requantize(
     x: np.ndarray,
     m: np.ndarray | int,
@@ -141,14 +376,54 @@ def requantize(
     Round half up. ``m``, ``shift`` and ``zero_point`` broadcast along the last axis (one pair per
     channel) or are scalars. With ``m == 1`` it is a pure shifter (power-of-two
     scales). ``|x| < 2**31`` and ``m < 2**16`` keep ``x*m`` inside 48 bits.
+
+    Computed in int32 when ``X = max|x|`` allows, with ``c = 2**(s-1) + zp*2**s`` (so
+    ``y = (x*m + c) >> s`` exactly): in one step while ``X*max|m| + max|c| < 2**31``, else with
+    ``m = mh*2**k + ml`` (``k = min(8, min s)``) as ``(x*mh + ((x*ml + c) >> k)) >> (s-k)``,
+    exact by nested floors, while both sums are bounded below 2**31; otherwise in int64.
     """
+    x = _ints(x)
+    m = np.asarray(m, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
-    y = np.multiply(x, np.asarray(m, dtype=np.int64), dtype=np.int64)
-    y += _round_const(shift)
-    y >>= shift
-    y += np.asarray(zero_point, dtype=np.int64)
+    zp = np.asarray(zero_point, dtype=np.int64)
     lo, hi = int_range(out_bits, signed)
-    return np.clip(y, lo, hi, out=y)
+    dt = out_dtype(out_bits, signed)
+    if x.ndim == 0 or x.size == 0 or max(m.ndim, shift.ndim, zp.ndim) > 1 or shift.size == 0 or m.size == 0 \
+            or shift.min() < 0 or shift.max() > 62:
+        return _requantize_int64(x, m, shift, zp, lo, hi).astype(dt)
+    smax = int(shift.max())
+    zmax = int(np.abs(zp).max())
+    if zmax >= 1 << 30 or (zmax << smax) >= 1 << 61:
+        return _requantize_int64(x, m, shift, zp, lo, hi).astype(dt)
+    c = _round_const(shift) + (zp << shift)  # |c| < 2**62
+    xmax, mmax, cmax = _absmax(x), int(np.abs(m).max()), int(np.abs(c).max())
+    torch = _torch()
+    n_ch = x.shape[-1]
+    try:  # per-channel vectors over the last axis (torch is slow with one-element operands)
+        m, shift, c = (np.broadcast_to(v, (n_ch,)) for v in (m, shift, c))
+    except ValueError:
+        return _requantize_int64(x, m, shift, zp, lo, hi).astype(dt)
+    xt = _t(x) if x.dtype.itemsize <= 4 else _t(x).to(torch.int32)  # used only where |x| < 2**31
+    one_step = xmax * mmax + cmax < _I32
+    k = 0 if one_step else min(8, int(shift.min()))
+    mh, ml = m >> k, m & ((1 << k) - 1)  # m = mh*2**k + ml, 0 <= ml < 2**k
+    b_bound = xmax * ((1 << k) - 1) + cmax
+    if not one_step and (b_bound >= _I32 or xmax * int(np.abs(mh).max()) + (b_bound >> k) + 1 >= _I32):
+        return _requantize_int64(x, m, shift, zp, lo, hi).astype(dt)
+    # the result before saturation lies in [(c - X*|m|) >> s, (c + X*|m|) >> s] per channel
+    sat = bool(np.any((c - xmax * np.abs(m)) >> shift < lo) or np.any((c + xmax * np.abs(m)) >> shift > hi))
+    if x.dtype == np.int32:
+        y = torch.addcmul(_i32(c), xt, _i32(m if one_step else ml))
+    else:
+        y = xt.to(torch.int32, copy=True)
+        torch.addcmul(_i32(c), y, _i32(m if one_step else ml), out=y)
+    if not one_step:  # y = B = x*ml + c; then x*mh + (B >> k), exact by nested floors
+        y >>= k
+        y.addcmul_(xt, _i32(mh))
+    y >>= _i32(np.minimum(shift - k, 31))  # y fits int32, so >> 31 is the same floor as any larger shift
+    if sat:
+        y.clamp_(max(lo, -_I32), min(hi, _I32 - 1))
+    return _np(y, dt)
 
 
 def add(
@@ -163,16 +438,44 @@ def add(
 
     Round half up. ``ma``/``mb`` bring both operands onto the output grid;
     with ``ma == mb == 1`` and ``shift == 0`` it is a plain saturating add.
+    In int32 while ``max|a|*|ma| + max|b|*|mb| + 2**(shift-1) < 2**31``, else in int64.
     """
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
-    y = (a * int(ma) + b * int(mb) + int(_round_const(shift))) >> int(shift)
+    a, b = _ints(a), _ints(b)
+    ma, mb, shift = int(ma), int(mb), int(shift)
+    rc = int(_round_const(shift))
+    lo, hi = int_range(out_bits)
+    dt = out_dtype(out_bits)
+    fits = a.shape == b.shape and a.size and 0 <= shift <= 62
+    if fits and _cheap_absmax(a) * abs(ma) + _cheap_absmax(b) * abs(mb) + rc >= _I32:
+        fits = _absmax(a) * abs(ma) + _absmax(b) * abs(mb) + rc < _I32
+    if fits:
+        torch = _torch()
+        y = _t(a).to(torch.int32, copy=True)  # values with |a|*|ma| < 2**31 (or ma == 0: any wrap is multiplied away)
+        if ma != 1:
+            y.mul_(ma)
+        y.add_(_t(b).to(torch.int32), alpha=mb)
+        if rc:
+            y.add_(rc)
+        if shift:
+            y >>= min(shift, 31)
+        return _np(y.clamp_(max(lo, -_I32), min(hi, _I32 - 1)), dt)
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    y = (a64 * ma + b64 * mb + rc) >> shift
     return saturate(y, out_bits)
 
 
 def isqrt(v: np.ndarray, bits: int = LN_VAR_BITS) -> np.ndarray:
-    """Exact ``floor(sqrt(v))`` for ``0 <= v < 2**bits``, bit by bit (one compare per result bit)."""
+    """Exact ``floor(sqrt(v))`` for ``0 <= v < 2**bits``, bit by bit (one compare per result bit).
+
+    For ``bits <= 52`` the same result comes from a float64 guess (``v`` is exact in float64 and
+    the correctly rounded root is within one of the floor) corrected by exact integer compares.
+    """
     v = np.asarray(v, dtype=np.int64)
+    if bits <= 52 and (v.size == 0 or v.min() >= 0):
+        root = np.sqrt(v.astype(np.float64)).astype(np.int64)
+        root -= root * root > v
+        root += (root + 1) * (root + 1) <= v
+        return root
     root = np.zeros_like(v)
     for bit in range((bits + 1) // 2 - 1, -1, -1):
         trial = root | (1 << bit)
@@ -183,6 +486,22 @@ def isqrt(v: np.ndarray, bits: int = LN_VAR_BITS) -> np.ndarray:
 def add_const(x: np.ndarray, const: np.ndarray, out_bits: int) -> np.ndarray:
     """Constant add (position embeddings): ``saturate(x + const, out_bits)``, ``const`` broadcast onto ``x``."""
     return saturate(np.asarray(x, dtype=np.int64) + np.asarray(const, dtype=np.int64), out_bits)
+
+
+def _layernorm_int64(x, gamma, beta, shift, out_bits, frac_bits, recip_bits, in_shift) -> np.ndarray:
+    x = np.asarray(x, dtype=np.int64)
+    if in_shift is not None:
+        x = x << np.asarray(in_shift, dtype=np.int64)
+    n_ch = x.shape[-1]
+    mean = (x.sum(axis=-1, keepdims=True) + n_ch // 2) // n_ch
+    d = x - mean
+    var = (d * d).sum(axis=-1, keepdims=True) // n_ch
+    std = np.maximum(isqrt(var), 1)
+    recip = (np.int64(1) << recip_bits) // std
+    norm_shift = recip_bits - frac_bits
+    n = saturate((d * recip + (1 << (norm_shift - 1))) >> norm_shift, LN_NORM_BITS).astype(np.int64)
+    y = (n * np.asarray(gamma, dtype=np.int64) + np.asarray(beta, dtype=np.int64) + int(_round_const(shift))) >> int(shift)
+    return saturate(y, out_bits)
 
 
 def layernorm(
@@ -208,22 +527,65 @@ def layernorm(
        — per-channel affine; the output zero point is folded into ``beta``.
 
     A zero-variance row gives ``d == 0`` hence ``y = (beta + round) >> shift``.
+
+    Computed in int32 for ``|x << in_shift| <= 2**15`` (N < 2**15): ``sum(d*d)`` as
+    ``sum(x*x) - 2*mean*sum(x) + N*mean**2`` (``x*x <= 2**30``, sums in int64); step 5 with
+    ``r = rh*2**k + rl`` as ``(d*rh + ((d*rl + 2**(ns-1)) >> k)) >> (ns-k)``, bounded per row by
+    ``|d| <= isqrt(sum(d*d))``; step 6 while ``2**(LN_NORM_BITS-1)*max|gamma| + max|beta + round| < 2**31``.
+    Anything wider is computed in int64.
     """
-    x = np.asarray(x, dtype=np.int64)
-    if in_shift is not None:
-        x = x << np.asarray(in_shift, dtype=np.int64)
-    n_ch = x.shape[-1]
-    mean = (x.sum(axis=-1, keepdims=True) + n_ch // 2) // n_ch
-    d = x - mean
-    var = (d * d).sum(axis=-1, keepdims=True) // n_ch
-    std = np.maximum(isqrt(var), 1)
+    x = _ints(x)
+    gamma, beta = np.asarray(gamma, dtype=np.int64), np.asarray(beta, dtype=np.int64)
+    shift = int(shift)
+    args = (gamma, beta, shift, out_bits, frac_bits, recip_bits, in_shift)
+    ns = recip_bits - frac_bits
+    n_ch = x.shape[-1] if x.ndim else 0
+    if x.size == 0 or not 0 < n_ch < 1 << 15 or not 1 <= ns <= 30 or not 0 <= shift <= 62 or recip_bits > 46 \
+            or LN_NORM_BITS > 16:
+        return _layernorm_int64(x, *args)
+    sh = None if in_shift is None else np.asarray(in_shift, dtype=np.int64)
+    if sh is not None and sh.size and (sh.min() < 0 or sh.max() > 15):
+        return _layernorm_int64(x, *args)
+    smax = 0 if sh is None else int(sh.max(initial=0))
+    if _cheap_absmax(x) << smax > 1 << 15 and _absmax(x) << smax > 1 << 15:
+        return _layernorm_int64(x, *args)
+    torch = _torch()
+    xt = _t(x).to(torch.int32, copy=True)  # worked on in place below
+    if sh is not None:
+        xt <<= _i32(sh)
+    s1 = xt.sum(-1, keepdim=True, dtype=torch.int32)  # |sum(x)| <= N*2**15 < 2**30
+    s2 = (xt * xt).sum(-1, keepdim=True, dtype=torch.int64)  # x*x <= 2**30
+    s1, s2 = s1.numpy().astype(np.int64), s2.numpy()  # per-row arithmetic below in int64
+    mean = (s1 + n_ch // 2) // n_ch  # |mean| <= 2**15
+    vsum = s2 - 2 * mean * s1 + n_ch * mean * mean  # sum((x - mean)**2), < 2**47
+    std = np.maximum(isqrt(vsum // n_ch), 1)
     recip = (np.int64(1) << recip_bits) // std
-    norm_shift = recip_bits - frac_bits
-    n = saturate((d * recip + (1 << (norm_shift - 1))) >> norm_shift, LN_NORM_BITS)
-    y = (n * np.asarray(gamma, dtype=np.int64) + np.asarray(beta, dtype=np.int64) + int(_round_const(shift))) >> int(shift)
+    dmax = np.minimum(isqrt(vsum), 1 << 16)  # |d_i|**2 <= sum(d*d)
+    k = min(14, ns)
+    rh, rl = recip >> k, recip & ((1 << k) - 1)
+    b_bound = dmax * ((1 << k) - 1) + (1 << (ns - 1))
+    if rh.max() >= _I32 or b_bound.max() >= _I32 or (dmax * rh + (b_bound >> k) + 1).max() >= _I32:
+        return _layernorm_int64(x, *args)
+    xt -= torch.from_numpy(mean.astype(np.int32))  # d, |d| <= 2**16
+    n = xt * torch.from_numpy(rl.astype(np.int32))
+    n += 1 << (ns - 1)
+    n >>= k
+    n.addcmul_(xt, torch.from_numpy(rh.astype(np.int32)))
+    n >>= ns - k
+    n.clamp_(*int_range(LN_NORM_BITS))
+    lo, hi = int_range(out_bits)
+    dt = out_dtype(out_bits)
+    bias = beta + int(_round_const(shift))
+    if (1 << (LN_NORM_BITS - 1)) * int(np.abs(gamma).max(initial=0)) + int(np.abs(bias).max(initial=0)) < _I32:
+        y = torch.addcmul(_i32(bias), n, _i32(gamma), out=n)
+        if shift:
+            y >>= min(shift, 31)
+        return _np(y.clamp_(max(lo, -_I32), min(hi, _I32 - 1)), dt)
+    y = (n.numpy().astype(np.int64) * gamma + bias) >> shift
     return saturate(y, out_bits)
 
 
+# ----------------------------------------------------------------------------- softmax
 def exp2_table(frac_bits: int = SOFTMAX_FRAC_BITS, exp_bits: int = SOFTMAX_EXP_BITS) -> np.ndarray:
     """Softmax exp ROM: entry f is ``round(2**exp_bits * 2**(-f / 2**frac_bits))``.
 
@@ -248,12 +610,54 @@ def log2_fixed(s: np.ndarray, frac_bits: int = SOFTMAX_FRAC_BITS, log_bits: int 
     """``log2(s)`` with ``frac_bits`` fractional bits for ``s >= 1``: leading-one position plus a ROM on the next ``log_bits`` bits."""
     s = np.asarray(s, dtype=np.int64)
     p = np.zeros_like(s)
-    for bit in range(62, -1, -1):  # priority encoder
-        p = np.where((p == 0) & (s >> bit > 0), bit, p)
+    v = s.copy()
+    for step in (32, 16, 8, 4, 2, 1):  # priority encoder as a binary search: p = floor(log2(s)), 0 for s <= 1
+        up = (v >> step) > 0
+        p += up * step
+        v = np.where(up, v >> step, v)
     mant = np.where(p >= log_bits, s >> np.maximum(p - log_bits, 0), s << np.maximum(log_bits - p, 0))
     idx = mant & ((1 << log_bits) - 1)
     table = _LOG2 if (frac_bits, log_bits) == (SOFTMAX_FRAC_BITS, SOFTMAX_LOG_BITS) else log2_table(log_bits, frac_bits)
     return (p << frac_bits) + table[idx]
+
+
+def _softmax_log2_int64(t, valid, code_bits, frac_bits, exp_bits, sqrt2) -> np.ndarray:
+    t = np.asarray(t, dtype=np.int64)
+    zero_code = (1 << code_bits) - 1
+    if valid is not None:
+        valid = np.broadcast_to(np.asarray(valid, dtype=bool), t.shape)
+        t = np.where(valid, t, np.int64(np.iinfo(np.int64).min // 4))  # masked keys never win the max
+    d = t.max(axis=-1, keepdims=True) - t
+    table = _EXP2 if (frac_bits, exp_bits) == (SOFTMAX_FRAC_BITS, SOFTMAX_EXP_BITS) else exp2_table(frac_bits, exp_bits)
+    if valid is not None:
+        d = np.where(valid, d, 0)
+    e = table[d & ((1 << frac_bits) - 1)]
+    e >>= np.minimum(d >> frac_bits, 63)
+    if valid is not None:
+        e[~valid] = 0
+    s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
+    q = log2_fixed(s, frac_bits) - (exp_bits << frac_bits) + d
+    if sqrt2:
+        q *= 2
+    q += 1 << (frac_bits - 1)
+    q >>= frac_bits
+    np.clip(q, 0, zero_code, out=q)
+    if valid is not None:
+        q[~valid] = zero_code
+    return q.astype(out_dtype(code_bits, signed=False))
+
+
+_EXP_CAPPED: dict[tuple[int, int, int], object] = {}
+
+
+def _exp_capped(frac_bits: int, exp_bits: int, cap: int):
+    """The exp ROM and its shifter folded into one table over ``d = 0..cap``: ``EXP[d mod 2**f] >> (d >> f)``."""
+    key = (frac_bits, exp_bits, cap)
+    if key not in _EXP_CAPPED:
+        d = np.arange(cap + 1, dtype=np.int64)
+        table = exp2_table(frac_bits, exp_bits)[d & ((1 << frac_bits) - 1)] >> np.minimum(d >> frac_bits, 63)
+        _EXP_CAPPED[key] = _torch().from_numpy(table.astype(np.int32))
+    return _EXP_CAPPED[key]
 
 
 def softmax_log2(
@@ -281,30 +685,53 @@ def softmax_log2(
     code ``c`` below it means probability ``2**-c``. With ``sqrt2`` the codes
     are half steps, ``q ~ round(-2*log2(p))`` and ``p = 2**(-c/2)``: step 5 becomes
     ``(2*(L - exp_bits*2**frac_bits + d) + 2**(frac_bits-1)) >> frac_bits``.
+
+    Computed in int32 with ``d`` capped at ``cap = max(exp_bits+1, 2**code_bits-1) << frac_bits``,
+    which changes nothing: past ``(exp_bits+1) << frac_bits`` every ``e`` is 0, and since
+    ``L >= exp_bits << frac_bits`` on a row with a valid key, past ``(2**code_bits-1) << frac_bits``
+    every code is the zero code. Steps 1-2 become one lookup of a ``cap+1``-entry table.
     """
-    t = np.asarray(t, dtype=np.int64)
+    t = _ints(t)
     zero_code = (1 << code_bits) - 1
+    cap = max(exp_bits + 1, zero_code) << frac_bits
+    mult = 2 if sqrt2 else 1
+    args = (valid, code_bits, frac_bits, exp_bits, sqrt2)
+    if t.ndim == 0 or t.size == 0 or not 1 <= frac_bits <= 14 or not 0 <= exp_bits <= 24 \
+            or mult * cap >= 1 << 14 or t.shape[-1] << exp_bits >= _I32:
+        return _softmax_log2_int64(t, *args)
+    tlo, thi = _dtype_bounds(t) if t.dtype.itemsize <= 2 else _value_bounds(t)
+    if tlo < -(1 << 15) or thi >= 1 << 15:
+        return _softmax_log2_int64(t, *args)
+    torch = _torch()
+    tt = _t(t) if t.dtype == np.int16 else _t(t).to(torch.int16)  # int16 holds t, d <= cap and the codes' sums
+    invalid = None
     if valid is not None:
-        valid = np.broadcast_to(np.asarray(valid, dtype=bool), t.shape)
-        t = np.where(valid, t, np.int64(np.iinfo(np.int64).min // 4))  # masked keys never win the max
-    d = t.max(axis=-1, keepdims=True) - t
-    table = _EXP2 if (frac_bits, exp_bits) == (SOFTMAX_FRAC_BITS, SOFTMAX_EXP_BITS) else exp2_table(frac_bits, exp_bits)
-    if valid is not None:
-        d = np.where(valid, d, 0)
-    e = table[d & ((1 << frac_bits) - 1)]
-    e >>= np.minimum(d >> frac_bits, 63)
-    if valid is not None:
-        e[~valid] = 0
-    s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
-    q = log2_fixed(s, frac_bits) - (exp_bits << frac_bits) + d  # [.., 1] + [.., T]: one pass
-    if sqrt2:
-        q *= 2
-    q += 1 << (frac_bits - 1)
+        valid = np.asarray(valid, dtype=bool)
+        try:
+            onto = np.broadcast_shapes(valid.shape, t.shape) == t.shape
+        except ValueError:
+            onto = False
+        if not onto:
+            return _softmax_log2_int64(t, *args)
+        invalid = ~torch.from_numpy(np.array(valid))
+        tt = tt.masked_fill(invalid, -(1 << 15))  # masked keys never beat a valid one to the max
+    mx = tt.amax(-1, keepdim=True)
+    lb = (mx.to(torch.int32) - cap).clamp_(min=-(1 << 15)).to(torch.int16)
+    d = torch.maximum(tt, lb)
+    d.sub_(mx).neg_()  # d = min(mx - t, cap): max(t, mx - cap) - mx lies in [-cap, 0]
+    if invalid is not None:
+        d.masked_fill_(invalid, cap)  # e = 0 and the zero code
+    e = _exp_capped(frac_bits, exp_bits, cap).index_select(0, d.reshape(-1).to(torch.int32)).view(d.shape)
+    s = np.maximum(e.sum(-1, keepdim=True, dtype=torch.int32).numpy().astype(np.int64), 1)  # < T*2**exp_bits
+    c = (log2_fixed(s, frac_bits) - (exp_bits << frac_bits)) * mult + (1 << (frac_bits - 1))
+    c = np.maximum(c, 0)  # a row without a valid key: every d is cap, so every code saturates
+    if mult * cap + int(c.max()) >= 1 << 15:
+        q = d.to(torch.int32).mul_(mult).add_(torch.from_numpy(c.astype(np.int32)))
+    else:
+        q = d.mul_(mult) if mult != 1 else d
+        q.add_(torch.from_numpy(c.astype(np.int16)))  # mult*d + c < 2**15
     q >>= frac_bits
-    np.clip(q, 0, zero_code, out=q)
-    if valid is not None:
-        q[~valid] = zero_code
-    return q
+    return _np(q.clamp_(max=zero_code), out_dtype(code_bits, signed=False))  # q >= 0: d >= 0 and c >= 0
 
 
 SQRT_HALF_Q8 = 181  #: round(2**8 / sqrt(2)): odd log-sqrt(2) codes multiply by 181 and shift right by 8
@@ -316,12 +743,7 @@ def log2_acc_shift(code_bits: int = 4, sqrt2: bool = False) -> int:
     return top // 2 + 8 if sqrt2 else top
 
 
-def log2_weights(codes: np.ndarray, code_bits: int = 4, sqrt2: bool = False) -> np.ndarray:
-    """The integer attention weights codes stand for, ``p * 2**log2_acc_shift``; 0 for the zero code.
-
-    Base 2: ``2**(K - c)``. Base sqrt(2): ``2**(K - c/2)`` for even c and
-    ``(2**(K - (c-1)/2) * 181) >> 8`` for odd c (a constant shift-add), K = log2_acc_shift.
-    """
+def _log2_weights_int64(codes, code_bits, sqrt2) -> np.ndarray:
     codes = np.asarray(codes, dtype=np.int64)
     top = (1 << code_bits) - 2
     k = log2_acc_shift(code_bits, sqrt2)
@@ -333,6 +755,31 @@ def log2_weights(codes: np.ndarray, code_bits: int = 4, sqrt2: bool = False) -> 
     else:
         w = np.left_shift(one, np.maximum(k - codes, 0))
     return np.where(codes <= top, w, 0)
+
+
+def log2_weights(codes: np.ndarray, code_bits: int = 4, sqrt2: bool = False) -> np.ndarray:
+    """The integer attention weights codes stand for, ``p * 2**log2_acc_shift``; 0 for the zero code.
+
+    Base 2: ``2**(K - c)``. Base sqrt(2): ``2**(K - c/2)`` for even c and
+    ``(2**(K - (c-1)/2) * 181) >> 8`` for odd c (a constant shift-add), K = log2_acc_shift.
+    For codes in range, base 2 is ``2**K >> c`` (K = 2**code_bits - 2, so the zero code
+    ``K + 1`` gives 0) and base sqrt(2) a lookup in the table of all codes.
+    """
+    codes = _ints(codes)
+    n = 1 << code_bits
+    lo, hi = _value_bounds(codes)
+    if codes.ndim == 0 or codes.size == 0 or lo < 0 or hi >= n or code_bits > 12:
+        w = _log2_weights_int64(codes, code_bits, sqrt2)
+        return w.astype(_dtype_holding(int(w.min(initial=0)), int(w.max(initial=0))))
+    torch = _torch()
+    table = _log2_weights_int64(np.arange(n), code_bits, sqrt2)
+    dt = _dtype_holding(int(table.min()), int(table.max()))
+    tdt = _np_to_torch(dt)
+    k = log2_acc_shift(code_bits, sqrt2)
+    if not sqrt2 and n <= np.iinfo(dt).bits:  # 2**k >> c: the zero code c = k+1 shifts the one out
+        return torch.bitwise_right_shift(torch.tensor([1 << k], dtype=tdt), _t(codes).to(tdt)).numpy()
+    idx = _t(codes).reshape(-1).to(torch.int32)
+    return torch.from_numpy(table.astype(dt)).index_select(0, idx).view(codes.shape).numpy()
 
 
 def matmul_log2(codes: np.ndarray, v: np.ndarray, code_bits: int = 4, acc_bits: int = ACC_BITS,
@@ -347,19 +794,32 @@ def matmul_log2(codes: np.ndarray, v: np.ndarray, code_bits: int = 4, acc_bits: 
     return saturate(exact_matmul(log2_weights(codes, code_bits, sqrt2), v), acc_bits)
 
 
+# ----------------------------------------------------------------------------- tables and pooling
 def gelu(x: np.ndarray, table: np.ndarray, in_bits: int = GELU_IN_BITS) -> np.ndarray:
     """GELU unit: a ROM of ``2**in_bits`` entries indexed by the signed input, ``table[x + 2**(in_bits-1)]``.
 
     The table maps the input grid to the output grid and is computed at
     quantization time; the unit itself is exact.
     """
-    x = np.asarray(x, dtype=np.int64)
-    return np.asarray(table, dtype=np.int64)[x + (1 << (in_bits - 1))]
+    x = _ints(x)
+    table = np.asarray(table, dtype=np.int64)
+    dt = _dtype_holding(int(table.min(initial=0)), int(table.max(initial=0)))
+    off = 1 << (in_bits - 1)
+    lo, hi = _dtype_bounds(x) if x.dtype == np.int8 and in_bits == 8 else _value_bounds(x)
+    if x.size == 0 or table.ndim != 1 or lo + off < 0 or hi + off >= len(table):
+        return table[x.astype(np.int64) + off].astype(dt)
+    torch = _torch()
+    if x.dtype == np.int8 and in_bits == 8:  # x mod 256 indexes the table rotated by half: no add
+        idx = _t(x).view(torch.uint8).reshape(-1).to(torch.int32)
+        table = table[np.arange(256) ^ 128]
+    else:
+        idx = _t(x).reshape(-1).to(torch.int32).add_(off)
+    return torch.from_numpy(table.astype(dt)).index_select(0, idx).view(x.shape).numpy()
 
 
 def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Row lookup ``table[ids]`` (token, position or segment embeddings)."""
-    return np.asarray(table, dtype=np.int64)[np.asarray(ids, dtype=np.int64)]
+    """Row lookup ``table[ids]`` (token, position or segment embeddings), in the table's integer dtype."""
+    return _ints(table)[np.asarray(ids, dtype=np.int64)]
 
 
 def mean_pool(x: np.ndarray, valid: np.ndarray, out_bits: int = RESIDUAL_BITS) -> np.ndarray:
