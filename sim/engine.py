@@ -8,6 +8,9 @@ every op for chosen samples; the RTL benches replay those traces.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +65,10 @@ def run(
     batch indices. ``keep`` names extra tensors to return besides the outputs.
     Inputs enter as int64; between ops tensors stay in the narrow dtypes intops
     returns; outputs, kept tensors and traces come back as int64.
+
+    Without tracing, a batch is cut into one slice per torch thread and the slices
+    run side by side, each on one thread: samples never mix, so the bits are those
+    of one run over the whole batch, and no op waits on a barrier of threads.
     """
     env: dict[str, np.ndarray] = {}
     sizes: dict[str, int] = {}  # the batch and the run-time token count, shared by every input
@@ -86,6 +93,54 @@ def run(
     if "tokens" in sizes and sizes["tokens"] not in program.checked_tokens:  # what only the token count decides
         validate(program, tokens=sizes["tokens"])
         program.checked_tokens.add(sizes["tokens"])
+    batch = sizes.get("batch", 0)
+    workers = min(batch, _torch_threads())
+    if trace_samples is not None or workers < 2:
+        return _run_ops(program, env, trace_samples, keep)
+    cuts = np.linspace(0, batch, workers + 1).astype(int)
+    slices = [{k: v[a:b] for k, v in env.items()} for a, b in zip(cuts[:-1], cuts[1:])]
+    with _one_torch_thread_each(), ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda part: _run_ops(program, part, None, keep), slices))
+    result = RunResult(outputs={n: np.concatenate([p.outputs[n] for p in parts]) for n in parts[0].outputs})
+    for p in parts:
+        for name, count in p.overflows.items():
+            result.overflows[name] = result.overflows.get(name, 0) + count
+    return result
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_SAVED: list[int] = []  # [count of runs inside, torch threads before the first]
+
+
+@contextmanager
+def _one_torch_thread_each():
+    """torch's intra-op threads set to 1 while any split run is inside (restored by the last one out)."""
+    import torch
+
+    with _THREADS_LOCK:
+        if not _THREADS_SAVED:
+            _THREADS_SAVED[:] = [0, torch.get_num_threads()]
+            torch.set_num_threads(1)
+        _THREADS_SAVED[0] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_SAVED[0] -= 1
+            if _THREADS_SAVED[0] == 0:
+                torch.set_num_threads(_THREADS_SAVED[1])
+                _THREADS_SAVED.clear()
+
+
+def _run_ops(program: IntegerProgram, env: dict[str, np.ndarray], trace_samples: list[int] | None,
+             keep: list[str] | None) -> RunResult:
+    """The ops of ``program`` in order over a checked batch of inputs ``env``."""
     if "positions" in program.tensors:
         first = env[program.inputs[0].name]
         env["positions"] = np.broadcast_to(np.arange(first.shape[1], dtype=np.int64), first.shape[:2])

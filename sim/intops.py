@@ -23,6 +23,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -142,16 +143,30 @@ def _round_const(shift: np.ndarray | int) -> np.ndarray:
     return np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
 
 
+_PRECISION_LOCK = threading.Lock()
+_PRECISION_SAVED: list = []  # [count of GEMMs inside, the setting before the first]
+
+
 @contextmanager
 def _ieee_float32():
-    """Float32 GEMMs at full IEEE precision (no TF32 / bf16 shortcuts) while inside; the setting is restored."""
+    """Float32 GEMMs at full IEEE precision (no TF32 / bf16 shortcuts) while any is inside.
+
+    Counted across threads: the setting before the first is restored when the last leaves.
+    """
     torch = _torch()
-    prev = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    with _PRECISION_LOCK:
+        if not _PRECISION_SAVED:
+            _PRECISION_SAVED[:] = [0, torch.get_float32_matmul_precision()]
+            torch.set_float32_matmul_precision("highest")
+        _PRECISION_SAVED[0] += 1
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(prev)
+        with _PRECISION_LOCK:
+            _PRECISION_SAVED[0] -= 1
+            if _PRECISION_SAVED[0] == 0:
+                torch.set_float32_matmul_precision(_PRECISION_SAVED[1])
+                _PRECISION_SAVED.clear()
 
 
 def saturate(x: np.ndarray, bits: int, signed: bool = True) -> np.ndarray:

@@ -424,3 +424,33 @@ def test_fallbacks_and_edges_match_int64():
     same(intops.gelu(np.array([-8, 7, 0]), table, 4), np.array([-8, 7, 0]))
     with pytest.raises(IndexError):
         intops.gelu(np.array([-8, 8]), table, 4)  # outside the ROM, as numpy indexing says
+
+
+# ----------------------------------------------------------------------------- the engine's batch split
+def test_split_batch_gives_the_bits_of_one_run_and_restores_torch_settings():
+    from quant.lower import lower
+    from quant.methods import get_method
+    from quant.quantizers import program_inputs
+    from sim import engine
+    from tests.tiny_models import image_batch, tiny_vit
+
+    _, spec = tiny_vit()
+    program = lower(get_method("baseline")(spec, [(image_batch(), None)], 4, 4, progress=False))
+    x = program_inputs(program, image_batch(7, seed=11))
+    keep = [n for op in program.ops for n in op.outputs][::7]
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    torch.set_num_threads(1)
+    try:
+        whole = engine.run(program, x, keep=keep)
+    finally:
+        torch.set_num_threads(threads)
+    for n in (2, 3, 7):
+        torch.set_num_threads(n)
+        try:
+            split = engine.run(program, x, keep=keep)
+            assert torch.get_num_threads() == n and torch.get_float32_matmul_precision() == precision
+        finally:
+            torch.set_num_threads(threads)
+        assert split.outputs.keys() == whole.outputs.keys() and split.overflows == whole.overflows
+        for name, y in whole.outputs.items():
+            assert split.outputs[name].dtype == np.int64 and np.array_equal(split.outputs[name], y), name
