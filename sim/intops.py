@@ -193,14 +193,19 @@ _INT_MM: list[bool] = []  # whether this torch has a working CPU int8 GEMM (prob
 
 
 def _has_int_mm() -> bool:
+    """Whether torch's int8 GEMM is there and gives the int64 products on a spread of shapes and the rails."""
     if not _INT_MM:
         torch = _torch()
-        ok = False
-        if hasattr(torch, "_int_mm"):
+        ok = hasattr(torch, "_int_mm")
+        gen = torch.Generator().manual_seed(0)
+        for m, k, n in ((1, 4, 1), (3, 7, 5), (17, 64, 33), (64, 384, 48), (5, 1536, 9)):
+            if not ok:
+                break
+            a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+            b = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+            a[0], b[0] = -128, -128
             try:
-                a = torch.tensor([[-128, 127, 3]], dtype=torch.int8)
-                b = torch.tensor([[-128, 1], [127, -128], [5, 7]], dtype=torch.int8)
-                ok = torch._int_mm(a, b).tolist() == [[128 * 128 + 127 * 127 + 15, -128 - 127 * 128 + 21]]
+                ok = all(torch.equal(torch._int_mm(a, bt).long(), a.long() @ b.t().long()) for bt in (b.t(), b.t().contiguous()))
             except RuntimeError:
                 ok = False
         _INT_MM.append(ok)
