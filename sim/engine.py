@@ -99,8 +99,8 @@ def run(
         return _run_ops(program, env, trace_samples, keep)
     cuts = np.linspace(0, batch, workers + 1).astype(int)
     slices = [{k: v[a:b] for k, v in env.items()} for a, b in zip(cuts[:-1], cuts[1:])]
-    with _one_torch_thread_each(), ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(lambda part: _run_ops(program, part, None, keep), slices))
+    with _one_torch_thread_each():
+        parts = list(_executor(workers).map(lambda part: _run_ops(program, part, None, keep), slices))
     result = RunResult(outputs={n: np.concatenate([p.outputs[n] for p in parts]) for n in parts[0].outputs})
     for p in parts:
         for name, count in p.overflows.items():
@@ -116,6 +116,14 @@ def _torch_threads() -> int:
 
 _THREADS_LOCK = threading.Lock()
 _THREADS_SAVED: list[int] = []  # [count of runs inside, torch threads before the first]
+_EXECUTORS: dict[int, ThreadPoolExecutor] = {}  # kept: each worker thread keeps intops' scratch buffers
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    with _THREADS_LOCK:
+        if workers not in _EXECUTORS:
+            _EXECUTORS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="ptq2rtl-engine")
+        return _EXECUTORS[workers]
 
 
 @contextmanager

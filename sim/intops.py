@@ -98,8 +98,25 @@ def _np_to_torch(dtype: np.dtype):
 
 
 def _np(t, dtype: np.dtype) -> np.ndarray:
-    """Torch tensor -> numpy array of signed ``dtype`` (the caller has proven the values fit it)."""
-    return t.to(_np_to_torch(dtype)).numpy()
+    """Torch tensor -> numpy array of signed ``dtype`` (the caller has proven the values fit it), a new array."""
+    return t.to(_np_to_torch(dtype), copy=True).numpy()
+
+
+_SCRATCH = threading.local()  # per thread: buffers for intermediates that never leave a function
+
+
+def _scratch(slot: str, shape: tuple, dtype):
+    """A tensor of ``shape``/``dtype`` over this thread's reused buffer ``slot`` (no fresh pages per call).
+
+    Only for values computed and consumed inside one function; results are copied out with ``_np``.
+    """
+    torch = _torch()
+    n = int(np.prod(shape, dtype=np.int64))
+    pool = _SCRATCH.__dict__.setdefault("pool", {})
+    buf = pool.get((slot, dtype))
+    if buf is None or buf.numel() < n:
+        buf = pool[(slot, dtype)] = torch.empty(max(n, 1), dtype=dtype)
+    return buf[:n].view(shape)
 
 
 def _i32(v) -> "object":
@@ -262,8 +279,10 @@ def _batched_int8_matmul(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]
 def _float_matmul(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
     """``a @ b`` in float BLAS (torch, IEEE precision pinned), back to integers; exact under the caller's bound."""
     torch = _torch()
+    af = _scratch("mm_a", a.shape, dtype).copy_(_t(a))
+    bf = _scratch("mm_b", b.shape, dtype).copy_(_t(b))
     with _ieee_float32():
-        out = torch.matmul(_t(a).to(dtype), _t(b).to(dtype))
+        out = torch.matmul(af, bf)
     return out
 
 
@@ -432,11 +451,11 @@ def requantize(
         return _requantize_int64(x, m, shift, zp, lo, hi).astype(dt)
     # the result before saturation lies in [(c - X*|m|) >> s, (c + X*|m|) >> s] per channel
     sat = bool(np.any((c - xmax * np.abs(m)) >> shift < lo) or np.any((c + xmax * np.abs(m)) >> shift > hi))
+    y = _scratch("rq", x.shape, torch.int32)
     if x.dtype == np.int32:
-        y = torch.addcmul(_i32(c), xt, _i32(m if one_step else ml))
+        torch.addcmul(_i32(c), xt, _i32(m if one_step else ml), out=y)
     else:
-        y = xt.to(torch.int32, copy=True)
-        torch.addcmul(_i32(c), y, _i32(m if one_step else ml), out=y)
+        torch.addcmul(_i32(c), y.copy_(xt), _i32(m if one_step else ml), out=y)
     if not one_step:  # y = B = x*ml + c; then x*mh + (B >> k), exact by nested floors
         y >>= k
         y.addcmul_(xt, _i32(mh))
@@ -470,7 +489,7 @@ def add(
         fits = _absmax(a) * abs(ma) + _absmax(b) * abs(mb) + rc < _I32
     if fits:
         torch = _torch()
-        y = _t(a).to(torch.int32, copy=True)  # values with |a|*|ma| < 2**31 (or ma == 0: any wrap is multiplied away)
+        y = _scratch("add", a.shape, torch.int32).copy_(_t(a))  # |a|*|ma| < 2**31 (or ma == 0: a wrap is multiplied away)
         if ma != 1:
             y.mul_(ma)
         y.add_(_t(b).to(torch.int32), alpha=mb)
@@ -570,11 +589,11 @@ def layernorm(
     if _cheap_absmax(x) << smax > 1 << 15 and _absmax(x) << smax > 1 << 15:
         return _layernorm_int64(x, *args)
     torch = _torch()
-    xt = _t(x).to(torch.int32, copy=True)  # worked on in place below
+    xt = _scratch("ln_x", x.shape, torch.int32).copy_(_t(x))  # worked on in place below
     if sh is not None:
         xt <<= _i32(sh)
     s1 = xt.sum(-1, keepdim=True, dtype=torch.int32)  # |sum(x)| <= N*2**15 < 2**30
-    s2 = (xt * xt).sum(-1, keepdim=True, dtype=torch.int64)  # x*x <= 2**30
+    s2 = torch.mul(xt, xt, out=_scratch("ln_n", x.shape, torch.int32)).sum(-1, keepdim=True, dtype=torch.int64)  # x*x <= 2**30
     s1, s2 = s1.numpy().astype(np.int64), s2.numpy()  # per-row arithmetic below in int64
     mean = (s1 + n_ch // 2) // n_ch  # |mean| <= 2**15
     vsum = s2 - 2 * mean * s1 + n_ch * mean * mean  # sum((x - mean)**2), < 2**47
@@ -587,7 +606,7 @@ def layernorm(
     if rh.max() >= _I32 or b_bound.max() >= _I32 or (dmax * rh + (b_bound >> k) + 1).max() >= _I32:
         return _layernorm_int64(x, *args)
     xt -= torch.from_numpy(mean.astype(np.int32))  # d, |d| <= 2**16
-    n = xt * torch.from_numpy(rl.astype(np.int32))
+    n = torch.mul(xt, torch.from_numpy(rl.astype(np.int32)), out=_scratch("ln_n", x.shape, torch.int32))
     n += 1 << (ns - 1)
     n >>= k
     n.addcmul_(xt, torch.from_numpy(rh.astype(np.int32)))
@@ -737,11 +756,13 @@ def softmax_log2(
         tt = tt.masked_fill(invalid, -(1 << 15))  # masked keys never beat a valid one to the max
     mx = tt.amax(-1, keepdim=True)
     lb = (mx.to(torch.int32) - cap).clamp_(min=-(1 << 15)).to(torch.int16)
-    d = torch.maximum(tt, lb)
+    d = torch.maximum(tt, lb, out=_scratch("sm_d", t.shape, torch.int16))
     d.sub_(mx).neg_()  # d = min(mx - t, cap): max(t, mx - cap) - mx lies in [-cap, 0]
     if invalid is not None:
         d.masked_fill_(invalid, cap)  # e = 0 and the zero code
-    e = _exp_capped(frac_bits, exp_bits, cap).index_select(0, d.reshape(-1).to(torch.int32)).view(d.shape)
+    idx = _scratch("sm_i", (d.numel(),), torch.int32).copy_(d.reshape(-1))
+    e = torch.index_select(_exp_capped(frac_bits, exp_bits, cap), 0, idx, out=_scratch("sm_e", (d.numel(),), torch.int32))
+    e = e.view(d.shape)
     s = np.maximum(e.sum(-1, keepdim=True, dtype=torch.int32).numpy().astype(np.int64), 1)  # < T*2**exp_bits
     c = (log2_fixed(s, frac_bits) - (exp_bits << frac_bits)) * mult + (1 << (frac_bits - 1))
     c = np.maximum(c, 0)  # a row without a valid key: every d is cap, so every code saturates
@@ -830,10 +851,10 @@ def gelu(x: np.ndarray, table: np.ndarray, in_bits: int = GELU_IN_BITS) -> np.nd
         return table[x.astype(np.int64) + off].astype(dt)
     torch = _torch()
     if x.dtype == np.int8 and in_bits == 8:  # x mod 256 indexes the table rotated by half: no add
-        idx = _t(x).view(torch.uint8).reshape(-1).to(torch.int32)
+        idx = _scratch("gelu", (x.size,), torch.int32).copy_(_t(x).view(torch.uint8).reshape(-1))
         table = table[np.arange(256) ^ 128]
     else:
-        idx = _t(x).reshape(-1).to(torch.int32).add_(off)
+        idx = _scratch("gelu", (x.size,), torch.int32).copy_(_t(x).reshape(-1)).add_(off)
     return torch.from_numpy(table.astype(dt)).index_select(0, idx).view(x.shape).numpy()
 
 
