@@ -83,7 +83,9 @@ def _mutate_graph(graph: dict, rng: np.random.Generator) -> str:
     if r < 0.45 and isinstance(old, (int, float)) and not isinstance(old, bool):
         new = _pick(rng, [old + 1, old - 1, old * 2, -old, 0, old + (1 << 20), old // 2])
     elif r < 0.6 and isinstance(old, str):
-        names = [t["name"] for t in graph.get("tensors", []) if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        tensors = graph.get("tensors")
+        names = [t["name"] for t in (tensors if isinstance(tensors, list) else [])
+                 if isinstance(t, dict) and isinstance(t.get("name"), str)]
         kinds = ["linear", "matmul", "requant", "add", "add_const", "layernorm", "softmax_log2", "matmul_log2",
                  "gelu", "embedding", "patchify", "split", "split_heads", "merge_heads", "concat_token",
                  "select_token", "mean_pool", "conv3d"]
@@ -123,8 +125,8 @@ def _mutate_array(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> st
                             -(1 << 15) - 1, (1 << 31) - 1, -(1 << 31), 63, 64, 0, -1])
             b = b.astype(np.int64)
             b[j] = v
-            arrays[key] = b.reshape(a.shape).astype(a.dtype if np.iinfo(a.dtype).min <= v <= np.iinfo(a.dtype).max
-                                                    else np.int64)
+            fits = np.issubdtype(a.dtype, np.integer) and np.iinfo(a.dtype).min <= v <= np.iinfo(a.dtype).max
+            arrays[key] = b.reshape(a.shape).astype(a.dtype if fits else np.int64)
             return f"value {key}[{j}] -> {v}"
         return f"noop {key}"
     if r < 0.75 and a.ndim:
