@@ -417,9 +417,11 @@ def requantize(
     scales). ``|x| < 2**31`` and ``m < 2**16`` keep ``x*m`` inside 48 bits.
 
     Computed in int32 when ``X = max|x|`` allows, with ``c = 2**(s-1) + zp*2**s`` (so
-    ``y = (x*m + c) >> s`` exactly): in one step while ``X*max|m| + max|c| < 2**31``, else with
-    ``m = mh*2**k + ml`` (``k = min(8, min s)``) as ``(x*mh + ((x*ml + c) >> k)) >> (s-k)``,
-    exact by nested floors, while both sums are bounded below 2**31; otherwise in int64.
+    ``y = (x*m + c) >> s`` exactly): in one step while ``X*max|m| + max|c| < 2**31``; else, for
+    ``0 < m <= 2**s``, with x clamped first to the inputs that reach the rails (see
+    ``_requantize_clamped_first``); else with ``m = mh*2**k + ml`` (``k = min(8, min s)``) as
+    ``(x*mh + ((x*ml + c) >> k)) >> (s-k)``, exact by nested floors, while both sums are
+    bounded below 2**31; otherwise in int64.
     """
     x = _ints(x)
     m = np.asarray(m, dtype=np.int64)
@@ -444,6 +446,10 @@ def requantize(
         return _requantize_int64(x, m, shift, zp, lo, hi).astype(dt)
     xt = _t(x) if x.dtype.itemsize <= 4 else _t(x).to(torch.int32)  # used only where |x| < 2**31
     one_step = xmax * mmax + cmax < _I32
+    if not one_step and x.dtype.itemsize <= 4:
+        y = _requantize_clamped_first(xt, m, shift, c, lo, hi)
+        if y is not None:
+            return _np(y, dt)
     k = 0 if one_step else min(8, int(shift.min()))
     mh, ml = m >> k, m & ((1 << k) - 1)  # m = mh*2**k + ml, 0 <= ml < 2**k
     b_bound = xmax * ((1 << k) - 1) + cmax
@@ -463,6 +469,27 @@ def requantize(
     if sat:
         y.clamp_(max(lo, -_I32), min(hi, _I32 - 1))
     return _np(y, dt)
+
+
+def _requantize_clamped_first(xt, m, shift, c, lo: int, hi: int):
+    """``clamp((x*m + c) >> s, lo, hi)`` as ``(clamp(x, xlo, xhi)*m + c) >> s`` in int32, or None where that does not hold.
+
+    With ``0 < m <= 2**s`` the unsaturated result is non-decreasing in x and steps by at most
+    one, so at ``xlo = ceil((lo*2**s - c) / m)`` it is exactly lo and at
+    ``xhi = floor(((hi+1)*2**s - c - 1) / m)`` exactly hi: clamping x first is clamping the
+    result. Needs ``max(|xlo|, |xhi|)*m + |c| < 2**31`` (and s <= 30 for the bounds in int64).
+    """
+    torch = _torch()
+    if m.min() <= 0 or shift.max() > 30 or np.any(m > (1 << shift)):
+        return None
+    xlo = np.maximum(-((c - lo * (1 << shift)) // m), -_I32)  # ceil((lo*2**s - c) / m)
+    xhi = np.minimum(((hi + 1) * (1 << shift) - c - 1) // m, _I32 - 1)
+    if int((np.maximum(np.abs(xlo), np.abs(xhi)) * m + np.abs(c)).max()) >= _I32 or np.any(xlo > xhi):
+        return None
+    y = torch.clamp(xt, _i32(xlo), _i32(xhi), out=_scratch("rq", tuple(xt.shape), torch.int32))
+    torch.addcmul(_i32(c), y, _i32(m), out=y)
+    y >>= _i32(shift)
+    return y
 
 
 def add(

@@ -409,6 +409,8 @@ def test_fallbacks_and_edges_match_int64():
     same(intops.layernorm(x16[:, :300], g[:300], b[:300], 0, 16, 1, 40),
          ref_layernorm(x16[:, :300], g[:300], b[:300], 0, 16, 1, 40))  # reciprocal past the int32 split
     same(intops.requantize(np.array([-77, 5 << 40]), 3, 63, 8), ref_requantize(np.array([-77, 5 << 40]), 3, 63, 8))
+    big = np.array([1 << 30, -(1 << 30), 12345], dtype=np.int32)  # M > 2**s and |x| too large for the split
+    same(intops.requantize(big, 65535, 4, 32), ref_requantize(big, 65535, 4, 32))
     small = rails(4, (3, 40), rng)  # shifts past 15: the int64 path
     same(intops.layernorm(small, g[:40], b[:40], 3, 16, in_shift=sh + 16),
          ref_layernorm(small, g[:40], b[:40], 3, 16, in_shift=sh + 16))
