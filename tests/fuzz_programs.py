@@ -151,13 +151,15 @@ class FuzzResult:
     mutants: int = 0
     rejected: int = 0
     accepted: int = 0  #: loaded and ran on the engine and the cycle model
-    refused_at_run: int = 0  #: loaded, but the fixed inputs no longer fit it (a ProgramError from the engine)
+    #: loaded, then refused by the engine with a ProgramError: once the token count is known (a text program
+    #: re-validated), or because the fuzzer's fixed inputs no longer fit (another input shape, a smaller table)
+    refused_at_run: int = 0
     crashed: list[str] = field(default_factory=list)  #: mutation, exception
     reasons: Counter = field(default_factory=Counter)
 
     def line(self) -> str:
         return (f"{self.mutants} mutants: {self.rejected} rejected on load (ProgramError), {self.accepted} accepted "
-                f"and ran, {self.refused_at_run} refused the fuzzer's inputs (ProgramError), {len(self.crashed)} crashed")
+                f"and ran, {self.refused_at_run} refused when run (ProgramError), {len(self.crashed)} crashed")
 
 
 def fuzz(program: IntegerProgram, inputs: dict[str, np.ndarray], mutants: int, seed: int = 0,
