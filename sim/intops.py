@@ -23,6 +23,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 
@@ -110,12 +111,11 @@ def _scratch(slot: str, shape: tuple, dtype):
 
     Only for values computed and consumed inside one function; results are copied out with ``_np``.
     """
-    torch = _torch()
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)
     pool = _SCRATCH.__dict__.setdefault("pool", {})
     buf = pool.get((slot, dtype))
     if buf is None or buf.numel() < n:
-        buf = pool[(slot, dtype)] = torch.empty(max(n, 1), dtype=dtype)
+        buf = pool[(slot, dtype)] = _torch().empty(max(n, 1), dtype=dtype)
     return buf[:n].view(shape)
 
 
