@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,7 +98,7 @@ def run(
         return _run_ops(program, env, trace_samples, keep)
     cuts = np.linspace(0, batch, workers + 1).astype(int)
     slices = [{k: v[a:b] for k, v in env.items()} for a, b in zip(cuts[:-1], cuts[1:])]
-    with _one_torch_thread_each():
+    with _one_torch_thread_each:
         parts = list(_executor(workers).map(lambda part: _run_ops(program, part, None, keep), slices))
     result = RunResult(outputs={n: np.concatenate([p.outputs[n] for p in parts]) for n in parts[0].outputs})
     for p in parts:
@@ -115,7 +114,6 @@ def _torch_threads() -> int:
 
 
 _THREADS_LOCK = threading.Lock()
-_THREADS_SAVED: list[int] = []  # [count of runs inside, torch threads before the first]
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}  # kept: each worker thread keeps intops' scratch buffers
 
 
@@ -126,24 +124,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _EXECUTORS[workers]
 
 
-@contextmanager
-def _one_torch_thread_each():
-    """torch's intra-op threads set to 1 while any split run is inside (restored by the last one out)."""
-    import torch
-
-    with _THREADS_LOCK:
-        if not _THREADS_SAVED:
-            _THREADS_SAVED[:] = [0, torch.get_num_threads()]
-            torch.set_num_threads(1)
-        _THREADS_SAVED[0] += 1
-    try:
-        yield
-    finally:
-        with _THREADS_LOCK:
-            _THREADS_SAVED[0] -= 1
-            if _THREADS_SAVED[0] == 0:
-                torch.set_num_threads(_THREADS_SAVED[1])
-                _THREADS_SAVED.clear()
+#: torch's intra-op threads set to 1 while any split run is inside (restored by the last one out)
+_one_torch_thread_each = intops.HeldSetting("get_num_threads", "set_num_threads", 1)
 
 
 def _run_ops(program: IntegerProgram, env: dict[str, np.ndarray], trace_samples: list[int] | None,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -160,30 +159,35 @@ def _round_const(shift: np.ndarray | int) -> np.ndarray:
     return np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
 
 
-_PRECISION_LOCK = threading.Lock()
-_PRECISION_SAVED: list = []  # [count of GEMMs inside, the setting before the first]
+class HeldSetting:
+    """A process-wide torch setting held at ``value`` while any thread is inside ``with setting:``.
 
-
-@contextmanager
-def _ieee_float32():
-    """Float32 GEMMs at full IEEE precision (no TF32 / bf16 shortcuts) while any is inside.
-
-    Counted across threads: the setting before the first is restored when the last leaves.
+    Counted across threads: the setting before the first entry is restored when the last one leaves.
     """
-    torch = _torch()
-    with _PRECISION_LOCK:
-        if not _PRECISION_SAVED:
-            _PRECISION_SAVED[:] = [0, torch.get_float32_matmul_precision()]
-            torch.set_float32_matmul_precision("highest")
-        _PRECISION_SAVED[0] += 1
-    try:
-        yield
-    finally:
-        with _PRECISION_LOCK:
-            _PRECISION_SAVED[0] -= 1
-            if _PRECISION_SAVED[0] == 0:
-                torch.set_float32_matmul_precision(_PRECISION_SAVED[1])
-                _PRECISION_SAVED.clear()
+
+    def __init__(self, get: str, set_: str, value):
+        self.get, self.set, self.value = get, set_, value
+        self._lock = threading.Lock()
+        self._saved: list = []  # [count inside, the setting before the first]
+
+    def __enter__(self):
+        torch = _torch()
+        with self._lock:
+            if not self._saved:
+                self._saved[:] = [0, getattr(torch, self.get)()]
+                getattr(torch, self.set)(self.value)
+            self._saved[0] += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._saved[0] -= 1
+            if self._saved[0] == 0:
+                getattr(_torch(), self.set)(self._saved[1])
+                self._saved.clear()
+
+
+#: float32 GEMMs at full IEEE precision (no TF32 / bf16 shortcuts) while any is inside
+_ieee_float32 = HeldSetting("get_float32_matmul_precision", "set_float32_matmul_precision", "highest")
 
 
 def saturate(x: np.ndarray, bits: int, signed: bool = True) -> np.ndarray:
@@ -281,7 +285,7 @@ def _float_matmul(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
     torch = _torch()
     af = _scratch("mm_a", a.shape, dtype).copy_(_t(a))
     bf = _scratch("mm_b", b.shape, dtype).copy_(_t(b))
-    with _ieee_float32():
+    with _ieee_float32:
         out = torch.matmul(af, bf)
     return out
 
