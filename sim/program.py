@@ -133,12 +133,12 @@ class IntegerProgram:
         except json.JSONDecodeError as exc:
             raise ProgramError(f"{path}: program graph is not valid JSON ({exc})") from None
         try:
-            return _from_graph(graph, arrays, path)
+            return _from_graph(graph, arrays)
         except ProgramError as exc:
             raise ProgramError(f"{path}: {exc}") from None
 
 
-def _from_graph(graph: Any, arrays: dict[str, np.ndarray], path: Path) -> IntegerProgram:
+def _from_graph(graph: Any, arrays: dict[str, np.ndarray]) -> IntegerProgram:
     g = _Json(graph, "program graph")
     version = g.get("schema_version", int)
     if version != SCHEMA_VERSION:

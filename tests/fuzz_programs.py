@@ -175,7 +175,7 @@ def fuzz(program: IntegerProgram, inputs: dict[str, np.ndarray], mutants: int, s
         what = [mutate(graph, arrays, rng) for _ in range(int(rng.integers(1, max_mutations + 1)))]
         res.mutants += 1
         try:
-            mutant = _from_graph(json.loads(json.dumps(graph)), arrays, None)
+            mutant = _from_graph(json.loads(json.dumps(graph)), arrays)
         except ProgramError as exc:
             res.rejected += 1
             res.reasons[str(exc).split(":")[0][:60]] += 1
