@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.common import check_int, delay, lane_tables
 from sim import timing
+from sim.accel import gelu_params
 
 
 class Gelu(wiring.Component):
@@ -40,11 +41,9 @@ class Gelu(wiring.Component):
 
     @classmethod
     def from_accel(cls, cfg, **overrides) -> "Gelu":
-        """The GELU unit of accelerator ``cfg``: its ROM address width, lanes and latency; entries as wide
-        as the array's activations (at least 8 bits)."""
-        kw = dict(in_bits=cfg.gelu.in_bits, out_bits=max(8, cfg.array.act_bits), lanes=cfg.gelu.lanes,
-                  latency=cfg.gelu.latency)
-        return cls(**{**kw, **overrides})
+        """The GELU unit of accelerator ``cfg`` (``sim.accel.gelu_params``: table depth and entry width,
+        lanes, latency), the limits ``sim.accel.check_program`` holds programs to."""
+        return cls(**{**gelu_params(cfg), **overrides})
 
     @property
     def params(self) -> dict:

@@ -7,8 +7,9 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import ParameterError, check_int, round_const, saturate, signed_width
+from hw.common import check_int, round_const, saturate, signed_width
 from sim import timing, widths
+from sim.accel import layernorm_params
 
 
 
@@ -73,18 +74,11 @@ class LayerNorm(wiring.Component):
         })
 
     @classmethod
-    def from_accel(cls, cfg, max_n: int = 1024, **overrides) -> "LayerNorm":
-        """The LayerNorm unit of accelerator ``cfg``: the fewest divider / square-root bits a cycle that
-        meet its configured latency; ``max_n`` sizes the row buffer (the widest row)."""
-        lat = cfg.layernorm.latency
-        steps = range(1, timing.LN_MAX_STEPS_PER_CYCLE + 1)
-        k = next((k for k in steps if cls.latency_for(widths.LN_IN_BITS, widths.LN_RECIP_BITS, k) <= lat), None)
-        if k is None:
-            raise ParameterError(f"LayerNorm: {cfg.name}: units.layernorm.latency = {lat} is below the fastest "
-                                 f"this unit builds ({timing.LATENCY_RANGE['layernorm'][0]} cycles)")
-        kw = dict(in_bits=widths.RESIDUAL_BITS, out_bits=widths.RESIDUAL_BITS, max_n=max_n,
-                  lanes=cfg.layernorm.lanes, steps_per_cycle=k, latency=lat)
-        return cls(**{**kw, **overrides})
+    def from_accel(cls, cfg, **overrides) -> "LayerNorm":
+        """The LayerNorm unit of accelerator ``cfg`` (``sim.accel.layernorm_params``: the row buffer's widest
+        row, the fewest divider / square-root bits a cycle that meet its configured latency), the limits
+        ``sim.accel.check_program`` holds programs to."""
+        return cls(**{**layernorm_params(cfg), **overrides})
 
     latency_for = staticmethod(timing.layernorm_latency)  #: the fixed per-row work (sim.timing)
 

@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.common import ParameterError, check_bool, check_int, delay, saturate
 from sim import intops
+from sim.accel import mac_array_params
 
 
 def _bits_for(bound: int) -> int:
@@ -79,13 +80,10 @@ class MacArray(wiring.Component):
 
     @classmethod
     def from_accel(cls, cfg, **overrides) -> "MacArray":
-        """The MAC array of accelerator ``cfg``; its accumulator buffer holds the rows the accumulator
-        SRAM holds (double-buffered, so half of it per fold)."""
-        a = cfg.array
-        max_m = cfg.buffers.bytes("accumulator") // (2 * a.cols * a.acc_bits // 8)
-        kw = dict(rows=a.rows, cols=a.cols, act_bits=a.act_bits, weight_bits=a.weight_bits, acc_bits=a.acc_bits,
-                  max_m=max_m)
-        return cls(**{**kw, **overrides})
+        """The MAC array of accelerator ``cfg`` (``sim.accel.mac_array_params``: shape, widths, the rows its
+        accumulator buffer holds, the log2 codes it decodes), the limits ``sim.accel.check_program`` holds
+        programs to."""
+        return cls(**{**mac_array_params(cfg), **overrides})
 
     @property
     def params(self) -> dict:

@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.common import check_bool, check_int, delay, lane_tables, round_const
 from sim import timing, widths
+from sim.accel import requant_params
 
 
 class Requantizer(wiring.Component):
@@ -59,13 +60,11 @@ class Requantizer(wiring.Component):
         super().__init__(members)
 
     @classmethod
-    def from_accel(cls, cfg, channels: int = 2048, **overrides) -> "Requantizer":
-        """The requantizer of accelerator ``cfg`` (``sim.accel.AccelConfig``): it reads the array's
-        accumulators and writes up to the residual stream's width; ``channels`` sizes its table."""
-        kw = dict(in_bits=cfg.array.acc_bits, out_bits=widths.RESIDUAL_BITS, mult_bits=cfg.requant.multiplier_bits,
-                  lanes=cfg.requant.lanes, channels=channels, pow2=cfg.requant.pow2_only,
-                  latency=cfg.requant.latency)
-        return cls(**{**kw, **overrides})
+    def from_accel(cls, cfg, **overrides) -> "Requantizer":
+        """The requantizer of accelerator ``cfg`` (``sim.accel.requant_params``: it reads the array's
+        accumulators, writes up to the residual stream's width, holds ``REQUANT_CHANNELS`` channels), the
+        limits ``sim.accel.check_program`` holds programs to."""
+        return cls(**{**requant_params(cfg), **overrides})
 
     @property
     def params(self) -> dict:

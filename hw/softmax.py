@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.common import check_int
 from sim import intops, timing, widths
+from sim.accel import softmax_params
 
 
 class SoftmaxLog2(wiring.Component):
@@ -60,10 +61,10 @@ class SoftmaxLog2(wiring.Component):
         })
 
     @classmethod
-    def from_accel(cls, cfg, max_len: int = 256, **overrides) -> "SoftmaxLog2":
-        """The softmax unit of accelerator ``cfg``; ``max_len`` sizes its row buffer (the longest row)."""
-        kw = dict(in_bits=widths.SOFTMAX_IN_BITS, max_len=max_len, lanes=cfg.softmax.lanes, latency=cfg.softmax.latency)
-        return cls(**{**kw, **overrides})
+    def from_accel(cls, cfg, **overrides) -> "SoftmaxLog2":
+        """The softmax unit of accelerator ``cfg`` (``sim.accel.softmax_params``: the row buffer's longest
+        row, the fixed input grid and code width), the limits ``sim.accel.check_program`` holds programs to."""
+        return cls(**{**softmax_params(cfg), **overrides})
 
     @property
     def params(self) -> dict:

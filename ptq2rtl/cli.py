@@ -132,19 +132,37 @@ def cmd_quantize(args) -> None:
           f"calibration {plan.meta['calib_seconds']:.1f} s")
 
 
+def _check_runs(program, accel) -> None:
+    """``eval --accel``: refuse a program ``accel`` cannot run (``sim.accel.check_program``, as simulate does),
+    text programs at the longest token count an evaluation batch pads to."""
+    from ptq2rtl.models.data import TEXT_MAX_LENGTH
+    from sim.accel import check_program
+
+    if accel is not None:
+        check_program(program, accel, seq_len=TEXT_MAX_LENGTH)
+
+
 def cmd_eval(args) -> None:
     from ptq2rtl import flows, models
     from sim.program import IntegerProgram
 
     if Path(args.target).suffix == ".safetensors" or Path(args.target).is_file():
-        result = flows.evaluate_program(IntegerProgram.load(args.target), data=args.data, limit=args.limit)
+        program = IntegerProgram.load(args.target)
+        _check_runs(program, args.accel)
+        result = flows.evaluate_program(program, data=args.data, limit=args.limit)
     elif args.fp32:
+        if args.accel is not None:
+            raise UsageError("eval --accel checks a quantized program; --fp32 has none")
         result = models.fp32_eval(args.target, checkpoint=args.checkpoint, data=args.data, limit=args.limit)
     else:
         if not args.method:
             raise UsageError("eval MODEL needs --fp32 or --method (or pass a program file)")
         plan = flows.make_plan(args.target, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
                                data=args.data)
+        if args.accel is not None:
+            from quant.lower import lower
+
+            _check_runs(lower(plan), args.accel)
         if args.protocol == "paper":
             result = flows.evaluate_paper(plan, data=args.data, limit=args.limit)
         else:
@@ -285,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--abits", type=int, default=8)
     s.add_argument("--protocol", choices=("paper", "integer"), default="paper")
     s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples only")
+    s.add_argument("--accel", type=accelerator,
+                   help="refuse the program if this accelerator (a bundled name or a YAML file) cannot run it")
     s.add_argument("--json", action="store_true")
     model_args(s)
     s.set_defaults(fn=cmd_eval)

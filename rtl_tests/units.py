@@ -23,7 +23,8 @@ CONFIGS = {
         "dyadic-16b": dict(in_bits=32, out_bits=16, mult_bits=16, lanes=4, channels=16),
         "pow2-8b": dict(in_bits=32, out_bits=8, lanes=2, channels=16, pow2=True, latency=4),
     },
-    "gelu": {"int8-x4": dict(in_bits=8, out_bits=8, lanes=4, latency=2)},
+    "gelu": {"int8-x4": dict(in_bits=8, out_bits=8, lanes=4, latency=2),
+             "int8-o16-x4": dict(in_bits=8, out_bits=16, lanes=4, latency=2)},  # the edge configs: 16-bit entries
     "mac_array": {
         "int4-4x4": dict(rows=4, cols=4, act_bits=4, weight_bits=4, max_m=32),
         "int8-8x4": dict(rows=8, cols=4, act_bits=8, weight_bits=8, max_m=32),

@@ -16,8 +16,16 @@ file, the field and the accepted range.
 * The requantizer must hold every multiplier ``M`` in ``multiplier_bits``; a
   power-of-two-only requantizer (no multiplier) refuses dyadic requants and
   residual adds whose scale factors are not powers of two.
-* The GELU ROM has ``2**in_bits`` entries; log2 codes must fit the array's
-  activation port, which decodes them into shifts.
+* Every other limit is a build parameter of a unit's RTL, read from the one
+  function per unit that ``hw/<unit>.py``'s ``from_accel`` builds it with
+  (:func:`mac_array_params`, :func:`requant_params`, :func:`softmax_params`,
+  :func:`gelu_params`, :func:`layernorm_params`; ``AccelConfig.unit_params``):
+  the GELU table's depth and entry width, the requantizer's per-channel table
+  depth and output width, the softmax row buffer and its fixed fraction bits
+  and code width, the LayerNorm row buffer, fraction bits and output width,
+  the log2 codes the array decodes into shifts. A text program's softmax rows
+  are as long as its token count, so ``seq_len`` (the run's tokens) is checked
+  too when given.
 """
 
 from __future__ import annotations
@@ -87,11 +95,12 @@ class VectorConfig:
 
 @dataclass(frozen=True)
 class GeluConfig:
-    """The GELU unit: a ROM of ``2**in_bits`` entries per lane."""
+    """The GELU unit: a table of ``2**in_bits`` signed ``out_bits`` entries per lane."""
 
     lanes: int
     latency: int
     in_bits: int
+    out_bits: int
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,10 @@ class AccelConfig:
     @property
     def pes(self) -> int:
         return self.array.rows * self.array.cols
+
+    def unit_params(self, unit: str) -> dict:
+        """The parameters ``hw/`` builds ``unit`` (a key of :data:`UNIT_PARAMS`) with on this accelerator."""
+        return UNIT_PARAMS[unit](self)
 
 
 # ------------------------------------------------------------------ loading
@@ -224,7 +237,8 @@ def parse_accel(data: Any, source: str = "<config>") -> AccelConfig:
     requant = _vector(u.sub("requant"), "requant", RequantConfig, multiplier_bits=lambda f: f.int("multiplier_bits", 1, 16),
                       pow2_only=lambda f: f.bool("pow2_only"))
     softmax = _vector(u.sub("softmax"), "softmax")
-    gelu = _vector(u.sub("gelu"), "gelu", GeluConfig, in_bits=lambda f: f.int("in_bits", 2, 10))
+    gelu = _vector(u.sub("gelu"), "gelu", GeluConfig, in_bits=lambda f: f.int("in_bits", 2, widths.MAX_GELU_IN_BITS),
+                   out_bits=lambda f: f.int("out_bits", 2, widths.GELU_OUT_BITS))
     layernorm = _vector(u.sub("layernorm"), "layernorm")
     u.done()
     cfg = AccelConfig(name=top.str("name"), clock_mhz=top.number("clock_mhz", 1.0, 10000.0),
@@ -261,15 +275,77 @@ def load_accel(path_or_name: str | Path) -> AccelConfig:
     return parse_accel(data, str(p))
 
 
+# ------------------------------------------------------------------ the units' build parameters
+# Sizes the description does not set; the RTL is built with them, and check_program holds programs to them.
+REQUANT_CHANNELS = 2048  #: entries of the requantizer's per-channel (M, shift, zero point) table
+SHIFT_BITS = 6  #: shift amounts of the requantizer and the LayerNorm affine (up to 63 >= widths.MAX_SHIFT)
+SOFTMAX_MAX_LEN = 256  #: the longest row the softmax unit's row buffer holds
+LAYERNORM_MAX_N = 1024  #: the widest row (channels) the LayerNorm unit's row buffer holds
+LOG2_CODE_BITS = 4  #: the log2 attention codes the softmax unit writes and the array decodes into shifts
+MAC_MAX_K = 4096  #: reduction terms the array's accumulator buffer adds exactly
+
+
+def mac_array_params(a: AccelConfig) -> dict:
+    """``hw.mac_array.MacArray``: the array's shape and widths; its accumulator buffer holds the rows the
+    accumulator SRAM holds (double-buffered, so half of it per fold)."""
+    arr = a.array
+    return dict(rows=arr.rows, cols=arr.cols, act_bits=arr.act_bits, weight_bits=arr.weight_bits,
+                acc_bits=arr.acc_bits, max_m=a.buffers.bytes("accumulator") // (2 * arr.cols * arr.acc_bits // 8),
+                max_k=MAC_MAX_K, log2=True, code_bits=LOG2_CODE_BITS)
+
+
+def requant_params(a: AccelConfig) -> dict:
+    """``hw.requant.Requantizer``: reads the array's accumulators, writes up to the residual stream's width."""
+    rq = a.requant
+    return dict(in_bits=a.array.acc_bits, out_bits=widths.RESIDUAL_BITS, mult_bits=rq.multiplier_bits,
+                shift_bits=SHIFT_BITS, lanes=rq.lanes, channels=REQUANT_CHANNELS, pow2=rq.pow2_only,
+                latency=rq.latency)
+
+
+def softmax_params(a: AccelConfig) -> dict:
+    """``hw.softmax.SoftmaxLog2``: fixed input grid (``SOFTMAX_FRAC_BITS``), code width and ROMs."""
+    return dict(in_bits=widths.SOFTMAX_IN_BITS, max_len=SOFTMAX_MAX_LEN, lanes=a.softmax.lanes,
+                code_bits=LOG2_CODE_BITS, frac_bits=widths.SOFTMAX_FRAC_BITS, exp_bits=widths.SOFTMAX_EXP_BITS,
+                log_bits=widths.SOFTMAX_LOG_BITS, latency=a.softmax.latency)
+
+
+def gelu_params(a: AccelConfig) -> dict:
+    """``hw.gelu.Gelu``: a table of ``2**in_bits`` signed ``out_bits`` entries per lane."""
+    g = a.gelu
+    return dict(in_bits=g.in_bits, out_bits=g.out_bits, lanes=g.lanes, latency=g.latency)
+
+
+def layernorm_params(a: AccelConfig) -> dict:
+    """``hw.layernorm.LayerNorm``: int16 in and out, and the fewest divider / square-root bits a cycle that
+    meet the configured latency."""
+    lat = a.layernorm.latency
+    ks = range(1, timing.LN_MAX_STEPS_PER_CYCLE + 1)
+    k = next((k for k in ks if timing.layernorm_latency(widths.LN_IN_BITS, widths.LN_RECIP_BITS, k) <= lat), None)
+    if k is None:
+        raise AccelError(f"{a.name}: field 'units.layernorm.latency': {lat} is below the fastest LayerNorm unit "
+                         f"the RTL builds ({timing.LATENCY_RANGE['layernorm'][0]} cycles)")
+    return dict(in_bits=widths.LN_IN_BITS, out_bits=widths.RESIDUAL_BITS, max_n=LAYERNORM_MAX_N,
+                lanes=a.layernorm.lanes, frac_bits=widths.LN_NORM_FRAC_BITS, recip_bits=widths.LN_RECIP_BITS,
+                gamma_bits=widths.LN_GAMMA_BITS, beta_bits=widths.LN_BETA_BITS, shift_bits=SHIFT_BITS,
+                steps_per_cycle=k, latency=lat)
+
+
+#: unit name (as ``hw.verilog.UNITS``) -> its build parameters on an accelerator
+UNIT_PARAMS = {"mac_array": mac_array_params, "requant": requant_params, "softmax": softmax_params,
+               "gelu": gelu_params, "layernorm": layernorm_params}
+
+
 # ------------------------------------------------------------------ programs
 def _refuse(program: IntegerProgram, accel: AccelConfig, op, field: str, problem: str):
     raise AccelError(f"{accel.name} cannot run program {program.model!r}: op {op.name!r} ({op.kind}): "
                      f"field {field!r}: {problem}")
 
 
-def check_program(program: IntegerProgram, accel: AccelConfig) -> None:
-    """Raise :class:`AccelError` if some op's widths do not fit this accelerator's units (``sim.ops`` refusals)."""
+def check_program(program: IntegerProgram, accel: AccelConfig, seq_len: int | None = None) -> None:
+    """Raise :class:`AccelError` if some op does not fit the units ``hw/`` builds for ``accel`` (``sim.ops``
+    refusals). ``seq_len``: the token count of a text program's run (its run-time dimensions); without it
+    only the fixed dimensions are checked."""
     for op in program.ops:
-        refused = OPS[op.kind].refusal(op, program, accel)
+        refused = OPS[op.kind].refusal(op, program, accel, seq_len)
         if refused is not None:
             _refuse(program, accel, op, *refused)

@@ -432,7 +432,7 @@ def program_cycles(program: IntegerProgram, accel: AccelConfig, *, batch: int = 
     """
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch ({batch}) and seq_len ({seq_len}) must be at least 1")
-    check_program(program, accel)
+    check_program(program, accel, seq_len)
     plan = _Plan(program, accel, batch, seq_len)
     mapper = _Mapper(plan)
     bw = accel.dram_bytes_per_cycle

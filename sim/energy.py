@@ -138,7 +138,7 @@ def preset_energies(accel: "AccelConfig") -> dict[str, float]:
                       + p.shift(acc)),
         # integer square root of the variance a bit a step (square and compare), two restoring divisions
         "layernorm_row": (var // 2) * (p.mul(var // 2, var // 2) + p.add(var)) + 2 * acc * p.add(acc),
-        "gelu": p.rom_read(1 << accel.gelu.in_bits, widths.GELU_OUT_BITS),
+        "gelu": p.rom_read(1 << accel.gelu.in_bits, accel.gelu.out_bits),
     }
     for buf in ("weight", "activation", "accumulator"):
         per_byte = p.sram_byte(accel.buffers.bytes(buf) / sram_banks(accel, buf))

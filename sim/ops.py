@@ -11,7 +11,8 @@ An :class:`OpKind` says, for one kind of op:
   :meth:`OpKind.cost`: how it uses the array, the vector units, the buffers
   and DRAM (``sim.cycles``), counted as energy actions (``sim.energy``);
   :meth:`OpKind.param_bytes` and :meth:`OpKind.refusal` (what an accelerator
-  cannot run);
+  cannot run: the limits are the build parameters of the unit's RTL,
+  ``AccelConfig.unit_params``);
 * how its traces are cut into vectors of an RTL bench, :meth:`OpKind.trace`;
 * the class the report groups it under.
 
@@ -193,8 +194,10 @@ class OpKind:
         """Bytes of each parameter as the accelerator stores it (read from DRAM once per inference)."""
         return {}
 
-    def refusal(self, op: Op, program: "IntegerProgram", accel: "AccelConfig") -> tuple[str, str] | None:
-        """``(field, problem)`` if ``accel`` cannot run this op, else None."""
+    def refusal(self, op: Op, program: "IntegerProgram", accel: "AccelConfig",
+                seq_len: int | None = None) -> tuple[str, str] | None:
+        """``(field, problem)`` if the units ``hw/`` builds for ``accel`` (``accel.unit_params``) cannot run
+        this op, else None; ``seq_len`` fixes a text program's run-time token dimension (None: unchecked)."""
         return None
 
     # ---------------------------------------------------------------- RTL traces
@@ -292,8 +295,8 @@ class Linear(_ArrayOp):
         n, k = op.params["weight"].shape
         return {"weight": ceil_div(n * k * op.attrs["wbits"], 8), "bias": ceil_div(n * plan.a.array.acc_bits, 8)}
 
-    def refusal(self, op, program, accel):
-        wbits, port = op.attrs["wbits"], accel.array.weight_bits
+    def refusal(self, op, program, accel, seq_len=None):
+        wbits, port = op.attrs["wbits"], accel.unit_params("mac_array")["weight_bits"]
         if wbits > port:
             return "wbits", (f"int{wbits} weights do not fit the {port}-bit weight port of the array "
                              f"(accepted: wbits <= {port}); quantize with --wbits {port} "
@@ -375,11 +378,11 @@ class MatmulLog2(_ArrayOp):
         action = "shift_mac_sqrt2" if op.attrs.get("sqrt2") else "shift_mac"
         return plan.dims[op.inputs[1]][-1], 1, action
 
-    def refusal(self, op, program, accel):
-        cb, port = op.attrs["code_bits"], accel.array.act_bits
-        if cb > port:
-            return "code_bits", (f"{cb}-bit log2 codes do not fit the array's {port}-bit activation port, "
-                                 f"which decodes them into shifts (accepted: <= {port})")
+    def refusal(self, op, program, accel, seq_len=None):
+        cb, unit = op.attrs["code_bits"], accel.unit_params("mac_array")["code_bits"]
+        if cb != unit:  # code c weighs V by 2**(2**cb - 2 - c): the array's shifts are built for one width
+            return "code_bits", (f"{cb}-bit log2 codes; the array decodes {unit}-bit codes into shifts "
+                                 f"(accepted: code_bits = {unit})")
         return None
 
     def trace(self, op, ins, outs, rng):
@@ -448,18 +451,24 @@ class Requant(OpKind):
         bits += a["out_bits"] if "zero_points" in p else 0
         return {"table": ceil_div(p["m"].size * bits, 8)}
 
-    def refusal(self, op, program, accel):
-        rq, m = accel.requant, op.params["m"]
-        if program.tensors[op.inputs[0]].bits > accel.array.acc_bits:
-            return "inputs", (f"{program.tensors[op.inputs[0]].bits}-bit input is wider than the "
-                              f"{accel.array.acc_bits}-bit accumulators the requantizer reads "
-                              f"(accepted: <= {accel.array.acc_bits})")
-        if rq.pow2_only and not op.attrs["pow2"]:
+    def refusal(self, op, program, accel, seq_len=None):
+        u, m = accel.unit_params("requant"), op.params["m"]
+        in_bits, out_bits = program.tensors[op.inputs[0]].bits, op.attrs["out_bits"]
+        if in_bits > u["in_bits"]:
+            return "inputs", (f"{in_bits}-bit input is wider than the {u['in_bits']}-bit accumulators the "
+                              f"requantizer reads (accepted: <= {u['in_bits']})")
+        if u["pow2"] and not op.attrs["pow2"]:
             return "pow2", ("a dyadic requant (M != 1) on a power-of-two-only requantizer, which has no "
                             "multiplier (accepted: pow2 = true); quantize with power-of-two scales")
-        if int(m.max()) >= 1 << rq.multiplier_bits:
-            return "m", (f"multiplier {int(m.max())} does not fit the requantizer's {rq.multiplier_bits}-bit "
-                         f"multipliers (accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
+        if int(m.max()) >= 1 << u["mult_bits"]:
+            return "m", (f"multiplier {int(m.max())} does not fit the requantizer's {u['mult_bits']}-bit "
+                         f"multipliers (accepted: [0, {(1 << u['mult_bits']) - 1}])")
+        if m.shape[0] > u["channels"]:
+            return "m", (f"{m.shape[0]} per-channel entries do not fit the requantizer's {u['channels']}-entry "
+                         f"channel table (accepted: <= {u['channels']} channels)")
+        if out_bits > u["out_bits"]:
+            return "out_bits", (f"{out_bits}-bit outputs are wider than the requantizer's {u['out_bits']}-bit "
+                                f"output (accepted: out_bits <= {u['out_bits']})")
         return None
 
     def trace(self, op, ins, outs, rng):
@@ -510,16 +519,16 @@ class Add(_LaneOp):
         a = op.attrs
         return [intops.add(args[0], args[1], a["ma"], a["mb"], a["shift"], a["out_bits"])]
 
-    def refusal(self, op, program, accel):
-        rq = accel.requant
+    def refusal(self, op, program, accel, seq_len=None):
+        u = accel.unit_params("requant")
         for key in ("ma", "mb"):
             v = op.attrs[key]
-            if rq.pow2_only and v & (v - 1):
+            if u["pow2"] and v & (v - 1):
                 return key, (f"scale factor {v} is not a power of two, and the power-of-two-only requantizer "
                              "that runs residual adds has no multiplier")
-            if not rq.pow2_only and v >= 1 << rq.multiplier_bits:
-                return key, (f"{v} does not fit the requantizer's {rq.multiplier_bits}-bit multipliers "
-                             f"(accepted: [0, {(1 << rq.multiplier_bits) - 1}])")
+            if not u["pow2"] and v >= 1 << u["mult_bits"]:
+                return key, (f"{v} does not fit the requantizer's {u['mult_bits']}-bit multipliers "
+                             f"(accepted: [0, {(1 << u['mult_bits']) - 1}])")
         return None
 
 
@@ -610,6 +619,23 @@ class SoftmaxLog2(OpKind):
     def cost(self, m, c, i, op, fused):
         m.rows_unit(c, i, op, m.a.softmax, timing.softmax_row_cycles, "softmax")
 
+    def refusal(self, op, program, accel, seq_len=None):
+        u = accel.unit_params("softmax")
+        fb, cb = op.attrs["frac_bits"], op.attrs["code_bits"]
+        if fb != u["frac_bits"]:
+            return "frac_bits", (f"scores with {fb} fractional bits; the softmax unit's exp and log2 ROMs are built "
+                                 f"for {u['frac_bits']} (accepted: frac_bits = {u['frac_bits']})")
+        if cb != u["code_bits"]:
+            return "code_bits", (f"{cb}-bit codes; the softmax unit writes {u['code_bits']}-bit log2 codes "
+                                 f"(accepted: code_bits = {u['code_bits']})")
+        scores = program.tensors[op.inputs[0]]
+        row = scores.shape[-1] if scores.shape[-1] is not None else seq_len
+        if row is not None and row > u["max_len"]:
+            at = f" at {seq_len} tokens" if scores.shape[-1] is None else ""
+            return "inputs", (f"rows of {row} scores in {scores.name!r}{at} do not fit the softmax unit's "
+                              f"{u['max_len']}-entry row buffer (accepted: rows <= {u['max_len']})")
+        return None
+
     def trace(self, op, ins, outs, rng):
         t = ins[0]
         mask = np.ones(t.shape, bool)
@@ -655,11 +681,17 @@ class Gelu(OpKind):
     def param_bytes(self, op, plan):
         return {"table": ceil_div(op.params["table"].size * op.attrs["out_bits"], 8)}
 
-    def refusal(self, op, program, accel):
-        in_bits, rom = op.attrs["in_bits"], accel.gelu.in_bits
-        if in_bits > rom:
-            return "in_bits", (f"a {in_bits}-bit GELU table does not fit the GELU unit's {rom}-bit ROM address "
-                               f"(accepted: in_bits <= {rom})")
+    def refusal(self, op, program, accel, seq_len=None):
+        u = accel.unit_params("gelu")
+        in_bits, out_bits = op.attrs["in_bits"], op.attrs["out_bits"]
+        if in_bits > u["in_bits"]:
+            return "in_bits", (f"a {in_bits}-bit GELU table ({1 << in_bits} entries) does not fit the GELU unit's "
+                               f"{u['in_bits']}-bit ROM address ({1 << u['in_bits']} entries; accepted: "
+                               f"in_bits <= {u['in_bits']})")
+        if out_bits > u["out_bits"]:
+            return "out_bits", (f"int{out_bits} GELU table entries are wider than the GELU unit's int{u['out_bits']} "
+                                f"entries (accepted: out_bits <= {u['out_bits']}); use an accelerator with "
+                                f"units.gelu.out_bits >= {out_bits}")
         return None
 
     def trace(self, op, ins, outs, rng):
@@ -707,6 +739,20 @@ class LayerNorm(OpKind):
 
     def cost(self, m, c, i, op, fused):
         m.rows_unit(c, i, op, m.a.layernorm, timing.layernorm_row_cycles, "layernorm")
+
+    def refusal(self, op, program, accel, seq_len=None):
+        u = accel.unit_params("layernorm")
+        fb, out_bits, n = op.attrs["frac_bits"], op.attrs["out_bits"], op.params["gamma"].shape[0]
+        if fb != u["frac_bits"]:
+            return "frac_bits", (f"a normalized value with {fb} fractional bits; the LayerNorm unit fixes "
+                                 f"{u['frac_bits']} (accepted: frac_bits = {u['frac_bits']})")
+        if out_bits > u["out_bits"]:
+            return "out_bits", (f"{out_bits}-bit outputs are wider than the LayerNorm unit's {u['out_bits']}-bit "
+                                f"output (accepted: out_bits <= {u['out_bits']})")
+        if n > u["max_n"]:
+            return "gamma", (f"rows of {n} channels do not fit the LayerNorm unit's {u['max_n']}-channel row "
+                             f"buffer (accepted: <= {u['max_n']} channels)")
+        return None
 
     def param_bytes(self, op, plan):  # int16 gamma, int32 beta, 2-bit power-of-two input factors if any
         n = op.params["gamma"].size
