@@ -10,8 +10,10 @@ the deterministic training recipe that produced the shipped checkpoint
 in ``ptq2rtl/data/vit_digits.json``).
 
 Reproducibility: training runs in a fresh interpreter whose float kernels are
-pinned (one thread; on x86-64 the AVX2 code paths of ATen and MKL, MKL's
-strict conditional numerical reproducibility; oneDNN off), with a fixed seed
+pinned (one thread; on x86-64 ATen's AVX2 code path and MKL's strict
+conditional numerical reproducibility in its COMPATIBLE branch, which gives the
+same bits on Intel and AMD CPUs, where MKL ignores a request for its AVX2
+branch; oneDNN off), with a fixed seed
 and ``torch.use_deterministic_algorithms(True)``. Training is chaotic: any
 change of summation order (thread count, SIMD width) ends in different
 weights, which is why the kernels are pinned rather than the tolerance widened.
@@ -137,7 +139,7 @@ def reproducible_env() -> dict[str, str]:
     """Environment variables that pin the float kernels of the training process."""
     env = {"OMP_NUM_THREADS": str(TRAIN_CONFIG.threads), "MKL_NUM_THREADS": str(TRAIN_CONFIG.threads)}
     if platform.machine().lower() in ("x86_64", "amd64"):
-        env.update({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"})
+        env.update({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT"})
     return env
 
 
@@ -226,6 +228,7 @@ def _train(out_path: Path, progress: bool) -> None:
         "test_top1": test_top1,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "pinned_env": {k: os.environ.get(k, "") for k in sorted(reproducible_env())},
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_path), metadata={"config": json.dumps(meta["model"])})

@@ -97,10 +97,11 @@ def test_vit_digits_without_checkpoint_names_where_it_looked(tmp_path: Path, mon
 
 
 def test_training_script_reproduces_the_shipped_checkpoint_bit_exactly(tmp_path: Path):
-    """Retrains from scratch (about 70 s on one core) and compares every weight with the shipped file."""
+    """Retrains from scratch (about 4 minutes on one core) and compares every weight with the shipped file."""
     recorded = json.loads(vit_digits.CHECKPOINT.with_suffix(".json").read_text())
     result = vit_digits.train_vit_digits(tmp_path / "vit_digits.safetensors", progress=False)
     assert result["test_top1"] >= 97.0
+    assert result["pinned_env"] == recorded["pinned_env"] == vit_digits.reproducible_env()
     retrained, shipped = load_file(tmp_path / "vit_digits.safetensors"), load_file(vit_digits.CHECKPOINT)
     assert retrained.keys() == shipped.keys()
     differing = {
