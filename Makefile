@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ptq2rtl-installed
 PYTEST_ARGS ?=
+# pytest workers: one per core (RTL simulators and most tests are single-threaded)
+TEST_JOBS ?= logical
 
 .PHONY: setup report test simulators synthesis-tools clean
 
@@ -40,7 +42,7 @@ report: setup
 	$(BIN)/ptq2rtl report
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build sim_build .pytest_cache
