@@ -176,7 +176,10 @@ def cmd_eval(args) -> None:
 def cmd_simulate(args) -> None:
     from ptq2rtl.simulate import format_table, simulate_report
 
-    _print(simulate_report(args.program, args.accel, batch=args.batch, seq_len=args.seq_len), args.json, format_table)
+    report = simulate_report(args.program, args.accel, batch=args.batch, seq_len=args.seq_len)
+    if report["clock"]["warning"]:
+        print(f"warning: {report['clock']['warning']}", file=sys.stderr)
+    _print(report, args.json, format_table)
 
 
 def _sweep_cols(row: dict) -> tuple[str, ...]:
@@ -244,9 +247,17 @@ def cmd_verilog(args) -> None:
 def cmd_synth(args) -> None:
     from hw import synth
 
-    result = synth.synth(args.accel, args.target, units=args.unit, fmax=not args.no_fmax,
-                         dsp=not args.no_dsp, part=args.part, freq_mhz=args.freq, cache=not args.no_cache,
+    target, part = args.target, args.part
+    if target is None:  # the config's own FPGA part, else the LFE5U-85F
+        own = args.accel.target if args.accel.target != "asic" else "ecp5-85f"
+        target, part = own.split("-")[0], part or own.split("-")[1]
+    result = synth.synth(args.accel, target, units=args.unit, fmax=not args.no_fmax,
+                         dsp=not args.no_dsp, part=part, freq_mhz=args.freq, cache=not args.no_cache,
                          pnr_timeout_s=args.pnr_timeout)
+    if not args.no_fmax:
+        from ptq2rtl import clocks
+
+        clocks.record(args.accel, result)  # simulate checks the config's clock against it
     _print(result, args.json, synth.format_table)
 
 
@@ -336,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="LUT / FF / DSP / BRAM per unit (yosys), ECP5 / iCE40 Fmax (nextpnr)")
     s.add_argument("--accel", type=accelerator, default="edge-int4")
-    s.add_argument("--target", choices=("ice40", "ecp5", "xc7"), default="ice40")
+    s.add_argument("--target", choices=("ice40", "ecp5", "xc7"),
+                   help="FPGA family (default: the config's target part, else ecp5)")
     s.add_argument("--part", choices=("85f", "45f", "25f", "up5k"),
                    help="LFE5U-85F / 45F / 25F for ecp5 (default 85f), up5k for ice40")
     s.add_argument("--unit", action="append", type=unit_of("hw.verilog"), help="only this unit (repeatable)")

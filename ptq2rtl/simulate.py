@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ptq2rtl.clocks import clock_status
 from sim.accel import AccelConfig, load_accel
 from sim.cycles import CycleReport, program_cycles, utilization
 from sim.energy import program_energy
@@ -39,6 +40,7 @@ def simulate_report(program: IntegerProgram | str | Path, accel: AccelConfig | s
         "batch": batch,
         "seq_len": cost.seq_len,
         "clock_mhz": accel.clock_mhz,
+        "clock": clock_status(accel),
         "cycles": cost.cycles,
         "latency_s": cost.latency_s,
         "energy_j": total_j,
@@ -81,6 +83,7 @@ def format_table(report: dict) -> str:
     seq = f", {r['seq_len']} tokens" if r["seq_len"] else ""
     lines = [
         f"{r['model']} on {r['accel']} ({r['array']}, {r['clock_mhz']:g} MHz), batch {r['batch']}{seq}",
+        f"clock {r['clock_mhz']:g} MHz: {r['clock']['note']}",
         f"latency {_si(r['latency_s'], 's')} ({r['cycles']:,} cycles, {r['stall_cycles']:,} DRAM stall), "
         f"energy {_si(r['energy_j'], 'J')}, array utilization {100 * r['utilization']:.1f} %",
         f"MACs {_si(r['macs'], '')} (array {_si(r['array_macs'], '')}), DRAM {_si(r['dram_bytes'], 'B')} "

@@ -45,6 +45,10 @@ from sim.timing import ceil_div
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATAFLOWS = ("weight_stationary",)
 ARRAY_BITS = (4, 8)
+#: what a description's clock is for: "asic" (an assumed design point) or an FPGA part -> (family, nextpnr part)
+FPGA_TARGETS = {"ecp5-85f": ("ecp5", "LFE5U-85F"), "ecp5-45f": ("ecp5", "LFE5U-45F"),
+                "ecp5-25f": ("ecp5", "LFE5U-25F"), "ice40-up5k": ("ice40", "iCE40UP5K")}
+TARGETS = ("asic",) + tuple(FPGA_TARGETS)
 
 
 class AccelError(ValueError):
@@ -124,6 +128,8 @@ class AccelConfig:
     layernorm: VectorConfig
     energy: EnergyConfig
     source: str = ""  #: the file it was loaded from
+    #: what ``clock_mhz`` is for: "asic" (an assumption) or an FPGA part whose measured Fmax bounds it
+    target: str = "asic"
 
     @property
     def pes(self) -> int:
@@ -244,7 +250,8 @@ def parse_accel(data: Any, source: str = "<config>") -> AccelConfig:
     cfg = AccelConfig(name=top.str("name"), clock_mhz=top.number("clock_mhz", 1.0, 10000.0),
                       dram_bytes_per_cycle=top.number("dram_bytes_per_cycle", 0.01, 4096.0),
                       array=array, buffers=buffers, requant=requant, softmax=softmax, gelu=gelu,
-                      layernorm=layernorm, energy=_energy(top.sub("energy")), source=source)
+                      layernorm=layernorm, energy=_energy(top.sub("energy")), source=source,
+                      target=top.choice("target", TARGETS) if "target" in top.data else "asic")
     top.done()
     acc_rows = buffers.bytes("accumulator") // (2 * array.cols * array.acc_bits // 8)
     if acc_rows < array.rows:
