@@ -155,7 +155,7 @@ def _fp32(name: str, cache: Path, data: str, code: str, limit: int | None) -> di
 def hardware_summary(cache: Path, quick: bool, log) -> dict:
     """Synthesis figures and the RTL regression summary (each cached on the hw/ and rtl_tests/ sources)."""
     files = [p for d in ("hw", "rtl_tests", "sim", "configs") for p in (ROOT / d).rglob("*")
-             if p.suffix in (".py", ".yaml")]
+             if p.suffix in (".py", ".yaml")] + [Path(__file__)]
     key = _hash_files(files)[:16]
     out = {}
     for what, fn in (("synthesis", _synthesis), ("regression", _regression)):
@@ -171,18 +171,28 @@ def hardware_summary(cache: Path, quick: bool, log) -> dict:
     return out
 
 
+#: where the report places and routes the units, and the router's target clock (the issue-level goal, not a config's)
+SYNTH_TARGET, SYNTH_PART, SYNTH_FREQ_MHZ, SYNTH_PNR_TIMEOUT_S = "ecp5", "85f", 100.0, 300
+
+
 def _synthesis(quick: bool) -> dict:
-    """Per unit of edge-int4 and edge-int8 on iCE40 (with Fmax where a unit fits an UP5K)."""
+    """Per unit of edge-int4 and edge-int8 on the LFE5U-85F (yosys with ABC; nextpnr's Fmax unless quick),
+    through ``hw.synth``'s cache, which ``ptq2rtl synth`` shares."""
     from hw import synth
     from sim.accel import load_accel
 
-    rows = []
+    rows, meta = [], {}
     for accel in ACCELS[:1] if quick else ACCELS:
-        result = synth.synth(load_accel(accel), "ice40", fmax=not quick)
+        result = synth.synth(load_accel(accel), SYNTH_TARGET, fmax=not quick, part=SYNTH_PART,
+                             freq_mhz=SYNTH_FREQ_MHZ, pnr_timeout_s=SYNTH_PNR_TIMEOUT_S)
+        meta = {k: result[k] for k in ("part", "package", "speed", "lut_mapping", "tools")}
         for unit, r in result["units"].items():
-            rows.append({"unit": unit, "config": accel, "target": "ice40", "luts": r["lut"], "ffs": r["ff"],
-                         "dsps": r["dsp"], "brams": r["bram"], "fmax_mhz": r.get("fmax_mhz")})
-    return {"target": "ice40", "rows": rows}
+            rows.append({"unit": unit, "config": accel, "target": result["part"], "luts": r["lut"], "ffs": r["ff"],
+                         "dsps": r["dsp"], "brams": r["bram"], "fmax_mhz": r.get("fmax_mhz"),
+                         "fmax_note": r.get("fmax_note")})
+    part = synth.part_of(SYNTH_TARGET, SYNTH_PART)
+    return {"target": part.name, **meta, "freq_mhz": SYNTH_FREQ_MHZ,
+            "available": {"luts": part.lut, "dsps": part.dsp, "brams": part.bram}, "rows": rows}
 
 
 def _regression(quick: bool) -> dict:

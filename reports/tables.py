@@ -55,12 +55,27 @@ def synthesis_table(results: dict) -> list[str]:
     rows = syn.get("rows") or []
     if not rows:
         return ["(no synthesis figures)"]
-    lines = ["| unit | config | target | LUT | FF | DSP | BRAM | Fmax (MHz) |", "|---|---|---|---|---|---|---|---|"]
+    avail = syn.get("available") or {}
+    out = [f"Each unit synthesized alone (yosys, LUT mapping {syn.get('lut_mapping', '?')}) and placed and routed "
+           f"on the {syn.get('target')} {syn.get('package', '')} speed {syn.get('speed', '?')} (nextpnr, target "
+           f"{_fmt(syn.get('freq_mhz'), 'g')} MHz); MULT18 = MULT18X18D, EBR = DP16KD. The edge configs' 200 MHz "
+           "is an assumption (ASIC-style design point), not one of these figures.", "",
+           "| unit | config | LUT4 | FF | MULT18 | EBR | Fmax (MHz) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['unit']} | {r['config']} | {r.get('target', syn.get('target', ''))} | {_fmt(r.get('luts'), 'd')} | "
-                     f"{_fmt(r.get('ffs'), 'd')} | {_fmt(r.get('dsps'), 'd')} | {_fmt(r.get('brams'), 'd')} | "
-                     f"{_fmt(r.get('fmax_mhz'), '.1f')} |")
-    return lines
+        fmax = _fmt(r.get("fmax_mhz"), ".1f") if r.get("fmax_mhz") else (r.get("fmax_note") or "-")
+        out.append(f"| {r['unit']} | {r['config']} | {_fmt(r.get('luts'), ',d')} | {_fmt(r.get('ffs'), ',d')} | "
+                   f"{_fmt(r.get('dsps'), 'd')} | {_fmt(r.get('brams'), 'd')} | {fmax} |")
+    for config in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == config]
+        total = {k: sum(r.get(k) or 0 for r in mine) for k in ("luts", "dsps", "brams")}
+        over = [k for k in total if avail.get(k) and total[k] > avail[k]]
+        fmaxes = [r["fmax_mhz"] for r in mine if r.get("fmax_mhz")]
+        verdict = (f"does not fit ({', '.join({'luts': 'LUT4', 'dsps': 'MULT18', 'brams': 'EBR'}[k] for k in over)})"
+                   if over else "fits")
+        out.append(f"| **sum** | {config} | {total['luts']:,} / {avail.get('luts', 0):,} | | "
+                   f"{total['dsps']} / {avail.get('dsps', 0)} | {total['brams']} / {avail.get('brams', 0)} | "
+                   f"{_fmt(min(fmaxes), '.1f') if len(fmaxes) == len(mine) else '-'} ({verdict}) |")
+    return out
 
 
 def regression_lines(results: dict) -> list[str]:
@@ -89,7 +104,7 @@ def report_markdown(results: dict, figures: list[str]) -> str:
         for f in figures:
             if f.startswith(model):
                 out += [f"![{f}]({f})", ""]
-    out += ["## Synthesis of the accelerator units", ""] + synthesis_table(results) + [""]
+    out += ["## The accelerator units on an FPGA", ""] + synthesis_table(results) + [""]
     if "synthesis.png" in figures:
         out += ["![synthesis](synthesis.png)", ""]
     out += ["## RTL regression (cocotb, against sim.intops)", ""] + regression_lines(results) + [""]

@@ -43,7 +43,7 @@ def test_quick_report_holds_the_expected_rows(quick_report):
     assert results["regression"]["vectors"] > 0 and results["regression"]["ok"]
     assert results["synthesis"]["rows"]
     md = (quick_report / "REPORT.md").read_text()
-    for needle in ("## vit-digits", "## minilm", "| baseline | W4A4 |", "edge-int8", "## Synthesis", "RTL regression on"):
+    for needle in ("## vit-digits", "## minilm", "| baseline | W4A4 |", "edge-int8", "## The accelerator units on an FPGA", "RTL regression on"):
         assert needle in md
     for f in plots.write_all(results, quick_report):
         assert f"]({f})" in md
