@@ -2,19 +2,95 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import ParameterError, check_bool, check_int, delay, saturate
+from hw.common import ParameterError, check_bool, check_int, delay, int_bounds, signed_width
 from sim import intops
 from sim.accel import mac_array_params
+
+PRODUCTS = ("lut", "dsp")
+#: the shifts one partial-sum chain spans in log2 mode: two chains for 4-bit codes; a wider window needs more
+#: coarse-shift steps in every PE, a narrower one more chains
+LOG2_WINDOW = 8
 
 
 def _bits_for(bound: int) -> int:
     """Signed width holding [-bound, bound]."""
     return bound.bit_length() + 1
+
+
+def lut_product(m: Module, x, w, name: str) -> Signal:
+    """``x * w`` of two signed values as a Baugh-Wooley sum of AND terms: logic and one short carry chain.
+
+    Yosys maps a ``*`` of any two operands of 2 bits or more to an 18x18 DSP; this sum of partial-product
+    rows it keeps in LUTs. The result is truncated to ``len(x) + len(w)`` bits before it is used, which
+    keeps Yosys from merging the rows into the partial sum's adder (that one wide tree costs ~3x the LUTs).
+    """
+    a, b = len(x), len(w)
+    rows, offset = [], 0
+    for i in range(a):
+        bits = []
+        for j in range(b):
+            term = x[i] & w[j]
+            if (i == a - 1) != (j == b - 1):  # a negative term: -t * 2**k == (1 - t) * 2**k - 2**k
+                term, offset = ~term, offset - (1 << (i + j))
+            bits.append(term)
+        rows.append(Cat(*bits).as_unsigned() << i)
+    total = Const(offset, signed(a + b + 1))
+    for row in rows:
+        total = total + row
+    product = Signal(signed(a + b), name=name)
+    m.d.comb += product.eq(total)
+    return product
+
+
+def saturate_signed(value, bits: int):
+    """``hw.common.saturate(value, bits)`` of a signed value as a fits test on its top bits and a rail
+    select: the same bits, but ABC maps ``saturate``'s two comparisons to ~260 LUT4 more a lane at 34 to
+    32 bits (16x16 array: 5,234 vs 1,099 LUT4 with DSP products)."""
+    top = value[bits - 1:]
+    sign = value[-1]
+    rail = Cat(*([~sign] * (bits - 1)), sign)  # 2**(bits-1) - 1 above, -2**(bits-1) below
+    return Mux(top.all() | ~top.any(), value[:bits], rail)
+
+
+def times_const(v, k: int):
+    """``v * k`` for a constant ``k > 0`` as shift-adds (no multiplier)."""
+    return sum(v << b for b in range(k.bit_length()) if k >> b & 1)
+
+
+def log2_plan(code_bits: int, radix: int) -> tuple[dict, dict[bool, list[int]]]:
+    """How the array adds ``V * log2_weights(c)`` with no shifter per weight.
+
+    A weight is ``2**s`` (base 2, even sqrt(2) codes) or ``181 * 2**s`` (odd sqrt(2) codes, whose
+    ``2**(K - (c-1)/2) * 181 >> 8`` is exact: K - (c-1)/2 >= 8).
+    Each column keeps one partial sum per (``s // LOG2_WINDOW``, odd) pair a base uses, and the PE
+    adds ``V * 2**(s % LOG2_WINDOW)`` to its code's chain: its multiplier takes ``2**b``
+    (``b < radix``) in place of the activation and the product moves up by ``radix * a`` bits. The
+    column bottom adds each chain times its factor, ``(181 if odd else 1) << (LOG2_WINDOW * window)``.
+    Returns ``{(sqrt2, code): (chain, a, b)}`` (None for the zero code) and per base the chain factors;
+    chain 0 of base 2 has factor 1 and holds the plain products.
+    """
+    top = (1 << code_bits) - 2
+    plan, factors = {}, {}
+    for sqrt2 in (False, True):
+        k = intops.log2_acc_shift(code_bits, sqrt2)
+        entries = {}
+        for c in range(top + 1):
+            odd = sqrt2 and c % 2 == 1
+            shift = k - c // 2 - 8 if odd else k - (c // 2 if sqrt2 else c)
+            entries[c] = ((shift // LOG2_WINDOW, odd), shift % LOG2_WINDOW)
+        keys = sorted({key for key, _ in entries.values()})  # base 2 starts with (0, even)
+        for c in range(1 << code_bits):
+            key, f = entries.get(c, (None, 0))
+            plan[sqrt2, c] = None if key is None else (keys.index(key), f // radix, f % radix)
+        factors[sqrt2] = [(intops.SQRT_HALF_Q8 if odd else 1) << (LOG2_WINDOW * win) for win, odd in keys]
+    n = max(len(f) for f in factors.values())
+    return plan, {b: f + [0] * (n - len(f)) for b, f in factors.items()}
 
 
 class MacArray(wiring.Component):
@@ -32,16 +108,27 @@ class MacArray(wiring.Component):
     ``sim.timing.mac_fold_cycles(m, rows, cols)`` clock edges, first weight
     beat to last output, and the next fold's weights are taken right after.
 
-    With ``log2`` the PEs also run ``sim.intops.matmul_log2``: a fold flagged
-    ``w_log2`` holds V as its weights and streams ``code_bits`` log2 codes,
-    each PE adding ``V << (2**code_bits - 2 - c)`` (``w_sqrt2``: the base
-    sqrt(2) weights, odd codes through the constant 181/256) and nothing for
-    the zero code: shifts, no multiplier. ``linear`` and activation x
-    activation ``matmul`` are the plain mode (a matmul has no bias).
+    A PE holds its weight, its activation and a partial sum as wide as the
+    sum of rows 0 to its own can get. ``products``: ``"lut"`` builds the
+    product from partial products in logic (:func:`lut_product`; the default
+    up to 4 x 4 bits), ``"dsp"`` writes ``x * w``, one 18x18 DSP per PE in
+    Yosys (the default for wider operands: in LUTs an 8 x 8 product costs
+    ~10x a 4 x 4 one).
+
+    ``log2`` is a build mode of its own, for programs with ``matmul_log2``:
+    the PEs also run ``sim.intops.matmul_log2``. A fold flagged ``w_log2``
+    holds V as its weights and streams ``code_bits`` log2 codes (``w_sqrt2``:
+    base sqrt(2), odd codes through the constant 181/256); the zero code adds
+    nothing. Each row decodes its code once (:func:`log2_plan`) into a power
+    of two for the PE's multiplier, a coarse shift of the product and one of
+    a few partial-sum chains per column, which the column bottom adds with
+    constant factors (shift-adds): no shifter or x181 per PE. ``linear`` and
+    activation x activation ``matmul`` are the plain mode (a matmul has no bias).
     """
 
     def __init__(self, rows: int = 4, cols: int = 4, act_bits: int = 4, weight_bits: int = 4,
-                 acc_bits: int = 32, max_m: int = 64, max_k: int = 4096, log2: bool = True, code_bits: int = 4):
+                 acc_bits: int = 32, max_m: int = 64, max_k: int = 4096, log2: bool = True, code_bits: int = 4,
+                 products: str | None = None):
         unit = "MacArray"
         self.rows = check_int(unit, "rows", rows, 1, 256)
         self.cols = check_int(unit, "cols", cols, 1, 256)
@@ -54,12 +141,29 @@ class MacArray(wiring.Component):
             raise ParameterError(f"MacArray: parameter 'max_k' = {max_k} must be at least rows = {rows}")
         self.log2 = check_bool(unit, "log2", log2)
         self.code_bits = check_int(unit, "code_bits", code_bits, 2, min(5, act_bits))
-        top = (1 << code_bits) - 2
-        self.log2_k = {False: top, True: intops.log2_acc_shift(code_bits, True)}  # sqrt2 -> weight exponent
+        if products is None:
+            products = "lut" if act_bits <= 4 and weight_bits <= 4 else "dsp"
+        if products not in PRODUCTS:
+            raise ParameterError(f"MacArray: parameter 'products' = {products!r} is not one of {', '.join(PRODUCTS)}")
+        self.products = products
+        alo, ahi = int_bounds(act_bits)
+        wlo, whi = int_bounds(weight_bits)
+        plain = (min(alo * whi, ahi * wlo), alo * wlo)  # the range of one product
+        self.chain_bounds = [plain]  # the range of one PE's term on each partial-sum chain
+        column = plain  # ... and of one PE's share of the column's sum
         prod = 1 << (act_bits + weight_bits - 2)  # largest |x*w|: most-negative times most-negative
-        if log2:  # largest |V * 2**K|
-            prod = max(prod, 1 << (weight_bits - 1 + max(self.log2_k.values())))
-        self.psum_bits = _bits_for(rows * prod)
+        if log2:
+            self.radix = min(act_bits - 1, LOG2_WINDOW)  # 2**b for b < radix fits the signed activation port
+            self.plan, self.factors = log2_plan(code_bits, self.radix)
+            self.a_bits = max(1, ((LOG2_WINDOW - 1) // self.radix).bit_length())  # the coarse shift's steps
+            self.chain_bits = max(1, (len(self.factors[False]) - 1).bit_length())
+            shifted = (wlo << (LOG2_WINDOW - 1), whi << (LOG2_WINDOW - 1))  # V * 2**(s % LOG2_WINDOW)
+            self.chain_bounds = [(min(plain[0], shifted[0]), max(plain[1], shifted[1]))]
+            self.chain_bounds += [shifted] * (len(self.factors[False]) - 1)
+            big = max(intops.log2_weights(np.arange(1 << code_bits), code_bits, s).max() for s in (False, True))
+            column = (min(plain[0], wlo * int(big)), max(plain[1], whi * int(big)))
+            prod = max(prod, -wlo * int(big))
+        self.psum_bits = signed_width(rows * column[0], rows * column[1])  # a column's sum
         self.acc_int_bits = _bits_for((1 << (acc_bits - 1)) + max_k * prod)  # exact over max_k terms and a bias
         super().__init__({
             "w_valid": In(1),
@@ -89,22 +193,22 @@ class MacArray(wiring.Component):
     def params(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, "act_bits": self.act_bits, "weight_bits": self.weight_bits,
                 "acc_bits": self.acc_bits, "max_m": self.max_m, "max_k": self.max_k, "log2": self.log2,
-                "code_bits": self.code_bits}
+                "code_bits": self.code_bits, "products": self.products}
 
-    def _term(self, x, w, log2, sqrt2):
-        """One PE's product: ``x * w``, or in log2 mode ``w * log2_weights(code x)``."""
-        if not self.log2:
-            return x * w
-        cb = self.code_bits
-        code = x.as_unsigned()[:cb]
-        k2, ks = self.log2_k[False], self.log2_k[True]
-        base2 = (w << k2) >> code
-        # sqrt(2): even c -> w << (K - c/2); odd c -> (w*181) << (K - 8 - (c-1)/2)
-        c = intops.SQRT_HALF_Q8  # a constant: shift-adds, no multiplier
-        odd = sum(w << b for b in range(c.bit_length()) if c >> b & 1) << (ks - 8)
-        half = Mux(code[0], odd, w << ks) >> code[1:]
-        shifted = Mux(code == (1 << cb) - 1, 0, Mux(sqrt2, half, base2))
-        return Mux(log2, shifted, x * w)
+    def _product(self, m: Module, x, w, name: str):
+        return lut_product(m, x, w, name) if self.products == "lut" else x * w
+
+    def _decode(self, m: Module, r: int, x, sqrt2):
+        """Row ``r``'s log2 code as the PE operand ``Cat(2**b or 0, a, chain)`` (:func:`log2_plan`)."""
+        y = Signal(signed(self.act_bits), name=f"log2_y_{r}")
+        a = Signal(self.a_bits, name=f"log2_a_{r}")
+        chain = Signal(self.chain_bits, name=f"log2_chain_{r}")
+        with m.Switch(Cat(x.as_unsigned()[:self.code_bits], sqrt2)):
+            for (base, code), entry in self.plan.items():
+                if entry is not None:
+                    with m.Case(code | base << self.code_bits):
+                        m.d.comb += [chain.eq(entry[0]), a.eq(entry[1]), y.eq(1 << entry[2])]
+        return Cat(y, a, chain)
 
     def elaborate(self, platform):
         m = Module()
@@ -131,7 +235,7 @@ class MacArray(wiring.Component):
                     m.d.sync += [first.eq(self.w_first), last.eq(self.w_last), m_reg.eq(self.m),
                                  bias.eq(self.bias), row_idx.eq(row_idx + 1)]
                     if self.log2:
-                        m.d.sync += [log2.eq(self.w_log2), sqrt2.eq(self.w_sqrt2)]
+                        m.d.sync += [log2.eq(self.w_log2), sqrt2.eq(self.w_log2 & self.w_sqrt2)]
                     with m.If(row_idx == rows - 1):
                         m.d.sync += [row_idx.eq(0), x_count.eq(0)]
                         m.next = "STREAM"
@@ -147,23 +251,48 @@ class MacArray(wiring.Component):
                 with m.If(drain_count == drain - 1):
                     m.next = "LOAD"
 
-        # the array: PE (r, c) holds weight w[r][c]; x moves right, partial sums move down
+        # the array: PE (r, c) holds weight w[r][c]; its operand moves right, its partial sums down
         weights = [[Signal(signed(self.weight_bits), name=f"w_{r}_{c}") for c in range(cols)] for r in range(rows)]
         for r in range(rows):
             with m.If(w_fire & (row_idx == r)):
                 m.d.sync += [weights[r][c].eq(self.w_row[c]) for c in range(cols)]
         x_left = [delay(m, self.x_vec[r], r, f"skew_{r}") for r in range(rows)]  # row r starts r cycles late
-        psum_above = [None] * cols
+        chains = len(self.chain_bounds)
+        above = [[None] * chains for _ in range(cols)]  # per column, the partial sum of each chain
         for r in range(rows):
-            x_in = x_left[r]
+            op_in = x_left[r]
+            if self.log2:  # the row's operand: the activation, or in a log2 fold its code decoded once
+                code = self._decode(m, r, x_left[r], sqrt2)
+                op_in = Signal(len(code), name=f"op_{r}")
+                m.d.comb += op_in.eq(Mux(log2, code, x_left[r].as_unsigned()))
             for c in range(cols):
-                x_reg = Signal(signed(self.act_bits), name=f"x_{r}_{c}")
-                psum = Signal(signed(self.psum_bits), name=f"psum_{r}_{c}")
-                product = self._term(x_in, weights[r][c], log2, sqrt2)
-                m.d.sync += [x_reg.eq(x_in), psum.eq(product if r == 0 else psum_above[c] + product)]
-                psum_above[c] = psum
-                x_in = x_reg
-        aligned = [delay(m, psum_above[c], cols - 1 - c, f"deskew_{c}") for c in range(cols)]
+                op_reg = Signal(op_in.shape(), name=f"x_{r}_{c}")
+                m.d.sync += op_reg.eq(op_in)
+                x = op_in[:self.act_bits].as_signed()
+                term = self._product(m, x, weights[r][c], f"prod_{r}_{c}")
+                if self.log2:
+                    a = op_in[self.act_bits:self.act_bits + self.a_bits]
+                    chain = op_in[self.act_bits + self.a_bits:]
+                    for i in range(self.a_bits):  # the coarse shift, radix * a
+                        term = Mux(a[i], term << (self.radix << i), term)
+                for i in range(chains):
+                    psum = Signal(signed(self._chain_width(i, r)), name=f"psum{i}_{r}_{c}")
+                    mine = term if chains == 1 else Mux(chain == i, term, 0)
+                    m.d.sync += psum.eq(mine if r == 0 else above[c][i] + mine)
+                    above[c][i] = psum
+                op_in = op_reg
+        bottom = []
+        for c in range(cols):  # each column's sum: its chains times their factors (log2 mode), as shift-adds
+            total = Signal(signed(self.psum_bits), name=f"column_{c}")
+            if chains == 1:
+                m.d.comb += total.eq(above[c][0])
+            else:
+                parts = [Mux(sqrt2, times_const(p, self.factors[True][i]) if self.factors[True][i] else 0,
+                             times_const(p, self.factors[False][i]) if self.factors[False][i] else 0)
+                         for i, p in enumerate(above[c])]
+                m.d.comb += total.eq(sum(parts))
+            bottom.append(total)
+        aligned = [delay(m, bottom[c], cols - 1 - c, f"deskew_{c}") for c in range(cols)]
         aligned_valid = delay(m, x_fire, rows + cols - 1, "aligned_valid")
 
         # accumulator buffer: one entry of `cols` exact sums per output row
@@ -186,7 +315,12 @@ class MacArray(wiring.Component):
             with m.If(~first):
                 m.d.comb += total.eq(rd.data[c] + aligned[c])
             m.d.comb += wr.data[c].eq(total)
-            m.d.sync += o_acc[c].eq(saturate(total, self.acc_bits))
+            m.d.sync += o_acc[c].eq(saturate_signed(total, self.acc_bits))
         m.d.sync += o_valid.eq(aligned_valid & last)
         m.d.comb += [self.o_acc.eq(o_acc), self.o_valid.eq(o_valid)]
         return m
+
+    def _chain_width(self, chain: int, r: int) -> int:
+        """Bits of partial-sum chain ``chain`` leaving row ``r``: the sum of ``r + 1`` terms."""
+        lo, hi = self.chain_bounds[chain]
+        return signed_width((r + 1) * lo, (r + 1) * hi)
