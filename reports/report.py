@@ -171,8 +171,9 @@ def hardware_summary(cache: Path, quick: bool, log) -> dict:
     return out
 
 
-#: where the report places and routes the units, and the router's target clock (the issue-level goal, not a config's)
-SYNTH_TARGET, SYNTH_PART, SYNTH_FREQ_MHZ, SYNTH_PNR_TIMEOUT_S = "ecp5", "85f", 100.0, 300
+#: where the report places and routes the units (at each config's clock as the router's target, as
+#: ``ptq2rtl synth --accel CONFIG`` does, so the two share cached results)
+SYNTH_TARGET, SYNTH_PART = "ecp5", "85f"
 
 
 def _synthesis(quick: bool) -> dict:
@@ -183,15 +184,14 @@ def _synthesis(quick: bool) -> dict:
 
     rows, meta = [], {}
     for accel in ACCELS[:1] if quick else ACCELS:
-        result = synth.synth(load_accel(accel), SYNTH_TARGET, fmax=not quick, part=SYNTH_PART,
-                             freq_mhz=SYNTH_FREQ_MHZ, pnr_timeout_s=SYNTH_PNR_TIMEOUT_S)
-        meta = {k: result[k] for k in ("part", "package", "speed", "lut_mapping", "tools")}
+        result = synth.synth(load_accel(accel), SYNTH_TARGET, fmax=not quick, part=SYNTH_PART)
+        meta = {k: result[k] for k in ("part", "package", "speed", "lut_mapping", "tools", "freq_mhz")}
         for unit, r in result["units"].items():
             rows.append({"unit": unit, "config": accel, "target": result["part"], "luts": r["lut"], "ffs": r["ff"],
                          "dsps": r["dsp"], "brams": r["bram"], "fmax_mhz": r.get("fmax_mhz"),
                          "fmax_note": r.get("fmax_note")})
     part = synth.part_of(SYNTH_TARGET, SYNTH_PART)
-    return {"target": part.name, **meta, "freq_mhz": SYNTH_FREQ_MHZ,
+    return {"target": part.name, **meta,
             "available": {"luts": part.lut, "dsps": part.dsp, "brams": part.bram}, "rows": rows}
 
 
