@@ -104,3 +104,10 @@ def test_synth_records_what_place_and_route_measured_and_simulate_warns(tmp_path
     clocks.record(accel, _synth_result({u: 20.0 for u in ALL_UNITS if u != "gelu"}))
     assert main(["simulate", str(program), "--accel", str(cfg), "--json"]) == 0
     assert "the 25 MHz clock exceeds the 20.0 MHz measured" in capsys.readouterr().err
+
+
+def test_the_bundled_fpga_config_builds_edge_int4s_units_at_a_clock_below_edge_int4s():
+    """configs/ecp5-85f.yaml says its Verilog is edge-int4's: the same unit parameters, so the same key."""
+    fpga, edge = load_accel("ecp5-85f"), load_accel("edge-int4")
+    assert fpga.target == "ecp5-85f" and fpga.clock_mhz < edge.clock_mhz
+    assert all(fpga.unit_params(u) == edge.unit_params(u) for u in clocks.UNITS)
