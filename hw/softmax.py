@@ -2,14 +2,76 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int
+from hw.common import check_int, delay
 from sim import intops, timing, widths
 from sim.accel import softmax_params
+
+
+#: register stages of the lane max tree (4-way nodes, one per stage at 16 lanes; the running max follows) and
+#: of the exp pass's adder tree (two adder levels a stage at 16 lanes)
+MAX_TREE_STAGES, ADD_TREE_STAGES = 2, 2
+#: the exp pass after the buffer read: difference and ROM, shift, the adder tree, the accumulator
+EXP_STAGES = 2 + ADD_TREE_STAGES + 1
+LOG_STAGES = 2  #: leading one and mantissa of the sum; the log ROM and the row's code offset
+CODE_STAGES = 2  #: the code pass after the buffer read: difference (shared with the exp pass), code
+#: clock edges between the last exp read and the first code read: the code pass's difference stage runs
+#: while the log2 of the sum finishes, so that its first beat meets the code offset
+GAP = EXP_STAGES + LOG_STAGES - CODE_STAGES
+#: the beats in and reads out (3 per beat) aside: the wait for the last max, the gap, the last codes' stages
+PIPELINE_LATENCY = (MAX_TREE_STAGES - 1) + GAP + CODE_STAGES
+assert PIPELINE_LATENCY == timing.LATENCY_RANGE["softmax"][0], "sim.timing.LATENCY_RANGE['softmax'] is the RTL's"
+
+
+def _lt(a, b):
+    """``a < b`` for signed values: the sign of their difference one bit wider (a carry chain's sum output,
+    which reaches the fabric sooner than its carry out)."""
+    return (a - b)[-1]
+
+
+def _above(x, c: int):
+    """``x > c`` for unsigned ``x`` and a constant ``c``: bits above ``c``'s, or ``c``'s own bits compared
+    (none when ``c`` is all ones), so that no carry chain is spent on it."""
+    n = c.bit_length()
+    high = x[n:].any()
+    return high if c == (1 << n) - 1 else high | (x[:n] > c)
+
+
+def _max(values: list):
+    """The max of a few signed values: their comparisons side by side, then a one-hot select (ties: the
+    first), so that a tree level costs one carry chain."""
+    n = len(values)
+    lt = {(i, j): _lt(values[i], values[j]) for i in range(n) for j in range(i + 1, n)}
+    out = 0
+    for i in range(n):
+        wins = Cat(*[~lt[i, j] for j in range(i + 1, n)], *[lt[j, i] for j in range(i)])
+        out = out | Mux(wins.all(), values[i], 0)
+    return out
+
+
+def _tree(m: Module, operands: list, op, arity: int, stages: int, name: str):
+    """``op`` over ``operands`` as a tree of ``arity``-operand nodes whose levels are split evenly over
+    ``stages`` register stages (each stage's values are registered)."""
+    levels, n = 0, len(operands)
+    while n > 1:
+        levels, n = levels + 1, -(-n // arity)
+    per_stage = -(-levels // stages)
+    level = list(operands)
+    for stage in range(stages):
+        for _ in range(per_stage):
+            level = [op(level[i:i + arity]) if len(level[i:i + arity]) > 1 else level[i]
+                     for i in range(0, len(level), arity)]
+        regs = []
+        for i, value in enumerate(level):
+            reg = Signal(Value.cast(value).shape(), name=f"{name}_{stage}_{i}")
+            m.d.sync += reg.eq(value)
+            regs.append(reg)
+        level = regs
+    return level[0]
 
 
 class SoftmaxLog2(wiring.Component):
@@ -23,12 +85,16 @@ class SoftmaxLog2(wiring.Component):
     the sum (priority encoder, a 2**log_bits-entry ROM); (3) the code pass
     emits ``q = clamp((L - exp_bits*2**frac_bits + d + 2**(frac_bits-1)) >> frac_bits)``, or with
     ``sqrt2`` (held for the row) the half-step codes ``clamp((2*(L - ...) + 2**(frac_bits-1)) >> frac_bits)``.
+    Every pass is pipelined, a register stage holding about one carry chain and a few LUT levels:
+    :data:`MAX_TREE_STAGES` in the max tree, :data:`EXP_STAGES` after an exp read, :data:`LOG_STAGES`,
+    :data:`CODE_STAGES` after a code read (:data:`PIPELINE_LATENCY` adds them up).
     A row of B beats takes ``3*B + latency`` clock edges from its first beat
     in to its last code out (``sim.timing.softmax_row_cycles``), and the next
     row's first beat is taken on the cycle that last code appears.
     """
 
-    #: the last exp beat summed, the sum's leading one registered, L registered
+    #: :data:`PIPELINE_LATENCY`: the wait for the last beat's max, the exp pipeline and log2 less what the
+    #: code pass overlaps, the last codes' stages
     min_latency, max_latency = timing.LATENCY_RANGE["softmax"]
 
     def __init__(self, in_bits: int = widths.SOFTMAX_IN_BITS, max_len: int = 64, lanes: int = 1, code_bits: int = 4,
@@ -81,120 +147,130 @@ class SoftmaxLog2(wiring.Component):
         wr = buf.write_port()
         rd = buf.read_port()
         exp_table = intops.exp2_table(fb, self.exp_bits).tolist()
-        log_table = intops.log2_table(self.log_bits, fb).tolist()
-        m.submodules.exp_rom = exp_rom = Memory(shape=unsigned(self.exp_bits + 1), depth=1 << fb, init=exp_table)
-        m.submodules.log_rom = log_rom = Memory(shape=unsigned(fb + 1), depth=1 << self.log_bits, init=log_table)
+        half = 1 << (fb - 1)
+        # the log ROM holds the code offset's fraction: LOG[i] + half, and after it 2*LOG[i] + half for sqrt2
+        log2_table = intops.log2_table(self.log_bits, fb).tolist()
+        log_table = [v + half for v in log2_table] + [2 * v + half for v in log2_table]
+        # LUT ROMs: with their output (exp) or address (log) registered Yosys would try block RAMs, and
+        # memory_libmap (0.23) runs out of memory on the exp ROM's 16 read ports
+        logic = {"rom_style": "logic"}
+        m.submodules.exp_rom = exp_rom = Memory(shape=unsigned(self.exp_bits + 1), depth=1 << fb, init=exp_table,
+                                                attrs=logic)
+        m.submodules.log_rom = log_rom = Memory(shape=unsigned(fb + 3), depth=2 << self.log_bits, init=log_table,
+                                                attrs=logic)
 
+        gap = GAP + self.latency - self.min_latency  # the configured latency beyond the minimum, as gap cycles
         n_beats = Signal(range(self.depth + 1))
         ptr = Signal(range(self.depth + 1))
-        pad = Signal(range(self.latency + 1))
+        count = Signal(range(max(gap, CODE_STAGES, MAX_TREE_STAGES) + 1))
         mx = Signal(signed(self.in_bits))
         total = Signal(self.sum_bits)
-        exp_data = Signal()  # rd.data holds an exp-pass beat
-        code_data = Signal()  # rd.data holds a code-pass beat
-        code_last = Signal()
         fire = Signal()
+        exp_data = Signal()  # rd.data holds an exp-pass beat
+        exp_first = Signal()  # ... the row's first
+        code_data = Signal()  # rd.data holds a code-pass beat
+        code_last = Signal()  # ... the row's last
         m.d.comb += fire.eq(self.i_valid & self.i_ready)
-        m.d.sync += [exp_data.eq(0), code_data.eq(0), code_last.eq(0)]
+        m.d.sync += [exp_data.eq(0), exp_first.eq(0), code_data.eq(0), code_last.eq(0)]
 
         first_beat = Signal(init=1)
         sqrt2 = Signal()  # base sqrt(2) codes for this row
-        # the max over the beat's positions that take part and the row so far: a tree of compare-selects
-        most_negative = -(1 << (self.in_bits - 1))
-        level = [Mux(first_beat, most_negative, mx)]
-        for lane in range(lanes):
-            cand = Signal(signed(self.in_bits), name=f"cand_{lane}")
-            m.d.comb += cand.eq(Mux(self.i_mask[lane], self.i_t[lane], most_negative))
-            level.append(cand)
-        depth = 0
-        while len(level) > 1:
-            nxt = []
-            for i in range(0, len(level) - 1, 2):
-                a, b = level[i], level[i + 1]
-                bigger = Signal(signed(self.in_bits), name=f"max_{depth}_{i // 2}")
-                m.d.comb += bigger.eq(Mux(b > a, b, a))
-                nxt.append(bigger)
-            level = nxt + level[len(level) - len(level) % 2:]
-            depth += 1
-        row_max = level[0]
         with m.FSM():
             with m.State("INPUT"):
                 m.d.comb += [self.i_ready.eq(1), wr.addr.eq(ptr), wr.en.eq(fire)]
                 for lane in range(lanes):
                     m.d.comb += [wr.data[lane].t.eq(self.i_t[lane]), wr.data[lane].mask.eq(self.i_mask[lane])]
-                with m.If(fire):  # pass 1: store the row, keep the max over the positions that take part
-                    m.d.sync += [mx.eq(row_max), ptr.eq(ptr + 1), first_beat.eq(0), sqrt2.eq(self.sqrt2)]
+                with m.If(fire):  # pass 1: store the row; its max leaves the max tree MAX_TREE_STAGES later
+                    m.d.sync += [ptr.eq(ptr + 1), first_beat.eq(0), sqrt2.eq(self.sqrt2)]
                     with m.If(self.i_last):
-                        m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0), total.eq(0)]
-                        m.next = "EXP"
-            with m.State("EXP"):  # pass 2: issue the reads; the data is summed a cycle later
+                        m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0), count.eq(0)]
+                        m.next = "MAX"
+            with m.State("MAX"):  # the last beat's max goes into the running max
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == MAX_TREE_STAGES - 2):
+                    m.next = "EXP"
+            with m.State("EXP"):  # pass 2: issue the reads; each beat's exp is summed EXP_STAGES later
                 m.d.comb += rd.addr.eq(ptr)
-                m.d.sync += [ptr.eq(ptr + 1), exp_data.eq(1)]
+                m.d.sync += [ptr.eq(ptr + 1), exp_data.eq(1), exp_first.eq(ptr == 0)]
                 with m.If(ptr + 1 == n_beats):
-                    m.next = "SUM_LAST"
-            with m.State("SUM_LAST"):  # the last exp beat is added to the sum
-                m.next = "LOG"
-            with m.State("LOG"):  # leading one and mantissa of the sum are registered
-                m.d.sync += [ptr.eq(0), pad.eq(0)]
-                m.next = "PAD" if self.latency > self.min_latency else "CODE"
-            if self.latency > self.min_latency:
-                with m.State("PAD"):  # the configured latency beyond the minimum
-                    m.d.sync += pad.eq(pad + 1)
-                    with m.If(pad == self.latency - self.min_latency - 1):
-                        m.next = "CODE"
-            with m.State("CODE"):  # pass 3: issue the reads; codes leave a cycle after the data
+                    m.d.sync += [ptr.eq(0), count.eq(0)]
+                    m.next = "GAP"
+            with m.State("GAP"):  # the sum and its log2 finish; the padding to the configured latency
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == gap - 1):
+                    m.next = "CODE"
+            with m.State("CODE"):  # pass 3: issue the reads; codes leave CODE_STAGES after a read
                 m.d.comb += rd.addr.eq(ptr)
                 m.d.sync += [ptr.eq(ptr + 1), code_data.eq(1), code_last.eq(ptr + 1 == n_beats)]
                 with m.If(ptr + 1 == n_beats):
+                    m.d.sync += [ptr.eq(0), count.eq(0)]
                     m.next = "TAIL"
-            with m.State("TAIL"):  # the last codes are computed; the next row may start after this
-                m.d.sync += [ptr.eq(0), first_beat.eq(1)]
-                m.next = "INPUT"
+            with m.State("TAIL"):  # the last codes go through; the next row may start after this
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == CODE_STAGES - 1):
+                    m.d.sync += first_beat.eq(1)
+                    m.next = "INPUT"
 
-        # the exp pass datapath
-        beat_sum = 0
+        # the input pass: the max over the beat's positions that take part, then the running max of the row
+        most_negative = -(1 << (self.in_bits - 1))
+        cands = [Mux(self.i_mask[lane], self.i_t[lane], most_negative) for lane in range(lanes)]
+        beat_max = _tree(m, cands, _max, 4, MAX_TREE_STAGES, "beat_max")
+        max_valid = delay(m, fire, MAX_TREE_STAGES, "max_valid")
+        max_first = delay(m, fire & first_beat, MAX_TREE_STAGES, "max_first")
+        with m.If(max_valid & (max_first | _lt(mx, beat_max))):
+            m.d.sync += mx.eq(beat_max)
+
+        # after a read (either pass): d = max - t, its exp ROM entry and shift; d (doubled for sqrt2) for a code
+        code_d = []
+        code_mask = []
+        exps = []
         for lane in range(lanes):
             elem = rd.data[lane]
-            d = Signal(unsigned(self.in_bits + 1), name=f"exp_d_{lane}")
+            d = Signal(unsigned(self.in_bits + 1), name=f"d_{lane}")
             m.d.comb += d.eq(mx - elem.t)
             port = exp_rom.read_port(domain="comb")
             m.d.comb += port.addr.eq(d[:fb])
-            k = d[fb:]
+            entry = Signal(unsigned(self.exp_bits + 1), name=f"exp_entry_{lane}")
+            shift = Signal(range(self.exp_bits + 1), name=f"exp_shift_{lane}")
+            kill = Signal(name=f"exp_kill_{lane}")
+            cd = Signal(unsigned(self.in_bits + 2), name=f"code_d_{lane}")
+            cm = Signal(name=f"code_mask_{lane}")
+            m.d.sync += [entry.eq(port.data), shift.eq(d[fb:]), kill.eq(~elem.mask | _above(d[fb:], self.exp_bits)),
+                         cd.eq(Mux(sqrt2, d << 1, d)), cm.eq(elem.mask)]
             e = Signal(unsigned(self.exp_bits + 1), name=f"exp_e_{lane}")
-            m.d.comb += e.eq(Mux(elem.mask & (k <= self.exp_bits), port.data >> k[:5], 0))
-            beat_sum = beat_sum + e
-        with m.If(exp_data):
-            m.d.sync += total.eq(total + beat_sum)
+            m.d.sync += e.eq(Mux(kill, 0, entry >> shift))
+            exps.append(e)
+            code_d.append(cd)
+            code_mask.append(cm)
 
-        # log2 of the sum: leading one p and the log_bits below it, then L = p*2**frac_bits + LOG[idx]
-        w = self.sum_bits
-        s_eff = Mux(total == 0, 1, total)  # an all-masked row: sum 0, its codes are all zero anyway
-        p = Signal(range(w), name="lead")
-        for bit in range(w):
-            with m.If(s_eff[bit]):
-                m.d.comb += p.eq(bit)
-        p_reg = Signal(range(w))
-        idx_reg = Signal(self.log_bits)
-        norm = Signal(w + self.log_bits)
-        m.d.comb += norm.eq((s_eff << self.log_bits) >> p)  # leading one lands on bit log_bits
-        m.d.sync += [p_reg.eq(p), idx_reg.eq(norm[:self.log_bits])]
+        # the exp pass: an adder tree over the lanes, then the row's sum
+        beat_sum = _tree(m, exps, lambda vs: sum(vs[1:], vs[0]), 2, ADD_TREE_STAGES, "beat_sum")
+        sum_valid = delay(m, exp_data, EXP_STAGES - 1, "sum_valid")
+        sum_first = delay(m, exp_first, EXP_STAGES - 1, "sum_first")
+        with m.If(sum_valid):
+            m.d.sync += total.eq(Mux(sum_first, 0, total) + beat_sum)
+
+        # log2 of the sum: leading one p and the log_bits below it, L = p*2**frac_bits + LOG[idx]. A row with a
+        # position that takes part sums at least EXP[0] = 2**exp_bits, so p >= exp_bits (an all-masked row
+        # sums 0: its codes are all zero whatever L is); the code offset is L - exp_bits*2**frac_bits + half
+        w, lo = self.sum_bits, self.exp_bits
+        lead = Signal(range(w - lo), name="lead")  # p - exp_bits
+        idx = Signal(self.log_bits)
+        m.d.sync += [lead.eq(0), idx.eq(0)]
+        for bit in range(lo, w):  # the highest set bit wins
+            with m.If(total[bit]):
+                m.d.sync += [lead.eq(bit - lo), idx.eq((total << self.log_bits)[bit:bit + self.log_bits])]
         log_port = log_rom.read_port(domain="comb")
-        m.d.comb += log_port.addr.eq(idx_reg)
-        big_l = Signal(range((w << fb) + (1 << (fb + 1))))
-        m.d.sync += big_l.eq((p_reg << fb) + log_port.data)
+        m.d.comb += log_port.addr.eq(Cat(idx, sqrt2))
+        code_offset = Signal(range((((w - lo) << fb) + (1 << (fb + 1))) * 2 + half), name="code_offset")
+        m.d.sync += code_offset.eq(Mux(sqrt2, lead << (fb + 1), lead << fb) + log_port.data)  # sqrt2: twice -log2(p)
 
-        # the code pass datapath
+        # the code pass: q = (offset + d) >> frac_bits, clamped to the zero code (valid positions: >= 0)
         q_out = Signal.like(self.o_q)
-        half = 1 << (fb - 1)
         for lane in range(lanes):
-            elem = rd.data[lane]
-            raw = Signal(signed(w + fb + 3), name=f"code_raw_{lane}")
-            log_p = big_l + (mx - elem.t) - (self.exp_bits << fb)  # -log2(p), frac_bits fractional bits
-            m.d.comb += raw.eq((Mux(sqrt2, log_p << 1, log_p) + half) >> fb)  # half steps: twice -log2(p)
-            q = Mux(~elem.mask | (raw > zero_code), zero_code, Mux(raw < 0, 0, raw[:self.code_bits]))
-            m.d.sync += q_out[lane].eq(q)
-        o_valid = Signal()
-        o_last = Signal()
-        m.d.sync += [o_valid.eq(code_data), o_last.eq(code_last)]
+            raw = (code_offset + code_d[lane]) >> fb
+            m.d.sync += q_out[lane].eq(Mux(~code_mask[lane] | _above(raw, zero_code), zero_code, raw[:self.code_bits]))
+        o_valid = delay(m, code_data, CODE_STAGES, "code_valid")
+        o_last = delay(m, code_last, CODE_STAGES, "code_last")
         m.d.comb += [self.o_q.eq(q_out), self.o_valid.eq(o_valid), self.o_last.eq(o_last)]
         return m

@@ -31,7 +31,7 @@ CONFIGS = {
     },
     "softmax": {
         "x2-len64": dict(in_bits=16, max_len=64, lanes=2),
-        "x1-len32-lat6": dict(in_bits=16, max_len=32, lanes=1, latency=6),
+        "x1-len32-lat11": dict(in_bits=16, max_len=32, lanes=1, latency=11),
     },
     "layernorm": {
         "x4-n64-k2-lat64": dict(in_bits=16, out_bits=8, max_n=64, lanes=4, steps_per_cycle=2, latency=64),

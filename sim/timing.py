@@ -18,7 +18,10 @@ pads up to the configured value:
 * requantizer: 4 register stages (table read, multiply -- a left shift in
   power-of-two mode --, round-shift, zero point and saturation);
 * GELU: 1 (the ROM read);
-* softmax: 3 (the last exp beat summed, the sum's leading one, log2 of the sum);
+* softmax: 8 (``hw.softmax.PIPELINE_LATENCY``): 1 waiting for the last beat's
+  max, 5 from the last exp read to the first code read (the exp pass's 5 stages
+  and log2's 2, less the code pass's difference stage that overlaps them), 2 for
+  the last codes;
 * LayerNorm: the fixed work between its passes, ``hw.layernorm.LayerNorm.latency_for``:
   ``ceil(16/k) + ceil(32/k) + ceil(16/k) + ceil(31/k) + 10`` for 16-bit inputs
   at ``k`` divider / square-root bits a cycle (105 at k = 1, 58 at k = 2).
@@ -42,7 +45,7 @@ LN_MAX_STEPS_PER_CYCLE = 8  #: the fastest LayerNorm divider / square root the R
 LATENCY_RANGE = {
     "requant": (4, 64),
     "gelu": (1, 64),
-    "softmax": (3, 1 << 12),
+    "softmax": (8, 1 << 12),
     "layernorm": (layernorm_latency(widths.LN_IN_BITS, widths.LN_RECIP_BITS, LN_MAX_STEPS_PER_CYCLE), 1 << 12),
 }
 
