@@ -840,7 +840,8 @@ def log2_weights(codes: np.ndarray, code_bits: int = 4, sqrt2: bool = False) -> 
     codes = _ints(codes)
     n = 1 << code_bits
     lo, hi = _value_bounds(codes)
-    if codes.ndim == 0 or codes.size == 0 or lo < 0 or hi >= n or code_bits > 12:
+    # small inputs (the tables hw/ builds from) stay in numpy, which also keeps torch out of `ptq2rtl verilog`
+    if codes.size <= n or lo < 0 or hi >= n or code_bits > 12:
         w = _log2_weights_int64(codes, code_bits, sqrt2)
         return w.astype(_dtype_holding(int(w.min(initial=0)), int(w.max(initial=0))))
     torch = _torch()
