@@ -177,14 +177,17 @@ SYNTH_TARGET, SYNTH_PART = "ecp5", "85f"
 
 
 def _synthesis(quick: bool) -> dict:
-    """Per unit of edge-int4 and edge-int8 on the LFE5U-85F (yosys with ABC; nextpnr's Fmax unless quick),
+    """Per unit of edge-int4 and edge-int8 on the LFE5U-85F (yosys with ABC, nextpnr's Fmax; quick: the GELU
+    unit of edge-int4, no place and route),
     through ``hw.synth``'s cache, which ``ptq2rtl synth`` shares."""
     from hw import synth
     from sim.accel import load_accel
 
     rows, meta = [], {}
     for accel in ACCELS[:1] if quick else ACCELS:
-        result = synth.synth(load_accel(accel), SYNTH_TARGET, fmax=not quick, part=SYNTH_PART)
+        # quick (what the tests run): the GELU unit only, without place and route
+        result = synth.synth(load_accel(accel), SYNTH_TARGET, fmax=not quick, part=SYNTH_PART,
+                             units=["gelu"] if quick else None)
         meta = {k: result[k] for k in ("part", "package", "speed", "lut_mapping", "tools", "freq_mhz")}
         for unit, r in result["units"].items():
             rows.append({"unit": unit, "config": accel, "target": result["part"], "luts": r["lut"], "ffs": r["ff"],
