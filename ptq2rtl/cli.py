@@ -246,11 +246,12 @@ def cmd_verilog(args) -> None:
 
 def cmd_synth(args) -> None:
     from hw import synth
+    from sim.accel import FPGA_TARGETS
 
     target, part = args.target, args.part
     if target is None:  # the config's own FPGA part, else the LFE5U-85F
-        own = args.accel.target if args.accel.target != "asic" else "ecp5-85f"
-        target, part = own.split("-")[0], part or own.split("-")[1]
+        own = args.accel.target if args.accel.target in FPGA_TARGETS else "ecp5-85f"
+        target, part = FPGA_TARGETS[own][0], part or own.split("-")[1]
     result = synth.synth(args.accel, target, units=args.unit, fmax=not args.no_fmax,
                          dsp=not args.no_dsp, part=part, freq_mhz=args.freq, cache=not args.no_cache,
                          pnr_timeout_s=args.pnr_timeout)

@@ -29,10 +29,10 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from sim.accel import AccelConfig, FPGA_TARGETS
+from sim.accel import FPGA_TARGETS, UNIT_PARAMS, AccelConfig
 
 HW_DIR = Path(__file__).resolve().parents[1] / "hw"
-UNITS = ("mac_array", "requant", "softmax", "gelu", "layernorm")
+UNITS = tuple(UNIT_PARAMS)  #: the units whose Verilog the design is made of
 
 
 def clock_dir() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reports.plots import METRIC, best_entry
+from sim.accel import UNIT_PARAMS
 
 
 def _fmt(v, spec: str = ".2f") -> str:
@@ -67,7 +68,7 @@ def synthesis_table(results: dict) -> list[str]:
                    f"{_fmt(r.get('dsps'), 'd')} | {_fmt(r.get('brams'), 'd')} | {fmax} |")
     for config in dict.fromkeys(r["config"] for r in rows):
         mine = [r for r in rows if r["config"] == config]
-        if len(mine) < 5:  # a quick report synthesizes one unit: no sum to compare with the part
+        if len(mine) < len(UNIT_PARAMS):  # a quick report synthesizes one unit: no sum to compare with the part
             continue
         total = {k: sum(r.get(k) or 0 for r in mine) for k in ("luts", "dsps", "brams")}
         over = [k for k in total if avail.get(k) and total[k] > avail[k]]
