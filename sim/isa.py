@@ -1,0 +1,279 @@
+"""The accelerator's instruction set: what the compiler (``sim.compile``) emits, what the controller of
+``hw.accelerator`` executes and what the cycle model counts.
+
+The machine
+-----------
+One controller executes a stream of fixed-width instructions, one after the other: it fetches an
+instruction from DRAM through the memory port, decodes it, runs it to completion (every unit it started
+has written its last result) and fetches the next. Nothing overlaps across instructions; inside one, the
+units it uses run as a pipeline.
+
+Memories, all word-addressed (``V`` is the vector width: the array's rows, its columns and every vector
+unit's lanes, which the joined accelerator requires to be equal):
+
+* **DRAM**, behind the one memory port: *beats* of ``BEAT_BYTES = dram_bytes_per_cycle`` bytes, one beat
+  read or written a cycle, a read's data the cycle after its address.
+* **ABUF**, the activation buffer: words of ``V`` signed 32-bit elements (lane ``i`` in bits
+  ``[32 i, 32 i + 32)``), ``activation_kib * 1024 / (4 V)`` words. Every activation, whatever its declared
+  width, sits in it one element a lane, sign- or zero-extended to 32 bits (its declared signedness), in
+  *row-major vector layout*: a tensor ``[..., rows, n]`` is ``ceil(n / V)`` words per row, lanes past
+  ``n`` in the last word of a row hold 0. Biases and constant tensors (``add_const``, class tokens) are
+  loaded into ABUF in the same layout.
+* **WBUF**, the weight buffer: words of ``V`` weights of ``weight_bits`` each (one beat of the array's
+  weight port), ``weight_kib * 1024 * 8 / (V * weight_bits)`` words.
+* The unit tables: the requantizer's ``(M, shift, zero point)`` table (``REQUANT_CHANNELS`` entries),
+  the GELU table (``2**in_bits`` entries) and the LayerNorm ``(gamma, beta, in_shift)`` table (one entry a
+  word of ``V`` channels).
+
+In DRAM every item is beat-aligned: an ABUF word takes ``4 V / BEAT_BYTES`` beats, a WBUF word
+``ceil(V * weight_bits / 8 / BEAT_BYTES)``, a table entry ``ceil(entry_bits / (8 BEAT_BYTES))`` beats
+(:func:`entry_beats`); the bits of an item are little-endian across its beats.
+
+Instructions
+------------
+An instruction is ``INSTR_SLOTS`` 16-bit slots (``INSTR_BITS`` bits, ``INSTR_BITS / 8 / BEAT_BYTES``
+beats in DRAM). Slot 0 is the opcode (bits 0-7) and flags (bits 8-15); the op's fields fill the next
+slots in the order :data:`FORMATS` lists them, a field named in :data:`WIDE` taking two slots (low half
+first). Unused slots are 0. All fields are unsigned unless :data:`SIGNED_FIELDS` names them (two's
+complement in their slots).
+
+``load``    DRAM -> ABUF / WBUF / a unit table. ``target``: one of :data:`TARGETS`; ``count`` items from
+            beat ``dram`` on into ``addr`` onward (items: words for the buffers, entries for the tables).
+``store``   ABUF -> DRAM: ``count`` words from ``addr`` to beat ``dram`` on.
+``gemm``    the MAC array, with the requantizer and GELU unit as its drain pipeline (the *epilogue*).
+            Folds in the order ``for j < nf: for i < kf: for d < digits``; fold ``(j, i, d)`` loads a
+            ``V x V`` stationary tile, streams ``m`` rows, ``x`` row ``t`` being ABUF word
+            ``x_base + t * x_stride + i``, digit ``d`` of each element (see *digits*). The stationary tile:
+
+            * mode ``linear``: beat ``r`` is WBUF word ``s_base + (j * kf + i) * V + r`` (the compiler lays
+              ``W[j V + c, i V + r]`` there);
+            * mode ``matmul`` (``a @ b.T``, b stationary): beat ``r`` lane ``c`` is element ``r`` of ABUF word
+              ``s_base + (j V + c) * s_stride + i``, 0 where ``j V + c >= s_valid``; the controller reads the
+              ``V`` words into a transpose buffer first;
+            * mode ``log2`` (codes ``@`` V): beat ``r`` is ABUF word ``s_base + (i V + r) * s_stride + j``,
+              0 where ``i V + r >= s_valid``; the streamed rows are log2 codes, flag ``sqrt2`` their base.
+
+            The accumulator starts from the ABUF word ``bias + j`` on fold ``(j, 0, 0)`` (flag ``bias``; else
+            0) and adds every later fold's partial sums shifted left by ``d * act_bits``. On the last fold of
+            column block ``j`` each of the ``m`` rows drains: flag ``requant``: requantized with table
+            entry ``ch_base + j V + c`` for lane ``c`` (flag ``per_tensor``: entry ``ch_base`` for all),
+            ``out_bits`` wide, flag ``signed``; flag ``gelu``: then through the GELU table; otherwise the
+            saturated int32 accumulator. Lanes with ``j V + c >= n_valid`` are written 0. Row ``t`` goes to
+            ABUF word ``out_base + t * out_stride + j``.
+``vector``  an element-wise pass of one vector unit over ``rows`` rows of ``words`` words: source
+            ``a_base + row * a_stride + w`` (and ``b_base + row * b_stride + w``), result to
+            ``out_base + row * out_stride + w``; elements past ``n_valid`` of a row are written 0.
+            ``unit``: one of :data:`VECTOR_UNITS`:
+
+            * ``requant``: ``sim.intops.requantize`` of a, entry ``ch_base + w V + c`` (flag
+              ``per_tensor``: ``ch_base``), ``out_bits``, flag ``signed``; flag ``gelu``: then the GELU table;
+            * ``gelu``: the GELU table of a;
+            * ``add``: ``sim.intops.add(a, b, ma, mb, shift, out_bits)``; a and b are read one after
+              the other (two ABUF reads a word);
+            * ``add_const``: ``sim.intops.add_const(a, b, out_bits)``, two reads a word;
+            * ``layernorm``: ``sim.intops.layernorm`` of each row (``n_valid`` channels), gamma / beta /
+              in_shift from table word ``w``, ``shift``, ``out_bits``;
+            * ``softmax``: ``sim.intops.softmax_log2`` of each row (``n_valid`` elements, the lanes past it
+              masked), flag ``sqrt2``.
+``end``     stop; the accelerator raises ``done``.
+
+Digits: an operand wider than the array's ``act_bits`` port streams as ``digits`` folds, digit ``d`` being
+bits ``[d act_bits, (d + 1) act_bits)``. A digit whose bit ``d`` of ``unsigned_digits`` is set is
+unsigned: the controller feeds it with its top bit inverted (the digit minus ``2**(act_bits-1)``, a
+signed value the port takes) and the compiler has added ``2**(act_bits-1) * 2**(d act_bits) * sum_k
+W[n, k]`` to the bias (linear only; an activation x activation product streams one signed digit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+INSTR_SLOTS = 20
+SLOT_BITS = 16
+INSTR_BITS = INSTR_SLOTS * SLOT_BITS
+
+OPCODES = {"load": 1, "store": 2, "gemm": 3, "vector": 4, "end": 15}
+TARGETS = ("abuf", "wbuf", "requant", "gelu", "layernorm")
+GEMM_MODES = ("linear", "matmul", "log2")
+VECTOR_UNITS = ("requant", "gelu", "add", "add_const", "layernorm", "softmax")
+
+#: flag name -> bit of slot 0's high byte
+FLAGS = {"bias": 0, "requant": 1, "gelu": 2, "per_tensor": 3, "signed": 4, "sqrt2": 5}
+
+#: each op's fields in slot order (slot 1 on)
+FORMATS = {
+    "load": ("target", "addr", "count", "dram"),
+    "store": ("addr", "count", "dram"),
+    "gemm": ("mode", "m", "kf", "nf", "digits", "unsigned_digits", "x_base", "x_stride", "s_base", "s_stride",
+             "s_valid", "bias_base", "out_base", "out_stride", "n_valid", "out_bits", "ch_base"),
+    "vector": ("unit", "rows", "words", "a_base", "a_stride", "b_base", "b_stride", "out_base", "out_stride",
+               "n_valid", "out_bits", "ch_base", "ma", "mb", "shift"),
+    "end": (),
+}
+WIDE = frozenset({"dram"})
+SIGNED_FIELDS: frozenset = frozenset()  # none yet; ma and mb are unsigned 16-bit like the requantizer multipliers
+ENUMS = {"target": TARGETS, "mode": GEMM_MODES, "unit": VECTOR_UNITS}
+
+
+class IsaError(ValueError):
+    """An instruction that cannot be encoded: a field out of its slot's range, or an unknown op or flag."""
+
+
+@dataclass(frozen=True)
+class Instr:
+    """One instruction: ``op``, its fields (names of ``FORMATS[op]``; enums by name) and its set flags.
+
+    ``note`` (not encoded) names the program op it was compiled from, for diagnostics and per-op cycles."""
+
+    op: str
+    fields: dict = field(default_factory=dict)
+    flags: frozenset = frozenset()
+    note: str = ""
+
+    def __getitem__(self, name: str):
+        return self.fields.get(name, 0)
+
+    def flag(self, name: str) -> bool:
+        return name in self.flags
+
+
+def _slots(op: str) -> list[tuple[str, int]]:
+    """(field, slot) of each of ``op``'s fields."""
+    out, slot = [], 1
+    for name in FORMATS[op]:
+        out.append((name, slot))
+        slot += 2 if name in WIDE else 1
+    if slot > INSTR_SLOTS:
+        raise AssertionError(f"{op}: {slot - 1} slots")
+    return out
+
+
+def encode(instr: Instr) -> int:
+    """The instruction as an ``INSTR_BITS``-bit integer (slot 0 in the low bits)."""
+    if instr.op not in OPCODES:
+        raise IsaError(f"unknown op {instr.op!r}")
+    unknown = set(instr.fields) - set(FORMATS[instr.op])
+    if unknown:
+        raise IsaError(f"{instr.op}: unknown field {sorted(unknown)[0]!r}")
+    bad = set(instr.flags) - set(FLAGS)
+    if bad:
+        raise IsaError(f"{instr.op}: unknown flag {sorted(bad)[0]!r}")
+    word = OPCODES[instr.op] | sum(1 << (8 + FLAGS[f]) for f in instr.flags)
+    for name, slot in _slots(instr.op):
+        v = instr.fields.get(name, 0)
+        if name in ENUMS:
+            v = ENUMS[name].index(v) if isinstance(v, str) else v
+        bits = SLOT_BITS * (2 if name in WIDE else 1)
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if name in SIGNED_FIELDS else (0, (1 << bits) - 1)
+        if not isinstance(v, int) or not lo <= v <= hi:
+            raise IsaError(f"{instr.op} ({instr.note or 'no op'}): field {name!r} = {v!r} outside [{lo}, {hi}]")
+        word |= (v & ((1 << bits) - 1)) << (slot * SLOT_BITS)
+    return word
+
+
+def decode(word: int) -> Instr:
+    """The inverse of :func:`encode` (enums as names)."""
+    code = word & 0xFF
+    ops = {v: k for k, v in OPCODES.items()}
+    if code not in ops:
+        raise IsaError(f"unknown opcode {code}")
+    op = ops[code]
+    flags = frozenset(f for f, b in FLAGS.items() if word >> (8 + b) & 1)
+    fields = {}
+    for name, slot in _slots(op):
+        bits = SLOT_BITS * (2 if name in WIDE else 1)
+        v = word >> (slot * SLOT_BITS) & ((1 << bits) - 1)
+        if name in SIGNED_FIELDS and v >> (bits - 1):
+            v -= 1 << bits
+        if name in ENUMS:
+            v = ENUMS[name][v]
+        fields[name] = v
+    return Instr(op, fields, flags)
+
+
+def instr_beats(beat_bytes: int) -> int:
+    """DRAM beats of one instruction."""
+    return -(-INSTR_BITS // (8 * beat_bytes))
+
+
+# ------------------------------------------------------------------ sizes in DRAM beats
+def requant_entry_bits(mult_bits: int, shift_bits: int, out_bits: int) -> int:
+    """A requantizer table entry: ``M`` (bits 0 on), ``shift``, then the zero point (``out_bits + 1``, signed)."""
+    return mult_bits + shift_bits + out_bits + 1
+
+
+def layernorm_entry_bits(lanes: int, gamma_bits: int, beta_bits: int) -> int:
+    """A LayerNorm table entry: per lane ``gamma``, ``beta``, ``in_shift`` (2 bits), lane 0 in the low bits."""
+    return lanes * (gamma_bits + beta_bits + 2)
+
+
+def beats(bits: int, beat_bytes: int) -> int:
+    """DRAM beats of one item of ``bits`` bits (items are beat-aligned)."""
+    return -(-bits // (8 * beat_bytes))
+
+
+# ------------------------------------------------------------------ cycles
+# The controller's cycle contract, written once: hw.accelerator takes exactly this many clock edges per
+# instruction (its bench measures it), and sim.compile sums it into the schedule's cycles.
+FETCH_EXTRA = 1  #: the fetch's last read returns, the decoded instruction registers
+
+
+def fetch_cycles(beat_bytes: int) -> int:
+    """Fetching and decoding one instruction."""
+    return instr_beats(beat_bytes) + FETCH_EXTRA
+
+
+ADD_LATENCY = 3  #: the vector adder: scale both operands, round and shift, saturate
+
+
+def exec_cycles(instr: Instr, accel) -> int:
+    """Clock edges from the first cycle after decode to the one that writes the instruction's last result."""
+    from sim import timing
+    from sim.accel import requant_params, layernorm_params
+
+    v = accel.array.rows
+    bb = int(accel.dram_bytes_per_cycle)
+    op = instr.op
+    if op == "end":
+        return 0
+    if op == "load":
+        target = instr["target"]
+        if target == "abuf":
+            bits = 32 * v
+        elif target == "wbuf":
+            bits = v * accel.array.weight_bits
+        elif target == "requant":
+            p = requant_params(accel)
+            bits = requant_entry_bits(p["mult_bits"], p["shift_bits"], p["out_bits"])
+        elif target == "gelu":
+            bits = accel.gelu.out_bits
+        else:
+            p = layernorm_params(accel)
+            bits = layernorm_entry_bits(p["lanes"], p["gamma_bits"], p["beta_bits"])
+        return instr["count"] * beats(bits, bb) + 1
+    if op == "store":
+        return instr["count"] * beats(32 * v, bb) + 1
+    if op == "gemm":
+        extra = v + 1 if instr["mode"] == "matmul" else 0
+        folds = instr["nf"] * instr["kf"] * instr["digits"]
+        fold = timing.mac_fold_cycles(instr["m"], accel.array.rows, accel.array.cols) + extra
+        tail = 1 + (accel.requant.latency if instr.flag("requant") else 0) + \
+            (accel.gelu.latency if instr.flag("gelu") else 0)
+        return 1 + folds * fold + tail
+    unit, n = instr["unit"], instr["rows"] * instr["words"]
+    if unit in ("requant", "gelu"):
+        lat = accel.requant.latency if unit == "requant" else accel.gelu.latency
+        if unit == "requant" and instr.flag("gelu"):
+            lat += accel.gelu.latency
+        return n + 1 + lat
+    if unit in ("add", "add_const"):
+        return 2 * n + 1 + ADD_LATENCY
+    if unit == "layernorm":
+        return instr["rows"] * timing.layernorm_row_cycles(instr["n_valid"], accel.layernorm.lanes,
+                                                           accel.layernorm.latency) + 2
+    return instr["rows"] * timing.softmax_row_cycles(instr["n_valid"], accel.softmax.lanes, accel.softmax.latency) + 2
+
+
+def instr_cycles(instr: Instr, accel) -> int:
+    """One instruction, fetch included."""
+    return fetch_cycles(int(accel.dram_bytes_per_cycle)) + exec_cycles(instr, accel)
