@@ -74,8 +74,17 @@ complement in their slots).
             * ``layernorm``: ``sim.intops.layernorm`` of each row (``n_valid`` channels), gamma / beta /
               in_shift from table word ``w``, ``shift``, ``out_bits``;
             * ``softmax``: ``sim.intops.softmax_log2`` of each row (``n_valid`` elements, the lanes past it
-              masked), flag ``sqrt2``.
+              masked), flag ``sqrt2``; flag ``mask``: also masked where the key-mask word
+              ``b_base + row * b_stride + w`` holds 0 (one element a key, 0 or 1).
 ``end``     stop; the accelerator raises ``done``.
+
+The top level (``hw.accelerator.Accelerator``): ``start`` (a one-cycle pulse: reset the controller and
+fetch from DRAM beat 0), ``done`` (high from the cycle after ``end`` retires until the next ``start``),
+the memory port ``mem_addr`` (beat address), ``mem_re``, ``mem_we``, ``mem_wdata`` (one beat),
+``mem_rdata`` (the beat read, valid the cycle after ``mem_re``), and for benches ``cycles`` (clock edges
+since ``start``), ``retire`` (a pulse as each instruction finishes) and ``pc`` (the index of the
+instruction retiring). The memory image (``sim.compile``) is the instruction stream from beat 0 on, then
+the parameters, the inputs and room for every tensor that goes to DRAM.
 
 Digits: an operand wider than the array's ``act_bits`` port streams as ``digits`` folds, digit ``d`` being
 bits ``[d act_bits, (d + 1) act_bits)``. A digit whose bit ``d`` of ``unsigned_digits`` is set is
@@ -98,7 +107,7 @@ GEMM_MODES = ("linear", "matmul", "log2")
 VECTOR_UNITS = ("requant", "gelu", "add", "add_const", "layernorm", "softmax")
 
 #: flag name -> bit of slot 0's high byte
-FLAGS = {"bias": 0, "requant": 1, "gelu": 2, "per_tensor": 3, "signed": 4, "sqrt2": 5}
+FLAGS = {"bias": 0, "requant": 1, "gelu": 2, "per_tensor": 3, "signed": 4, "sqrt2": 5, "mask": 6}
 
 #: each op's fields in slot order (slot 1 on)
 FORMATS = {
