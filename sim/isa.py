@@ -18,12 +18,15 @@ unit's lanes, which the joined accelerator requires to be equal):
   width, sits in it one element a lane, sign- or zero-extended to 32 bits (its declared signedness), in
   *row-major vector layout*: a tensor ``[..., rows, n]`` is ``ceil(n / V)`` words per row, lanes past
   ``n`` in the last word of a row hold 0. Biases and constant tensors (``add_const``, class tokens) are
-  loaded into ABUF in the same layout.
+  loaded into ABUF in the same layout. ABUF has two read ports (``a``: every stream; ``b``: the second
+  operand of ``add`` / ``add_const`` and the softmax key mask, read in the same cycle as ``a``) and one
+  write port.
 * **WBUF**, the weight buffer: words of ``V`` weights of ``weight_bits`` each (one beat of the array's
   weight port), ``weight_kib * 1024 * 8 / (V * weight_bits)`` words.
 * The unit tables: the requantizer's ``(M, shift, zero point)`` table (``REQUANT_CHANNELS`` entries),
-  the GELU table (``2**in_bits`` entries) and the LayerNorm ``(gamma, beta, in_shift)`` table (one entry a
-  word of ``V`` channels).
+  the GELU table (``2**in_bits`` entries, entry ``x + 2**(in_bits-1)`` for input ``x``) and the LayerNorm
+  ``(gamma, beta, in_shift)`` table (one entry a word of ``V`` channels; a ``layernorm`` instruction
+  reads entries 0 to ``words - 1``, so its table is loaded at entry 0).
 
 In DRAM every item is beat-aligned: an ABUF word takes ``4 V / BEAT_BYTES`` beats, a WBUF word
 ``ceil(V * weight_bits / 8 / BEAT_BYTES)``, a table entry ``ceil(entry_bits / (8 BEAT_BYTES))`` beats
@@ -36,6 +39,10 @@ beats in DRAM). Slot 0 is the opcode (bits 0-7) and flags (bits 8-15); the op's 
 slots in the order :data:`FORMATS` lists them, a field named in :data:`WIDE` taking two slots (low half
 first). Unused slots are 0. All fields are unsigned unless :data:`SIGNED_FIELDS` names them (two's
 complement in their slots).
+
+Counts (``count``, ``m``, ``kf``, ``nf``, ``digits``, ``rows``, ``words``) are at least 1. An ABUF element an
+array port reads is taken by its low bits: ``weight_bits`` of a stationary element (matmul, log2),
+``act_bits`` of each digit of a streamed one.
 
 ``load``    DRAM -> ABUF / WBUF / a unit table. ``target``: one of :data:`TARGETS`; ``count`` items from
             beat ``dram`` on into ``addr`` onward (items: words for the buffers, entries for the tables).
@@ -51,13 +58,15 @@ complement in their slots).
               ``s_base + (j V + c) * s_stride + i``, 0 where ``j V + c >= s_valid``; the controller reads the
               ``V`` words into a transpose buffer first;
             * mode ``log2`` (codes ``@`` V): beat ``r`` is ABUF word ``s_base + (i V + r) * s_stride + j``,
-              0 where ``i V + r >= s_valid``; the streamed rows are log2 codes, flag ``sqrt2`` their base.
+              0 where ``i V + r >= s_valid``; the streamed rows are log2 codes, flag ``sqrt2`` their base
+            (``digits`` 1, ``unsigned_digits`` 0).
 
             The accumulator starts from the ABUF word ``bias + j`` on fold ``(j, 0, 0)`` (flag ``bias``; else
-            0) and adds every later fold's partial sums shifted left by ``d * act_bits``. On the last fold of
+            0; linear and matmul only: log2 folds read their stationary beats through the port the bias
+            takes) and adds every later fold's partial sums shifted left by ``d * act_bits``. On the last fold of
             column block ``j`` each of the ``m`` rows drains: flag ``requant``: requantized with table
             entry ``ch_base + j V + c`` for lane ``c`` (flag ``per_tensor``: entry ``ch_base`` for all),
-            ``out_bits`` wide, flag ``signed``; flag ``gelu``: then through the GELU table; otherwise the
+            ``out_bits`` wide, flag ``signed``; flag ``gelu`` (with ``requant``): then through the GELU table; otherwise the
             saturated int32 accumulator. Lanes with ``j V + c >= n_valid`` are written 0. Row ``t`` goes to
             ABUF word ``out_base + t * out_stride + j``.
 ``vector``  an element-wise pass of one vector unit over ``rows`` rows of ``words`` words: source
@@ -65,25 +74,25 @@ complement in their slots).
             ``out_base + row * out_stride + w``; elements past ``n_valid`` of a row are written 0.
             ``unit``: one of :data:`VECTOR_UNITS`:
 
-            * ``requant``: ``sim.intops.requantize`` of a, entry ``ch_base + w V + c`` (flag
+            * ``requant`` (the unit; flag ``requant`` is not needed): ``sim.intops.requantize`` of a, entry ``ch_base + w V + c`` (flag
               ``per_tensor``: ``ch_base``), ``out_bits``, flag ``signed``; flag ``gelu``: then the GELU table;
             * ``gelu``: the GELU table of a;
-            * ``add``: ``sim.intops.add(a, b, ma, mb, shift, out_bits)``; a and b are read one after
-              the other (two ABUF reads a word);
-            * ``add_const``: ``sim.intops.add_const(a, b, out_bits)``, two reads a word;
+            * ``add``: ``sim.intops.add(a, b, ma, mb, shift, out_bits)`` (b through read port ``b``);
+            * ``add_const``: ``sim.intops.add_const(a, b, out_bits)``;
             * ``layernorm``: ``sim.intops.layernorm`` of each row (``n_valid`` channels), gamma / beta /
               in_shift from table word ``w``, ``shift``, ``out_bits``;
             * ``softmax``: ``sim.intops.softmax_log2`` of each row (``n_valid`` elements, the lanes past it
               masked), flag ``sqrt2``; flag ``mask``: also masked where the key-mask word
               ``b_base + row * b_stride + w`` holds 0 (one element a key, 0 or 1).
-``end``     stop; the accelerator raises ``done``.
+``end``     stop; the accelerator raises ``done``. An unknown opcode stops it the same way.
 
-The top level (``hw.accelerator.Accelerator``): ``start`` (a one-cycle pulse: reset the controller and
+The top level (``hw.accelerator.Accelerator``): ``start`` (a one-cycle pulse, taken while idle or done:
 fetch from DRAM beat 0), ``done`` (high from the cycle after ``end`` retires until the next ``start``),
 the memory port ``mem_addr`` (beat address), ``mem_re``, ``mem_we``, ``mem_wdata`` (one beat),
 ``mem_rdata`` (the beat read, valid the cycle after ``mem_re``), and for benches ``cycles`` (clock edges
-since ``start``), ``retire`` (a pulse as each instruction finishes) and ``pc`` (the index of the
-instruction retiring). The memory image (``sim.compile``) is the instruction stream from beat 0 on, then
+since ``start``, the edge that takes ``start`` counted), ``retire`` (high on each instruction's last
+cycle) and ``pc`` (the index of the instruction retiring). Instruction ``k`` retires with ``cycles``
+equal to the sum of :func:`instr_cycles` over instructions ``0..k``; the ``end``'s is the run's total. The memory image (``sim.compile``) is the instruction stream from beat 0 on, then
 the parameters, the inputs and room for every tensor that goes to DRAM.
 
 Digits: an operand wider than the array's ``act_bits`` port streams as ``digits`` folds, digit ``d`` being
@@ -91,6 +100,7 @@ bits ``[d act_bits, (d + 1) act_bits)``. A digit whose bit ``d`` of ``unsigned_d
 unsigned: the controller feeds it with its top bit inverted (the digit minus ``2**(act_bits-1)``, a
 signed value the port takes) and the compiler has added ``2**(act_bits-1) * 2**(d act_bits) * sum_k
 W[n, k]`` to the bias (linear only; an activation x activation product streams one signed digit).
+``digits`` is at most :func:`max_digits` (operands up to ``sim.widths.MAX_ACT_BITS``).
 """
 
 from __future__ import annotations
@@ -212,7 +222,8 @@ def requant_entry_bits(mult_bits: int, shift_bits: int, out_bits: int) -> int:
 
 
 def layernorm_entry_bits(lanes: int, gamma_bits: int, beta_bits: int) -> int:
-    """A LayerNorm table entry: per lane ``gamma``, ``beta``, ``in_shift`` (2 bits), lane 0 in the low bits."""
+    """A LayerNorm table entry: per lane ``gamma``, ``beta``, ``in_shift`` (2 bits), lane 0 in the low bits:
+    lane ``i`` at bit ``i * (gamma_bits + beta_bits + 2)``, gamma first, then beta, then in_shift."""
     return lanes * (gamma_bits + beta_bits + 2)
 
 
@@ -221,68 +232,101 @@ def beats(bits: int, beat_bytes: int) -> int:
     return -(-bits // (8 * beat_bytes))
 
 
+def load_item_bits(target: str, accel) -> int:
+    """Bits of one item a ``load`` to ``target`` writes: an ABUF or WBUF word, a table entry."""
+    from sim.accel import layernorm_params, requant_params
+
+    v = accel.array.rows
+    if target == "abuf":
+        return 32 * v
+    if target == "wbuf":
+        return v * accel.array.weight_bits
+    if target == "requant":
+        p = requant_params(accel)
+        return requant_entry_bits(p["mult_bits"], p["shift_bits"], p["out_bits"])
+    if target == "gelu":
+        return accel.gelu.out_bits
+    if target == "layernorm":
+        p = layernorm_params(accel)
+        return layernorm_entry_bits(p["lanes"], p["gamma_bits"], p["beta_bits"])
+    raise IsaError(f"load: unknown target {target!r} (accepted: {', '.join(TARGETS)})")
+
+
+def max_digits(accel) -> int:
+    """The most digits a gemm operand may stream: ``ceil(MAX_ACT_BITS / act_bits)``."""
+    from sim import widths
+
+    return -(-widths.MAX_ACT_BITS // accel.array.act_bits)
+
+
 # ------------------------------------------------------------------ cycles
 # The controller's cycle contract, written once: hw.accelerator takes exactly this many clock edges per
-# instruction (its bench measures it), and sim.compile sums it into the schedule's cycles.
-FETCH_EXTRA = 1  #: the fetch's last read returns, the decoded instruction registers
+# instruction (rtl_tests/test_accelerator.py measures each), and sim.compile sums it into the schedule's cycles.
+FETCH_EXTRA = 1  #: the cycle the fetch's last beat returns (and the opcode dispatches)
+ADD_LATENCY = 3  #: the vector adder (hw.vector.STAGES): scale both operands, round and shift, saturate
 
 
 def fetch_cycles(beat_bytes: int) -> int:
-    """Fetching and decoding one instruction."""
+    """Fetching and decoding one instruction: one read a beat, then the cycle the last beat returns."""
     return instr_beats(beat_bytes) + FETCH_EXTRA
 
 
-ADD_LATENCY = 3  #: the vector adder: scale both operands, round and shift, saturate
-
-
-def exec_cycles(instr: Instr, accel) -> int:
-    """Clock edges from the first cycle after decode to the one that writes the instruction's last result."""
+def _gemm_cycles(instr: Instr, accel) -> int:
+    """A first cycle (the first stationary read), then per fold the array's ``V`` weight beats, ``m``
+    streamed rows and ``2 V - 1`` drain cycles (``sim.timing.mac_fold_cycles``), in matmul mode after
+    ``V + 1`` cycles that read the tile into the transpose buffer; then the cycle the last row leaves the
+    array and the epilogue's latency (requantizer, GELU) to the last ABUF write."""
     from sim import timing
-    from sim.accel import requant_params, layernorm_params
 
     v = accel.array.rows
-    bb = int(accel.dram_bytes_per_cycle)
-    op = instr.op
-    if op == "end":
-        return 0
-    if op == "load":
-        target = instr["target"]
-        if target == "abuf":
-            bits = 32 * v
-        elif target == "wbuf":
-            bits = v * accel.array.weight_bits
-        elif target == "requant":
-            p = requant_params(accel)
-            bits = requant_entry_bits(p["mult_bits"], p["shift_bits"], p["out_bits"])
-        elif target == "gelu":
-            bits = accel.gelu.out_bits
-        else:
-            p = layernorm_params(accel)
-            bits = layernorm_entry_bits(p["lanes"], p["gamma_bits"], p["beta_bits"])
-        return instr["count"] * beats(bits, bb) + 1
-    if op == "store":
-        return instr["count"] * beats(32 * v, bb) + 1
-    if op == "gemm":
-        extra = v + 1 if instr["mode"] == "matmul" else 0
-        folds = instr["nf"] * instr["kf"] * instr["digits"]
-        fold = timing.mac_fold_cycles(instr["m"], accel.array.rows, accel.array.cols) + extra
-        tail = 1 + (accel.requant.latency if instr.flag("requant") else 0) + \
-            (accel.gelu.latency if instr.flag("gelu") else 0)
-        return 1 + folds * fold + tail
+    extra = v + 1 if instr["mode"] == "matmul" else 0
+    folds = instr["nf"] * instr["kf"] * instr["digits"]
+    fold = timing.mac_fold_cycles(instr["m"], accel.array.rows, accel.array.cols) + extra
+    tail = 1 + (accel.requant.latency if instr.flag("requant") else 0) + \
+        (accel.gelu.latency if instr.flag("gelu") else 0)
+    return 1 + folds * fold + tail
+
+
+def _vector_cycles(instr: Instr, accel) -> int:
+    """A first cycle (the first read), one word a cycle into the unit, its latency to the last write.
+    Softmax and LayerNorm take row after row back to back (``sim.timing.*_row_cycles``); the first
+    cycle and the cycle their last result is written add 2."""
+    from sim import timing
+
     unit, n = instr["unit"], instr["rows"] * instr["words"]
-    if unit in ("requant", "gelu"):
-        lat = accel.requant.latency if unit == "requant" else accel.gelu.latency
-        if unit == "requant" and instr.flag("gelu"):
-            lat += accel.gelu.latency
-        return n + 1 + lat
+    if unit == "requant":
+        return 1 + n + accel.requant.latency + (accel.gelu.latency if instr.flag("gelu") else 0)
+    if unit == "gelu":
+        return 1 + n + accel.gelu.latency
     if unit in ("add", "add_const"):
-        return 2 * n + 1 + ADD_LATENCY
+        return 1 + n + ADD_LATENCY
     if unit == "layernorm":
         return instr["rows"] * timing.layernorm_row_cycles(instr["n_valid"], accel.layernorm.lanes,
                                                            accel.layernorm.latency) + 2
     return instr["rows"] * timing.softmax_row_cycles(instr["n_valid"], accel.softmax.lanes, accel.softmax.latency) + 2
 
 
+def exec_cycles(instr: Instr, accel) -> int:
+    """Clock edges from the first cycle after the fetch to the one that writes the instruction's last
+    result (its retire cycle), in closed form:
+
+    * ``end``: 0 (it retires on the fetch's last cycle);
+    * ``load``: one DRAM read a cycle, ``count * beats(item)``, and the cycle the last beat returns;
+    * ``store``: the first ABUF read, then one DRAM write a cycle, ``count * 4 V / BEAT_BYTES``;
+    * ``gemm``: :func:`_gemm_cycles`; ``vector``: :func:`_vector_cycles`.
+    """
+    bb = int(accel.dram_bytes_per_cycle)
+    if instr.op == "end":
+        return 0
+    if instr.op == "load":
+        return instr["count"] * beats(load_item_bits(instr["target"], accel), bb) + 1
+    if instr.op == "store":
+        return instr["count"] * beats(32 * accel.array.rows, bb) + 1
+    if instr.op == "gemm":
+        return _gemm_cycles(instr, accel)
+    return _vector_cycles(instr, accel)
+
+
 def instr_cycles(instr: Instr, accel) -> int:
-    """One instruction, fetch included."""
+    """One instruction, fetch included: the cycles between its predecessor's retire and its own."""
     return fetch_cycles(int(accel.dram_bytes_per_cycle)) + exec_cycles(instr, accel)
