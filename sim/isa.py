@@ -64,7 +64,8 @@ array port reads is taken by its low bits: ``weight_bits`` of a stationary eleme
             The accumulator starts from the ABUF word ``bias + j`` on fold ``(j, 0, 0)`` (flag ``bias``; else
             0; linear and matmul only: log2 folds read their stationary beats through the port the bias
             takes) and adds every later fold's partial sums shifted left by ``d * act_bits``. On the last fold of
-            column block ``j`` each of the ``m`` rows drains: flag ``requant``: requantized with table
+            column block ``j`` each of the ``m`` rows drains, as the exact sum saturated to int32 (what the
+            requantizer reads too: the engine's array op, then its requant): flag ``requant``: requantized with table
             entry ``ch_base + j V + c`` for lane ``c`` (flag ``per_tensor``: entry ``ch_base`` for all),
             ``out_bits`` wide, flag ``signed``; flag ``gelu`` (with ``requant``): then through the GELU table; otherwise the
             saturated int32 accumulator. Lanes with ``j V + c >= n_valid`` are written 0. Row ``t`` goes to
