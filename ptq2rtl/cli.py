@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptq2rtl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``ptq2rtl simulate ... | head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq2rtl.clocks import clock_status
-from sim.accel import AccelConfig, load_accel
+from sim.accel import AccelConfig, AccelError, check_program, load_accel
 from sim.cycles import CycleReport, program_cycles, utilization
 from sim.energy import program_energy
 from sim.program import IntegerProgram
@@ -23,7 +23,7 @@ def simulate_report(program: IntegerProgram | str | Path, accel: AccelConfig | s
         program = IntegerProgram.load(program)
     if not isinstance(accel, AccelConfig):
         accel = load_accel(accel)
-    cost = program_cycles(program, accel, batch=batch, seq_len=seq_len)
+    cost, basis = program_cost(program, accel, batch=batch, seq_len=seq_len)
     energy = program_energy(cost, accel)
     clock = accel.clock_mhz * 1e6
     total_j = energy.total_j
@@ -41,6 +41,7 @@ def simulate_report(program: IntegerProgram | str | Path, accel: AccelConfig | s
         "seq_len": cost.seq_len,
         "clock_mhz": accel.clock_mhz,
         "clock": clock_status(accel),
+        "basis": basis,
         "cycles": cost.cycles,
         "latency_s": cost.latency_s,
         "energy_j": total_j,
@@ -60,6 +61,32 @@ def simulate_report(program: IntegerProgram | str | Path, accel: AccelConfig | s
                     "dram_bytes": l.dram_bytes} for l in cost.layers()],
         "ops": [_op_row(o, cost, energy.per_op_j[o.name]) for o in cost.ops],
     }
+
+
+def program_cost(program: IntegerProgram, accel: AccelConfig, *, batch: int = 1,
+                 seq_len: int = 128) -> tuple[CycleReport, dict]:
+    """The cycles and energy actions of ``program`` on ``accel`` and what they rest on.
+
+    A program the compiler takes is priced from its instruction stream (``sim.schedule``: the cycles the
+    accelerator RTL executes, samples one after the other); one it does not take yet is estimated by the
+    analytic model (``sim.cycles``) and says why. A program the hardware cannot run is refused either way.
+    """
+    from sim.compile import compile_program
+    from sim.schedule import schedule_report
+
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch ({batch}) and seq_len ({seq_len}) must be at least 1")
+    check_program(program, accel, seq_len)
+    try:
+        compiled = compile_program(program, accel, seq_len=seq_len)
+    except AccelError as exc:
+        return (program_cycles(program, accel, batch=batch, seq_len=seq_len),
+                {"kind": "estimate", "note": f"analytic estimate (sim.cycles): the compiler does not take this "
+                                             f"program: {exc}"})
+    return (schedule_report(program, accel, compiled.instrs, batch=batch, seq_len=seq_len),
+            {"kind": "schedule", "instructions": len(compiled.instrs),
+             "note": f"the compiled schedule ({len(compiled.instrs)} instructions): the cycles the accelerator "
+                     f"RTL executes"})
 
 
 def _op_row(o, cost: CycleReport, energy_j: float) -> dict:
@@ -84,7 +111,8 @@ def format_table(report: dict) -> str:
     lines = [
         f"{r['model']} on {r['accel']} ({r['array']}, {r['clock_mhz']:g} MHz), batch {r['batch']}{seq}",
         f"clock {r['clock_mhz']:g} MHz: {r['clock']['note']}",
-        f"latency {_si(r['latency_s'], 's')} ({r['cycles']:,} cycles, {r['stall_cycles']:,} DRAM stall), "
+        f"cycles: {r['basis']['note']}",
+        f"latency {_si(r['latency_s'], 's')} ({r['cycles']:,} cycles, {r['stall_cycles']:,} waiting on DRAM), "
         f"energy {_si(r['energy_j'], 'J')}, array utilization {100 * r['utilization']:.1f} %",
         f"MACs {_si(r['macs'], '')} (array {_si(r['array_macs'], '')}), DRAM {_si(r['dram_bytes'], 'B')} "
         f"(compulsory {_si(r['compulsory_dram_bytes'], 'B')})",

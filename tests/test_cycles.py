@@ -209,7 +209,11 @@ def test_simulate_report_is_json_with_a_readable_table():
     json.dumps(rep)
     for key in ("cycles", "latency_s", "energy_j", "utilization", "energy_breakdown_j", "layers", "ops"):
         assert key in rep
-    assert len(rep["ops"]) == len(vit_program().ops)
+    names = [o["name"] for o in rep["ops"]]
+    assert names[:len(vit_program().ops)] == [op.name for op in vit_program().ops]
+    # the instructions of no op: program inputs loaded, outputs stored, end
+    assert {o["kind"] for o in rep["ops"][len(vit_program().ops):]} <= {"load", "store", "end"}
+    assert rep["basis"]["kind"] == "schedule"
     table = format_table(rep)
     assert "edge-int4" in table and "blocks.1" in table and "sram_accumulator_read" in table
 
