@@ -124,11 +124,16 @@ class MacArray(wiring.Component):
     a few partial-sum chains per column, which the column bottom adds with
     constant factors (shift-adds): no shifter or x181 per PE. ``linear`` and
     activation x activation ``matmul`` are the plain mode (a matmul has no bias).
+
+    ``digits`` > 1 builds the digit passes of operands wider than ``act_bits`` (``sim.isa``): a fold's
+    ``w_digit`` (taken with its weights, like ``w_first``) shifts its partial sums left by
+    ``w_digit * act_bits`` before they are added, and the accumulator is exact for operands of
+    ``digits * act_bits`` bits. With ``digits == 1`` there is no ``w_digit`` port.
     """
 
     def __init__(self, rows: int = 4, cols: int = 4, act_bits: int = 4, weight_bits: int = 4,
                  acc_bits: int = 32, max_m: int = 64, max_k: int = 4096, log2: bool = True, code_bits: int = 4,
-                 products: str | None = None):
+                 products: str | None = None, digits: int = 1):
         unit = "MacArray"
         self.rows = check_int(unit, "rows", rows, 1, 256)
         self.cols = check_int(unit, "cols", cols, 1, 256)
@@ -141,6 +146,7 @@ class MacArray(wiring.Component):
             raise ParameterError(f"MacArray: parameter 'max_k' = {max_k} must be at least rows = {rows}")
         self.log2 = check_bool(unit, "log2", log2)
         self.code_bits = check_int(unit, "code_bits", code_bits, 2, min(5, act_bits))
+        self.digits = check_int(unit, "digits", digits, 1, 8)
         if products is None:
             products = "lut" if act_bits <= 4 and weight_bits <= 4 else "dsp"
         if products not in PRODUCTS:
@@ -151,7 +157,7 @@ class MacArray(wiring.Component):
         plain = (min(alo * whi, ahi * wlo), alo * wlo)  # the range of one product
         self.chain_bounds = [plain]  # the range of one PE's term on each partial-sum chain
         column = plain  # ... and of one PE's share of the column's sum
-        prod = 1 << (act_bits + weight_bits - 2)  # largest |x*w|: most-negative times most-negative
+        prod = 1 << (digits * act_bits + weight_bits - 2)  # largest |x*w|: most-negative times most-negative
         if log2:
             self.radix = min(act_bits - 1, LOG2_WINDOW)  # 2**b for b < radix fits the signed activation port
             self.plan, self.factors = log2_plan(code_bits, self.radix)
@@ -165,7 +171,9 @@ class MacArray(wiring.Component):
             prod = max(prod, -wlo * int(big))
         self.psum_bits = signed_width(rows * column[0], rows * column[1])  # a column's sum
         self.acc_int_bits = _bits_for((1 << (acc_bits - 1)) + max_k * prod)  # exact over max_k terms and a bias
+        digit_port = {"w_digit": In(range(digits))} if digits > 1 else {}
         super().__init__({
+            **digit_port,
             "w_valid": In(1),
             "w_ready": Out(1),
             "w_row": In(data.ArrayLayout(signed(weight_bits), cols)),
@@ -193,7 +201,7 @@ class MacArray(wiring.Component):
     def params(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, "act_bits": self.act_bits, "weight_bits": self.weight_bits,
                 "acc_bits": self.acc_bits, "max_m": self.max_m, "max_k": self.max_k, "log2": self.log2,
-                "code_bits": self.code_bits, "products": self.products}
+                "code_bits": self.code_bits, "products": self.products, "digits": self.digits}
 
     def _product(self, m: Module, x, w, name: str):
         return lut_product(m, x, w, name) if self.products == "lut" else x * w
@@ -224,6 +232,7 @@ class MacArray(wiring.Component):
         last = Signal()
         log2 = Signal()
         sqrt2 = Signal()
+        digit = Signal(range(self.digits))
         bias = Signal(data.ArrayLayout(signed(self.acc_bits), cols))
         w_fire = Signal()
         x_fire = Signal()
@@ -236,6 +245,8 @@ class MacArray(wiring.Component):
                                  bias.eq(self.bias), row_idx.eq(row_idx + 1)]
                     if self.log2:
                         m.d.sync += [log2.eq(self.w_log2), sqrt2.eq(self.w_log2 & self.w_sqrt2)]
+                    if self.digits > 1:
+                        m.d.sync += digit.eq(self.w_digit)
                     with m.If(row_idx == rows - 1):
                         m.d.sync += [row_idx.eq(0), x_count.eq(0)]
                         m.next = "STREAM"
@@ -292,7 +303,8 @@ class MacArray(wiring.Component):
                          for i, p in enumerate(above[c])]
                 m.d.comb += total.eq(sum(parts))
             bottom.append(total)
-        aligned = [delay(m, bottom[c], cols - 1 - c, f"deskew_{c}") for c in range(cols)]
+        aligned = [self._digit_shift(m, delay(m, bottom[c], cols - 1 - c, f"deskew_{c}"), digit, c)
+                   for c in range(cols)]
         aligned_valid = delay(m, x_fire, rows + cols - 1, "aligned_valid")
 
         # accumulator buffer: one entry of `cols` exact sums per output row
@@ -319,6 +331,17 @@ class MacArray(wiring.Component):
         m.d.sync += o_valid.eq(aligned_valid & last)
         m.d.comb += [self.o_acc.eq(o_acc), self.o_valid.eq(o_valid)]
         return m
+
+    def _digit_shift(self, m: Module, psum, digit, c: int):
+        """Column ``c``'s aligned partial sum shifted left by ``digit * act_bits`` (a mux, no shifter)."""
+        if self.digits == 1:
+            return psum
+        out = Signal(signed(len(psum) + (self.digits - 1) * self.act_bits), name=f"digit_shifted_{c}")
+        m.d.comb += out.eq(psum)
+        for d in range(1, self.digits):
+            with m.If(digit == d):
+                m.d.comb += out.eq(psum << (d * self.act_bits))
+        return out
 
     def _chain_width(self, chain: int, r: int) -> int:
         """Bits of partial-sum chain ``chain`` leaving row ``r``: the sum of ``r + 1`` terms."""

@@ -1,0 +1,506 @@
+"""The accelerator: the units joined under one controller that runs a ``sim.isa`` instruction stream."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.common import ParameterError
+from hw.gelu import Gelu
+from hw.layernorm import LayerNorm
+from hw.mac_array import MacArray
+from hw.requant import Requantizer
+from hw.softmax import SoftmaxLog2
+from hw.vector import VectorAdder
+from sim import isa, widths
+
+ELEM_BITS = 32  #: an ABUF element
+PC_BITS = 32
+CYCLE_BITS = 48
+#: gemm phases (``sim.isa.exec_cycles``): the first cycle, the matmul transpose reads, the array's weight
+#: beats, its streamed rows, its drain, and the wait for the epilogue's last row
+SETUP, TRANS, LOAD, STREAM, DRAIN, TAIL = range(6)
+
+
+def _index(enum: str, name: str) -> int:
+    return isa.ENUMS[enum].index(name)
+
+
+def field_views(ir: Value) -> dict[str, dict[str, Value]]:
+    """Each op's fields as slices of the instruction register, from ``sim.isa``'s slot layout."""
+    views = {}
+    for op in isa.FORMATS:
+        views[op] = {}
+        for name, slot in isa._slots(op):
+            bits = isa.SLOT_BITS * (2 if name in isa.WIDE else 1)
+            views[op][name] = ir[slot * isa.SLOT_BITS:slot * isa.SLOT_BITS + bits]
+    return views
+
+
+def _sext(value: Value, bits: int = ELEM_BITS) -> Value:
+    return Cat(value, *([value[-1]] * (bits - len(value))))
+
+
+def _zext(value: Value, bits: int = ELEM_BITS) -> Value:
+    return Cat(value, Const(0, bits - len(value))) if len(value) < bits else value[:bits]
+
+
+class Accelerator(wiring.Component):
+    """The MAC array, requantizer, GELU, softmax, LayerNorm and vector adder, the ABUF and WBUF, one
+    memory port and the controller that runs ``sim.isa`` instructions from DRAM beat 0 on.
+
+    Ports (``sim.isa``): ``start`` (taken while idle or done: fetch from beat 0), ``done``, the memory
+    port ``mem_addr`` / ``mem_re`` / ``mem_we`` / ``mem_wdata`` / ``mem_rdata`` (one beat; read data the
+    cycle after ``mem_re``), and for benches ``cycles``, ``retire`` and ``pc``. Each instruction takes
+    exactly ``sim.isa.instr_cycles`` clock edges: ``retire`` is high on its last cycle, with ``cycles``
+    the sum of ``instr_cycles`` over the instructions so far, this one included.
+
+    The ABUF has two read ports (``a``: every stream, ``b``: add's second operand and the softmax key
+    mask) and one write port; the WBUF one of each. Vector units take their input straight from a read
+    port and write through the write port; the gemm epilogue is requantizer [-> GELU] -> ABUF.
+    """
+
+    def __init__(self, cfg):
+        v = cfg.array.rows
+        lanes = {"array.cols": cfg.array.cols, "requant.lanes": cfg.requant.lanes, "gelu.lanes": cfg.gelu.lanes,
+                 "softmax.lanes": cfg.softmax.lanes, "layernorm.lanes": cfg.layernorm.lanes}
+        for name, n in lanes.items():
+            if n != v:
+                raise ParameterError(f"Accelerator {cfg.name}: {name} = {n} must equal array.rows = {v} "
+                                     "(the joined accelerator's vector width)")
+        bb = cfg.dram_bytes_per_cycle
+        if bb != int(bb) or bb < 1:
+            raise ParameterError(f"Accelerator {cfg.name}: dram_bytes_per_cycle = {bb} must be a whole number of bytes")
+        self.cfg = cfg
+        self.v = v
+        self.beat_bits = 8 * int(bb)
+        self.instr_beats = isa.instr_beats(int(bb))
+        self.abuf_depth = cfg.buffers.bytes("activation") // (4 * v)
+        self.wbuf_depth = cfg.buffers.bytes("weight") * 8 // (v * cfg.array.weight_bits)
+        self.digits = isa.max_digits(cfg)
+        self.item_beats = {t: isa.beats(isa.load_item_bits(t, cfg), int(bb)) for t in isa.TARGETS}
+        super().__init__({
+            "start": In(1),
+            "done": Out(1),
+            "mem_addr": Out(32),
+            "mem_re": Out(1),
+            "mem_we": Out(1),
+            "mem_wdata": Out(self.beat_bits),
+            "mem_rdata": In(self.beat_bits),
+            "cycles": Out(CYCLE_BITS),
+            "retire": Out(1),
+            "pc": Out(PC_BITS),
+        })
+
+    @classmethod
+    def from_accel(cls, cfg) -> "Accelerator":
+        """The accelerator of description ``cfg``: its units built with their ``from_accel``."""
+        return cls(cfg)
+
+    @property
+    def params(self) -> dict:
+        return {"v": self.v, "beat_bits": self.beat_bits, "abuf_depth": self.abuf_depth,
+                "wbuf_depth": self.wbuf_depth, "digits": self.digits}
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, v = self.cfg, self.v
+        u = _Units(m, cfg, self.digits)
+        word = data.ArrayLayout(signed(ELEM_BITS), v)
+        m.submodules.abuf = abuf = Memory(shape=word, depth=self.abuf_depth, init=[])
+        m.submodules.wbuf = wbuf = Memory(shape=data.ArrayLayout(signed(cfg.array.weight_bits), v),
+                                          depth=self.wbuf_depth, init=[])
+        p = _Ports(ra=abuf.read_port(), rb=abuf.read_port(), wa=abuf.write_port(), rw=wbuf.read_port(),
+                   ww=wbuf.write_port())
+        ir = Signal(self.instr_beats * self.beat_bits)
+        f = field_views(ir)
+        flag = {name: ir[8 + bit] for name, bit in isa.FLAGS.items()}
+        c = _Control(m)
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                self._on_start(m, c)
+            with m.State("FETCH"):
+                self._fetch(m, c, ir)
+            with m.State("LOAD"):
+                self._load(m, c, f["load"], u, p, active=fsm.ongoing("LOAD"))
+                self._next_on_retire(m, c)
+            with m.State("STORE"):
+                self._store(m, c, f["store"], p)
+                self._next_on_retire(m, c)
+            with m.State("GEMM"):
+                self._gemm(m, c, f["gemm"], flag, u, p)
+                self._next_on_retire(m, c)
+            with m.State("VECTOR"):
+                self._vector_feed(m, c, f["vector"], flag, u, p)
+                self._next_on_retire(m, c)
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                self._on_start(m, c)
+        gemm, vector = fsm.ongoing("GEMM"), fsm.ongoing("VECTOR")
+        self._epilogue(m, c, f, flag, u, gemm, vector)
+        self._write_back(m, c, f, flag, u, p, gemm, vector, in_load=fsm.ongoing("LOAD"))
+        with m.If(fsm.ongoing("FETCH")):
+            m.d.sync += [r.eq(0) for r in c.exec_regs]
+        running = ~(fsm.ongoing("IDLE") | fsm.ongoing("DONE"))
+        with m.If(running):
+            m.d.sync += c.cycles.eq(c.cycles + 1)
+        m.d.comb += [self.cycles.eq(c.cycles), self.pc.eq(c.pc), self.retire.eq(c.retire)]
+        return m
+
+    # ---------------------------------------------------------------- the instruction sequence
+    def _on_start(self, m, c):
+        with m.If(self.start):
+            m.d.sync += [c.pc.eq(0), c.fetch_addr.eq(0), c.fbeat.eq(0), c.cycles.eq(1)]
+            m.next = "FETCH"
+
+    def _next_on_retire(self, m, c):
+        with m.If(c.retire):
+            m.d.sync += [c.pc.eq(c.pc + 1), c.fetch_addr.eq(c.fetch_addr + self.instr_beats), c.fbeat.eq(0)]
+            m.next = "FETCH"
+
+    def _fetch(self, m, c, ir):
+        """Beats ``pc * instr_beats`` on, one a cycle; the last returns on the fetch's last cycle, which
+        also dispatches on the opcode (beat 0's low byte), or retires ``end``."""
+        n, bb = self.instr_beats, self.beat_bits
+        m.d.comb += [self.mem_re.eq(c.fbeat < n), self.mem_addr.eq(c.fetch_addr + c.fbeat)]
+        m.d.sync += c.fbeat.eq(c.fbeat + 1)
+        for b in range(n):
+            with m.If(c.fbeat == b + 1):
+                m.d.sync += ir[b * bb:(b + 1) * bb].eq(self.mem_rdata)
+        opcode = self.mem_rdata[:8] if n == 1 else ir[:8]
+        with m.If(c.fbeat == n):
+            with m.Switch(opcode):
+                for op, state in (("load", "LOAD"), ("store", "STORE"), ("gemm", "GEMM"), ("vector", "VECTOR")):
+                    with m.Case(isa.OPCODES[op]):
+                        m.next = state
+                with m.Default():  # end (and any unknown opcode) stops the machine
+                    m.d.comb += c.retire.eq(1)
+                    m.next = "DONE"
+
+    # ---------------------------------------------------------------- load and store
+    def _load(self, m, c, f, u, p, active):
+        """DRAM -> ABUF / WBUF / a table: beats issued one a cycle; an item is written on the cycle its
+        last beat returns."""
+        bb = self.beat_bits
+        most = max(self.item_beats.values())
+        target = f["target"]
+        nb = Signal(range(most + 1))
+        with m.Switch(target):
+            for t, n in self.item_beats.items():
+                with m.Case(_index("target", t)):
+                    m.d.comb += nb.eq(n)
+        issued, iss_beat, iss_item, iss_done = c.reg(32), c.reg(range(most)), c.reg(16), c.reg(1)
+        with m.If(~iss_done):
+            m.d.comb += [self.mem_re.eq(1), self.mem_addr.eq(f["dram"] + issued)]
+            m.d.sync += [issued.eq(issued + 1), iss_beat.eq(iss_beat + 1)]
+            with m.If(iss_beat == nb - 1):
+                m.d.sync += [iss_beat.eq(0), iss_item.eq(iss_item + 1)]
+                with m.If(iss_item == f["count"] - 1):
+                    m.d.sync += iss_done.eq(1)
+        arrive, a_beat, a_item = c.reg(1), c.reg(range(most)), c.reg(16)
+        m.d.sync += arrive.eq(~iss_done)
+        asm = Signal(most * bb)
+        item = Signal(most * bb)  # the item with the beat arriving now in place
+        m.d.comb += item.eq(asm)
+        for b in range(most):
+            with m.If(a_beat == b):
+                m.d.comb += item[b * bb:(b + 1) * bb].eq(self.mem_rdata)
+        write = Signal()
+        with m.If(arrive):
+            m.d.sync += [asm.eq(item), a_beat.eq(a_beat + 1)]
+            with m.If(a_beat == nb - 1):
+                m.d.sync += [a_beat.eq(0), a_item.eq(a_item + 1)]
+                m.d.comb += write.eq(1)
+                with m.If(a_item == f["count"] - 1):
+                    m.d.comb += c.retire.eq(1)
+        addr = f["addr"] + a_item
+        en = {t: write & (target == _index("target", t)) for t in isa.TARGETS}
+        m.d.comb += [p.ww.en.eq(en["wbuf"]), p.ww.addr.eq(addr), Value.cast(p.ww.data).eq(item)]
+        c.load_abuf = (en["abuf"], addr, item[:ELEM_BITS * self.v])
+        self._table_writes(m, u, en, addr, item)
+
+    def _table_writes(self, m, u, en, addr, item):
+        """A table entry's bits (``sim.isa``): requantizer ``M, shift, zero point``; GELU one entry;
+        LayerNorm per lane ``gamma, beta, in_shift`` (lane 0 in the low bits)."""
+        rq, gelu, ln = u.rq, u.gelu, u.ln
+        mb, sb = rq.mult_bits, rq.shift_bits
+        m.d.comb += [rq.tbl_we.eq(en["requant"]), rq.tbl_addr.eq(addr), rq.tbl_m.eq(item[:mb]),
+                     rq.tbl_shift.eq(item[mb:mb + sb]), rq.tbl_zp.eq(item[mb + sb:mb + sb + rq.out_bits + 1])]
+        m.d.comb += [gelu.tbl_we.eq(en["gelu"]), gelu.tbl_addr.eq(addr), gelu.tbl_data.eq(item[:gelu.out_bits])]
+        g, b = ln.gamma_bits, ln.beta_bits
+        lane_bits = g + b + 2
+        m.d.comb += [ln.tbl_we.eq(en["layernorm"]), ln.tbl_addr.eq(addr)]
+        for lane in range(ln.lanes):
+            o = lane * lane_bits
+            m.d.comb += [ln.tbl_gamma[lane].eq(item[o:o + g]), ln.tbl_beta[lane].eq(item[o + g:o + g + b]),
+                         ln.tbl_in_shift[lane].eq(item[o + g + b:o + lane_bits])]
+
+    def _store(self, m, c, f, p):
+        """ABUF -> DRAM: the first cycle reads word 0; then one beat a cycle, each word read on its
+        predecessor's last beat."""
+        bb, per_word = self.beat_bits, isa.beats(ELEM_BITS * self.v, self.beat_bits // 8)
+        primed, beat, wrd, ptr = c.reg(1), c.reg(range(per_word)), c.reg(16), c.reg(32)
+        m.d.sync += primed.eq(1)
+        last_beat = beat == per_word - 1
+        m.d.comb += p.ra.addr.eq(f["addr"] + wrd + (primed & last_beat))
+        bits = Cat(Value.cast(p.ra.data), Const(0, per_word * bb - ELEM_BITS * self.v))
+        with m.If(primed):
+            m.d.comb += [self.mem_we.eq(1), self.mem_addr.eq(f["dram"] + ptr),
+                         self.mem_wdata.eq(bits.word_select(beat, bb))]
+            m.d.sync += [ptr.eq(ptr + 1), beat.eq(beat + 1)]
+            with m.If(last_beat):
+                m.d.sync += [beat.eq(0), wrd.eq(wrd + 1)]
+                with m.If(wrd == f["count"] - 1):
+                    m.d.comb += c.retire.eq(1)
+
+    # ---------------------------------------------------------------- vector: the read side
+    def _vector_feed(self, m, c, f, flag, u, p):
+        """One word a cycle from ABUF port a (and port b), row-major; a word is presented on the cycle
+        after its read and re-read while the unit (softmax, LayerNorm between rows) does not take it."""
+        v = self.v
+        unit = f["unit"]
+        is_ = {name: unit == _index("unit", name) for name in isa.VECTOR_UNITS}
+        have, fdone, row, w = c.reg(1), c.reg(1), c.reg(16), c.reg(16)
+        ready = Mux(is_["layernorm"], u.ln.i_ready, Mux(is_["softmax"], u.sm.i_ready, 1))
+        present = have & ~fdone
+        fire = present & ready
+        last_w = w == f["words"] - 1
+        nxt_row, nxt_w = Mux(last_w, row + 1, row), Mux(last_w, 0, w + 1)
+        r_row, r_w = Mux(fire, nxt_row, row), Mux(fire, nxt_w, w)
+        m.d.comb += [p.ra.addr.eq(f["a_base"] + r_row * f["a_stride"] + r_w),
+                     p.rb.addr.eq(f["b_base"] + r_row * f["b_stride"] + r_w)]
+        m.d.sync += have.eq(1)
+        with m.If(fire):
+            m.d.sync += [row.eq(nxt_row), w.eq(nxt_w)]
+            with m.If(last_w & (row == f["rows"] - 1)):
+                m.d.sync += fdone.eq(1)
+        a, b = p.ra.data, p.rb.data
+        in_row = [w * v + lane < f["n_valid"] for lane in range(v)]
+        m.d.comb += [c.vec_fire_rq.eq(fire & is_["requant"]), c.vec_fire_gelu.eq(fire & is_["gelu"]), c.vec_col.eq(w)]
+        add = u.add
+        m.d.comb += [add.i_valid.eq(fire & (is_["add"] | is_["add_const"])), add.const.eq(is_["add_const"]),
+                     add.ma.eq(f["ma"]), add.mb.eq(f["mb"]), add.shift.eq(f["shift"]), add.out_width.eq(f["out_bits"]),
+                     Value.cast(add.i_a).eq(Value.cast(a)), Value.cast(add.i_b).eq(Value.cast(b))]
+        ln = u.ln
+        m.d.comb += [ln.i_valid.eq(present & is_["layernorm"]), ln.i_last.eq(last_w), ln.n.eq(f["n_valid"]),
+                     ln.shift.eq(f["shift"]), ln.out_width.eq(f["out_bits"])]
+        sm = u.sm
+        m.d.comb += [sm.i_valid.eq(present & is_["softmax"]), sm.i_last.eq(last_w), sm.sqrt2.eq(flag["sqrt2"])]
+        for lane in range(v):
+            m.d.comb += [ln.i_x[lane].eq(a[lane][:ln.in_bits]), sm.i_t[lane].eq(a[lane][:sm.in_bits]),
+                         sm.i_mask[lane].eq(in_row[lane] & (~flag["mask"] | b[lane].any()))]
+        c.vec_a = a
+
+    # ---------------------------------------------------------------- gemm: the array's feed
+    def _gemm(self, m, c, f, flag, u, p):
+        """Folds ``(j, i, d)`` in ``sim.isa`` order, in lockstep with the array's load / stream / drain;
+        every read is issued the cycle before its data is presented."""
+        v, arr = self.v, u.arr
+        ab, wb = arr.act_bits, arr.weight_bits
+        mode = f["mode"]
+        lin, mm, lg = (mode == _index("mode", x) for x in isa.GEMM_MODES)
+        phase, k = c.reg(range(TAIL + 1)), c.reg(16)
+        fj, fi, fd, final = c.reg(16), c.reg(16), c.reg(range(self.digits)), c.reg(1)
+        first = (fi == 0) & (fd == 0)
+        last = (fi == f["kf"] - 1) & (fd == f["digits"] - 1)
+
+        def w_addr(r):  # linear: WBUF word of stationary beat r
+            return f["s_base"] + (fj * f["kf"] + fi) * v + r
+
+        def log2_addr(r):  # log2: ABUF word of stationary beat r
+            return f["s_base"] + (fi * v + r) * f["s_stride"] + fj
+
+        def x_addr(t):
+            return f["x_base"] + t * f["x_stride"] + fi
+
+        def prefetch():
+            m.d.comb += [p.rw.addr.eq(w_addr(0)), p.ra.addr.eq(log2_addr(0))]
+
+        tb = [[Signal(signed(wb), name=f"tb_{col}_{r}") for r in range(v)] for col in range(v)]
+        with m.Switch(phase):
+            with m.Case(SETUP):
+                prefetch()
+                m.d.sync += phase.eq(Mux(mm, TRANS, LOAD))
+            with m.Case(TRANS):  # matmul: word c of the tile is column c of the stationary beats
+                m.d.comb += p.ra.addr.eq(f["s_base"] + (fj * v + k) * f["s_stride"] + fi)
+                for col in range(v):
+                    with m.If(k == col + 1):
+                        m.d.sync += [tb[col][r].eq(p.ra.data[r][:wb]) for r in range(v)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == v):
+                    m.d.sync += [k.eq(0), phase.eq(LOAD)]
+            with m.Case(LOAD):
+                self._stationary_beat(m, f, flag, arr, p, tb, k, fi, fj, fd, first, last, lin, mm)
+                m.d.comb += [p.rw.addr.eq(w_addr(k + 1)),
+                             p.ra.addr.eq(Mux(k == v - 1, x_addr(0),
+                                              Mux(lg, log2_addr(k + 1), f["bias_base"] + fj)))]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == v - 1):
+                    m.d.sync += [k.eq(0), phase.eq(STREAM)]
+            with m.Case(STREAM):
+                ud = f["unsigned_digits"].bit_select(fd, 1)
+                m.d.comb += [arr.x_valid.eq(1), p.ra.addr.eq(x_addr(k + 1))]
+                for r in range(v):
+                    digit = p.ra.data[r].as_unsigned()[:self.digits * ab].word_select(fd, ab)
+                    m.d.comb += arr.x_vec[r].eq(digit ^ (ud << (ab - 1)))
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == f["m"] - 1):
+                    m.d.sync += [k.eq(0), phase.eq(DRAIN)]
+                    self._next_fold(m, f, fj, fi, fd, final)
+            with m.Case(DRAIN):
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == 2 * v - 2):
+                    prefetch()
+                    m.d.sync += [k.eq(0), phase.eq(Mux(final, TAIL, Mux(mm, TRANS, LOAD)))]
+
+    def _stationary_beat(self, m, f, flag, arr, p, tb, r, fi, fj, fd, first, last, lin, mm):
+        """Weight beat ``r`` of the fold: a WBUF word (linear), a transpose-buffer column (matmul) or an
+        ABUF word (log2); rows / lanes past ``s_valid`` are 0. The bias word is read during the beats."""
+        v, wb = self.v, arr.weight_bits
+        m.d.comb += [arr.w_valid.eq(1), arr.w_first.eq(first), arr.w_last.eq(last), arr.m.eq(f["m"]),
+                     arr.w_log2.eq(~lin & ~mm), arr.w_sqrt2.eq(flag["sqrt2"])]
+        if self.digits > 1:
+            m.d.comb += arr.w_digit.eq(fd)
+        for col in range(v):
+            mm_lane = Mux(fj * v + col < f["s_valid"], Array(tb[col])[r], 0)
+            log2_lane = Mux(fi * v + r < f["s_valid"], p.ra.data[col][:wb], 0)
+            m.d.comb += arr.w_row[col].eq(Mux(lin, p.rw.data[col], Mux(mm, mm_lane, log2_lane)))
+            m.d.comb += arr.bias[col].eq(Mux(flag["bias"] & first, p.ra.data[col], 0))
+
+    def _next_fold(self, m, f, fj, fi, fd, final):
+        """``d`` innermost, then ``i``, then ``j``; after the last fold the gemm drains to its tail."""
+        m.d.sync += fd.eq(fd + 1)
+        with m.If(fd == f["digits"] - 1):
+            m.d.sync += [fd.eq(0), fi.eq(fi + 1)]
+            with m.If(fi == f["kf"] - 1):
+                m.d.sync += [fi.eq(0), fj.eq(fj + 1)]
+                with m.If(fj == f["nf"] - 1):
+                    m.d.sync += final.eq(1)
+
+    # ---------------------------------------------------------------- requantizer and GELU
+    def _epilogue(self, m, c, f, flag, u, gemm, vector):
+        """The requantizer and GELU: fed by the array's drained rows (gemm) or by ABUF port a (vector);
+        lane ``c`` of column block ``j`` (word ``w``) reads requantizer entry ``ch_base + j V + c``."""
+        v, arr, rq, gelu = self.v, u.arr, u.rq, u.gelu
+        g, vf = f["gemm"], f["vector"]
+        irow, icol = c.reg(16), c.reg(16)
+        with m.If(gemm & arr.o_valid):
+            m.d.sync += irow.eq(irow + 1)
+            with m.If(irow == g["m"] - 1):
+                m.d.sync += [irow.eq(0), icol.eq(icol + 1)]
+        col = Mux(gemm, icol, c.vec_col)
+        ch_base = Mux(gemm, g["ch_base"], vf["ch_base"])
+        m.d.comb += [rq.i_valid.eq(Mux(gemm, arr.o_valid & flag["requant"], c.vec_fire_rq)),
+                     rq.out_width.eq(Mux(gemm, g["out_bits"], vf["out_bits"])), rq.out_signed.eq(flag["signed"])]
+        for lane in range(v):
+            m.d.comb += [rq.i_x[lane].eq(Mux(gemm, arr.o_acc[lane], c.vec_a[lane])),
+                         rq.i_ch[lane].eq(Mux(flag["per_tensor"], ch_base, ch_base + col * v + lane))]
+        from_rq = Mux(gemm, flag["requant"], c.vec_unit_is_rq)
+        m.d.comb += gelu.i_valid.eq(Mux(from_rq, rq.o_valid & flag["gelu"],
+                                        Mux(gemm, arr.o_valid & flag["gelu"], c.vec_fire_gelu)))
+        for lane in range(v):
+            src = Mux(from_rq, rq.o_y[lane], Mux(gemm, arr.o_acc[lane], c.vec_a[lane]))
+            m.d.comb += gelu.i_x[lane].eq(src[:gelu.in_bits])
+        m.d.comb += c.vec_unit_is_rq.eq(vf["unit"] == _index("unit", "requant"))
+
+    # ---------------------------------------------------------------- the write side
+    def _write_back(self, m, c, f, flag, u, p, gemm, vector, in_load):
+        """The last unit's results to ABUF: gemm rows column block by block (word ``out_base + t *
+        out_stride + j``), vector words row by row; lanes past ``n_valid`` are written 0. The
+        instruction retires on its last word."""
+        v = self.v
+        g, vf = f["gemm"], f["vector"]
+        valid, words = self._results(m, flag, u, gemm, vf["unit"])
+        wrow, wcol = c.reg(16), c.reg(16)
+        row_end = Mux(gemm, wrow == g["m"] - 1, wcol == vf["words"] - 1)
+        last = Mux(gemm, row_end & (wcol == g["nf"] - 1), row_end & (wrow == vf["rows"] - 1))
+        with m.If(valid & (gemm | vector)):
+            with m.If(gemm):
+                m.d.sync += wrow.eq(Mux(row_end, 0, wrow + 1))
+                with m.If(row_end):
+                    m.d.sync += wcol.eq(wcol + 1)
+            with m.Else():
+                m.d.sync += wcol.eq(Mux(row_end, 0, wcol + 1))
+                with m.If(row_end):
+                    m.d.sync += wrow.eq(wrow + 1)
+            with m.If(last):
+                m.d.comb += c.retire.eq(1)
+        n_valid = Mux(gemm, g["n_valid"], vf["n_valid"])
+        addr = Mux(gemm, g["out_base"], vf["out_base"]) + wrow * Mux(gemm, g["out_stride"], vf["out_stride"]) + wcol
+        masked = Cat(*[Mux(wcol * v + lane < n_valid, words[lane], 0) for lane in range(v)])
+        en, ld_addr, ld_data = c.load_abuf
+        m.d.comb += [p.wa.en.eq(Mux(in_load, en, valid & (gemm | vector))), p.wa.addr.eq(Mux(in_load, ld_addr, addr)),
+                     Value.cast(p.wa.data).eq(Mux(in_load, ld_data, masked))]
+
+    def _results(self, m, flag, u, gemm, unit):
+        """(valid, lanes as 32-bit elements) of the unit whose results this instruction writes."""
+        arr, rq, gelu, add, ln, sm = u.arr, u.rq, u.gelu, u.add, u.ln, u.sm
+        v = self.v
+        rq_y = [Mux(flag["signed"], _sext(rq.o_y[i]), _zext(rq.o_y[i])) for i in range(v)]
+        sources = {
+            "array": (arr.o_valid, [arr.o_acc[i] for i in range(v)]),
+            "requant": (rq.o_valid, rq_y),
+            "gelu": (gelu.o_valid, [_sext(gelu.o_y[i]) for i in range(v)]),
+            "add": (add.o_valid, [add.o_y[i] for i in range(v)]),
+            "layernorm": (ln.o_valid, [_sext(ln.o_y[i]) for i in range(v)]),
+            "softmax": (sm.o_valid, [_zext(sm.o_q[i]) for i in range(v)]),
+        }
+        sel = Signal(range(len(sources)))
+        names = list(sources)
+        idx = {n: names.index(n) for n in names}
+        after_rq = Mux(flag["gelu"], idx["gelu"], idx["requant"])
+        by_unit = {"requant": after_rq, "gelu": idx["gelu"], "add": idx["add"], "add_const": idx["add"],
+                   "layernorm": idx["layernorm"], "softmax": idx["softmax"]}
+        m.d.comb += sel.eq(Mux(flag["requant"], after_rq, Mux(flag["gelu"], idx["gelu"], idx["array"])))
+        with m.If(~gemm):
+            with m.Switch(unit):
+                for name, s in by_unit.items():
+                    with m.Case(_index("unit", name)):
+                        m.d.comb += sel.eq(s)
+        valid = Array(Value.cast(s[0]) for s in sources.values())[sel]
+        words = [Array(Value.cast(s[1][i]).as_signed() for s in sources.values())[sel] for i in range(v)]
+        return valid, words
+
+
+class _Units:
+    """The accelerator's units, each built by its ``from_accel``."""
+
+    def __init__(self, m: Module, cfg, digits: int):
+        self.arr = m.submodules.array = MacArray.from_accel(cfg, digits=digits)
+        self.rq = m.submodules.requant = Requantizer.from_accel(cfg)
+        self.gelu = m.submodules.gelu = Gelu.from_accel(cfg)
+        self.sm = m.submodules.softmax = SoftmaxLog2.from_accel(cfg)
+        self.ln = m.submodules.layernorm = LayerNorm.from_accel(cfg)
+        self.add = m.submodules.adder = VectorAdder.from_accel(cfg)
+
+
+class _Ports:
+    """The buffers' ports: ABUF reads ``ra`` / ``rb`` and write ``wa``, WBUF read ``rw`` and write ``ww``."""
+
+    def __init__(self, **ports):
+        self.__dict__.update(ports)
+
+
+class _Control:
+    """The controller's shared registers and the wires between its parts."""
+
+    def __init__(self, m: Module):
+        self.pc = Signal(PC_BITS)
+        self.fetch_addr = Signal(32)
+        self.fbeat = Signal(8)
+        self.cycles = Signal(CYCLE_BITS)
+        self.retire = Signal()
+        self.exec_regs: list[Signal] = []  #: zeroed on every fetch, so each instruction starts from 0
+        self.vec_fire_rq = Signal()
+        self.vec_fire_gelu = Signal()
+        self.vec_col = Signal(16)
+        self.vec_unit_is_rq = Signal()
+        self.vec_a = None
+        self.load_abuf = None
+
+    def reg(self, shape) -> Signal:
+        s = Signal(shape)
+        self.exec_regs.append(s)
+        return s

@@ -1,0 +1,86 @@
+"""The vector adder: ``sim.intops.add`` (residual adds) and ``sim.intops.add_const`` on ``lanes`` elements a cycle."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.common import check_int, round_const
+from sim import isa, widths
+from sim.accel import SHIFT_BITS
+
+#: register stages: the scaled operands, their rounded and shifted sum, the saturated result
+STAGES = 3
+assert STAGES == isa.ADD_LATENCY, "sim.isa.ADD_LATENCY is the adder's pipeline depth"
+
+
+class VectorAdder(wiring.Component):
+    """``y = saturate((a*ma + b*mb + 2**(shift-1)) >> shift, out_width)``, round half up, per lane.
+
+    With ``const`` set the unit is ``add_const``: ``ma = mb = 1`` and ``shift = 0``, so
+    ``y = saturate(a + b, out_width)``. ``ma``, ``mb``, ``shift``, ``out_width`` and ``const`` are
+    held for the op; the output is signed, ``out_width`` wide, sign-extended onto ``o_y``. Fully
+    pipelined: an input beat taken on ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly
+    :data:`STAGES` clock edges later. Shifts beyond the sum's width act as that width (the result is 0).
+    """
+
+    def __init__(self, lanes: int = 16, in_bits: int = widths.ACC_BITS, mult_bits: int = widths.REQUANT_M_BITS,
+                 shift_bits: int = SHIFT_BITS, out_bits: int = widths.MAX_TENSOR_BITS):
+        unit = "VectorAdder"
+        self.lanes = check_int(unit, "lanes", lanes, 1, 64)
+        self.in_bits = check_int(unit, "in_bits", in_bits, 2, 32)
+        self.mult_bits = check_int(unit, "mult_bits", mult_bits, 1, 16)
+        self.shift_bits = check_int(unit, "shift_bits", shift_bits, 1, 7)
+        self.out_bits = check_int(unit, "out_bits", out_bits, 2, 32)
+        self.latency = STAGES
+        self.sum_bits = in_bits + mult_bits + 1  # a*ma + b*mb, both products of an unsigned multiplier
+        super().__init__({
+            "const": In(1),
+            "ma": In(unsigned(mult_bits)),
+            "mb": In(unsigned(mult_bits)),
+            "shift": In(unsigned(shift_bits)),
+            "out_width": In(range(2, out_bits + 1)),
+            "i_valid": In(1),
+            "i_a": In(data.ArrayLayout(signed(in_bits), lanes)),
+            "i_b": In(data.ArrayLayout(signed(in_bits), lanes)),
+            "o_valid": Out(1),
+            "o_y": Out(data.ArrayLayout(signed(out_bits), lanes)),
+        })
+
+    @classmethod
+    def from_accel(cls, cfg, **overrides) -> "VectorAdder":
+        """The adder of accelerator ``cfg``: one lane per array column, the requantizer's multiplier width."""
+        return cls(**{"lanes": cfg.array.cols, "mult_bits": cfg.requant.multiplier_bits, **overrides})
+
+    @property
+    def params(self) -> dict:
+        return {"lanes": self.lanes, "in_bits": self.in_bits, "mult_bits": self.mult_bits,
+                "shift_bits": self.shift_bits, "out_bits": self.out_bits}
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self.sum_bits
+        ma = Mux(self.const, 1, self.ma)
+        mb = Mux(self.const, 1, self.mb)
+        shift = Signal(unsigned(self.shift_bits))
+        sc = Signal(range(w + 1))
+        m.d.sync += shift.eq(Mux(self.const, 0, self.shift))
+        m.d.comb += sc.eq(Mux(shift > w, w, shift))
+        top = Signal(unsigned(self.out_bits + 1))
+        hi, lo = Signal(signed(self.out_bits + 1)), Signal(signed(self.out_bits + 1))
+        m.d.comb += [top.eq(1 << (self.out_width - 1).as_unsigned()), hi.eq(top - 1), lo.eq(-top)]
+        for lane in range(self.lanes):
+            pa = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pa_{lane}")
+            pb = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pb_{lane}")
+            m.d.sync += [pa.eq(self.i_a[lane] * ma), pb.eq(self.i_b[lane] * mb)]
+            total = Signal(signed(w + 1), name=f"sum_{lane}")
+            m.d.sync += total.eq((pa + pb + round_const(sc, w)) >> sc)
+            m.d.sync += self.o_y[lane].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
+        valid = self.i_valid
+        for stage in range(STAGES):
+            reg = Signal(name=f"valid_s{stage + 1}")
+            m.d.sync += reg.eq(valid)
+            valid = reg
+        m.d.comb += self.o_valid.eq(valid)
+        return m
