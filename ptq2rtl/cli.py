@@ -274,6 +274,19 @@ def cmd_regress(args) -> None:
         raise SystemExit(1)
 
 
+def cmd_rtl_run(args) -> None:
+    from hw import toolchain
+    from ptq2rtl.rtl_run import format_summary, rtl_run
+    from sim.program import IntegerProgram
+
+    toolchain.setup_simulator(args.sim)
+    result = rtl_run(IntegerProgram.load(args.program), args.accel, sim=args.sim, samples=args.samples,
+                     data=args.data, layer=args.layer)
+    _print(result, args.json, format_summary)
+    if not result["ok"]:
+        raise SystemExit(1)
+
+
 def cmd_report(args) -> None:
     from reports import report
 
@@ -368,6 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-traces", action="store_true", help="skip the vectors replayed from program traces")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_regress)
+
+    s = sub.add_parser("rtl-run", help="a whole program on the accelerator RTL against the engine and the schedule")
+    s.add_argument("program")
+    s.add_argument("--accel", type=accelerator, required=True)
+    s.add_argument("--sim", choices=("verilator", "icarus"), default="verilator")
+    s.add_argument("--samples", type=positive_int, default=16, help="evaluation samples, one after the other")
+    s.add_argument("--layer", help="only this layer's ops (e.g. blocks.0), inputs from the engine's run")
+    s.add_argument("--data", help="ImageNet-style folder for a timm model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_rtl_run)
 
     s = sub.add_parser("report", help="the main job: every method x width on the bundled models -> reports/")
     s.add_argument("-o", "--output", type=output_dir, default="reports", help="output folder (default: reports)")
