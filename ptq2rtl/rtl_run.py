@@ -42,6 +42,11 @@ def _layer(program: IntegerProgram, layer: str, inputs: dict) -> tuple[IntegerPr
     return sub, {t.name: inputs[t.name] if t.name in inputs else kept[t.name] for t in sub.inputs}
 
 
+def _tokens(program: IntegerProgram, inputs: dict[str, np.ndarray]) -> int | None:
+    """The run-time token count of a text program's inputs (None for fixed shapes)."""
+    return next((inputs[t.name].shape[1 + t.shape.index(None)] for t in program.inputs if None in t.shape), None)
+
+
 def _first_difference(compiled: Compiled, got: dict, want: dict) -> dict | None:
     for name, w in want.items():
         g = got[name]
@@ -67,8 +72,44 @@ def _cycle_difference(compiled: Compiled, retires: list[tuple[int, int]], per_in
     return None
 
 
+def first_bad_op(program: IntegerProgram, accel: AccelConfig, sample: dict[str, np.ndarray], *,
+                 sim: str = "verilator") -> dict | None:
+    """The first op of ``program`` whose output the RTL gets wrong on one sample (arrays with a batch of 1).
+
+    Bisects over program prefixes: each prefix is compiled as a program of its own whose outputs are every
+    tensor it makes that a later op reads, run on the RTL and compared with the engine's tensors. The
+    shortest prefix that differs ends with the culprit.
+    """
+    from rtl_tests.accelerator import run_images
+
+    want = {}
+
+    def differs(k: int) -> dict | None:
+        sub = sub_program(program, [op.name for op in program.ops[:k]])
+        missing = [t for t in sub.outputs if t not in want]
+        if missing:
+            want.update(engine.run(program, sample, keep=missing).outputs)
+        compiled = compile_program(sub, accel, seq_len=_tokens(sub, sample))
+        (result,), _ = run_images(accel, [compiled.image({t.name: sample[t.name][0] for t in sub.inputs})], sim=sim)
+        return _first_difference(compiled, compiled.outputs(result.image), {t: want[t][0] for t in sub.outputs})
+
+    lo, hi = 0, len(program.ops)  # prefix lo agrees, prefix hi differs
+    found = differs(hi)
+    if found is None:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        d = differs(mid)
+        if d is None:
+            lo = mid
+        else:
+            hi, found = mid, d
+    op = program.ops[hi - 1]
+    return {"op": op.name, "kind": op.kind, **found}
+
+
 def rtl_run(program: IntegerProgram, accel: AccelConfig, *, sim: str = "verilator", samples: int = 16,
-            data: str | None = None, layer: str | None = None) -> dict:
+            data: str | None = None, layer: str | None = None, localize: bool = True) -> dict:
     """Run ``samples`` evaluation samples of ``program`` (or of its ``layer``) on the accelerator RTL."""
     from ptq2rtl.simulate import simulate_report
     from rtl_tests.accelerator import run_images
@@ -76,7 +117,7 @@ def rtl_run(program: IntegerProgram, accel: AccelConfig, *, sim: str = "verilato
     inputs = _samples(program, samples, data)
     if layer is not None:
         program, inputs = _layer(program, layer, inputs)
-    tokens = next((inputs[t.name].shape[1 + t.shape.index(None)] for t in program.inputs if None in t.shape), None)
+    tokens = _tokens(program, inputs)
     check_program(program, accel, tokens)
     t0 = time.perf_counter()
     compiled = compile_program(program, accel, seq_len=tokens)
@@ -93,6 +134,10 @@ def rtl_run(program: IntegerProgram, accel: AccelConfig, *, sim: str = "verilato
         rows.append({"sample": s, "cycles": r.cycles,
                      "mismatch": _first_difference(compiled, got, {k: v[s] for k, v in want.items()}),
                      "cycle_mismatch": _cycle_difference(compiled, r.retires, schedule.per_instr)})
+    bad = next((r for r in rows if r["mismatch"]), None)
+    if bad is not None and localize:
+        bad["first_bad_op"] = first_bad_op(program, accel, {k: v[bad["sample"]:bad["sample"] + 1]
+                                                            for k, v in inputs.items()}, sim=sim)
     bit_exact = sum(r["mismatch"] is None for r in rows)
     cycle_exact = sum(r["cycle_mismatch"] is None and r["cycles"] == schedule.total for r in rows)
     return {
@@ -126,6 +171,10 @@ def format_summary(r: dict) -> str:
             m = row["mismatch"]
             lines.append(f"  sample {row['sample']}: output {m['output']!r} element {m['element']}: expected "
                          f"{m['expected']}, got {m['got']} ({m['elements_differing']} elements differ)")
+        if row.get("first_bad_op"):
+            m = row["first_bad_op"]
+            lines.append(f"  sample {row['sample']}: first op whose output differs: {m['op']!r} ({m['kind']}), "
+                         f"{m['output']!r} element {m['element']}: expected {m['expected']}, got {m['got']}")
         if row["cycle_mismatch"]:
             m = row["cycle_mismatch"]
             lines.append(f"  sample {row['sample']}: instruction {m['pc']} ({m['instruction']} of op {m['op']!r}): "
