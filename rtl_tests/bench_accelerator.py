@@ -24,6 +24,7 @@ MAX_REPORTED = 8  #: mismatching elements named per case
 class Case:
     """One instruction under test: its pc, where its result words went in DRAM, and what they must hold."""
 
+    kind: str  #: the key of :data:`CASES` that made it
     name: str
     pc: int
     dram: int
@@ -51,6 +52,7 @@ class CaseBuilder:
         self.v = accel.array.rows
         self.img = ImageBuilder(accel, instr_slots)
         self.cases: list[Case] = []
+        self.kind = ""
 
     # ------------------------------------------------------------ helpers
     def load_words(self, words: np.ndarray, addr: int) -> None:
@@ -68,7 +70,7 @@ class CaseBuilder:
         n = len(expected_words)
         dram = self.img.reserve(n * isa.beats(32 * self.v, self.img.bb))
         self.img.add(Instr("store", {"addr": out_addr, "count": n, "dram": dram}))
-        self.cases.append(Case(name, pc, dram, expected_words))
+        self.cases.append(Case(self.kind, name, pc, dram, expected_words))
 
     def requant_table(self, channels: int, out_bits: int, is_signed: bool):
         """Random (M, shift, zero point) entries and their packed table items."""
@@ -316,15 +318,21 @@ def build_cases(accel, kinds=tuple(CASES), seed: int = 0) -> CaseBuilder:
     """Every case of ``kinds`` in one image, ending with ``end``."""
     b = CaseBuilder(accel, np.random.default_rng(seed))
     for kind in kinds:
+        b.kind = kind
         CASES[kind](b)
     b.img.add(Instr("end"))
     return b
 
 
-def check(b: CaseBuilder, image: np.ndarray, retires: list[tuple[int, int]]) -> list[str]:
-    """Every mismatch of the run, one line each: results against the cases, cycles against ``sim.isa``."""
+def check(b: CaseBuilder, image: np.ndarray, retires: list[tuple[int, int]], kind: str | None = None) -> list[str]:
+    """Every mismatch of the run, one line each: results against the cases and clock edges against
+    ``sim.isa.instr_cycles`` for the instructions under test of ``kind``, or (None) for every case and
+    every instruction."""
+    if [pc for pc, _ in retires] != list(range(len(b.img.instrs))):
+        return [f"retired pcs {[pc for pc, _ in retires][:20]}..., expected 0..{len(b.img.instrs) - 1}"]
+    cases = [c for c in b.cases if kind is None or c.kind == kind]
     problems = []
-    for case in b.cases:
+    for case in cases:
         got = b.img.read_abuf_words(image, case.dram, len(case.expected))
         bad = np.argwhere(got != case.expected)
         for word, lane in bad[:MAX_REPORTED]:
@@ -332,14 +340,12 @@ def check(b: CaseBuilder, image: np.ndarray, retires: list[tuple[int, int]]) -> 
                             f"{case.expected[word, lane]}, got {got[word, lane]}")
         if len(bad) > MAX_REPORTED:
             problems.append(f"{case.name} (pc {case.pc}): {len(bad) - MAX_REPORTED} more elements differ")
-    if [pc for pc, _ in retires] != list(range(len(b.img.instrs))):
-        problems.append(f"retired pcs {[pc for pc, _ in retires]}, expected 0..{len(b.img.instrs) - 1}")
-        return problems
-    before = 0
-    for (pc, cyc), instr in zip(retires, b.img.instrs):
+    pcs = range(len(b.img.instrs)) if kind is None else [c.pc for c in cases]
+    for pc in pcs:
+        instr = b.img.instrs[pc]
+        took = retires[pc][1] - (retires[pc - 1][1] if pc else 0)
         want = isa.instr_cycles(instr, b.accel)
-        if cyc - before != want:
-            problems.append(f"pc {pc} ({instr.op} {instr.fields.get('unit', instr.fields.get('mode', ''))}): "
-                            f"{cyc - before} cycles, sim.isa.instr_cycles says {want}")
-        before = cyc
+        if took != want:
+            what = instr.fields.get("unit", instr.fields.get("mode", instr.fields.get("target", "")))
+            problems.append(f"pc {pc} ({instr.op} {what}): {took} clock edges, sim.isa.instr_cycles says {want}")
     return problems
