@@ -14,8 +14,9 @@ ISA lays out, as integer numpy arrays:
 Every unit result is a call into ``sim.intops`` (the one integer semantics); the controller itself only
 moves words, cuts operands into digits and adds each fold's partial sums into the accumulator (exact
 integers, saturated to int32 as they drain). Each retired instruction carries its cycles,
-:func:`sim.isa.instr_cycles`. A fault (an address outside a buffer, the image or a table, an unknown
-opcode, no ``end``) is a :class:`MachineError` naming the pc and the field.
+:func:`sim.isa.instr_cycles`. A fault (an address outside a buffer, the image or a table, a count of 0,
+an unknown opcode, no ``end``) is a :class:`MachineError` naming the pc and the field; where the RTL
+stops at an unknown opcode as at ``end``, the model raises, so that a stream that reaches one is caught.
 
 The DRAM item codecs (:func:`encode_items`, :func:`decode_items`) are the one definition of how words and
 table entries sit in beats; the compiler writes the image with them.
@@ -31,6 +32,9 @@ from sim import intops, isa, widths
 from sim.accel import (LAYERNORM_MAX_N, REQUANT_CHANNELS, AccelConfig, AccelError, layernorm_params,
                        mac_array_params, requant_params, softmax_params)
 from sim.isa import Instr
+
+
+_COUNTS = ("count", "m", "kf", "nf", "digits", "rows", "words")  #: fields the ISA has at least 1
 
 
 class MachineError(RuntimeError):
@@ -75,13 +79,16 @@ class Geometry:
             raise AccelError(f"{accel.name}: field 'dram_bytes_per_cycle': {bb}; the memory port moves a whole "
                              f"power-of-two number of bytes a beat (1, 2, 4, 8, ...)")
         rq, ln = requant_params(accel), layernorm_params(accel)
-        return cls(v=v, beat_bytes=int(bb), act_bits=arr.act_bits, weight_bits=arr.weight_bits,
+        g = cls(v=v, beat_bytes=int(bb), act_bits=arr.act_bits, weight_bits=arr.weight_bits,
                    abuf_words=accel.buffers.bytes("activation") // (4 * v),
                    wbuf_words=accel.buffers.bytes("weight") * 8 // (v * arr.weight_bits),
                    max_m=mac_array_params(accel)["max_m"], code_bits=mac_array_params(accel)["code_bits"],
                    gelu_in_bits=accel.gelu.in_bits, gelu_out_bits=accel.gelu.out_bits, mult_bits=rq["mult_bits"],
                    shift_bits=rq["shift_bits"], rq_out_bits=rq["out_bits"], gamma_bits=ln["gamma_bits"],
                    beta_bits=ln["beta_bits"], ln_entries=LAYERNORM_MAX_N // v)
+        for target in isa.TARGETS:  # the item layouts below add up to what the ISA moves
+            assert g.item_bits(target) == isa.load_item_bits(target, accel), target
+        return g
 
     @property
     def instr_beats(self) -> int:
@@ -89,10 +96,7 @@ class Geometry:
 
     def item_bits(self, target: str) -> int:
         """Bits of one item of ``target`` (``sim.isa.TARGETS``; ABUF words for ``store``)."""
-        return {"abuf": 32 * self.v, "wbuf": self.weight_bits * self.v,
-                "requant": isa.requant_entry_bits(self.mult_bits, self.shift_bits, self.rq_out_bits),
-                "gelu": self.gelu_out_bits,
-                "layernorm": isa.layernorm_entry_bits(self.v, self.gamma_bits, self.beta_bits)}[target]
+        return sum(bits for bits, _ in self.entry_fields(target)) * _lanes_per_item(target, self)
 
     def item_beats(self, target: str) -> int:
         return isa.beats(self.item_bits(target), self.beat_bytes)
@@ -266,6 +270,11 @@ class _Machine:
             raise MachineError(f"pc {pc}: field 'opcode': {exc}") from None
 
     def execute(self, pc: int, instr: Instr) -> None:
+        for name in _COUNTS:
+            if name in isa.FORMATS[instr.op] and instr[name] < 1:
+                raise MachineError(f"pc {pc} ({instr.op}): field {name!r}: {instr[name]}, counts are at least 1")
+        if instr.op == "gemm":
+            self._check_gemm(pc, instr)
         if instr.op == "load":
             self._load(pc, instr)
         elif instr.op == "store":
@@ -274,6 +283,13 @@ class _Machine:
             self._gemm(pc, instr)
         elif instr.op == "vector":
             self._vector(pc, instr)
+
+    def _check_gemm(self, pc: int, ins: Instr) -> None:
+        most = isa.max_digits(self.accel)
+        if ins["digits"] > most:
+            raise MachineError(f"pc {pc} (gemm): field 'digits': {ins['digits']} past the {most} an operand may take")
+        if ins["mode"] == "log2" and (ins["digits"] != 1 or ins["unsigned_digits"] or ins.flag("bias")):
+            raise MachineError(f"pc {pc} (gemm): mode 'log2' streams one code digit without a bias (from {ins.fields})")
 
     # ---------------------------------------------------------------- addresses
     def _check(self, pc: int, instr: Instr, field: str, lo: int, hi: int, size: int, what: str) -> None:

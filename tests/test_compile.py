@@ -1,0 +1,214 @@
+"""The compiler (sim.compile) and the instruction-level machine (sim.machine) against the golden engine:
+every method's vit-digits program runs on the machine with the engine's outputs bit for bit, the
+instruction encoding survives DRAM, and what the accelerator cannot run is refused in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from ptq2rtl import flows
+from ptq2rtl.models import iter_batches
+from quant.methods import method_names
+from quant.quantizers import program_inputs
+from sim import engine, isa, machine
+from sim.accel import CONFIG_DIR, AccelError, load_accel, parse_accel
+from sim.compile import compile_program, sub_program
+from sim.isa import Instr
+from tests.synthetic_programs import bert_program
+
+SAMPLES = 3
+ACCEL = {4: "edge-int4", 8: "edge-int8"}
+
+
+@pytest.fixture(scope="session")
+def programs():
+    """vit-digits programs of every registered method, W4A4 and W8A8 (calibration takes seconds)."""
+    spec = flows.load_transformer("vit-digits")
+    return {(m, b): flows.quantize("vit-digits", m, b, b, progress=False, spec=spec)[0]
+            for m in method_names() for b in (4, 8)}
+
+
+@pytest.fixture(scope="session")
+def images():
+    return next(iter_batches("vit-digits", "eval", SAMPLES))[0]
+
+
+def variant(base: str, **changes) -> object:
+    """``configs/<base>.yaml`` with dotted fields changed."""
+    data = yaml.safe_load((CONFIG_DIR / f"{base}.yaml").read_text())
+    for key, value in changes.items():
+        *path, last = key.split("__")
+        d = data
+        for p in path:
+            d = d[p]
+        d[last] = value
+    return parse_accel(data, f"{base}-variant")
+
+
+def run_all(program, accel, inputs: dict, samples: int) -> tuple[list[dict], list[machine.MachineRun]]:
+    compiled = compile_program(program, accel)
+    runs = [machine.run(compiled.image({k: v[s] for k, v in inputs.items()}), accel) for s in range(samples)]
+    return [compiled.outputs(r.image) for r in runs], runs
+
+
+def assert_engine_outputs(program, accel, inputs: dict, samples: int = SAMPLES) -> list[machine.MachineRun]:
+    want = engine.run(program, inputs).outputs
+    got, runs = run_all(program, accel, inputs, samples)
+    for s, out in enumerate(got):
+        for name, y in out.items():
+            assert y.shape == want[name][s].shape and y.dtype == want[name].dtype
+            bad = np.flatnonzero(y != want[name][s])
+            assert not bad.size, (f"sample {s}, output {name!r}: element {bad[0]} is {y.flat[bad[0]]}, "
+                                  f"the engine gives {want[name][s].flat[bad[0]]}")
+    return runs
+
+
+# ------------------------------------------------------------------ encoding
+def _random_instr(op: str, rng: np.random.Generator) -> Instr:
+    fields = {}
+    for name in isa.FORMATS[op]:
+        if name in isa.ENUMS:
+            fields[name] = isa.ENUMS[name][rng.integers(len(isa.ENUMS[name]))]
+        else:
+            bits = isa.SLOT_BITS * (2 if name in isa.WIDE else 1)
+            fields[name] = int(rng.integers(0, 1 << bits, dtype=np.int64))
+    flags = frozenset(f for f in isa.FLAGS if rng.integers(2))
+    return Instr(op, fields, flags)
+
+
+@pytest.mark.parametrize("op", sorted(isa.OPCODES))
+def test_every_instruction_survives_encode_dram_and_decode(op):
+    rng = np.random.default_rng(len(op))
+    g = machine.Geometry.of(load_accel("edge-int4"))
+    for _ in range(50):
+        instr = _random_instr(op, rng)
+        word = int.from_bytes(machine.instr_to_beats(instr, g).tobytes(), "little")
+        back = isa.decode(word)
+        assert (back.op, back.fields, back.flags) == (instr.op, instr.fields, instr.flags)
+
+
+@pytest.mark.parametrize("target", isa.TARGETS)
+@pytest.mark.parametrize("config", ["edge-int4", "edge-int8"])
+def test_dram_items_decode_to_what_was_encoded(target, config):
+    g = machine.Geometry.of(load_accel(config))
+    rng = np.random.default_rng(1)
+    shape = {"abuf": (5, g.v, 1), "wbuf": (5, g.v, 1), "requant": (5, 3), "gelu": (5,), "layernorm": (5, g.v, 3)}
+    fields = g.entry_fields(target)
+    lo = np.array([-(1 << (b - 1)) if s else 0 for b, s in fields])
+    hi = np.array([(1 << (b - 1)) - 1 if s else (1 << b) - 1 for b, s in fields])
+    values = rng.integers(lo, hi + 1, size=(5, _lanes(target, g), len(fields)))
+    values = values.reshape(shape[target][:-1] if shape[target][-1] == 1 else shape[target])
+    raw = machine.encode_items(target, values, g)
+    assert raw.shape == (5 * g.item_beats(target), g.beat_bytes) and raw.dtype == np.uint8
+    assert np.array_equal(machine.decode_items(target, raw, g), values)
+
+
+def _lanes(target, g):
+    return g.v if target in ("abuf", "wbuf", "layernorm") else 1
+
+
+# ------------------------------------------------------------------ whole programs
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("method", method_names())
+def test_machine_gives_the_engine_outputs(programs, images, method, bits):
+    program = programs[(method, bits)]
+    accel = load_accel(ACCEL[bits])
+    runs = assert_engine_outputs(program, accel, program_inputs(program, images))
+    compiled = compile_program(program, accel)
+    cycles = compiled.cycles(accel)
+    assert all(r.cycles == cycles.total for r in runs)  # one sample's schedule does not depend on its data
+    assert [r.cycles for r in runs[0].retired] == cycles.per_instr
+    assert sum(cycles.per_op.values()) == cycles.total
+    views = [op.name for op in program.ops if op.kind in ("split_heads", "merge_heads", "select_token", "patchify")]
+    assert all(cycles.per_op[name] == 0 for name in views)
+    assert compiled.instrs[-1].op == "end" and len(compiled.static) < compiled.n_beats
+
+
+def test_weights_past_wbuf_and_rows_past_the_accumulators_split_the_gemm(programs, images):
+    """A 2 KiB WBUF (fc1's 12 column blocks two at a time) and 16 accumulator rows (17 tokens in two)."""
+    program = programs[("baseline", 4)]
+    accel = variant("edge-int4", buffers__weight_kib=2, buffers__accumulator_kib=2)
+    compiled = compile_program(program, accel)
+    fc1 = [i for i in compiled.instrs if i.note == "blocks.0.fc1" and i.op == "gemm"]
+    assert {i["m"] for i in fc1} == {16, 1} and {i["nf"] for i in fc1} == {2} and len(fc1) == 2 * 6
+    assert_engine_outputs(program, accel, program_inputs(program, images), samples=1)
+
+
+# ------------------------------------------------------------------ refusals
+def test_a_live_set_larger_than_abuf_is_refused_naming_op_and_words(programs):
+    with pytest.raises(AccelError, match=r"op 'patch_embed' \(linear\): field 'abuf': 102 words needed with 16 live; "
+                                         r"ABUF holds 16 words \(this compiler does not spill"):
+        compile_program(programs[("baseline", 4)], variant("edge-int4", buffers__activation_kib=1))
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("units__softmax__lanes", 8, "field 'units.softmax.lanes': 8; the joined accelerator needs every vector width "
+                                 "equal to array.rows (16)"),
+    ("dram_bytes_per_cycle", 6, "field 'dram_bytes_per_cycle': 6.0; the memory port moves a whole power-of-two"),
+    ("dram_bytes_per_cycle", 2.5, "field 'dram_bytes_per_cycle': 2.5"),
+])
+def test_an_accelerator_the_machine_cannot_be_built_from_is_refused(programs, key, value, named):
+    with pytest.raises(AccelError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        compile_program(programs[("baseline", 4)], variant("edge-int4", **{key: value}))
+
+
+def test_what_check_program_refuses_is_refused(programs):
+    with pytest.raises(AccelError, match=r"op 'patch_embed' \(linear\): field 'wbits': int8 weights do not fit"):
+        compile_program(programs[("baseline", 8)], load_accel("edge-int4"))
+
+
+def test_a_multi_digit_activation_product_is_refused(programs):
+    accel = variant("edge-int4", array__weight_bits=8)
+    with pytest.raises(AccelError, match=r"op 'blocks.0.scores' \(matmul\): field 'inputs': streamed operand "
+                                         r"'blocks.0.q.heads' is int8; an activation x activation operand streams "
+                                         r"as one signed digit \(accepted: int2..int4\)"):
+        compile_program(programs[("baseline", 8)], accel)
+
+
+def test_embedding_and_mean_pool_are_refused_for_now():
+    program = bert_program()
+    with pytest.raises(AccelError, match=r"\(embedding\): field 'kind': embedding lookups are not compiled yet"):
+        compile_program(program, load_accel("edge-int4"), seq_len=16)
+    body = sub_program(program, [op.name for op in program.ops if op.kind != "embedding"])
+    with pytest.raises(AccelError, match=r"\(mean_pool\): field 'kind': mean pooling is not compiled yet"):
+        compile_program(body, load_accel("edge-int4"), seq_len=16)
+
+
+def test_a_text_program_needs_its_token_count():
+    program = bert_program()
+    body = sub_program(program, [op.name for op in program.ops if op.kind not in ("embedding", "mean_pool")])
+    with pytest.raises(AccelError, match="run-time token dimension: compile it with seq_len"):
+        compile_program(body, load_accel("edge-int4"))
+
+
+# ------------------------------------------------------------------ the machine's faults
+def _image(instrs: list[Instr], g) -> np.ndarray:
+    return np.concatenate([machine.instr_to_beats(i, g) for i in instrs])
+
+
+def test_an_unknown_opcode_names_the_pc():
+    accel = load_accel("edge-int4")
+    g = machine.Geometry.of(accel)
+    img = _image([Instr("load", {"target": "abuf", "addr": 0, "count": 1, "dram": 0}), Instr("end")], g)
+    img[g.instr_beats] = 0x0E  # opcode 14 in slot 0 of the second instruction
+    with pytest.raises(machine.MachineError, match=r"pc 1: field 'opcode': unknown opcode 14"):
+        machine.run(img, accel)
+
+
+def test_an_address_past_abuf_names_the_pc_and_field():
+    accel = load_accel("edge-int4")
+    g = machine.Geometry.of(accel)
+    store = Instr("store", {"addr": g.abuf_words - 1, "count": 2, "dram": 0})
+    with pytest.raises(machine.MachineError, match=rf"pc 0 \(store\): field 'addr': items \[{g.abuf_words - 1}, "
+                                                   rf"{g.abuf_words}\] outside ABUF's {g.abuf_words}"):
+        machine.run(_image([store, Instr("end")], g), accel)
+
+
+def test_a_stream_without_end_stops_at_the_limit():
+    accel = load_accel("edge-int4")
+    g = machine.Geometry.of(accel)
+    load = Instr("load", {"target": "abuf", "addr": 0, "count": 1, "dram": 0})
+    with pytest.raises(machine.MachineError, match="pc 3: no 'end' after 3 instructions"):
+        machine.run(_image([load] * 4, g), accel, max_instructions=3)
