@@ -64,7 +64,8 @@ class Clocked:
         self.cycle = 0
 
     async def start(self, inputs: list[str]):
-        """Start the clock, drive every input in ``inputs`` to 0 (no floating inputs), reset."""
+        """Start the clock, drive every input in ``inputs`` (the config's ``inputs``: all of the unit's) to 0
+        (no floating inputs), reset."""
         Clock(self.dut.clk, 10, unit="ns").start()
         for name in inputs:
             getattr(self.dut, name).value = 0

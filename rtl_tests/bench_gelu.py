@@ -20,7 +20,7 @@ async def gelu_bench(dut):
     p = cfg["params"]
     lanes, in_bits, out_bits = p["lanes"], p["in_bits"], p["out_bits"]
     clk = Clocked(dut)
-    await clk.start(["tbl_we", "tbl_addr", "tbl_data", "i_valid", "i_x"])
+    await clk.start(cfg["inputs"])
     sb = Scoreboard("gelu", cfg["sim"])
     starts = np.concatenate([[0], np.cumsum(v["seg_len"])])
     for s in range(len(v["seg_len"])):

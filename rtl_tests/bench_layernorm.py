@@ -22,8 +22,7 @@ async def layernorm_bench(dut):
     p = cfg["params"]
     lanes, in_bits, out_bits = p["lanes"], p["in_bits"], p["out_bits"]
     clk = Clocked(dut)
-    await clk.start(["tbl_we", "tbl_addr", "tbl_gamma", "tbl_beta", "tbl_in_shift", "n", "shift", "out_width", "i_valid", "i_x",
-                     "i_last"])
+    await clk.start(cfg["inputs"])
     sb = Scoreboard("layernorm", cfg["sim"])
     off = aoff = 0
     for s in range(len(v["seg_rows"])):

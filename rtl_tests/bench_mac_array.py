@@ -40,8 +40,7 @@ async def mac_array_bench(dut):
     p = cfg["params"]
     rows, cols, a_bits, w_bits, acc_bits = p["rows"], p["cols"], p["act_bits"], p["weight_bits"], p["acc_bits"]
     clk = Clocked(dut)
-    await clk.start(["w_valid", "w_row", "w_first", "w_last", "m", "bias", "x_valid", "x_vec"]
-                    + (["w_log2", "w_sqrt2"] if p["log2"] else []))
+    await clk.start(cfg["inputs"])
     sb = Scoreboard("mac_array", cfg["sim"])
     xo = wo = bo = 0
     for g in range(len(v["g_m"])):

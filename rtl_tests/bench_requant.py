@@ -22,8 +22,7 @@ async def requant_bench(dut):
     lanes, in_bits, out_bits = p["lanes"], p["in_bits"], p["out_bits"]
     ch_bits = max(1, (p["channels"] - 1).bit_length())
     clk = Clocked(dut)
-    await clk.start(["tbl_we", "tbl_addr", "tbl_m", "tbl_shift", "tbl_zp", "out_width", "out_signed", "i_valid",
-                     "i_x", "i_ch"])
+    await clk.start(cfg["inputs"])
     sb = Scoreboard("requant", cfg["sim"])
     starts = np.concatenate([[0], np.cumsum(v["seg_len"])])
     for s in range(len(v["seg_len"])):

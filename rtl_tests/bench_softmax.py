@@ -21,7 +21,7 @@ async def softmax_bench(dut):
     p = cfg["params"]
     lanes, in_bits, code_bits = p["lanes"], p["in_bits"], p["code_bits"]
     clk = Clocked(dut)
-    await clk.start(["i_valid", "i_t", "i_mask", "i_last", "sqrt2"])
+    await clk.start(cfg["inputs"])
     sb = Scoreboard("softmax", cfg["sim"])
     off = 0
     for s in range(len(v["seg_rows"])):

@@ -16,6 +16,13 @@ def test_layernorm_matches_intops_and_row_cycles(config, sim):
     assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
 
 
+@pytest.mark.parametrize("config", units.exported_cases("layernorm"))
+def test_layernorm_at_exported_sizes_matches_intops_and_row_cycles_on_verilator(config):
+    s = units.run_config("layernorm", config, "verilator")
+    assert s["vectors"] >= 10_000 and s["cycles"]
+    assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
+
+
 @pytest.mark.parametrize("sim", SIMS)
 @pytest.mark.parametrize("path", traces.files("layernorm"), ids=lambda p: p.parent.name)
 def test_layernorm_replays_program_traces_and_row_cycles(path, sim):

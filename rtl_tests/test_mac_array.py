@@ -37,6 +37,13 @@ def test_mac_array_build_modes_match_intops_and_gemm_cycles(config, sim):
     assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
 
 
+@pytest.mark.parametrize("config", units.exported_cases("mac_array"))
+def test_mac_array_at_exported_sizes_matches_intops_and_gemm_cycles_on_verilator(config):
+    s = units.run_config("mac_array", config, "verilator")
+    assert s["vectors"] >= 10_000 and s["cycles"]
+    assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
+
+
 @pytest.mark.parametrize("sim", SIMS)
 @pytest.mark.parametrize("path", traces.files("mac_array"), ids=lambda p: p.parent.name)
 def test_mac_array_replays_program_traces_and_gemm_cycles(path, sim):

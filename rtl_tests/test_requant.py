@@ -16,6 +16,13 @@ def test_requant_matches_intops_and_stream_cycles(config, sim):
     assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
 
 
+@pytest.mark.parametrize("config", units.exported_cases("requant"))
+def test_requant_at_exported_sizes_matches_intops_and_stream_cycles_on_verilator(config):
+    s = units.run_config("requant", config, "verilator")
+    assert s["vectors"] >= 10_000 and s["cycles"]
+    assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
+
+
 @pytest.mark.parametrize("sim", SIMS)
 @pytest.mark.parametrize("path", traces.files("requant"), ids=lambda p: p.parent.name)
 def test_requant_replays_program_traces_and_stream_cycles(path, sim):

@@ -16,6 +16,13 @@ def test_softmax_matches_intops_and_row_cycles(config, sim):
     assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
 
 
+@pytest.mark.parametrize("config", units.exported_cases("softmax"))
+def test_softmax_at_exported_sizes_matches_intops_and_row_cycles_on_verilator(config):
+    s = units.run_config("softmax", config, "verilator")
+    assert s["vectors"] >= 10_000 and s["cycles"]
+    assert s["mismatches"] == 0 and s["cycles_ok"], harness.describe_failures(s)
+
+
 @pytest.mark.parametrize("sim", SIMS)
 @pytest.mark.parametrize("path", traces.files("softmax"), ids=lambda p: p.parent.name)
 def test_softmax_replays_program_traces_and_row_cycles(path, sim):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 from hw.gelu import Gelu
 from hw.layernorm import LayerNorm
 from hw.mac_array import MacArray
 from hw.requant import Requantizer
 from hw.softmax import SoftmaxLog2
 from rtl_tests import vectors
+from sim.accel import CONFIG_DIR, UNIT_PARAMS, load_accel
 
 UNITS = {
     "requant": (Requantizer, vectors.requant_vectors),
@@ -40,14 +44,89 @@ CONFIGS = {
 }
 
 
+def _exported() -> dict[str, dict[str, tuple[str, ...]]]:
+    """unit -> {size label: the bundled accelerator descriptions whose ``ptq2rtl verilog`` builds it so}.
+
+    Each unit's parameters are ``sim.accel.UNIT_PARAMS[unit](load_accel(name))``, what ``from_accel``
+    builds for ``ptq2rtl verilog``; descriptions giving a unit the same parameters share one entry,
+    labelled with all their names."""
+    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    accels = {name: load_accel(name) for name in names}
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for unit in UNITS:
+        groups: dict[str, list[str]] = {}
+        for name, accel in accels.items():
+            groups.setdefault(json.dumps(UNIT_PARAMS[unit](accel), sort_keys=True), []).append(name)
+        out[unit] = {"+".join(group): tuple(group) for group in groups.values()}
+    return out
+
+
+#: the sizes the bundled accelerator descriptions export (``ptq2rtl verilog --accel NAME``), deduplicated:
+#: unit -> {label: accelerator names}; run on Verilator with random and corner vectors sized to them
+EXPORTED = _exported()
+#: exported sizes only the full regression runs (``PTQ2RTL_FULL=1``, ``python -m rtl_tests.regress --full``):
+#: the rest, every unit at edge-int4's size, is the slice the default test run keeps (about 4 minutes from
+#: cold Verilator builds on two cores); edge-int8 differs from it in the array's operands only
+FULL_ONLY = {("mac_array", "edge-int8")}
+FULL_ENV = "PTQ2RTL_FULL"
+
+
+def full_default() -> bool:
+    """Whether a run includes the full regression's sizes unless told (``PTQ2RTL_FULL`` set to 1)."""
+    return os.environ.get(FULL_ENV, "") == "1"
+
+
+def exported(unit: str, full: bool) -> list[str]:
+    """The exported sizes of ``unit`` a run covers: all with ``full``, else those outside :data:`FULL_ONLY`."""
+    return [label for label in EXPORTED[unit] if full or (unit, label) not in FULL_ONLY]
+
+
+def exported_cases(unit: str) -> list:
+    """pytest parameters of ``unit``'s exported sizes, those of the full regression skipped unless it is on."""
+    import pytest
+
+    skip = pytest.mark.skipif(not full_default(), reason=f"the full regression only ({FULL_ENV}=1)")
+    return [pytest.param(label, marks=[skip] if (unit, label) in FULL_ONLY else []) for label in EXPORTED[unit]]
+
+
+def build(unit: str, config: str):
+    """The component of bench configuration ``config``: a key of ``CONFIGS[unit]`` or of ``EXPORTED[unit]``
+    (then exactly what ``ptq2rtl verilog --accel NAME`` exports for its first accelerator)."""
+    if config in CONFIGS[unit]:
+        return UNITS[unit][0](**CONFIGS[unit][config])
+    if config in EXPORTED[unit]:
+        from hw.verilog import units_from_accel
+
+        return units_from_accel(EXPORTED[unit][config][0], [unit])[unit]
+    known = ", ".join(list(CONFIGS[unit]) + list(EXPORTED[unit]))
+    raise ValueError(f"unknown {unit} configuration {config!r} (accepted: {known})")
+
+
+def size(unit: str, p: dict) -> str:
+    """The size of a unit built with parameters ``p``, in a few words."""
+    if unit == "mac_array":
+        return (f"{p['rows']}x{p['cols']} int{p['act_bits']}xint{p['weight_bits']}, m<={p['max_m']}, "
+                f"k<={p['max_k']}{', log2' if p['log2'] else ''}")
+    if unit == "requant":
+        return (f"{p['lanes']} lanes, {p['channels']} channels, int{p['in_bits']}->int{p['out_bits']}, "
+                + ("pow2" if p["pow2"] else f"M {p['mult_bits']}b"))
+    if unit == "softmax":
+        return f"{p['lanes']} lanes, rows<={p['max_len']}, latency {p['latency']}"
+    if unit == "gelu":
+        return f"{p['lanes']} lanes, {1 << p['in_bits']} x int{p['out_bits']} table"
+    if unit == "layernorm":
+        return (f"{p['lanes']} lanes, n<={p['max_n']}, int{p['out_bits']} out, "
+                f"{p['steps_per_cycle']} steps/cycle, latency {p['latency']}")
+    raise ValueError(f"unknown unit {unit!r} (accepted: {', '.join(UNITS)})")
+
+
 def run_config(unit: str, config: str, sim: str) -> dict:
-    """One bench: ``unit`` built with ``CONFIGS[unit][config]`` on random and corner vectors."""
+    """One bench: ``unit`` built as configuration ``config`` (:func:`build`) on random and corner vectors."""
     from rtl_tests import harness
 
-    cls, make_vectors = UNITS[unit]
-    dut = cls(**CONFIGS[unit][config])
+    dut = build(unit, config)
     p = dut.params
-    return harness.run_bench(unit, dut, p, make_vectors(p), sim, tag=config)
+    return harness.run_bench(unit, dut, p, UNITS[unit][1](p), sim, tag=config)
 
 
 def run_trace(unit: str, path, sim: str) -> dict:

@@ -12,6 +12,9 @@ import numpy as np
 from sim import intops
 
 SEED = 20240611
+SHORT_M = 64  #: rows of most random GEMMs on an array whose accumulator buffer holds more
+LONG_K_FOLDS = 256  #: reduction folds of the longest GEMM a bench runs (16 rows: max_k = 4096 terms)
+SHORT_N = 128  #: channels of half the random LayerNorm rows on a unit whose row buffer holds more
 
 
 def _magnitudes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
@@ -83,6 +86,13 @@ def requant_vectors(p: dict, n_random: int = 12_000, seed: int = SEED) -> dict[s
         for zp in (zlo, zhi, (zlo + zhi + 1) // 2):
             segs.append(requant_segment(x, ch, m, shift, np.full(c, zp), width, sgn,
                                         f"corner_{'s' if sgn else 'u'}{width}_zp{zp}", "corner"))
+    # every channel of the table addressed, the last one included, each with its own (M, shift, zero point)
+    m = 1 << rng.integers(0, mult_bits, c) if p["pow2"] else rng.integers(0, 1 << mult_bits, c)
+    shift = np.clip(w - 1 - out_bits + rng.integers(-4, 5, c), 0, max_shift)
+    zlo, zhi = intops.int_range(out_bits)
+    ch = np.concatenate([np.arange(c), rng.permutation(c)])
+    segs.append(requant_segment(_magnitudes(rng, 2 * c, in_bits), ch, m, shift, rng.integers(zlo, zhi + 1, c),
+                                out_bits, True, "every_channel", "corner"))
     # rounding ties: x*M exactly k*2**s + 2**(s-1), positive and negative
     s = np.clip(rng.integers(1, 16, c), 1, max_shift)
     m = 1 << rng.integers(0, 6, c) if p["pow2"] else rng.integers(1, 64, c)
@@ -150,7 +160,9 @@ def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dic
     max_m = p["max_m"]
     cases, total = [], 0
     while total < n_outputs:
-        m = int(rng.integers(1, max_m + 1))
+        # a deep accumulator buffer (an exported array holds 512 rows): most GEMMs short, for more shapes
+        short = max_m > SHORT_M and rng.random() < 0.75
+        m = int(rng.integers(1, (SHORT_M if short else max_m) + 1))
         k = int(rng.integers(1, 3 * rows + 1))
         n = int(rng.integers(1, 3 * cols + 1))
         b = np.where(rng.random(n) < 0.8, rng.integers(-1000, 1000, n), rng.integers(blo, bhi + 1, n))
@@ -175,6 +187,18 @@ def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dic
                            rng.integers(blo, bhi + 1, cols), "one_fold_one_row", "corner"))
     cases.append(gemm_case(rng.integers(alo, ahi + 1, (max_m, rows)), rng.integers(wlo, whi + 1, (cols, rows)),
                            np.zeros(cols), "one_fold_full", "corner"))
+    m = min(max_m, SHORT_M)
+    cases.append(gemm_case(rng.integers(alo, ahi + 1, (m, 3 * rows)), rng.integers(wlo, whi + 1, (2 * cols, 3 * rows)),
+                           rng.integers(-1000, 1000, 2 * cols), "full_folds_3x2", "corner"))
+    # the longest reduction (the max_k terms the accumulators add exactly, at most LONG_K_FOLDS folds): the
+    # largest product everywhere from the high rail (saturating), then up past the high rail by k1 of them
+    # and back inside by the rest
+    long_k = min(p["max_k"], LONG_K_FOLDS * rows)
+    x = np.full((2, long_k), alo)
+    cases.append(gemm_case(x, np.full((cols, long_k), wlo), np.full(cols, bhi), "longest_k_saturate_high", "corner"))
+    k1 = long_k * 9 // 20  # alo * whi = -(alo * wlo + alo): the other long_k - k1 outweigh k1 * alo * wlo
+    w = np.concatenate([np.full((cols, k1), wlo), np.full((cols, long_k - k1), whi)], axis=1)
+    cases.append(gemm_case(x, w, np.full(cols, bhi), "longest_k_over_high_then_back", "corner"))
     if p["log2"]:  # attention x V with log2 codes: every code, both bases, most-negative V
         codes = 1 << p["code_bits"]
         for mode in (1, 2):
@@ -187,6 +211,9 @@ def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dic
             c = np.arange(2 * codes * rows).reshape(-1, rows) % codes
             cases.append(gemm_case(c, np.full((cols, rows), wlo), np.zeros(cols),
                                    f"log2_{'sqrt2_' if mode == 2 else ''}every_code_most_negative", "corner", mode))
+        # the largest weight (code 0 of base sqrt(2)) times the most-negative V over the longest reduction
+        cases.append(gemm_case(np.zeros((2, long_k)), np.full((cols, long_k), wlo), np.zeros(cols),
+                               "log2_sqrt2_longest_k_code0_most_negative", "corner", 2))
     return merge(*cases)
 
 
@@ -271,7 +298,9 @@ def layernorm_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict
 
     segs, total = [], 0
     while total < n_random:
-        n = int(rng.integers(1, max_n + 1))
+        # a wide row buffer (an exported unit holds 1024 channels): half the rows short, for more shapes
+        short = max_n > SHORT_N and rng.random() < 0.5
+        n = int(rng.integers(1, (SHORT_N if short else max_n) + 1))
         rows = int(rng.integers(1, 6))
         spread = 1 << int(rng.integers(0, p["in_bits"]))
         centre = int(rng.integers(lo, hi + 1))
