@@ -5,7 +5,12 @@ For W4A4 on edge-int4 and W8A8 on edge-int8, one row a method: the compiled sche
 model's estimate (``sim.cycles.program_cycles``, batch 1) beside it, the instructions, the DRAM image in
 beats, and on how many of the samples the machine's logits are the engine's bit for bit.
 
-    python benchmarks/bench_compile.py [--samples 16] [--methods baseline repq ...]
+With ``--minilm``, also minilm's first encoder layer (``blocks.0.in`` .. ``blocks.0.ln2_out``, cut out with
+``sim.compile.sub_program``; its input the engine's ``embed_ln`` of each sentence) for the baseline
+method, W8A8 on edge-int8 and W4A4 on edge-int4, at the padded token count of the first ``--samples``
+evaluation sentences; agreement is on the layer's output.
+
+    python benchmarks/bench_compile.py [--samples 16] [--methods baseline repq ...] [--minilm]
 """
 
 from __future__ import annotations
@@ -21,16 +26,15 @@ from quant.methods import method_names
 from quant.quantizers import program_inputs
 from sim import engine, machine
 from sim.accel import load_accel
-from sim.compile import compile_program
+from sim.compile import compile_program, sub_program
 from sim.cycles import program_cycles
 
 SETTINGS = ((4, "edge-int4"), (8, "edge-int8"))
 
 
-def row(program, accel, images, samples: int) -> dict:
+def row(program, accel, inputs: dict, samples: int, seq_len: int | None = None) -> dict:
     """The compiled schedule of ``program`` on ``accel`` and the machine against the engine on ``samples``."""
-    compiled = compile_program(program, accel)
-    inputs = program_inputs(program, images)
+    compiled = compile_program(program, accel, seq_len=seq_len)
     want = engine.run(program, inputs).outputs
     start = time.perf_counter()
     agree, machine_cycles = 0, set()
@@ -42,27 +46,46 @@ def row(program, accel, images, samples: int) -> dict:
     seconds = (time.perf_counter() - start) / samples
     total = compiled.cycles(accel).total
     assert machine_cycles == {total}, (machine_cycles, total)
-    return {"cycles": total, "model": program_cycles(program, accel, batch=1).cycles, "instrs": len(compiled.instrs),
-            "beats": compiled.n_beats, "agree": agree, "s_per_sample": seconds}
+    model = program_cycles(program, accel, batch=1, seq_len=seq_len or 128).cycles
+    return {"cycles": total, "model": model, "instrs": len(compiled.instrs), "beats": compiled.n_beats,
+            "agree": agree, "samples": samples, "s_per_sample": seconds}
+
+
+def minilm_layer(bits: int, samples: int):
+    """minilm's first encoder layer as a program, its inputs for ``samples`` sentences, and their tokens."""
+    program, _ = flows.quantize("minilm", "baseline", bits, bits, progress=False)
+    names = [op.name for op in program.ops]
+    layer = sub_program(program, names[names.index("blocks.0.in"):names.index("blocks.0.ln2_out") + 1])
+    batch, _ = next(iter_batches("minilm", "eval", samples))
+    inputs = program_inputs(program, batch)
+    embed = engine.run(program, inputs, keep=["embed_ln"]).outputs["embed_ln"]
+    return layer, {"embed_ln": embed, "attention_mask": inputs["attention_mask"]}, inputs["attention_mask"].shape[1]
+
+
+def show(scheme: str, config: str, name: str, r: dict) -> None:
+    print(f"{scheme:<6} {config:<10} {name:<12} {r['cycles']:>9} {r['model']:>9} {r['cycles'] / r['model']:>6.2f} "
+          f"{r['instrs']:>6} {r['beats']:>7} {r['agree']:>3}/{r['samples']:<3} {r['s_per_sample']:>8.3f}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--methods", nargs="+", default=method_names())
+    ap.add_argument("--minilm", action="store_true", help="also minilm's first encoder layer (baseline)")
     args = ap.parse_args()
     images = next(iter_batches("vit-digits", "eval", args.samples))[0]
     spec = flows.load_transformer("vit-digits")
-    print(f"{'scheme':<6} {'accel':<10} {'method':<9} {'cycles':>9} {'model':>9} {'ratio':>6} {'instrs':>6} "
+    print(f"{'scheme':<6} {'accel':<10} {'method':<12} {'cycles':>9} {'model':>9} {'ratio':>6} {'instrs':>6} "
           f"{'beats':>7} {'agree':>7} {'s/sample':>8}")
     for bits, config in SETTINGS:
         accel = load_accel(config)
         for method in args.methods:
             program, _ = flows.quantize("vit-digits", method, bits, bits, progress=False, spec=spec)
-            r = row(program, accel, images, len(images))
-            print(f"W{bits}A{bits:<3} {config:<10} {method:<9} {r['cycles']:>9} {r['model']:>9} "
-                  f"{r['cycles'] / r['model']:>6.2f} {r['instrs']:>6} {r['beats']:>7} "
-                  f"{r['agree']:>3}/{len(images):<3} {r['s_per_sample']:>8.3f}", flush=True)
+            show(f"W{bits}A{bits}", config, method, row(program, accel, program_inputs(program, images), len(images)))
+    for bits, config in SETTINGS[::-1] if args.minilm else ():
+        layer, inputs, tokens = minilm_layer(bits, args.samples)
+        r = row(layer, load_accel(config), inputs, args.samples, seq_len=tokens)
+        show(f"W{bits}A{bits}", config, f"minilm.0@{tokens}", r)
 
 
 if __name__ == "__main__":

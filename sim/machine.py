@@ -341,11 +341,10 @@ class _Machine:
         acc = np.zeros((m, nf * v), np.int64)
         if ins.flag("bias"):
             acc += self.abuf[self._words(pc, ins, "bias_base", ins["bias_base"] + np.arange(nf))].reshape(-1)
-        for j in range(nf):
-            tile = self._stationary(pc, ins, j)  # [kf V, V]: reduction index, output column
-            for d in range(digits):
-                part = self._partial(ins, x, tile, d)
-                acc[:, j * v:(j + 1) * v] += part.astype(np.int64) << (d * g.act_bits)
+        # every fold (j, i, d) at once, one product a digit: exact sums, whose order does not matter
+        tiles = np.concatenate([self._stationary(pc, ins, j) for j in range(nf)], axis=1)  # [kf V, nf V]
+        for d in range(digits):
+            acc += self._partial(ins, x, tiles, d).astype(np.int64) << (d * g.act_bits)
         out = self._drain(pc, ins, intops.saturate(acc, widths.ACC_BITS))
         o_idx = self._words(pc, ins, "out_base", ins["out_base"] + t * ins["out_stride"] + np.arange(nf)[None, :])
         self.abuf[o_idx] = out.reshape(m, nf, v)

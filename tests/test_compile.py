@@ -136,6 +136,25 @@ def test_weights_past_wbuf_and_rows_past_the_accumulators_split_the_gemm(program
     assert_engine_outputs(program, accel, program_inputs(program, images), samples=1)
 
 
+def test_bert_encoder_layers_cut_out_of_their_program_run_with_the_key_mask():
+    program = bert_program(wbits=8, abits=8)
+    body = sub_program(program, [op.name for op in program.ops if op.kind not in ("embedding", "mean_pool")])
+    assert [t.name for t in body.inputs] == ["embed.word", "embed.position", "attention_mask"]
+    assert body.outputs == [program.ops[-1].inputs[0]]  # what the mean pooling reads
+    rng = np.random.default_rng(0)
+    tokens = 20
+    inputs = {t.name: rng.integers(-(1 << 12), 1 << 12, size=(2, tokens, 64)) for t in body.inputs[:2]}
+    inputs["attention_mask"] = np.ones((2, tokens), np.int64)
+    inputs["attention_mask"][1, 13:] = 0  # seven padding tokens
+    accel = load_accel("edge-int8")
+    compiled = compile_program(body, accel, seq_len=tokens)
+    assert any(i.flag("mask") for i in compiled.instrs if i.op == "vector" and i["unit"] == "softmax")
+    want = engine.run(body, inputs).outputs[body.outputs[0]]
+    for s in range(2):
+        run = machine.run(compiled.image({k: v[s] for k, v in inputs.items()}), accel)
+        assert np.array_equal(compiled.outputs(run.image)[body.outputs[0]], want[s])
+
+
 # ------------------------------------------------------------------ refusals
 def test_a_live_set_larger_than_abuf_is_refused_naming_op_and_words(programs):
     with pytest.raises(AccelError, match=r"op 'patch_embed' \(linear\): field 'abuf': 102 words needed with 16 live; "
