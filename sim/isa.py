@@ -56,7 +56,8 @@ array port reads is taken by its low bits: ``weight_bits`` of a stationary eleme
               ``W[j V + c, i V + r]`` there);
             * mode ``matmul`` (``a @ b.T``, b stationary): beat ``r`` lane ``c`` is element ``r`` of ABUF word
               ``s_base + (j V + c) * s_stride + i``, 0 where ``j V + c >= s_valid``; the controller reads the
-              ``V`` words into a transpose buffer first;
+              ``V`` words into a transpose buffer, the first fold's before it, every later one's during the
+              drain of the fold before;
             * mode ``log2`` (codes ``@`` V): beat ``r`` is ABUF word ``s_base + (i V + r) * s_stride + j``,
               0 where ``i V + r >= s_valid``; the streamed rows are log2 codes, flag ``sqrt2`` their base
             (``digits`` 1, ``unsigned_digits`` 0).
@@ -273,19 +274,19 @@ def fetch_cycles(beat_bytes: int) -> int:
 
 
 def _gemm_cycles(instr: Instr, accel) -> int:
-    """A first cycle (the first stationary read), then per fold the array's ``V`` weight beats, ``m``
-    streamed rows and ``2 V - 1`` drain cycles (``sim.timing.mac_fold_cycles``), in matmul mode after
-    ``V + 1`` cycles that read the tile into the transpose buffer; then the cycle the last row leaves the
-    array and the epilogue's latency (requantizer, GELU) to the last ABUF write."""
+    """A first cycle (the first stationary read; in matmul mode then ``V + 1`` cycles that read the first
+    tile into the transpose buffer, the later tiles being read during the drain before them), then per
+    fold the array's ``V`` weight beats, ``m`` streamed rows and ``2 V - 1`` drain cycles
+    (``sim.timing.mac_fold_cycles``); then the cycle the last row leaves the array and the epilogue's
+    latency (requantizer, GELU) to the last ABUF write."""
     from sim import timing
 
-    v = accel.array.rows
-    extra = v + 1 if instr["mode"] == "matmul" else 0
+    first_tile = accel.array.rows + 1 if instr["mode"] == "matmul" else 0
     folds = instr["nf"] * instr["kf"] * instr["digits"]
-    fold = timing.mac_fold_cycles(instr["m"], accel.array.rows, accel.array.cols) + extra
+    fold = timing.mac_fold_cycles(instr["m"], accel.array.rows, accel.array.cols)
     tail = 1 + (accel.requant.latency if instr.flag("requant") else 0) + \
         (accel.gelu.latency if instr.flag("gelu") else 0)
-    return 1 + folds * fold + tail
+    return 1 + first_tile + folds * fold + tail
 
 
 def _vector_cycles(instr: Instr, accel) -> int:
