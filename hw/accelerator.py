@@ -19,8 +19,8 @@ from sim import isa, widths
 ELEM_BITS = 32  #: an ABUF element
 PC_BITS = 32
 CYCLE_BITS = 48
-#: gemm phases (``sim.isa.exec_cycles``): the first cycle, the matmul transpose reads, the array's weight
-#: beats, its streamed rows, its drain, and the wait for the epilogue's last row
+#: gemm phases (``sim.isa.exec_cycles``): the first cycle, matmul's first tile into the transpose buffer,
+#: the array's weight beats, its streamed rows, its drain (and matmul's next tile), the epilogue's last rows
 SETUP, TRANS, LOAD, STREAM, DRAIN, TAIL = range(6)
 
 
@@ -319,15 +319,19 @@ class Accelerator(wiring.Component):
             m.d.comb += [p.rw.addr.eq(w_addr(0)), p.ra.addr.eq(log2_addr(0))]
 
         tb = [[Signal(signed(wb), name=f"tb_{col}_{r}") for r in range(v)] for col in range(v)]
+
+        def transpose(step):  # matmul, step 0..V: read tile word `step`, keep word `step - 1` (its lanes: beat r)
+            m.d.comb += p.ra.addr.eq(f["s_base"] + (fj * v + step) * f["s_stride"] + fi)
+            for col in range(v):
+                with m.If(step == col + 1):
+                    m.d.sync += [tb[col][r].eq(p.ra.data[r][:wb]) for r in range(v)]
+
         with m.Switch(phase):
             with m.Case(SETUP):
                 prefetch()
                 m.d.sync += phase.eq(Mux(mm, TRANS, LOAD))
-            with m.Case(TRANS):  # matmul: word c of the tile is column c of the stationary beats
-                m.d.comb += p.ra.addr.eq(f["s_base"] + (fj * v + k) * f["s_stride"] + fi)
-                for col in range(v):
-                    with m.If(k == col + 1):
-                        m.d.sync += [tb[col][r].eq(p.ra.data[r][:wb]) for r in range(v)]
+            with m.Case(TRANS):  # matmul's first tile: word c of the tile is column c of the stationary beats
+                transpose(k)
                 m.d.sync += k.eq(k + 1)
                 with m.If(k == v):
                     m.d.sync += [k.eq(0), phase.eq(LOAD)]
@@ -349,11 +353,13 @@ class Accelerator(wiring.Component):
                 with m.If(k == f["m"] - 1):
                     m.d.sync += [k.eq(0), phase.eq(DRAIN)]
                     self._next_fold(m, f, fj, fi, fd, final)
-            with m.Case(DRAIN):
+            with m.Case(DRAIN):  # port a is free: matmul reads the next tile in the last V + 1 cycles
+                with m.If(mm & (k >= v - 2)):
+                    transpose(k - (v - 2))
                 m.d.sync += k.eq(k + 1)
                 with m.If(k == 2 * v - 2):
                     prefetch()
-                    m.d.sync += [k.eq(0), phase.eq(Mux(final, TAIL, Mux(mm, TRANS, LOAD)))]
+                    m.d.sync += [k.eq(0), phase.eq(Mux(final, TAIL, LOAD))]
 
     def _stationary_beat(self, m, f, flag, arr, p, tb, r, fi, fj, fd, first, last, lin, mm):
         """Weight beat ``r`` of the fold: a WBUF word (linear), a transpose-buffer column (matmul) or an
