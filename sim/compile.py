@@ -400,8 +400,9 @@ class _Compiler:
                         first[root] = min(first.get(root, i), i)
             for t in op.outputs:
                 first[self.group[t]] = min(first.get(self.group[t], i), i)
-        for t in self.p.outputs:
+        for t in self.p.outputs:  # kept to the end (a program input is loaded first even if nothing reads it)
             last[self.group[t]] = n
+            first.setdefault(self.group[t], 0)
         self.starts: dict[int, list[str]] = defaultdict(list)
         self.ends: dict[int, list[str]] = defaultdict(list)
         for root, i in first.items():

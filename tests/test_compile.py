@@ -12,11 +12,11 @@ from ptq2rtl import flows
 from ptq2rtl.models import iter_batches
 from quant.methods import method_names
 from quant.quantizers import program_inputs
-from sim import engine, isa, machine
+from sim import engine, intops, isa, machine
 from sim.accel import CONFIG_DIR, AccelError, load_accel, parse_accel
 from sim.compile import compile_program, sub_program
 from sim.isa import Instr
-from tests.synthetic_programs import bert_program
+from tests.synthetic_programs import bert_program, vit_program
 
 SAMPLES = 3
 ACCEL = {4: "edge-int4", 8: "edge-int8"}
@@ -153,6 +153,22 @@ def test_bert_encoder_layers_cut_out_of_their_program_run_with_the_key_mask():
     for s in range(2):
         run = machine.run(compiled.image({k: v[s] for k, v in inputs.items()}), accel)
         assert np.array_equal(compiled.outputs(run.image)[body.outputs[0]], want[s])
+
+
+def test_every_prefix_of_a_program_runs_to_the_engine_tensors():
+    """What rtl-run's bisection compiles: a prefix's outputs are what later ops read (views, accumulators)."""
+    program = vit_program(depth=1)
+    spec = program.inputs[0]
+    lo, hi = intops.int_range(spec.bits, spec.signed)
+    x = {spec.name: np.random.default_rng(0).integers(lo, hi + 1, size=(1,) + spec.shape)}
+    accel = load_accel("edge-int4")
+    for k in range(1, len(program.ops) + 1):
+        prefix = sub_program(program, [op.name for op in program.ops[:k]])
+        want = engine.run(program, x, keep=prefix.outputs).outputs
+        compiled = compile_program(prefix, accel)
+        got = compiled.outputs(machine.run(compiled.image({t.name: x[t.name][0] for t in prefix.inputs}), accel).image)
+        for name in prefix.outputs:
+            assert np.array_equal(got[name], want[name][0]), (program.ops[k - 1].name, name)
 
 
 # ------------------------------------------------------------------ refusals
