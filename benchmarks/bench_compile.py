@@ -5,10 +5,12 @@ For W4A4 on edge-int4 and W8A8 on edge-int8, one row a method: the compiled sche
 model's estimate (``sim.cycles.program_cycles``, batch 1) beside it, the instructions, the DRAM image in
 beats, and on how many of the samples the machine's logits are the engine's bit for bit.
 
-With ``--minilm``, also minilm's first encoder layer (``blocks.0.in`` .. ``blocks.0.ln2_out``, cut out with
-``sim.compile.sub_program``; its input the engine's ``embed_ln`` of each sentence) for the baseline
-method, W8A8 on edge-int8 and W4A4 on edge-int4, at the padded token count of the first ``--samples``
-evaluation sentences; agreement is on the layer's output.
+With ``--minilm``, also minilm's first encoder layer (``minilm.0``: ``blocks.0.in`` .. ``blocks.0.ln2_out``,
+cut out with ``sim.compile.sub_program``) and its whole encoder stack (``minilm.enc``: ``blocks.0.in`` ..
+``blocks.5.ln2_out``, all but the embedding lookups and the mean pooling the compiler does not take yet),
+their input the engine's ``embed_ln`` of each sentence, for the baseline method, W8A8 on edge-int8 and
+W4A4 on edge-int4, at the padded token count of the first ``--samples`` evaluation sentences; agreement
+is on the cut's output.
 
     python benchmarks/bench_compile.py [--samples 16] [--methods baseline repq ...] [--minilm]
 """
@@ -51,19 +53,22 @@ def row(program, accel, inputs: dict, samples: int, seq_len: int | None = None) 
             "agree": agree, "samples": samples, "s_per_sample": seconds}
 
 
-def minilm_layer(bits: int, samples: int):
-    """minilm's first encoder layer as a program, its inputs for ``samples`` sentences, and their tokens."""
+def minilm_cuts(bits: int, samples: int):
+    """minilm's first encoder layer and its encoder stack as programs, their inputs for ``samples``
+    sentences, and the sentences' padded token count."""
     program, _ = flows.quantize("minilm", "baseline", bits, bits, progress=False)
     names = [op.name for op in program.ops]
-    layer = sub_program(program, names[names.index("blocks.0.in"):names.index("blocks.0.ln2_out") + 1])
+    first = names.index("blocks.0.in")
+    cuts = {f"minilm.{cut}": sub_program(program, names[first:names.index(last) + 1])
+            for cut, last in (("0", "blocks.0.ln2_out"), ("enc", "blocks.5.ln2_out"))}
     batch, _ = next(iter_batches("minilm", "eval", samples))
     inputs = program_inputs(program, batch)
     embed = engine.run(program, inputs, keep=["embed_ln"]).outputs["embed_ln"]
-    return layer, {"embed_ln": embed, "attention_mask": inputs["attention_mask"]}, inputs["attention_mask"].shape[1]
+    return cuts, {"embed_ln": embed, "attention_mask": inputs["attention_mask"]}, inputs["attention_mask"].shape[1]
 
 
 def show(scheme: str, config: str, name: str, r: dict) -> None:
-    print(f"{scheme:<6} {config:<10} {name:<12} {r['cycles']:>9} {r['model']:>9} {r['cycles'] / r['model']:>6.2f} "
+    print(f"{scheme:<6} {config:<10} {name:<14} {r['cycles']:>9} {r['model']:>9} {r['cycles'] / r['model']:>6.2f} "
           f"{r['instrs']:>6} {r['beats']:>7} {r['agree']:>3}/{r['samples']:<3} {r['s_per_sample']:>8.3f}", flush=True)
 
 
@@ -75,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     images = next(iter_batches("vit-digits", "eval", args.samples))[0]
     spec = flows.load_transformer("vit-digits")
-    print(f"{'scheme':<6} {'accel':<10} {'method':<12} {'cycles':>9} {'model':>9} {'ratio':>6} {'instrs':>6} "
+    print(f"{'scheme':<6} {'accel':<10} {'method':<14} {'cycles':>9} {'model':>9} {'ratio':>6} {'instrs':>6} "
           f"{'beats':>7} {'agree':>7} {'s/sample':>8}")
     for bits, config in SETTINGS:
         accel = load_accel(config)
@@ -83,9 +88,10 @@ def main() -> None:
             program, _ = flows.quantize("vit-digits", method, bits, bits, progress=False, spec=spec)
             show(f"W{bits}A{bits}", config, method, row(program, accel, program_inputs(program, images), len(images)))
     for bits, config in SETTINGS[::-1] if args.minilm else ():
-        layer, inputs, tokens = minilm_layer(bits, args.samples)
-        r = row(layer, load_accel(config), inputs, args.samples, seq_len=tokens)
-        show(f"W{bits}A{bits}", config, f"minilm.0@{tokens}", r)
+        cuts, inputs, tokens = minilm_cuts(bits, args.samples)
+        for name, cut in cuts.items():
+            show(f"W{bits}A{bits}", config, f"{name}@{tokens}",
+                 row(cut, load_accel(config), inputs, args.samples, seq_len=tokens))
 
 
 if __name__ == "__main__":

@@ -312,10 +312,10 @@ class _Compiler:
                     self.group[out] = out
         self.rel: dict[str, Layout] = {}
         self.size: dict[str, int] = {}
-        for root in set(self.group.values()):
+        for root in dict.fromkeys(self.group.values()):
             self._lay_out(root)
         self.base: dict[str, int] = {}
-        self._liveness(readers)
+        self._liveness()
 
     def _anchor(self, root: str) -> str:
         """The member laid out densely: from the root down through widening views and fused results."""
@@ -384,7 +384,7 @@ class _Compiler:
             return Layout(lay.base, lay.strides[:-1] + (self._heads(op, d, h), lay.strides[-1]), d)
         return lay
 
-    def _liveness(self, readers: dict[str, list[int]]) -> None:
+    def _liveness(self) -> None:
         """Which regions are allocated before and freed after each op."""
         n = len(self.p.ops)
         first: dict[str, int] = {}
@@ -439,7 +439,7 @@ class _Compiler:
             for root in self.starts[i]:
                 self.base[root] = self._alloc(self.size[root], op)
                 if root in self.loaded:
-                    self._transfer("load", root, self.loaded[root])
+                    self._transfer("load", root)
             if i not in self.fused:
                 self._op(i, op)
             for root in self.ends[i]:
@@ -447,12 +447,13 @@ class _Compiler:
         self.outs = {}
         for name in self.p.outputs:
             self.outs[name] = DramTensor(name, 0, self.dims[name], self.p.tensors[name])
-            self._transfer("store", name, self.outs[name])
+            self._transfer("store", name)
         self.emit(Instr("end"))
         return self._finish()
 
-    def _transfer(self, op: str, t: str, dram: DramTensor) -> None:
-        """Loads (stores) of tensor ``t`` from (to) its DRAM rows, one instruction a run of ABUF words."""
+    def _transfer(self, op: str, t: str) -> None:
+        """Loads (stores) of tensor ``t`` from (to) its DRAM rows, one instruction a run of ABUF words; their
+        ``dram`` fields count from the tensor's first beat (placed by :meth:`_finish`)."""
         lay, dims = self.layout(t), self.dims[t]
         w = math.ceil(dims[-1] / self.g.v)
         runs: list[list[int]] = []
@@ -489,7 +490,7 @@ class _Compiler:
             code = [instr_to_beats(ins, g) for ins in instrs]
         except isa.IsaError as exc:
             raise AccelError(f"{self.a.name} cannot run program {self.p.model!r}: {exc}") from None
-        static = np.concatenate(code + self.params) if self.params else np.concatenate(code)
+        static = np.concatenate(code + self.params)
         return Compiled(instrs, static, beat, inputs_at, outputs_at, g, [op.name for op in self.p.ops])
 
     # ---------------------------------------------------------------- ops
