@@ -68,6 +68,7 @@ class Accelerator(wiring.Component):
                  "softmax.lanes": cfg.softmax.lanes, "layernorm.lanes": cfg.layernorm.lanes}
         for name, n in lanes.items():
             if n != v:
+                self._MustUse__silence = True  # refused, so never elaborated
                 raise ParameterError(f"Accelerator {cfg.name}: {name} = {n} must equal array.rows = {v} "
                                      "(the joined accelerator's vector width)")
         bb = cfg.dram_bytes_per_cycle
