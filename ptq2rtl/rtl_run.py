@@ -26,7 +26,7 @@ def _samples(program: IntegerProgram, n: int, data: str | None) -> dict[str, np.
     from ptq2rtl import models
     from quant.quantizers import program_inputs
 
-    inputs, _ = next(iter(models.iter_batches(program.model, "eval", n, data=data, limit=n)))
+    inputs, _ = next(iter(models.iter_batches(program.model, "eval", n, data=data)))
     return program_inputs(program, inputs)
 
 
