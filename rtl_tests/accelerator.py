@@ -29,7 +29,7 @@ DRAM_V = Path(__file__).resolve().parent / "dram.v"
 VERILATOR_FLAGS = ("--binary", "--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O1",
                    "-CFLAGS", "-fcoroutines -std=c++20", "-j", "2")
 SIMULATORS = ("verilator",)  #: the simulators the whole accelerator runs on
-MIN_DEPTH_LOG2 = 16  #: the bench's DRAM holds at least 2**16 beats; larger images build a larger one
+MIN_DEPTH_LOG2 = 17  #: DRAM of at least 2**17 beats: every vit-digits image, one build a config; larger images, larger
 
 
 class RtlRunError(RuntimeError):
