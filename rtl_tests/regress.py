@@ -20,7 +20,7 @@ import time
 
 from rtl_tests import traces, units
 
-CYCLE_EXAMPLES = 3  #: measured-vs-model cycle counts kept per bench run in the summary
+CYCLE_EXAMPLES = 3  #: measured-vs-model cycle counts kept per bench run in the summary: disagreements, else the longest
 
 
 def _fold(into: dict, s: dict, label: str, unit: str, kind: str) -> None:
@@ -34,7 +34,8 @@ def _fold(into: dict, s: dict, label: str, unit: str, kind: str) -> None:
     into["cycle_mismatches"] += len(bad)
     into["runs"].append({"bench": label, "kind": kind, "size": units.size(unit, s["params"]), "params": s["params"],
                          "vectors": s["vectors"], "mismatches": s["mismatches"], "cycle_checks": len(s["cycles"]),
-                         "cycle_mismatches": len(bad), "cycles": (bad or s["cycles"])[:CYCLE_EXAMPLES],
+                         "cycle_mismatches": len(bad),
+                         "cycles": (bad or sorted(s["cycles"], key=lambda c: -c["model"]))[:CYCLE_EXAMPLES],
                          "seconds": s.get("seconds", {})})
 
 

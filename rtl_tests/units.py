@@ -65,8 +65,8 @@ def _exported() -> dict[str, dict[str, tuple[str, ...]]]:
 #: unit -> {label: accelerator names}; run on Verilator with random and corner vectors sized to them
 EXPORTED = _exported()
 #: exported sizes only the full regression runs (``PTQ2RTL_FULL=1``, ``python -m rtl_tests.regress --full``):
-#: the rest, every unit at edge-int4's size, is the slice the default test run keeps (about 4 minutes from
-#: cold Verilator builds on two cores); edge-int8 differs from it in the array's operands only
+#: the rest, every unit at edge-int4's size, is the slice the default test run keeps. From cold Verilator builds
+#: on two shared cores: the slice 204 s, edge-int8's array 62 s more; edge-int8 differs in the array's operands
 FULL_ONLY = {("mac_array", "edge-int8")}
 FULL_ENV = "PTQ2RTL_FULL"
 
