@@ -266,10 +266,19 @@ def cmd_regress(args) -> None:
     from hw import toolchain
     from rtl_tests import regress
 
+    if args.programs and args.sim != "verilator":
+        raise UsageError("regress --programs runs the whole accelerator, on Verilator only (--sim verilator)")
     toolchain.setup_simulator(args.sim)  # a missing simulator is one line, before the first bench
-    summary = regress.run(args.sim, args.unit, not args.no_traces,
-                          progress=None if args.json else (lambda label: print(f"... {label}", file=sys.stderr)))
-    _print(summary, args.json, regress.format_summary)
+    progress = None if args.json else (lambda label: print(f"... {label}", file=sys.stderr))
+    summary = regress.run(args.sim, args.unit, not args.no_traces, progress=progress, full=args.full or None)
+    table = regress.format_summary
+    if args.programs:
+        from ptq2rtl.rtl_run import format_summary, regress_programs
+
+        summary["programs"] = regress_programs(full=args.full, sim=args.sim, progress=progress)
+        summary["ok"] = summary["ok"] and all(r["ok"] for r in summary["programs"])
+        table = lambda s: "\n\n".join([regress.format_summary(s)] + [format_summary(r) for r in s["programs"]])
+    _print(summary, args.json, table)
     if not summary["ok"]:
         raise SystemExit(1)
 
@@ -379,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
     s.add_argument("--unit", action="append", type=unit_of("rtl_tests.units"), help="only this unit (repeatable)")
     s.add_argument("--no-traces", action="store_true", help="skip the vectors replayed from program traces")
+    s.add_argument("--full", action="store_true", help="every exported size (and with --programs every method)")
+    s.add_argument("--programs", action="store_true",
+                   help="also whole vit-digits programs on the accelerator RTL (quantizes them: needs torch)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_regress)
 

@@ -15,6 +15,8 @@ LIBRARY_ERRORS = (
     ("hw.verilog", "ExportError"),
     ("hw.synth", "SynthError"),
     ("hw.toolchain", "ToolchainError"),
+    ("rtl_tests.accelerator", "RtlRunError"),
+    ("sim.machine", "MachineError"),
 )
 
 

@@ -181,3 +181,24 @@ def format_summary(r: dict) -> str:
                          f"expected {m['expected']} cycles, got {m['got']}")
     lines.append("OK" if r["ok"] else "MISMATCH")
     return "\n".join(lines)
+
+
+#: what ``ptq2rtl regress --programs`` runs: (method, bits, accelerator); ``--full`` runs every method
+REGRESS_PROGRAMS = (("baseline", 4, "edge-int4"), ("baseline", 8, "edge-int8"))
+
+
+def regress_programs(*, full: bool = False, sim: str = "verilator", samples: int = 2, progress=None) -> list[dict]:
+    """Whole vit-digits programs on the accelerator RTL (quantized here: calibration takes seconds a method)."""
+    from ptq2rtl import flows
+    from quant.methods import method_names
+    from sim.accel import load_accel
+
+    runs = [(m, b, a) for m in method_names() for _, b, a in REGRESS_PROGRAMS] if full else list(REGRESS_PROGRAMS)
+    spec = flows.load_transformer("vit-digits")
+    out = []
+    for method, bits, accel in runs:
+        if progress:
+            progress(f"program vit-digits {method} W{bits}A{bits} on {accel}")
+        program, _ = flows.quantize("vit-digits", method, bits, bits, progress=False, spec=spec)
+        out.append(rtl_run(program, load_accel(accel), sim=sim, samples=samples))
+    return out

@@ -181,6 +181,14 @@ def test_verilog_lint_without_verilator_writes_nothing(no_verilator, tmp_path, c
     refused(["verilog", "-o", tmp_path / "out"], capsys, tmp_path, "verilator", "not installed")
 
 
+def test_regress_programs_on_icarus_is_refused_before_any_bench(capsys):
+    assert main(["regress", "--sim", "icarus", "--programs", "--unit", "gelu"]) == 2
+    err = capsys.readouterr()
+    assert err.err.strip().splitlines() == [
+        "ptq2rtl: error: regress --programs runs the whole accelerator, on Verilator only (--sim verilator)"]
+    assert "..." not in err.err
+
+
 def test_regress_without_verilator_is_one_line(no_verilator, tmp_path, capsys):
     refused(["regress", "--sim", "verilator", "--unit", "gelu"], capsys, tmp_path, "verilator", "not installed")
 
