@@ -60,7 +60,8 @@ def op_classes(sim: dict) -> dict:
     cycles: dict[str, int] = {}
     energy: dict[str, float] = {}
     for op in sim["ops"]:
-        c = OPS[op["kind"]].report_class
+        # the compiled schedule's instructions of no op (inputs loaded, outputs stored, end) are DRAM traffic
+        c = OPS[op["kind"]].report_class if op["kind"] in OPS else "other"
         cycles[c] = cycles.get(c, 0) + op["cycles"]
         energy[c] = energy.get(c, 0.0) + op["energy_j"]
     return {"cycles": cycles, "energy_j": energy}
@@ -75,7 +76,7 @@ def simulate_entry(program, accel: str) -> dict:
     except AccelError as exc:
         return {"refused": str(exc)}
     keep = ("cycles", "latency_s", "energy_j", "utilization", "dram_bytes", "energy_breakdown_j", "largest_energy")
-    return {**{k: sim[k] for k in keep}, "op_classes": op_classes(sim),
+    return {**{k: sim[k] for k in keep}, "basis": sim["basis"]["kind"], "op_classes": op_classes(sim),
             "layers": [{"name": l["name"], "latency_s": l["latency_s"]} for l in sim["layers"]]}
 
 

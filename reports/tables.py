@@ -34,7 +34,7 @@ def accuracy_table(results: dict, model: str) -> list[str]:
 
 
 def cost_table(results: dict, model: str) -> list[str]:
-    head = ("| method | bits | accelerator | latency (ms) | energy (µJ) | utilization (%) | DRAM (kB) | "
+    head = ("| method | bits | accelerator | cycles from | latency (ms) | energy (µJ) | utilization (%) | DRAM (kB) | "
             "largest energy consumers |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for e in results["entries"]:
@@ -43,10 +43,13 @@ def cost_table(results: dict, model: str) -> list[str]:
         for accel, s in e["accel"].items():
             bits = f"W{e['wbits']}A{e['abits']}"
             if "refused" in s:
-                lines.append(f"| {e['method']} | {bits} | {accel} | refused: {s['refused'].split(': ', 1)[-1]} | | | | |")
+                why = s["refused"].split(": ", 1)[-1]
+                lines.append(f"| {e['method']} | {bits} | {accel} | refused: {why} | | | | | |")
                 continue
             largest = ", ".join(f"{x['key']} {100 * x['share']:.0f} %" for x in s["largest_energy"])
-            lines.append(f"| {e['method']} | {bits} | {accel} | {s['latency_s'] * 1e3:.3f} | {s['energy_j'] * 1e6:.1f} | "
+            basis = {"schedule": "compiled schedule", "estimate": "analytic estimate"}.get(s.get("basis"), "?")
+            lines.append(f"| {e['method']} | {bits} | {accel} | {basis} | {s['latency_s'] * 1e3:.3f} | "
+                         f"{s['energy_j'] * 1e6:.1f} | "
                          f"{100 * s['utilization']:.1f} | {s['dram_bytes'] / 1e3:.1f} | {largest} |")
     return lines
 
