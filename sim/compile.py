@@ -54,9 +54,6 @@ from sim.ops import OPS
 from sim.program import BUILTIN_TENSORS, IntegerProgram, Op, ProgramError, TensorSpec, validate
 
 #: op kinds the compiler does not take yet, and why
-NOT_YET = {"embedding": "embedding lookups are not compiled yet (a DRAM gather the ISA has no instruction for)",
-           "mean_pool": "mean pooling is not compiled yet (no vector unit of the ISA pools rows)"}
-_WIDENING = ("concat_token", "merge_heads")  #: views whose input is a part of their output
 
 
 # ------------------------------------------------------------------ where tensors lie in ABUF
@@ -251,8 +248,8 @@ class _Compiler:
         self.p, self.a = program, accel
         self.g = Geometry.of(accel)
         for op in program.ops:
-            if op.kind in NOT_YET:
-                self.refuse(op, "kind", NOT_YET[op.kind])
+            if OPS[op.kind].lowering is None:
+                self.refuse(op, "kind", OPS[op.kind].not_compiled)
             if any(t in BUILTIN_TENSORS for t in op.inputs):
                 self.refuse(op, "inputs", "the built-in positions tensor is not compiled yet")
         check_program(program, accel, seq_len)
@@ -294,7 +291,7 @@ class _Compiler:
             self.group[spec.name] = spec.name
             self.loaded[spec.name] = DramTensor(spec.name, 0, self.dims[spec.name], spec)
         for i, op in enumerate(p.ops):
-            if op.kind == "patchify":
+            if OPS[op.kind].lowering == "patchify":  # the one view laid out in DRAM
                 src = op.inputs[0]
                 if src not in self.loaded or len(readers[src]) != 1:
                     self.refuse(op, "inputs", f"patchify of {src!r}: only a program input read by nothing else "
@@ -322,7 +319,7 @@ class _Compiler:
         t = root
         while True:
             nxt = [(op, out) for op, out in self.children[t]
-                   if op.kind in _WIDENING or self.index[op.name] in self.fused]
+                   if OPS[op.kind].widening or self.index[op.name] in self.fused]
             if not nxt:
                 return t
             if len(nxt) > 1:
@@ -353,36 +350,46 @@ class _Compiler:
 
     def _forward(self, op: Op, lay: Layout, src: str, out: str) -> Layout:
         """The layout of view (or fused result) ``out`` of ``src``."""
-        v, dims = self.g.v, self.dims[src]
-        if op.kind == "split":
-            k = op.outputs.index(out)
-            offset = sum(op.attrs["sizes"][:k])
-            if offset % v:
-                self.refuse(op, "sizes", f"part {k} starts at element {offset}, not on a {v}-lane ABUF word")
-            return Layout(lay.base + offset // v, lay.strides, op.attrs["sizes"][k])
-        if op.kind == "split_heads":
-            h = op.attrs["heads"]
-            d = dims[-1] // h
-            return Layout(lay.base, lay.strides[:-1] + (self._heads(op, d, h), lay.strides[-1]), d)
-        if op.kind == "merge_heads":
-            h, d = dims[-3], dims[-1]
-            if h > 1 and lay.strides[-2] != self._heads(op, d, h):
-                self.refuse(op, "inputs", f"the heads of {src!r} are not side by side in its rows")
-            return Layout(lay.base, lay.strides[:-2] + (lay.strides[-1],), h * d)
-        if op.kind == "select_token":
-            return Layout(lay.base + op.attrs["index"] * lay.strides[-1], lay.strides[:-1], lay.n)
-        if op.kind in ("requant", "gelu"):  # a fused result lies where its input would
+        if self.index[op.name] in self.fused:  # a fused result lies where its input would
             return lay
-        self.refuse(op, "inputs", f"{op.kind} of {src!r} is not a view this compiler lays out")
+        forward = getattr(self, f"_forward_{OPS[op.kind].lowering}", None)
+        if forward is None:
+            self.refuse(op, "inputs", f"{op.kind} of {src!r} is not a view this compiler lays out")
+        return forward(op, lay, self.dims[src], out)
+
+    def _forward_split(self, op: Op, lay: Layout, dims: tuple, out: str) -> Layout:
+        v = self.g.v
+        k = op.outputs.index(out)
+        offset = sum(op.attrs["sizes"][:k])
+        if offset % v:
+            self.refuse(op, "sizes", f"part {k} starts at element {offset}, not on a {v}-lane ABUF word")
+        return Layout(lay.base + offset // v, lay.strides, op.attrs["sizes"][k])
+
+    def _forward_split_heads(self, op: Op, lay: Layout, dims: tuple, out: str) -> Layout:
+        h = op.attrs["heads"]
+        d = dims[-1] // h
+        return Layout(lay.base, lay.strides[:-1] + (self._heads(op, d, h), lay.strides[-1]), d)
+
+    def _forward_merge_heads(self, op: Op, lay: Layout, dims: tuple, out: str) -> Layout:
+        h, d = dims[-3], dims[-1]
+        if h > 1 and lay.strides[-2] != self._heads(op, d, h):
+            self.refuse(op, "inputs", f"the heads of {op.inputs[0]!r} are not side by side in its rows")
+        return Layout(lay.base, lay.strides[:-2] + (lay.strides[-1],), h * d)
+
+    def _forward_select_token(self, op: Op, lay: Layout, dims: tuple, out: str) -> Layout:
+        return Layout(lay.base + op.attrs["index"] * lay.strides[-1], lay.strides[:-1], lay.n)
 
     def _inverse(self, op: Op, lay: Layout, src: str) -> Layout:
         """The layout of ``src`` given that of ``op``'s output (a widening view or a fused result)."""
-        if op.kind == "concat_token":  # the input is rows 1.. of the output
-            return Layout(lay.base + lay.strides[-1], lay.strides, lay.n)
-        if op.kind == "merge_heads":
-            h, d = self.dims[src][-3], self.dims[src][-1]
-            return Layout(lay.base, lay.strides[:-1] + (self._heads(op, d, h), lay.strides[-1]), d)
-        return lay
+        inverse = getattr(self, f"_inverse_{OPS[op.kind].lowering}", None)
+        return lay if inverse is None or self.index[op.name] in self.fused else inverse(op, lay, src)
+
+    def _inverse_concat_token(self, op: Op, lay: Layout, src: str) -> Layout:
+        return Layout(lay.base + lay.strides[-1], lay.strides, lay.n)  # the input is rows 1.. of the output
+
+    def _inverse_merge_heads(self, op: Op, lay: Layout, src: str) -> Layout:
+        h, d = self.dims[src][-3], self.dims[src][-1]
+        return Layout(lay.base, lay.strides[:-1] + (self._heads(op, d, h), lay.strides[-1]), d)
 
     def _liveness(self) -> None:
         """Which regions are allocated before and freed after each op."""
@@ -390,7 +397,8 @@ class _Compiler:
         first: dict[str, int] = {}
         last: dict[str, int] = {}
         for i, op in enumerate(self.p.ops):
-            if OPS[op.kind].role == "view" and op.kind != "concat_token" or i in self.fused:
+            if OPS[op.kind].role == "view" and not hasattr(self, f"_lower_{OPS[op.kind].lowering}") \
+                    or i in self.fused:  # views move nothing, but a class token is loaded
                 continue
             for t in op.inputs:
                 root = self.group.get(t)
@@ -495,29 +503,43 @@ class _Compiler:
 
     # ---------------------------------------------------------------- ops
     def _op(self, i: int, op: Op) -> None:
-        kind = op.kind
-        if kind == "concat_token":
-            self._concat_token(op)
-        elif kind == "linear":
-            self._linear(i, op)
-        elif kind in ("matmul", "matmul_log2"):
-            self._matmul(i, op)
-        elif kind == "requant":
-            self._requant_table(op)
-            self._vector(op, "requant", flags=self._requant_flags(op), out_bits=op.attrs["out_bits"])
-        elif kind == "gelu":
-            self._gelu_table(op)
-            self._vector(op, "gelu")
-        elif kind == "add":
-            a = op.attrs
-            self._vector(op, "add", b=self.layout(op.inputs[1]), ma=a["ma"], mb=a["mb"], shift=a["shift"],
-                         out_bits=a["out_bits"])
-        elif kind == "add_const":
-            self._add_const(op)
-        elif kind == "layernorm":
-            self._layernorm(op)
-        elif kind == "softmax_log2":
-            self._softmax(op)
+        lower = getattr(self, f"_lower_{OPS[op.kind].lowering}", None)
+        if lower is not None:  # views other than the class token have none: they move nothing
+            lower(i, op)
+
+    def _lower_concat_token(self, i: int, op: Op) -> None:
+        self._concat_token(op)
+
+    def _lower_linear(self, i: int, op: Op) -> None:
+        self._linear(i, op)
+
+    def _lower_matmul(self, i: int, op: Op) -> None:
+        self._matmul(i, op, log2=False)
+
+    def _lower_matmul_log2(self, i: int, op: Op) -> None:
+        self._matmul(i, op, log2=True)
+
+    def _lower_requant(self, i: int, op: Op) -> None:
+        self._requant_table(op)
+        self._vector(op, "requant", flags=self._requant_flags(op), out_bits=op.attrs["out_bits"])
+
+    def _lower_gelu(self, i: int, op: Op) -> None:
+        self._gelu_table(op)
+        self._vector(op, "gelu")
+
+    def _lower_add(self, i: int, op: Op) -> None:
+        a = op.attrs
+        self._vector(op, "add", b=self.layout(op.inputs[1]), ma=a["ma"], mb=a["mb"], shift=a["shift"],
+                     out_bits=a["out_bits"])
+
+    def _lower_add_const(self, i: int, op: Op) -> None:
+        self._add_const(op)
+
+    def _lower_layernorm(self, i: int, op: Op) -> None:
+        self._layernorm(op)
+
+    def _lower_softmax(self, i: int, op: Op) -> None:
+        self._softmax(op)
 
     def _concat_token(self, op: Op) -> None:
         out = op.outputs[0]
@@ -568,11 +590,10 @@ class _Compiler:
                            ch_base=self._ch_base(rq, ()) + (0 if "per_tensor" in flags else j0 * v), **fields)
         self.abuf.release(bias_at, nf)
 
-    def _matmul(self, i: int, op: Op) -> None:
+    def _matmul(self, i: int, op: Op, log2: bool) -> None:
         g, v = self.g, self.g.v
         a, b = op.inputs
         out = op.outputs[0]
-        log2 = op.kind == "matmul_log2"
         if not log2:
             if not op.attrs["transpose_b"]:
                 self.refuse(op, "transpose_b", "the array takes a matmul's second operand transposed (a @ b.T) only")
@@ -601,13 +622,13 @@ class _Compiler:
     def _epilogue(self, i: int) -> tuple[set, dict, Op | None]:
         """Flags and fields of array op ``i``'s drain pipeline, its tables loaded; and its requant."""
         fused = [self.p.ops[j] for j in self.epilogue.get(i, [])]
-        rq = next((o for o in fused if o.kind == "requant"), None)
+        rq = next((o for o in fused if OPS[o.kind].unit == "requant"), None)
         if rq is None:
             return set(), {}, None
         self._requant_table(rq, self.p.ops[i].name)
         flags = {"requant"} | self._requant_flags(rq)
         for o in fused:
-            if o.kind == "gelu":
+            if OPS[o.kind].unit == "gelu":
                 self._gelu_table(o, self.p.ops[i].name)
                 flags.add("gelu")
         return flags, {"out_bits": rq.attrs["out_bits"]}, rq

@@ -172,6 +172,12 @@ class OpKind:
     fuses_after: ClassVar[str | None] = None  #: the unit whose result it can take straight from the drain pipeline
     bench: ClassVar[str | None] = None  #: the RTL bench its traces feed
     report_class: ClassVar[str] = "other"
+    #: how ``sim.compile`` lowers the kind to accelerator instructions: its compiler's ``_lower_<lowering>``
+    #: (``_forward_<lowering>`` / ``_inverse_<lowering>`` for views: where the view lies in ABUF); None with
+    #: ``not_compiled`` saying why the compiler refuses the kind
+    lowering: ClassVar[str | None] = None
+    not_compiled: ClassVar[str] = ""
+    widening: ClassVar[bool] = False  #: a view whose input is a part of its output (laid out from the output)
 
     # ---------------------------------------------------------------- validation
     def check(self, c: Check, ins: list[Value]) -> list[Value]:
@@ -267,6 +273,7 @@ class _ArrayOp(OpKind):
 @register
 class Linear(_ArrayOp):
     kind = "linear"
+    lowering = "linear"
     attrs = ("wbits", "abits")
     params = ("weight", "bias")
     report_class = "linear"
@@ -321,6 +328,7 @@ def _check_pair(c: Check, a: Value, b: Value, kb: int | None) -> None:
 @register
 class Matmul(_ArrayOp):
     kind = "matmul"
+    lowering = "matmul"
     arity = (2, 2)
     attrs = ("transpose_b",)
     headwise = True
@@ -355,6 +363,7 @@ class Matmul(_ArrayOp):
 @register
 class MatmulLog2(_ArrayOp):
     kind = "matmul_log2"
+    lowering = "matmul_log2"
     arity = (2, 2)
     attrs = ("code_bits",)
     optional_attrs = ("sqrt2",)
@@ -400,6 +409,7 @@ class MatmulLog2(_ArrayOp):
 @register
 class Requant(OpKind):
     kind = "requant"
+    lowering = "requant"
     attrs = ("out_bits", "signed", "zero_point", "pow2")
     params = ("m", "shift")
     optional_params = ("zero_points",)
@@ -500,6 +510,7 @@ class _LaneOp(OpKind):
 @register
 class Add(_LaneOp):
     kind = "add"
+    lowering = "add"
     arity = (2, 2)
     attrs = ("ma", "mb", "shift", "out_bits")
     beats_per_element = 2  # the two operands are scaled one after the other
@@ -540,6 +551,7 @@ def signed_bits(lo: int, hi: int) -> int:
 @register
 class AddConst(_LaneOp):
     kind = "add_const"
+    lowering = "add_const"
     attrs = ("out_bits",)
     params = ("const",)
 
@@ -563,6 +575,7 @@ class AddConst(_LaneOp):
 @register
 class MeanPool(_LaneOp):
     kind = "mean_pool"
+    not_compiled = "mean pooling is not compiled yet (no vector unit of the ISA pools rows)"
     arity = (2, 2)
     report_class = "other"
 
@@ -589,6 +602,7 @@ def _key_mask(mask: np.ndarray, ndim: int) -> np.ndarray:
 @register
 class SoftmaxLog2(OpKind):
     kind = "softmax_log2"
+    lowering = "softmax"
     arity = (1, 2)  # scores, optionally a key mask
     attrs = ("code_bits", "frac_bits")
     optional_attrs = ("sqrt2",)
@@ -653,6 +667,7 @@ class SoftmaxLog2(OpKind):
 @register
 class Gelu(OpKind):
     kind = "gelu"
+    lowering = "gelu"
     attrs = ("in_bits", "out_bits")
     params = ("table",)
     unit = "gelu"
@@ -704,6 +719,7 @@ class Gelu(OpKind):
 @register
 class LayerNorm(OpKind):
     kind = "layernorm"
+    lowering = "layernorm"
     attrs = ("shift", "out_bits", "frac_bits")
     params = ("gamma", "beta")
     optional_params = ("in_shift",)
@@ -774,6 +790,7 @@ class LayerNorm(OpKind):
 @register
 class Embedding(OpKind):
     kind = "embedding"
+    not_compiled = "embedding lookups are not compiled yet (a DRAM gather the ISA has no instruction for)"
     attrs = ("out_bits",)
     params = ("table",)
     unit = "dram"
@@ -813,6 +830,7 @@ class _View(OpKind):
 @register
 class Patchify(_View):
     kind = "patchify"
+    lowering = "patchify"
     attrs = ("patch",)
 
     def check(self, c, ins):
@@ -837,6 +855,7 @@ class Patchify(_View):
 @register
 class Split(_View):
     kind = "split"
+    lowering = "split"
     attrs = ("sizes",)
 
     def check(self, c, ins):
@@ -854,6 +873,7 @@ class Split(_View):
 @register
 class SplitHeads(_View):
     kind = "split_heads"
+    lowering = "split_heads"
     attrs = ("heads",)
 
     def check(self, c, ins):
@@ -874,6 +894,8 @@ class SplitHeads(_View):
 @register
 class MergeHeads(_View):
     kind = "merge_heads"
+    lowering = "merge_heads"
+    widening = True
 
     def check(self, c, ins):
         x = ins[0]
@@ -891,6 +913,8 @@ class MergeHeads(_View):
 @register
 class ConcatToken(_View):
     kind = "concat_token"
+    lowering = "concat_token"
+    widening = True
     params = ("token",)
 
     def check(self, c, ins):
@@ -918,6 +942,7 @@ class ConcatToken(_View):
 @register
 class SelectToken(_View):
     kind = "select_token"
+    lowering = "select_token"
     attrs = ("index",)
 
     def check(self, c, ins):

@@ -73,7 +73,10 @@ def test_a_kind_whose_output_is_declared_too_narrow_is_refused(monkeypatch):
         validate(program)
 
 
-ALLOWED = {("sim/program.py", "return [op for op in self.ops if op.kind == kind]")}  # ops_of: a filter, not dispatch
+ALLOWED = {("sim/program.py", "return [op for op in self.ops if op.kind == kind]"),  # ops_of: a filter, not dispatch
+           # not op kinds: an accelerator bench case's group, a regression run's kind (bench or exported size)
+           ("rtl_tests/bench_accelerator.py", "cases = [c for c in b.cases if kind is None or c.kind == kind]"),
+           ("rtl_tests/regress.py", "label = f\"{'exported ' if kind == 'exported' else ''}{config}\"")}
 
 
 def test_nothing_outside_the_registry_dispatches_on_an_op_kind():
