@@ -177,6 +177,10 @@ def hardware_summary(cache: Path, quick: bool, log) -> dict:
 SYNTH_TARGET, SYNTH_PART = "ecp5", "85f"
 
 
+#: a unit's place and route stops here and its row says so (the exported log2 array had not finished after 18 min)
+PNR_TIMEOUT_S = 900
+
+
 def _synthesis(quick: bool) -> dict:
     """Per unit of edge-int4 and edge-int8 on the LFE5U-85F (yosys with ABC, nextpnr's Fmax; quick: the GELU
     unit of edge-int4, no place and route),
@@ -188,7 +192,7 @@ def _synthesis(quick: bool) -> dict:
     for accel in ACCELS[:1] if quick else ACCELS:
         # quick (what the tests run): the GELU unit only, without place and route
         result = synth.synth(load_accel(accel), SYNTH_TARGET, fmax=not quick, part=SYNTH_PART,
-                             units=["gelu"] if quick else None)
+                             units=["gelu"] if quick else None, pnr_timeout_s=PNR_TIMEOUT_S)
         meta = {k: result[k] for k in ("part", "package", "speed", "lut_mapping", "tools", "freq_mhz")}
         for unit, r in result["units"].items():
             rows.append({"unit": unit, "config": accel, "target": result["part"], "luts": r["lut"], "ffs": r["ff"],
