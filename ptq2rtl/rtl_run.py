@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from sim import engine
-from sim.accel import AccelConfig, check_program
+from sim.accel import AccelConfig
 from sim.compile import Compiled, compile_program, sub_program
 from sim.cycles import layer_of
 from sim.program import IntegerProgram, ProgramError
@@ -47,7 +47,8 @@ def _tokens(program: IntegerProgram, inputs: dict[str, np.ndarray]) -> int | Non
     return next((inputs[t.name].shape[1 + t.shape.index(None)] for t in program.inputs if None in t.shape), None)
 
 
-def _first_difference(compiled: Compiled, got: dict, want: dict) -> dict | None:
+def _first_difference(got: dict, want: dict) -> dict | None:
+    """The first element of an output where ``got`` differs from ``want``, and how many differ there."""
     for name, w in want.items():
         g = got[name]
         bad = np.argwhere(g != w)
@@ -91,7 +92,7 @@ def first_bad_op(program: IntegerProgram, accel: AccelConfig, sample: dict[str, 
             want.update(engine.run(program, sample, keep=missing).outputs)
         compiled = compile_program(sub, accel, seq_len=_tokens(sub, sample))
         (result,), _ = run_images(accel, [compiled.image({t.name: sample[t.name][0] for t in sub.inputs})], sim=sim)
-        return _first_difference(compiled, compiled.outputs(result.image), {t: want[t][0] for t in sub.outputs})
+        return _first_difference(compiled.outputs(result.image), {t: want[t][0] for t in sub.outputs})
 
     lo, hi = 0, len(program.ops)  # prefix lo agrees, prefix hi differs
     found = differs(hi)
@@ -118,7 +119,6 @@ def rtl_run(program: IntegerProgram, accel: AccelConfig, *, sim: str = "verilato
     if layer is not None:
         program, inputs = _layer(program, layer, inputs)
     tokens = _tokens(program, inputs)
-    check_program(program, accel, tokens)
     t0 = time.perf_counter()
     compiled = compile_program(program, accel, seq_len=tokens)
     compile_s = time.perf_counter() - t0
@@ -132,7 +132,7 @@ def rtl_run(program: IntegerProgram, accel: AccelConfig, *, sim: str = "verilato
     for s, r in enumerate(results):
         got = compiled.outputs(r.image)
         rows.append({"sample": s, "cycles": r.cycles,
-                     "mismatch": _first_difference(compiled, got, {k: v[s] for k, v in want.items()}),
+                     "mismatch": _first_difference(got, {k: v[s] for k, v in want.items()}),
                      "cycle_mismatch": _cycle_difference(compiled, r.retires, schedule.per_instr)})
     bad = next((r for r in rows if r["mismatch"]), None)
     if bad is not None and localize:

@@ -23,9 +23,6 @@ from sim.cycles import CycleReport, OpCost, layer_of, program_cycles
 from sim.ops import OPS
 from sim.program import IntegerProgram
 
-#: the energy action of each vector unit, per element
-_VECTOR_ACTION = {"requant": "requant", "gelu": "gelu", "add": "add", "add_const": "add_const",
-                  "layernorm": "layernorm", "softmax": "softmax"}
 _UNIT = {"gemm": "array", "load": "dram", "store": "dram", "end": "none"}
 
 
@@ -33,7 +30,8 @@ def instr_actions(instr: isa.Instr, accel: AccelConfig) -> dict[str, int]:
     """Energy actions (``sim.energy.ACTIONS``) of one instruction, its fetch included."""
     v = accel.array.rows
     bb = int(accel.dram_bytes_per_cycle)
-    word = 4 * v  # bytes of an ABUF word
+    word_bits = isa.load_item_bits("abuf", accel)  # an ABUF word, what a store moves per item
+    word = word_bits // 8
     acts: dict[str, int] = {"dram": isa.instr_beats(bb) * bb}
 
     def count(action: str, n: int) -> None:
@@ -48,7 +46,7 @@ def instr_actions(instr: isa.Instr, accel: AccelConfig) -> dict[str, int]:
             buffer = "activation" if instr["target"] == "abuf" else "weight"
             count(f"sram_{buffer}_write", instr["count"] * bits // 8)
     elif op == "store":
-        count("dram", instr["count"] * isa.beats(32 * v, bb) * bb)
+        count("dram", instr["count"] * isa.beats(word_bits, bb) * bb)
         count("sram_activation_read", instr["count"] * word)
     elif op == "gemm":
         m, nf = instr["m"], instr["nf"]
@@ -63,8 +61,8 @@ def instr_actions(instr: isa.Instr, accel: AccelConfig) -> dict[str, int]:
         count("sram_activation_read", folds * m * word + (nf * word if instr.flag("bias") else 0))
         acc = m * v * 4
         count("sram_accumulator_write", folds * acc)
-        count("sram_accumulator_read", folds * acc)  # every fold but a column's first adds to what is there;
-        # the last drains it
+        # every fold but a column's first adds to what is there, and the last drains it
+        count("sram_accumulator_read", folds * acc)
         if instr.flag("requant"):
             count("requant", nf * m * v)
         if instr.flag("gelu"):
@@ -76,7 +74,8 @@ def instr_actions(instr: isa.Instr, accel: AccelConfig) -> dict[str, int]:
         reads = 2 if unit in ("add", "add_const") or (unit == "softmax" and instr.flag("mask")) else 1
         count("sram_activation_read", reads * n * word)
         count("sram_activation_write", n * word)
-        count(_VECTOR_ACTION[unit], rows * instr["n_valid"] if unit in ("layernorm", "softmax") else n * v)
+        # each vector unit's name is its energy action (sim.energy.ACTIONS), counted per element
+        count(unit, rows * instr["n_valid"] if unit in ("layernorm", "softmax") else n * v)
         if unit in ("layernorm", "softmax"):
             count(f"{unit}_row", rows)
         if unit == "requant" and instr.flag("gelu"):
