@@ -52,6 +52,7 @@ from sim.isa import Instr
 from sim.machine import Geometry, decode_items, encode_items, instr_to_beats
 from sim.ops import OPS
 from sim.program import BUILTIN_TENSORS, IntegerProgram, Op, ProgramError, TensorSpec, validate
+from sim.timing import ceil_div, operand_digits
 
 #: op kinds the compiler does not take yet, and why
 
@@ -79,7 +80,7 @@ class Layout:
 
 def dense(dims: tuple[int, ...], v: int) -> tuple[Layout, int]:
     """Row-major vector layout of ``dims`` from word 0, and its words."""
-    size = math.ceil(dims[-1] / v)
+    size = ceil_div(dims[-1], v)
     strides = []
     for d in reversed(dims[:-1]):
         strides.insert(0, size)
@@ -103,7 +104,7 @@ def words_of(x: np.ndarray, v: int) -> np.ndarray:
     """``x`` ``[..., n]`` as ABUF words ``[rows * ceil(n / V), V]``, lanes past ``n`` zero."""
     x = np.asarray(x, dtype=np.int64)
     rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-    w = math.ceil(rows.shape[1] / v)
+    w = ceil_div(rows.shape[1], v)
     out = np.zeros((rows.shape[0], w * v), np.int64)
     out[:, :rows.shape[1]] = rows
     return out.reshape(-1, v)
@@ -181,7 +182,7 @@ class Compiled:
             beats = t.words(g.v) * g.item_beats("abuf")
             words = decode_items("abuf", image_after[t.beat:t.beat + beats], g)
             n = t.shape[-1] if t.shape else 1
-            out[name] = words.reshape(-1, math.ceil(n / g.v) * g.v)[:, :n].reshape(t.shape).astype(np.int64)
+            out[name] = words.reshape(-1, ceil_div(n, g.v) * g.v)[:, :n].reshape(t.shape).astype(np.int64)
         return out
 
     def cycles(self, accel: AccelConfig) -> CompiledCycles:
@@ -346,7 +347,7 @@ class _Compiler:
         """Words of one head of ``d`` elements (a head starts on a word)."""
         if h > 1 and d % self.g.v:
             self.refuse(op, "heads", f"heads of {d} elements do not start on {self.g.v}-lane ABUF words")
-        return math.ceil(d / self.g.v)
+        return ceil_div(d, self.g.v)
 
     def _forward(self, op: Op, lay: Layout, src: str, out: str) -> Layout:
         """The layout of view (or fused result) ``out`` of ``src``."""
@@ -463,7 +464,7 @@ class _Compiler:
         """Loads (stores) of tensor ``t`` from (to) its DRAM rows, one instruction a run of ABUF words; their
         ``dram`` fields count from the tensor's first beat (placed by :meth:`_finish`)."""
         lay, dims = self.layout(t), self.dims[t]
-        w = math.ceil(dims[-1] / self.g.v)
+        w = ceil_div(dims[-1], self.g.v)
         runs: list[list[int]] = []
         for lead in np.ndindex(*dims[:-1]):
             base = lay.at(lead).base
@@ -550,7 +551,7 @@ class _Compiler:
     # the array
     def _digits(self, op: Op, spec: TensorSpec) -> tuple[int, int]:
         """Digit passes of a streamed linear input and its ``unsigned_digits`` (all but a signed top digit)."""
-        digits = math.ceil(spec.bits / self.g.act_bits)
+        digits = operand_digits(spec.bits, self.g.act_bits)
         return digits, (1 << (digits - 1)) - 1 | (0 if spec.signed else 1 << (digits - 1))
 
     def _one_digit(self, op: Op, t: str, port: int, what: str) -> None:
@@ -564,7 +565,7 @@ class _Compiler:
         x, out = op.inputs[0], op.outputs[0]
         w = op.params["weight"].astype(np.int64)
         n, k = w.shape
-        kf, nf = math.ceil(k / v), math.ceil(n / v)
+        kf, nf = ceil_div(k, v), ceil_div(n, v)
         digits, unsigned = self._digits(op, self.p.tensors[x])
         offsets = [1 << (g.act_bits - 1) << (d * g.act_bits) for d in range(digits) if unsigned >> d & 1]
         bias = op.params["bias"].astype(np.int64) + sum(offsets) * w.sum(axis=1)
@@ -607,7 +608,7 @@ class _Compiler:
         for lead in np.ndindex(*da[:-2]):
             xl, sl, ol = (self.layout(t).at(lead) for t in (a, b, out))
             self._gemm(op, da[-2], _Rows(xl.base, xl.row_stride()), _Rows(ol.base, ol.row_stride()), 0, flags,
-                       mode="log2" if log2 else "matmul", kf=math.ceil(k / v), nf=math.ceil(cols / v), digits=1,
+                       mode="log2" if log2 else "matmul", kf=ceil_div(k, v), nf=ceil_div(cols, v), digits=1,
                        s_base=sl.base, s_stride=sl.row_stride(), s_valid=db[-2], n_valid=cols,
                        ch_base=self._ch_base(rq, lead), **fields)
 
@@ -661,7 +662,7 @@ class _Compiler:
         dims = self.dims[out]
         lays = [self.layout(a), self.layout(out)] + ([b] if b is not None else [])
         for rows, rs in self._blocks(lays, dims[:-1]):
-            f = {"unit": unit, "rows": rows, "words": math.ceil(dims[-1] / self.g.v), "a_base": rs[0].base,
+            f = {"unit": unit, "rows": rows, "words": ceil_div(dims[-1], self.g.v), "a_base": rs[0].base,
                  "a_stride": rs[0].stride, "out_base": rs[1].base, "out_stride": rs[1].stride, "n_valid": dims[-1],
                  **fields}
             if b is not None:
@@ -696,7 +697,7 @@ class _Compiler:
     def _layernorm(self, op: Op) -> None:
         p, v = op.params, self.g.v
         n = p["gamma"].shape[0]
-        words = math.ceil(n / v)
+        words = ceil_div(n, v)
         table = np.zeros((words * v, 3), np.int64)
         table[:n, 0], table[:n, 1] = p["gamma"], p["beta"]
         if "in_shift" in p:

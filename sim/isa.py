@@ -109,6 +109,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sim import widths
+from sim.timing import ceil_div, operand_digits
+
 INSTR_SLOTS = 20
 SLOT_BITS = 16
 INSTR_BITS = INSTR_SLOTS * SLOT_BITS
@@ -214,7 +217,7 @@ def decode(word: int) -> Instr:
 
 def instr_beats(beat_bytes: int) -> int:
     """DRAM beats of one instruction."""
-    return -(-INSTR_BITS // (8 * beat_bytes))
+    return ceil_div(INSTR_BITS, 8 * beat_bytes)
 
 
 # ------------------------------------------------------------------ sizes in DRAM beats
@@ -231,7 +234,7 @@ def layernorm_entry_bits(lanes: int, gamma_bits: int, beta_bits: int) -> int:
 
 def beats(bits: int, beat_bytes: int) -> int:
     """DRAM beats of one item of ``bits`` bits (items are beat-aligned)."""
-    return -(-bits // (8 * beat_bytes))
+    return ceil_div(bits, 8 * beat_bytes)
 
 
 def load_item_bits(target: str, accel) -> int:
@@ -256,9 +259,7 @@ def load_item_bits(target: str, accel) -> int:
 
 def max_digits(accel) -> int:
     """The most digits a gemm operand may stream: ``ceil(MAX_ACT_BITS / act_bits)``."""
-    from sim import widths
-
-    return -(-widths.MAX_ACT_BITS // accel.array.act_bits)
+    return operand_digits(widths.MAX_ACT_BITS, accel.array.act_bits)
 
 
 # ------------------------------------------------------------------ cycles
