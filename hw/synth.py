@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from hw.verilog import _components, ports, to_verilog
+from hw.verilog import ACCELERATOR, components, ports, to_verilog
 
 #: the flows with ABC (native yosys), per target; ``{dsp}`` takes the DSP flag of :data:`DSP_FLAGS` and options
 ABC_FLOWS = {
@@ -366,9 +366,12 @@ def _log_utilization(log: str) -> dict:
 def synth(accel_or_params, target: str = "ice40", units: list[str] | None = None, fmax: bool = True,
           workdir: str | Path | None = None, dsp: bool = True, part: str | None = None,
           freq_mhz: float | None = None, cache: bool | str | Path = True,
-          pnr_timeout_s: float | None = None) -> dict:
-    """Synthesis figures of every unit (or ``units``) of an accelerator description or ``{unit: params}``.
+          pnr_timeout_s: float | None = None, whole: bool | None = None) -> dict:
+    """Synthesis figures of every unit (or ``units``, which may name ``"accelerator"``) of an accelerator
+    description or ``{unit: params}``, and of the whole accelerator.
 
+    ``whole``: whether the default set includes the joined accelerator; by default it does for a description
+    whose clock is for an FPGA part (``target:``), not for an ASIC-style one, whose buffers are sized for SRAM.
     ``freq_mhz``: the place-and-route target (default: the description's clock, else 100 MHz).
     ``cache``: True for :func:`default_cache_dir`, a folder, or False for no cache."""
     the_part = part_of(target, part)
@@ -376,7 +379,9 @@ def synth(accel_or_params, target: str = "ice40", units: list[str] | None = None
         from sim.accel import load_accel
 
         accel_or_params = load_accel(accel_or_params)
-    name, comps = _components(accel_or_params, units)
+    if whole is None:
+        whole = not isinstance(accel_or_params, dict) and accel_or_params.target != "asic"
+    name, comps = components(accel_or_params, units, whole=whole)
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ if isinstance(accel_or_params, dict) else float(accel_or_params.clock_mhz)
     cache_dir = default_cache_dir() if cache is True else (Path(cache) if cache else None)

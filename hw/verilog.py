@@ -1,11 +1,13 @@
-"""Verilog out of the Amaranth units: one file per unit, plus a manifest of parameters and ports.
+"""Verilog out of the Amaranth designs: the whole accelerator and each unit, plus a manifest.
 
 ``export(accel, out_dir)`` builds every unit of an accelerator description
-(``sim.accel``) with its ``from_accel`` sizing, writes ``<unit>.v`` (plain
+(``sim.accel``) with its ``from_accel`` sizing and the accelerator that joins
+them (``hw.accelerator``), writes ``accelerator.v`` and ``<unit>.v`` (plain
 Verilog-2005, what Yosys and vendor tools synthesize), a Verilator waiver file,
-and ``manifest.json``: per unit its module, file, class, parameters, ports,
-latency and the ``sim.timing`` formula its cycle count follows; with ``lint``
-each file is checked with ``verilator --lint-only -Wall`` under the waivers.
+and ``manifest.json``: per design its module, file, class, parameters, ports,
+and the cycle contract it follows (``sim.isa.instr_cycles`` for the
+accelerator, a ``sim.timing`` formula for a unit); with ``lint`` each file is
+checked with ``verilator --lint-only -Wall`` under the waivers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from amaranth.back import verilog as amaranth_verilog
 from amaranth.hdl import Shape
 from amaranth.lib import data, wiring
 
+from hw.accelerator import Accelerator
 from hw.gelu import Gelu
 from hw.layernorm import LayerNorm
 from hw.mac_array import MacArray
@@ -34,6 +37,10 @@ UNITS = {
     "layernorm": (LayerNorm, "layernorm_row_cycles"),
 }
 
+ACCELERATOR = "accelerator"  #: the module name of the whole design
+#: every design that is exported and synthesized on its own: the units and the accelerator joining them
+DESIGNS = (*UNITS, ACCELERATOR)
+
 #: Verilator -Wall warnings the Amaranth/Yosys backend produces by construction, each waived with its reason
 WAIVERS = {
     "WIDTHEXPAND": "the backend relies on Verilog's implicit zero/sign extension of narrower operands",
@@ -41,6 +48,7 @@ WAIVERS = {
     "UNUSEDSIGNAL": "intermediate wires keep every bit of a product or sum, not all of which are read",
     "PROCASSINIT": "registers carry their reset value as an initializer as well as in the reset branch",
     "CASEINCOMPLETE": "FSM case statements have no default: the value before the case is the default",
+    "DECLFILENAME": "a design's file holds its submodules too (accelerator.v: every unit inside it)",
 }
 
 
@@ -86,27 +94,35 @@ def units_from_accel(accel, units: list[str] | None = None) -> dict[str, wiring.
         from sim.accel import load_accel
 
         accel = load_accel(accel)
-    _check_names(units or [])
+    _check_names(units or [], UNITS)
     return {name: cls.from_accel(accel) for name, (cls, _) in UNITS.items() if units is None or name in units}
 
 
-def _check_names(names) -> None:
-    unknown = sorted(set(names) - set(UNITS))
+def _check_names(names, accepted) -> None:
+    unknown = sorted(set(names) - set(accepted))
     if unknown:
-        raise ExportError(f"unknown unit {unknown[0]!r} (accepted: {', '.join(UNITS)})")
+        raise ExportError(f"unknown unit {unknown[0]!r} (accepted: {', '.join(accepted)})")
 
 
-def _components(accel_or_params, units: list[str] | None = None) -> tuple[str, dict[str, wiring.Component]]:
-    """An accelerator description, or ``{unit: constructor arguments}`` for a hand-picked set; only ``units``."""
+def components(accel_or_params, names: list[str] | None = None,
+               whole: bool = True) -> tuple[str, dict[str, wiring.Component]]:
+    """The designs ``names`` (default: every unit, and with ``whole`` the accelerator) of an accelerator
+    description, or of ``{unit: constructor arguments}`` for a hand-picked set of units."""
     if isinstance(accel_or_params, dict):
-        _check_names(accel_or_params)
-        _check_names(units or [])
-        return "custom", {u: UNITS[u][0](**kw) for u, kw in accel_or_params.items() if units is None or u in units}
+        _check_names(accel_or_params, UNITS)
+        if names is not None and ACCELERATOR in names:
+            raise ExportError("the accelerator is built from an accelerator description, not from unit parameters")
+        _check_names(names or [], UNITS)
+        return "custom", {u: UNITS[u][0](**kw) for u, kw in accel_or_params.items() if names is None or u in names}
     if isinstance(accel_or_params, (str, Path)):
         from sim.accel import load_accel
 
         accel_or_params = load_accel(accel_or_params)
-    return accel_or_params.name, units_from_accel(accel_or_params, units)
+    _check_names(names or [], DESIGNS)
+    comps = units_from_accel(accel_or_params, None if names is None else [n for n in names if n in UNITS])
+    if (names is None and whole) or (names is not None and ACCELERATOR in names):
+        comps = {ACCELERATOR: Accelerator.from_accel(accel_or_params), **comps}
+    return accel_or_params.name, comps
 
 
 def waiver_file() -> str:
@@ -128,25 +144,32 @@ def lint(path: Path, top: str, waivers: Path) -> dict:
     return {"ok": r.returncode == 0, "warnings": warnings, "log": r.stderr[-2000:] if r.returncode else ""}
 
 
-def export(accel_or_params, out_dir: str | Path, *, lint_files: bool = True) -> dict:
-    """Write one Verilog file per unit, ``verilator.vlt`` and ``manifest.json`` into ``out_dir``; return the manifest."""
+def export(accel_or_params, out_dir: str | Path, *, lint_files: bool = True, whole: bool = True) -> dict:
+    """Write ``accelerator.v`` (with ``whole``, for an accelerator description) and one Verilog file per unit,
+    ``verilator.vlt`` and ``manifest.json`` into ``out_dir``; return the manifest."""
     out = Path(out_dir)
-    name, comps = _components(accel_or_params)  # parameter errors before anything is written
+    name, comps = components(accel_or_params, whole=whole)  # parameter errors before anything is written
     out.mkdir(parents=True, exist_ok=True)
     waivers = out / "verilator.vlt"
     waivers.write_text(waiver_file())
     manifest = {"accelerator": name, "generator": "ptq2rtl hw (Amaranth 0.5)", "clock": "clk", "reset": "rst (sync)",
                 "waivers": WAIVERS, "units": {}}
-    for unit, comp in comps.items():
-        path = out / f"{unit}.v"
+    for design, comp in comps.items():
+        path = out / f"{design}.v"
         tmp = path.with_suffix(".v.tmp")
-        tmp.write_text(to_verilog(comp, unit))
+        tmp.write_text(to_verilog(comp, design))
         tmp.replace(path)
-        entry = {"module": unit, "file": path.name, "class": type(comp).__name__, "params": comp.params,
-                 "latency": getattr(comp, "latency", None), "timing": f"sim.timing.{UNITS[unit][1]}",
-                 "ports": ports(comp)}
+        entry = {"module": design, "file": path.name, "class": type(comp).__name__, "params": comp.params}
+        if design == ACCELERATOR:
+            entry["cycles"] = "sim.isa.instr_cycles (instruction set: sim.isa)"
+        else:
+            entry.update(latency=getattr(comp, "latency", None), timing=f"sim.timing.{UNITS[design][1]}")
+        entry["ports"] = ports(comp)
         if lint_files:
-            entry["lint"] = lint(path, unit, waivers)
-        manifest["units"][unit] = entry
+            entry["lint"] = lint(path, design, waivers)
+        if design == ACCELERATOR:
+            manifest["top"] = entry  # the joined design; "units" lists each unit on its own
+        else:
+            manifest["units"][design] = entry
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

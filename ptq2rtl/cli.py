@@ -70,13 +70,13 @@ def accelerator(text: str):
         raise argparse.ArgumentTypeError(f"{text}: cannot be read ({exc.strerror})") from None
 
 
-def unit_of(module: str):
-    """An argparse type: a unit name of ``module``'s ``UNITS`` (imported only when the option is given)."""
+def unit_of(module: str, names: str = "UNITS"):
+    """An argparse type: a unit name of ``module``'s ``names`` (imported only when the option is given)."""
 
     def unit(text: str) -> str:
-        names = importlib.import_module(module).UNITS
-        if text not in names:
-            raise argparse.ArgumentTypeError(f"unknown unit {text!r} (accepted: {', '.join(names)})")
+        names_ = getattr(importlib.import_module(module), names)
+        if text not in names_:
+            raise argparse.ArgumentTypeError(f"unknown unit {text!r} (accepted: {', '.join(names_)})")
         return text
 
     return unit
@@ -228,7 +228,7 @@ def cmd_verilog(args) -> None:
     out = Path(args.output)
     created = not out.exists()
     try:
-        manifest = export(args.accel, out, lint_files=not args.no_lint)
+        manifest = export(args.accel, out, lint_files=not args.no_lint, whole=not args.units_only)
     except BaseException:  # e.g. a unit parameter out of range: leave no folder behind
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -236,12 +236,15 @@ def cmd_verilog(args) -> None:
     if args.json:
         print(json.dumps(manifest, indent=2))
         return
-    print(f"wrote {len(manifest['units'])} units for {manifest['accelerator']} into {args.output} (+ manifest.json)")
-    for unit, e in manifest["units"].items():
+    top = manifest.get("top")
+    print(f"wrote {'the accelerator and ' if top else ''}{len(manifest['units'])} units for "
+          f"{manifest['accelerator']} into {args.output} (+ manifest.json)")
+    for e in ([top] if top else []) + list(manifest["units"].values()):
         lint = e.get("lint")
         status = "" if lint is None else ("lint ok" if lint["ok"] else "LINT FAILED") + (
             f" (waived: {', '.join(lint['warnings'])})" if lint and lint["warnings"] else "")
-        print(f"  {e['file']:<18s} {e['class']:<12s} latency {e['latency']}  {status}")
+        timing = f"latency {e['latency']}" if "latency" in e else "cycles: sim.isa.instr_cycles"
+        print(f"  {e['file']:<18s} {e['class']:<12s} {timing}  {status}")
 
 
 def cmd_synth(args) -> None:
@@ -361,10 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.set_defaults(fn=cmd_sweep)
 
-    s = sub.add_parser("verilog", help="Verilog of the accelerator units, one file per unit, plus a manifest")
+    s = sub.add_parser("verilog", help="Verilog of the accelerator and of each unit, one file each, plus a manifest")
     s.add_argument("--accel", type=accelerator, default="edge-int4")
     s.add_argument("-o", "--output", type=output_dir, required=True)
     s.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only")
+    s.add_argument("--units-only", action="store_true", help="the units without accelerator.v, which joins them")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_verilog)
 
@@ -374,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FPGA family (default: the config's target part, else ecp5)")
     s.add_argument("--part", choices=("85f", "45f", "25f", "up5k"),
                    help="LFE5U-85F / 45F / 25F for ecp5 (default 85f), up5k for ice40")
-    s.add_argument("--unit", action="append", type=unit_of("hw.verilog"), help="only this unit (repeatable)")
+    s.add_argument("--unit", action="append", type=unit_of("hw.verilog", "DESIGNS"),
+                   help="only this unit, or 'accelerator' for the whole design (repeatable; default: every unit, "
+                        "and the accelerator for a config whose target is an FPGA part)")
     s.add_argument("--no-fmax", action="store_true", help="skip place and route")
     s.add_argument("--freq", type=positive_int, help="place-and-route target in MHz (default: the config's clock)")
     s.add_argument("--pnr-timeout", type=positive_int, metavar="SECONDS",

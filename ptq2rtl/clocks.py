@@ -13,12 +13,15 @@ An accelerator description says what its ``clock_mhz`` is for (``target:``):
   has been measured for this Verilog yet.
 
 A record is keyed by what determines the Verilog -- every unit's build
-parameters (``sim.accel.*_params``), the source of ``hw/`` and the Amaranth
+parameters (``sim.accel.*_params``), the buffers, the array and the memory
+port that size the joined design, the source of ``hw/`` and the Amaranth
 version -- and by the part, so editing the RTL or the config makes an old
-measurement stale instead of wrong. The design's Fmax is the lowest of its
-units' (each unit is placed and routed on its own, inside a three-pin
-wrapper). Records live next to the synthesis cache,
-``$XDG_CACHE_HOME/ptq2rtl/synth/clocks/``.
+measurement stale instead of wrong. The clock is checked against the joined
+accelerator's Fmax (``accelerator`` in the record). Where only the units have
+been placed and routed (each on its own, inside a three-pin wrapper), the
+lowest of theirs is shown, with a warning that the design itself is
+unmeasured: a unit alone is not the design. Records live next to the synthesis
+cache, ``$XDG_CACHE_HOME/ptq2rtl/synth/clocks/``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from importlib import metadata
 from pathlib import Path
 
 from sim.accel import FPGA_TARGETS, UNIT_PARAMS, AccelConfig
+
+ACCELERATOR = "accelerator"  #: the joined design's row in a record (``hw.verilog.ACCELERATOR``)
 
 HW_DIR = Path(__file__).resolve().parents[1] / "hw"
 UNITS = tuple(UNIT_PARAMS)  #: the units whose Verilog the design is made of
@@ -43,7 +48,9 @@ def clock_dir() -> Path:
 def design_key(accel: AccelConfig, part: str) -> str:
     """A hash of what the config's Verilog on ``part`` is made from: unit parameters, hw/ source, Amaranth."""
     h = hashlib.sha256()
-    h.update(json.dumps({u: accel.unit_params(u) for u in UNITS}, sort_keys=True, default=str).encode())
+    sizes = {"units": {u: accel.unit_params(u) for u in UNITS}, "buffers": accel.buffers, "array": accel.array,
+             "dram_bytes_per_cycle": accel.dram_bytes_per_cycle}
+    h.update(json.dumps(sizes, sort_keys=True, default=str).encode())
     for path in sorted(HW_DIR.glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     try:
@@ -78,7 +85,8 @@ def record(accel: AccelConfig, result: dict) -> Path | None:
 
 
 def clock_status(accel: AccelConfig) -> dict:
-    """What ``accel.clock_mhz`` rests on: ``basis`` ("assumed", "measured", "exceeds-fmax", "unmeasured"),
+    """What ``accel.clock_mhz`` rests on: ``basis`` ("assumed", "measured", "exceeds-fmax", "units-only",
+    "unmeasured"),
     the measured Fmax where there is one, and ``warning`` (None when the clock is backed by a measurement
     or declared an assumption)."""
     status = {"mhz": accel.clock_mhz, "target": accel.target, "basis": "assumed", "fmax_mhz": None,
@@ -96,13 +104,21 @@ def clock_status(accel: AccelConfig) -> dict:
             f"{accel.name}: no Fmax measured on {part} for this Verilog's {', '.join(missing)}; "
             f"the {accel.clock_mhz:g} MHz clock is unverified (run `{synth}`)"))
         return status
-    slowest = min(units, key=units.get)
-    status.update(fmax_mhz=units[slowest], limited_by=slowest)
-    if accel.clock_mhz > units[slowest]:
-        status.update(basis="exceeds-fmax", note=f"exceeds the {units[slowest]:.1f} MHz measured on {part}", warning=(
-            f"{accel.name}: the {accel.clock_mhz:g} MHz clock exceeds the {units[slowest]:.1f} MHz measured for "
-            f"its Verilog on {part} ({slowest} is the slowest unit); its latencies assume a clock the design "
-            f"does not meet"))
+    if ACCELERATOR in units:
+        fmax, by, what = units[ACCELERATOR], ACCELERATOR, "the joined accelerator"
     else:
-        status.update(basis="measured", note=f"at or below the {units[slowest]:.1f} MHz measured on {part}")
+        by = min(units, key=units.get)
+        fmax, what = units[by], f"its units placed alone ({by} the slowest)"
+    status.update(fmax_mhz=fmax, limited_by=by)
+    if accel.clock_mhz > fmax:
+        status.update(basis="exceeds-fmax", note=f"exceeds the {fmax:.1f} MHz measured on {part}", warning=(
+            f"{accel.name}: the {accel.clock_mhz:g} MHz clock exceeds the {fmax:.1f} MHz measured for "
+            f"{what} on {part}; its latencies assume a clock the design does not meet"))
+    elif by != ACCELERATOR:
+        status.update(basis="units-only", note=f"at or below the {fmax:.1f} MHz of its units alone on {part}; "
+                                               "the joined accelerator not measured", warning=(
+            f"{accel.name}: the {accel.clock_mhz:g} MHz clock is below the Fmax of each unit placed alone on "
+            f"{part}, but the joined accelerator has not been placed and routed (run `{synth} --unit accelerator`)"))
+    else:
+        status.update(basis="measured", note=f"at or below the {fmax:.1f} MHz measured for the accelerator on {part}")
     return status

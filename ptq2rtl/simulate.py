@@ -48,6 +48,10 @@ def simulate_report(program: IntegerProgram | str | Path, accel: AccelConfig | s
         "utilization": cost.utilization,
         "macs": cost.macs,
         "array_macs": cost.array_macs,
+        # two operations a MAC; per watt from the energy model (its preset names the technology)
+        "gops": 2 * cost.macs / cost.latency_s / 1e9 if cost.latency_s else 0.0,
+        "peak_gops": 2 * arr.rows * arr.cols * clock / 1e9,
+        "gops_per_w": 2 * cost.macs / total_j / 1e9 if total_j else 0.0,
         "stall_cycles": cost.stall_cycles,
         "dram_bytes": cost.dram_bytes,
         "compulsory_dram_bytes": cost.compulsory_dram_bytes,
@@ -116,6 +120,8 @@ def format_table(report: dict) -> str:
         f"energy {_si(r['energy_j'], 'J')}, array utilization {100 * r['utilization']:.1f} %",
         f"MACs {_si(r['macs'], '')} (array {_si(r['array_macs'], '')}), DRAM {_si(r['dram_bytes'], 'B')} "
         f"(compulsory {_si(r['compulsory_dram_bytes'], 'B')})",
+        f"throughput {r['gops']:.3g} GOPS of {r['peak_gops']:.3g} peak at {r['clock_mhz']:g} MHz "
+        f"(2 ops a MAC), {r['gops_per_w']:.3g} GOPS/W ({r['energy_preset']} energy model)",
         "",
         f"{'layer':<16s} {'cycles':>12s} {'latency':>10s} {'energy':>10s} {'MACs':>9s} {'util %':>7s}",
     ]

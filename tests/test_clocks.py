@@ -59,7 +59,27 @@ def test_an_fpga_clock_is_checked_against_the_slowest_unit_measured(tmp_path):
     assert "120 MHz clock exceeds the 101.5 MHz measured" in status["warning"]
     # the same Verilog at 100 MHz: the clock is the configured one, the record the same design's
     assert clocks.design_key(slow, "ecp5-85f") == clocks.design_key(fast, "ecp5-85f")
-    assert clocks.clock_status(fast)["basis"] == "measured" and clocks.clock_status(fast)["warning"] is None
+    status = clocks.clock_status(fast)  # below every unit, but the joined design is not measured
+    assert status["basis"] == "units-only" and "joined accelerator has not been placed" in status["warning"]
+
+
+def test_the_joined_accelerators_fmax_is_what_the_clock_is_checked_against(tmp_path):
+    slow, fast = load_accel(_fpga(tmp_path, 120)), load_accel(_fpga(tmp_path, 100))
+    clocks.record(fast, _synth_result({**ALL_UNITS, clocks.ACCELERATOR: 104.0}))
+    status = clocks.clock_status(fast)
+    assert (status["basis"], status["fmax_mhz"], status["limited_by"], status["warning"]) == (
+        "measured", 104.0, clocks.ACCELERATOR, None)
+    assert "the 120 MHz clock exceeds the 104.0 MHz measured for the joined accelerator" in \
+        clocks.clock_status(slow)["warning"]
+
+
+def test_a_different_buffer_size_is_a_different_design(tmp_path):
+    accel = load_accel(_fpga(tmp_path, 100))
+    data = yaml.safe_load(EDGE.read_text())
+    data.update(name="fpga-test", clock_mhz=100, target="ecp5-85f")
+    data["buffers"]["activation_kib"] //= 2
+    smaller = parse_accel(data, "smaller.yaml")
+    assert clocks.design_key(smaller, "ecp5-85f") != clocks.design_key(accel, "ecp5-85f")
 
 
 def test_runs_of_single_units_merge_and_other_parts_do_not_count(tmp_path):
@@ -69,6 +89,8 @@ def test_runs_of_single_units_merge_and_other_parts_do_not_count(tmp_path):
     for unit, fmax in ALL_UNITS.items():
         assert clocks.clock_status(accel)["basis"] == "unmeasured"
         clocks.record(accel, _synth_result({unit: fmax}))
+    assert clocks.clock_status(accel)["basis"] == "units-only"
+    clocks.record(accel, _synth_result({clocks.ACCELERATOR: 100.0}))
     assert clocks.clock_status(accel)["basis"] == "measured"
 
 

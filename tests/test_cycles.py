@@ -216,6 +216,11 @@ def test_simulate_report_is_json_with_a_readable_table():
     assert rep["basis"]["kind"] == "schedule"
     table = format_table(rep)
     assert "edge-int4" in table and "blocks.1" in table and "sram_accumulator_read" in table
+    # throughput: two operations a MAC, over the latency (GOPS) and over the modelled energy (GOPS/W)
+    assert rep["gops"] == pytest.approx(2 * rep["macs"] / rep["latency_s"] / 1e9)
+    assert rep["gops_per_w"] == pytest.approx(2 * rep["macs"] / rep["energy_j"] / 1e9)
+    assert rep["peak_gops"] == pytest.approx(2 * 16 * 16 * 200e6 / 1e9) and rep["gops"] < rep["peak_gops"]
+    assert "GOPS/W (horowitz45 energy model)" in table
 
 
 def test_deit_small_simulates_well_under_two_seconds():
