@@ -354,7 +354,25 @@ def _place_route(yosys: dict, wrapper_script: str, top: str, port_list: list[dic
     grade = f", speed grade {part.speed}" if part.speed else ""
     out.update(fmax_mhz=round(achieved, 2), meets_clock=achieved >= freq_mhz,
                fmax_note=f"{part.name} {part.package}{grade}, {tool} after routing")
+    if path := critical_path(rep):
+        out["critical_path"] = path
     return out
+
+
+def critical_path(report: dict) -> dict | None:
+    """The worst register-to-register path of a nextpnr report: its first and last cell, how many logic
+    steps it passes and its logic and routing delays (ns), so that a user sees what limits the clock."""
+    # a clock's own paths (the wrapper's pin to dout has "<async>" at one end and is not what Fmax measures)
+    paths = [p.get("path") or [] for p in report.get("critical_paths", []) if p.get("from") == p.get("to")]
+    paths = [p for p in paths if p]
+    if not paths:
+        return None
+    worst = max(paths, key=lambda p: sum(step.get("delay", 0.0) for step in p))
+    delay = {kind: round(sum(s.get("delay", 0.0) for s in worst if s.get("type") == kind), 2)
+             for kind in ("logic", "routing")}
+    return {"from": (worst[0].get("from") or {}).get("cell"), "to": (worst[-1].get("to") or {}).get("cell"),
+            "logic_steps": sum(1 for s in worst if s.get("type") == "logic"),
+            "delay_ns": round(sum(s.get("delay", 0.0) for s in worst), 2), **{f"{k}_ns": v for k, v in delay.items()}}
 
 
 def _log_utilization(log: str) -> dict:
@@ -430,4 +448,8 @@ def format_table(result: dict) -> str:
                      f"{used[0]:>14} {used[1]:>14} {used[2]:>11} {used[3]:>11}  {took}")
         if not r.get("fmax_mhz") and r.get("fmax_note"):
             lines.append(f"{'':<10} {r['fmax_note']}")
+        if path := r.get("critical_path"):
+            lines.append(f"{'':<10} critical path {path['from']} -> {path['to']}: {path['delay_ns']} ns, "
+                         f"{path['logic_steps']} logic steps ({path['logic_ns']} ns logic, "
+                         f"{path['routing_ns']} ns routing)")
     return "\n".join(lines)

@@ -130,7 +130,7 @@ def synthesis(results: dict, path: Path) -> bool:
     ax.set_xticks([x + width * (len(fields) - 1) / 2 for x in range(len(rows))], labels, fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("count (log scale)")
-    ax.set_title(f"synthesis per unit ({results['synthesis'].get('target', '')})")
+    ax.set_title(f"resources by design ({results['synthesis'].get('target', '')}, yosys)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -2,8 +2,9 @@
 
 For each model and each registered method at W8A8 / W6A6 / W4A4 it computes
 accuracy (or fidelity) under the paper and the integer protocol, and cycles,
-latency and energy on edge-int4 and edge-int8; it adds the synthesis figures
-of the units and the RTL regression summary. It writes ``REPORT.md``,
+latency and energy on edge-int4, edge-int8 and ecp5-85f; it adds the synthesis
+and place-and-route figures of the FPGA config's whole accelerator and of every
+unit, and the RTL regression summary. It writes ``REPORT.md``,
 ``results.json`` and PNG plots into the output folder.
 
 A re-run reuses every cached entry whose inputs did not change: the key of an
@@ -24,7 +25,7 @@ from sim.ops import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("vit-digits", "minilm")
-ACCELS = ("edge-int4", "edge-int8")
+ACCELS = ("edge-int4", "edge-int8", "ecp5-85f")
 BITS = (8, 6, 4)
 
 
@@ -75,7 +76,8 @@ def simulate_entry(program, accel: str) -> dict:
         sim = simulate_report(program, accel)
     except AccelError as exc:
         return {"refused": str(exc)}
-    keep = ("cycles", "latency_s", "energy_j", "utilization", "dram_bytes", "energy_breakdown_j", "largest_energy")
+    keep = ("cycles", "latency_s", "energy_j", "utilization", "dram_bytes", "energy_breakdown_j", "largest_energy",
+            "macs", "clock_mhz", "gops", "peak_gops", "gops_per_w", "energy_preset")
     return {**{k: sim[k] for k in keep}, "basis": sim["basis"]["kind"], "op_classes": op_classes(sim),
             "layers": [{"name": l["name"], "latency_s": l["latency_s"]} for l in sim["layers"]]}
 
@@ -172,34 +174,55 @@ def hardware_summary(cache: Path, quick: bool, log) -> dict:
     return out
 
 
-#: where the report places and routes the units (at each config's clock as the router's target, as
-#: ``ptq2rtl synth --accel CONFIG`` does, so the two share cached results)
-SYNTH_TARGET, SYNTH_PART = "ecp5", "85f"
+#: where the report places and routes: every design at one router target, the clock the FPGA config aims
+#: for, so that the figures compare (``ptq2rtl synth --accel CONFIG --freq 100`` shares the cached results)
+SYNTH_TARGET, SYNTH_PART, SYNTH_FREQ_MHZ = "ecp5", "85f", 100
+#: the FPGA config, placed whole and unit by unit; the edge configs' units (ASIC design points: their buffers
+#: are sized for SRAM, so only their units are placed) on the same part, for the int4-vs-int8 comparison
+FPGA_CONFIG, EDGE_CONFIGS = "ecp5-85f", ("edge-int4", "edge-int8")
+#: a place and route stops here and its row says so (the exported 16x16 log2 array had not finished after 18 min)
+PNR_TIMEOUT_S = {"unit": 900, "accelerator": 2400}
 
 
-#: a unit's place and route stops here and its row says so (the exported log2 array had not finished after 18 min)
-PNR_TIMEOUT_S = 900
+def _rows(result: dict, config: str) -> list[dict]:
+    return [{"unit": unit, "config": config, "luts": r["lut"], "ffs": r["ff"], "dsps": r["dsp"], "brams": r["bram"],
+             "carries": r.get("carry"), "placed": r.get("placed"), "fmax_mhz": r.get("fmax_mhz"),
+             "fmax_note": r.get("fmax_note"), "params": r.get("params")} for unit, r in result["units"].items()]
 
 
 def _synthesis(quick: bool) -> dict:
-    """Per unit of edge-int4 and edge-int8 on the LFE5U-85F (yosys with ABC, nextpnr's Fmax; quick: the GELU
-    unit of edge-int4, no place and route),
-    through ``hw.synth``'s cache, which ``ptq2rtl synth`` shares."""
+    """The FPGA config's accelerator and units, the edge configs' units and a power-of-two requantizer, on the
+    LFE5U-85F (yosys with ABC, nextpnr's Fmax) through ``hw.synth``'s cache, which ``ptq2rtl synth`` shares;
+    the measured Fmax is recorded for ``simulate``'s clock check. Quick (what the tests run): edge-int4's GELU
+    unit, without place and route."""
     from hw import synth
-    from sim.accel import load_accel
+    from ptq2rtl import clocks
+    from sim.accel import load_accel, requant_params
 
-    rows, meta = [], {}
-    for accel in ACCELS[:1] if quick else ACCELS:
-        # quick (what the tests run): the GELU unit only, without place and route
-        result = synth.synth(load_accel(accel), SYNTH_TARGET, fmax=not quick, part=SYNTH_PART,
-                             units=["gelu"] if quick else None, pnr_timeout_s=PNR_TIMEOUT_S)
-        meta = {k: result[k] for k in ("part", "package", "speed", "lut_mapping", "tools", "freq_mhz")}
-        for unit, r in result["units"].items():
-            rows.append({"unit": unit, "config": accel, "target": result["part"], "luts": r["lut"], "ffs": r["ff"],
-                         "dsps": r["dsp"], "brams": r["bram"], "fmax_mhz": r.get("fmax_mhz"),
-                         "fmax_note": r.get("fmax_note")})
+    def run(what, units=None, whole=None, fmax=True):
+        budget = PNR_TIMEOUT_S["accelerator" if whole or (units and "accelerator" in units) else "unit"]
+        return synth.synth(what, SYNTH_TARGET, part=SYNTH_PART, freq_mhz=SYNTH_FREQ_MHZ, units=units,
+                           whole=whole, fmax=fmax, pnr_timeout_s=budget)
+
+    if quick:
+        result = run(load_accel(EDGE_CONFIGS[0]), units=["gelu"], fmax=False)
+        rows, clock = _rows(result, EDGE_CONFIGS[0]), None
+    else:
+        fpga = load_accel(FPGA_CONFIG)
+        rows = []
+        # the accelerator alone first: its place and route is the longest, and a timeout there leaves the units
+        for units in (["accelerator"], None):
+            result = run(fpga, units=units, whole=False)
+            clocks.record(fpga, result)
+            rows += _rows(result, FPGA_CONFIG)
+        clock = clocks.clock_status(fpga)
+        for name in EDGE_CONFIGS:
+            rows += _rows(run(load_accel(name), whole=False), name)
+        pow2 = {"requant": {**requant_params(load_accel(EDGE_CONFIGS[0])), "pow2": True}}
+        rows += _rows(run(pow2), f"{EDGE_CONFIGS[0]}, power-of-two M")
     part = synth.part_of(SYNTH_TARGET, SYNTH_PART)
-    return {"target": part.name, **meta,
+    return {"target": part.name, "package": part.package, "speed": part.speed, "freq_mhz": SYNTH_FREQ_MHZ,
+            "lut_mapping": result["lut_mapping"], "tools": result["tools"], "clock": clock,
             "available": {"luts": part.lut, "dsps": part.dsp, "brams": part.bram}, "rows": rows}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from reports.plots import METRIC, best_entry
-from sim.accel import UNIT_PARAMS
 
 
 def _fmt(v, spec: str = ".2f") -> str:
@@ -54,34 +53,71 @@ def cost_table(results: dict, model: str) -> list[str]:
     return lines
 
 
+_RES = (("luts", "lut", "LUT4"), ("ffs", "ff", "FF"), ("dsps", "dsp", "MULT18"), ("brams", "bram", "EBR"))
+
+
+def _fmax_cell(r: dict) -> str:
+    return _fmt(r["fmax_mhz"], ".1f") if r.get("fmax_mhz") else (r.get("fmax_note") or "-")
+
+
+def _placed(r: dict, key: str, avail: dict, ours: str) -> str:
+    """nextpnr's used / available where the design was placed, else yosys' count over the part's."""
+    placed = (r.get("placed") or {}).get(key)
+    if placed:
+        return f"{placed['used']:,} / {placed['available']:,}"
+    return f"{r.get(ours) or 0:,} / {avail.get(ours, 0):,} (yosys)"
+
+
 def synthesis_table(results: dict) -> list[str]:
     syn = results.get("synthesis") or {}
     rows = syn.get("rows") or []
     if not rows:
         return ["(no synthesis figures)"]
     avail = syn.get("available") or {}
-    out = [f"Each unit synthesized alone (yosys, LUT mapping {syn.get('lut_mapping', '?')}) and placed and routed "
-           f"on the {syn.get('target')} {syn.get('package', '')} speed {syn.get('speed', '?')} (nextpnr, target "
-           f"{_fmt(syn.get('freq_mhz'), 'g')} MHz); MULT18 = MULT18X18D, EBR = DP16KD. The edge configs' 200 MHz "
-           "is an assumption (ASIC-style design point), not one of these figures.", "",
-           "| unit | config | LUT4 | FF | MULT18 | EBR | Fmax (MHz) |", "|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        fmax = _fmt(r.get("fmax_mhz"), ".1f") if r.get("fmax_mhz") else (r.get("fmax_note") or "-")
-        out.append(f"| {r['unit']} | {r['config']} | {_fmt(r.get('luts'), ',d')} | {_fmt(r.get('ffs'), ',d')} | "
-                   f"{_fmt(r.get('dsps'), 'd')} | {_fmt(r.get('brams'), 'd')} | {fmax} |")
-    for config in dict.fromkeys(r["config"] for r in rows):
-        mine = [r for r in rows if r["config"] == config]
-        if len(mine) < len(UNIT_PARAMS):  # a quick report synthesizes one unit: no sum to compare with the part
-            continue
-        total = {k: sum(r.get(k) or 0 for r in mine) for k in ("luts", "dsps", "brams")}
-        over = [k for k in total if avail.get(k) and total[k] > avail[k]]
-        fmaxes = [r["fmax_mhz"] for r in mine if r.get("fmax_mhz")]
-        verdict = (f"does not fit ({', '.join({'luts': 'LUT4', 'dsps': 'MULT18', 'brams': 'EBR'}[k] for k in over)})"
-                   if over else "fits")
-        out.append(f"| **sum** | {config} | {total['luts']:,} / {avail.get('luts', 0):,} | | "
-                   f"{total['dsps']} / {avail.get('dsps', 0)} | {total['brams']} / {avail.get('brams', 0)} | "
-                   f"{_fmt(min(fmaxes), '.1f') if len(fmaxes) == len(mine) else '-'} ({verdict}) |")
+    out = [f"yosys (LUT mapping {syn.get('lut_mapping', '?')}) and nextpnr on the {syn.get('target')} "
+           f"{syn.get('package', '')} speed grade {syn.get('speed', '?')}, router target "
+           f"{_fmt(syn.get('freq_mhz'), 'g')} MHz; MULT18 = MULT18X18D, EBR = DP16KD. A design is placed inside "
+           "a three-pin wrapper (its ports from a shift register, its outputs XOR-reduced), so Fmax is register "
+           "to register.", ""]
+    fpga = [r for r in rows if r["unit"] == "accelerator"]
+    if fpga:
+        config = fpga[0]["config"]
+        clock = syn.get("clock") or {}
+        out += [f"### {config}: the whole accelerator and its units", "",
+                "| design | " + " | ".join(f"{name} used / available" for _, _, name in _RES) + " | Fmax (MHz) |",
+                "|---|" + "---:|" * (len(_RES) + 1)]
+        for r in [x for x in rows if x["config"] == config]:
+            cells = " | ".join(_placed(r, key, avail, ours) for ours, key, _ in _RES)
+            out.append(f"| {'**accelerator**' if r['unit'] == 'accelerator' else r['unit']} | {cells} | "
+                       f"{_fmax_cell(r)} |")
+        if clock:
+            out += ["", f"Configured clock {clock['mhz']:g} MHz: {clock['note']}."]
+        out += [""] + throughput_lines(results, config)
+    edge = [r for r in rows if r["config"] != (fpga[0]["config"] if fpga else None)]
+    if edge:
+        out += ["", "### Units of the edge configs on the same part", "",
+                "The edge configs are ASIC-style design points (their 200 MHz is an assumption, their buffers are "
+                "sized for SRAM), so only their units are placed, each alone, to compare: the int4 and the int8 "
+                "array, the dyadic and the power-of-two requantizer.", "",
+                "| unit | config | LUT4 | FF | MULT18 | EBR | Fmax (MHz) |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in edge:
+            out.append(f"| {r['unit']} | {r['config']} | {_fmt(r.get('luts'), ',d')} | {_fmt(r.get('ffs'), ',d')} | "
+                       f"{_fmt(r.get('dsps'), 'd')} | {_fmt(r.get('brams'), 'd')} | {_fmax_cell(r)} |")
     return out
+
+
+def throughput_lines(results: dict, accel: str) -> list[str]:
+    """GOPS at the configured clock and GOPS/W from the energy model, per model's baseline W4A4 program."""
+    lines = []
+    for e in results["entries"]:
+        s = e["accel"].get(accel) or {}
+        if e["method"] != "baseline" or e["wbits"] != 4 or "gops" not in s:
+            continue
+        lines.append(f"- {e['model']} baseline W4A4 on {accel} at {s['clock_mhz']:g} MHz: "
+                     f"{s['latency_s'] * 1e3:.3f} ms, {s['gops']:.3g} GOPS of {s['peak_gops']:.3g} peak, "
+                     f"{s['gops_per_w']:.3g} GOPS/W ({s['energy_preset']} energy model: 45 nm ASIC actions, "
+                     "not FPGA power)")
+    return lines
 
 
 def regression_lines(results: dict) -> list[str]:
@@ -110,7 +146,7 @@ def report_markdown(results: dict, figures: list[str]) -> str:
         for f in figures:
             if f.startswith(model):
                 out += [f"![{f}]({f})", ""]
-    out += ["## The accelerator units on an FPGA", ""] + synthesis_table(results) + [""]
+    out += ["## The accelerator on an FPGA", ""] + synthesis_table(results) + [""]
     if "synthesis.png" in figures:
         out += ["![synthesis](synthesis.png)", ""]
     out += ["## RTL regression (cocotb, against sim.intops)", ""] + regression_lines(results) + [""]

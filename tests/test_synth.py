@@ -46,6 +46,10 @@ def test_ecp5_figures_come_from_the_reports_and_a_rerun_is_a_cache_hit(tmp_path,
     assert r["placed"]["lut"] == {"used": r["placed"]["lut"]["used"], "available": 83640}
     assert r["placed"]["lut"]["used"] >= r["lut"] and r["placed"]["bram"]["used"] == r["bram"]
     assert r["fmax_mhz"] > 10 and r["fmax_constraint_mhz"] == synth.DEFAULT_FREQ_MHZ
+    # what limits the clock: the worst path of the clock's own, whose delay is 1 / Fmax
+    path = r["critical_path"]
+    assert path["from"] and path["to"] and path["logic_steps"] >= 1
+    assert path["delay_ns"] == pytest.approx(1e3 / r["fmax_mhz"], rel=0.02)
     assert any("nextpnr-ecp5" in str(cmd[0]) for cmd in tool_runs)
 
     tool_runs.clear()
