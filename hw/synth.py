@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from hw.verilog import ACCELERATOR, components, ports, to_verilog
+from hw.verilog import components, ports, to_verilog
 
 #: the flows with ABC (native yosys), per target; ``{dsp}`` takes the DSP flag of :data:`DSP_FLAGS` and options
 ABC_FLOWS = {

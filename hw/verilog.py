@@ -27,6 +27,7 @@ from hw.layernorm import LayerNorm
 from hw.mac_array import MacArray
 from hw.requant import Requantizer
 from hw.softmax import SoftmaxLog2
+from sim.accel import ACCELERATOR
 
 #: unit name -> (component class, the sim.timing function its cycle count follows)
 UNITS = {
@@ -37,7 +38,6 @@ UNITS = {
     "layernorm": (LayerNorm, "layernorm_row_cycles"),
 }
 
-ACCELERATOR = "accelerator"  #: the module name of the whole design
 #: every design that is exported and synthesized on its own: the units and the accelerator joining them
 DESIGNS = (*UNITS, ACCELERATOR)
 

@@ -32,9 +32,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from sim.accel import FPGA_TARGETS, UNIT_PARAMS, AccelConfig
-
-ACCELERATOR = "accelerator"  #: the joined design's row in a record (``hw.verilog.ACCELERATOR``)
+from sim.accel import ACCELERATOR, FPGA_TARGETS, UNIT_PARAMS, AccelConfig
 
 HW_DIR = Path(__file__).resolve().parents[1] / "hw"
 UNITS = tuple(UNIT_PARAMS)  #: the units whose Verilog the design is made of

@@ -337,6 +337,8 @@ def layernorm_params(a: AccelConfig) -> dict:
                 steps_per_cycle=k, latency=lat)
 
 
+#: the name of the whole design that joins the units (``hw.accelerator``): its Verilog module, its synthesis row
+ACCELERATOR = "accelerator"
 #: unit name (as ``hw.verilog.UNITS``) -> its build parameters on an accelerator
 UNIT_PARAMS = {"mac_array": mac_array_params, "requant": requant_params, "softmax": softmax_params,
                "gelu": gelu_params, "layernorm": layernorm_params}
