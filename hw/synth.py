@@ -368,8 +368,8 @@ def critical_path(report: dict) -> dict | None:
     if not paths:
         return None
     worst = max(paths, key=lambda p: sum(step.get("delay", 0.0) for step in p))
-    delay = {kind: round(sum(s.get("delay", 0.0) for s in worst if s.get("type") == kind), 2)
-             for kind in ("logic", "routing")}
+    delay = {step_type: round(sum(s.get("delay", 0.0) for s in worst if s.get("type") == step_type), 2)
+             for step_type in ("logic", "routing")}
     return {"from": (worst[0].get("from") or {}).get("cell"), "to": (worst[-1].get("to") or {}).get("cell"),
             "logic_steps": sum(1 for s in worst if s.get("type") == "logic"),
             "delay_ns": round(sum(s.get("delay", 0.0) for s in worst), 2), **{f"{k}_ns": v for k, v in delay.items()}}
