@@ -7,28 +7,78 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int, round_const, saturate, signed_width
+from hw.common import check_int, delay, round_const, saturate, signed_width
 from sim import timing, widths
 from sim.accel import layernorm_params
 
+#: register stages from the edge that takes a beat to the row sum: in_shift and lane mask, two adder-tree
+#: stages, the accumulator
+SUM_STAGES = 4
+#: register stages of the sum of squares after a read: buffer data, ``x - mean`` (the stage that needs the
+#: mean), the square, two adder-tree stages, the accumulator
+SQUARE_STAGES, SQUARE_MEAN_STAGE = 6, 2
+#: register stages of the output pass after a read: buffer data, ``x - mean``, ``d * r`` in pieces (the stage
+#: that needs the reciprocal), their sum, round and saturate, ``* gamma``, ``+ beta``, shift, saturate
+OUT_STAGES, OUT_RECIP_STAGE = 9, 3
+#: one edge each: load the mean's division, give the mean its sign, load the square root, load the reciprocal
+HAND_OVERS = 4
+PIPELINE_EDGES = SUM_STAGES + SQUARE_STAGES - SQUARE_MEAN_STAGE + OUT_STAGES - OUT_RECIP_STAGE + HAND_OVERS
+assert timing.layernorm_latency(16, 30, 1) == 16 + 16 + 31 + PIPELINE_EDGES, "sim.timing.layernorm_latency is the RTL's"
+#: ``d * r`` is summed from ``d`` times these many bits of ``r`` at a time: each an 18x18 signed product
+PIECE_BITS = 17
+
+
+def _rounded(bits: int, k: int) -> int:
+    """A quotient width made a multiple of ``k``: the extra leading quotient bits are zeros."""
+    return k * -(-bits // k)
+
+
+def _adder_tree(m: Module, terms: list, stages: int, name: str):
+    """The sum of ``terms`` after ``stages`` register stages, the adder levels shared out evenly between them."""
+    per_stage = -(-(len(terms) - 1).bit_length() // stages)
+    for s in range(stages):
+        for _ in range(per_stage):
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        regs = [Signal(t.shape(), name=f"{name}_tree{s}_{i}") for i, t in enumerate(terms)]
+        m.d.sync += [r.eq(t) for r, t in zip(regs, terms)]
+        terms = regs
+    return terms[0]
+
+
+def _divide(rem, quo, dsr, dsr3, k: int):
+    """``k`` more bits of a restoring division: ``quo``'s top bits go into the remainder ``rem`` (< ``dsr``),
+    the quotient bits come in at its bottom. Radix-4 digits try ``dsr``, ``2*dsr`` and ``dsr3 = 3*dsr`` side by
+    side (one subtraction deep); an odd ``k`` starts with a radix-2 digit. Returns the next ``rem``, ``quo``."""
+    w = len(rem)
+    for digit_bits in [1] * (k % 2) + [2] * (k // 2):
+        shifted = Cat(quo[-digit_bits:], rem)
+        diffs = [shifted - t for t in (dsr, dsr << 1, dsr3)[:(1 << digit_bits) - 1]]
+        fits = [~diff[-1] for diff in diffs]  # the multiples that fit; each implies the smaller ones
+        new = shifted[:w]
+        for fit, diff in zip(fits, diffs):
+            new = Mux(fit, diff[:w], new)
+        digit = fits[0] if digit_bits == 1 else Cat(fits[0] & ~fits[1] | fits[2], fits[1])
+        rem, quo = new, Cat(digit, quo[:-digit_bits])
+    return rem, quo
 
 
 class LayerNorm(wiring.Component):
     """Integer LayerNorm of a row of ``n`` signed ``in_bits`` channels (``n <= max_n``), per-channel affine.
 
-    Three passes over a row buffer with fixed-length steps between them:
+    Three passes over a row buffer with fixed-length steps between them, each pass a pipeline:
     the input pass applies the power-of-two input factors (``x << in_shift``,
-    which the program keeps inside ``in_bits``) and sums the row; a restoring
-    divider gives the mean (round half up, ``in_bits`` quotient bits); the
-    second pass sums ``(x - mean)**2``; the divider gives the variance
-    (``2*in_bits`` bits); a digit-by-digit square root gives ``std``
-    (``in_bits`` bits); the divider gives ``floor(2**recip_bits / max(std, 1))``
+    which the program keeps inside ``in_bits``) and sums the row (an adder tree in two register
+    stages, then the accumulator); a restoring divider gives the mean (round half up, ``in_bits``
+    quotient bits); the second pass sums ``(x - mean)**2`` into ``S``; a digit-by-digit square root gives
+    ``std = isqrt(floor(S / n))`` straight from ``S`` (the largest ``s`` with ``n*s*s <= S``, one bit a cycle,
+    ``in_bits`` bits, no variance division); the divider gives ``floor(2**recip_bits / max(std, 1))``
     (``recip_bits + 1`` bits); the output pass computes
     ``n = sat16(round((x - mean) * r >> (recip_bits - frac_bits)))`` and
     ``y = sat(round((n * gamma + beta) >> shift), out_width)`` (``out_width <= out_bits``, held for
-    the row, sign-extended onto ``o_y``). The divider and
-    the square root make ``steps_per_cycle`` result bits a cycle. Every step
-    count is fixed, so a row of B beats takes ``3*B + latency`` clock edges,
+    the row, sign-extended onto ``o_y``) in nine register stages. The divider makes ``steps_per_cycle``
+    quotient bits a cycle (radix-4 digits, a radix-2 one first when odd). The second and output passes
+    read the buffer while the division before them ends: their first stages do not need its result.
+    Every step count is fixed, so a row of B beats takes ``3*B + latency`` clock edges,
     first beat in to last result out (``sim.timing.layernorm_row_cycles``),
     with ``latency`` at least :meth:`latency_for`.
 
@@ -50,7 +100,7 @@ class LayerNorm(wiring.Component):
         self.gamma_bits = check_int(unit, "gamma_bits", gamma_bits, 2, 16)
         self.beta_bits = check_int(unit, "beta_bits", beta_bits, 2, 32)
         self.shift_bits = check_int(unit, "shift_bits", shift_bits, 1, 7)
-        self.steps_per_cycle = check_int(unit, "steps_per_cycle", steps_per_cycle, 1, 8)
+        self.steps_per_cycle = check_int(unit, "steps_per_cycle", steps_per_cycle, 1, timing.LN_MAX_STEPS_PER_CYCLE)
         self.min_latency = self.latency_for(in_bits, recip_bits, steps_per_cycle)
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
                                  self.min_latency, 1 << 12)
@@ -76,7 +126,7 @@ class LayerNorm(wiring.Component):
     @classmethod
     def from_accel(cls, cfg, **overrides) -> "LayerNorm":
         """The LayerNorm unit of accelerator ``cfg`` (``sim.accel.layernorm_params``: the row buffer's widest
-        row, the fewest divider / square-root bits a cycle that meet its configured latency), the limits
+        row, the fewest divider bits a cycle that meet its configured latency), the limits
         ``sim.accel.check_program`` holds programs to."""
         return cls(**{**layernorm_params(cfg), **overrides})
 
@@ -91,16 +141,9 @@ class LayerNorm(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lanes, xb = self.lanes, self.in_bits
+        lanes, xb, k = self.lanes, self.in_bits, self.steps_per_cycle
         n_bits = self.max_n.bit_length()
-        k = self.steps_per_cycle
-
-        def rounded(bits):  # a step count made a multiple of k: extra leading quotient bits are zeros
-            return k * -(-bits // k)
-
-        q_mean, q_var, q_recip = rounded(xb), rounded(2 * xb), rounded(self.recip_bits + 1)
-        sq_digits = rounded(xb)  # result bits of the square root
-        d_bits = xb + 1  # x - mean
+        q_mean, q_recip = _rounded(xb, k), _rounded(self.recip_bits + 1, k)
         sum_bits = xb + n_bits + 1
         sumsq_bits = 2 * xb + n_bits
 
@@ -117,174 +160,193 @@ class LayerNorm(wiring.Component):
         sh_wr, sh_rd = shifts.write_port(), shifts.read_port(domain="comb")
         m.d.comb += [sh_wr.en.eq(self.tbl_we), sh_wr.addr.eq(self.tbl_addr), sh_wr.data.eq(self.tbl_in_shift)]
 
+        # the row's settings, taken with each beat, and what the passes derive from them
         n_reg = Signal(range(self.max_n + 1))
         shift = Signal(unsigned(self.shift_bits))
         out_width = Signal(range(2, self.out_bits + 1))
+        n3 = Signal(n_bits + 2)
+        nb = widths.LN_NORM_BITS
+        aff_w = signed_width(-(1 << (nb - 1)) * ((1 << (self.gamma_bits - 1)) - 1) - (1 << (self.beta_bits - 1)),
+                             (1 << (nb - 1)) * (1 << (self.gamma_bits - 1)) + (1 << (self.beta_bits - 1)) - 1)
+        sc = Signal(range(aff_w + 1))
+        rc = Signal(aff_w)
         y_hi = Signal(signed(self.out_bits + 1))  # the op's output range
-        m.d.comb += y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1)
-        n_beats = Signal(range(self.depth + 1))
+        y_lo = Signal(signed(self.out_bits + 1))
+        m.d.sync += [n3.eq((n_reg << 1) + n_reg), sc.eq(Mux(shift > aff_w, aff_w, shift)), rc.eq(round_const(sc, aff_w)),
+                     y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1), y_lo.eq(~y_hi)]
+
         ptr = Signal(range(self.depth + 1))
-        tail = 4  # the output pipeline: product, normalized value, affine, shift and saturate
-        count = Signal(range(max(q_var, q_recip, self.latency, tail) + 1))
-        total = Signal(signed(sum_bits))
-        sumsq = Signal(unsigned(sumsq_bits))
-        mean = Signal(signed(xb + 1))
+        n_beats = Signal(range(self.depth + 1))
         fire = Signal()
         m.d.comb += fire.eq(self.i_valid & self.i_ready)
 
         def lane_ok(beat, lane, n):  # channel beat*lanes + lane exists in this row
             return beat * lanes + lane < n
 
-        # the shared divider: restoring, k quotient bits a cycle, divisor pre-shifted
-        div_w = max(xb + n_bits, sumsq_bits, self.recip_bits + 1) + 1
-        ds_w = max(n_bits + q_var, xb + q_recip)
-        rem = Signal(div_w)
-        dsr = Signal(ds_w)
-        quo = Signal(max(q_var, q_recip))
-        new_rem, new_dsr, new_quo = rem, dsr, quo
-        for _ in range(k):
-            fits = new_rem >= new_dsr
-            new_rem = Mux(fits, new_rem - new_dsr, new_rem)[:div_w]
-            new_quo = Cat(fits, new_quo)[:len(quo)]
-            new_dsr = new_dsr >> 1
+        # input pass: the taking edge registers the beat, its in_shift entries and its lanes that hold channels
+        x0 = Signal.like(self.i_x)
+        sh0 = Signal.like(sh_rd.data)
+        ok0 = Signal(lanes)
+        at0 = Signal.like(ptr)
+        took, took_first, took_last = Signal(), Signal(), Signal()
+        m.d.comb += sh_rd.addr.eq(ptr)
+        m.d.sync += [x0.eq(self.i_x), sh0.eq(sh_rd.data), at0.eq(ptr),
+                     ok0.eq(Cat(*[lane_ok(ptr, lane, self.n) for lane in range(lanes)])),
+                     took.eq(fire), took_first.eq(fire & (ptr == 0)), took_last.eq(fire & self.i_last)]
+        m.d.comb += [buf_wr.addr.eq(at0), buf_wr.en.eq(took)]
+        terms = []
+        for lane in range(lanes):  # x << in_shift; the program keeps it inside in_bits
+            m.d.comb += buf_wr.data[lane].eq((x0[lane] << sh0[lane])[:xb])
+            term = Signal(signed(xb), name=f"sum_x_{lane}")
+            m.d.sync += term.eq(Mux(ok0[lane], buf_wr.data[lane], 0))
+            terms.append(term)
+        beat_sum = _adder_tree(m, terms, 2, "sum")
+        acc_stage = SUM_STAGES - 1  # the flags' delay to the accumulator's edge
+        sum_took, sum_first = delay(m, took, acc_stage, "sum_took"), delay(m, took_first, acc_stage, "sum_first")
+        total = Signal(signed(sum_bits))  # sum(x) + n//2, the mean's rounding
+        with m.If(sum_took):
+            m.d.sync += total.eq(Mux(sum_first, n_reg >> 1, total) + beat_sum)
+        mean_load = delay(m, took_last, SUM_STAGES, "mean_load")
 
-        def div_load(dividend, divisor, q_bits):
-            return [rem.eq(dividend), dsr.eq(divisor << (q_bits - 1)), quo.eq(0), count.eq(q_bits // k - 1)]
-
-        div_step = [rem.eq(new_rem), dsr.eq(new_dsr), quo.eq(new_quo), count.eq(count - 1)]
-
-        # digit-by-digit square root of the variance, k result bits a cycle
-        sq_v = Signal(2 * sq_digits)
-        sq_rem = Signal(sq_digits + 2)
-        root = Signal(sq_digits)
-        v_, r_, root_ = sq_v, sq_rem, root
-        for _ in range(k):
-            sq_in = Cat(v_[-2:], r_)  # remainder and the next two bits of the variance
-            trial = Cat(Const(1, 2), root_)  # 4*root + 1
-            fits = sq_in >= trial
-            r_ = Mux(fits, sq_in - trial, sq_in)[:len(sq_rem)]
-            root_ = Cat(fits, root_)[:len(root)]
-            v_ = (v_ << 2)[:len(sq_v)]
-        sq_step = [sq_v.eq(v_), sq_rem.eq(r_), root.eq(root_), count.eq(count - 1)]
-
+        # the shared divider: the mean, floor(|sum + n//2| / n) with the sign put back, then the reciprocal
+        dw = max(n_bits, xb)  # its divisors: n, then std
+        rem = Signal(dw)
+        quo = Signal(max(q_mean, q_recip))
+        dsr = Signal(dw)
+        dsr3 = Signal(dw + 2)
+        div_left = Signal(range(max(q_mean, q_recip) // k + 1))
+        div_mean = Signal()  # the division under way is the mean's
         neg = Signal()
-        pass_data = Signal()  # buf_rd.data holds a second-pass beat
-        out_data = Signal()  # buf_rd.data / aff_rd.data hold an output-pass beat
-        out_last = Signal()
-        rd_ptr = Signal(range(self.depth + 1))  # the beat whose data is arriving
-        m.d.sync += [pass_data.eq(0), out_data.eq(0), out_last.eq(0), rd_ptr.eq(ptr)]
+        mag = Signal(sum_bits)
+        m.d.comb += mag.eq(Mux(total < 0, ~total + n_reg, total))  # -total + n - 1: floor division of a negative
+        root = Signal(xb)
+        recip_load = Signal()  # the edge after the square root's last bit
+        std = Mux(root == 0, 1, root)
+        nxt_rem, nxt_quo = _divide(rem, quo, dsr, dsr3, k)
+        with m.If(mean_load):
+            m.d.sync += [rem.eq(mag >> q_mean), quo.eq(mag[:q_mean] << (len(quo) - q_mean)), dsr.eq(n_reg),
+                         dsr3.eq(n3), div_left.eq(q_mean // k), div_mean.eq(1), neg.eq(total < 0)]
+        with m.Elif(recip_load):
+            m.d.sync += [rem.eq(0), quo.eq((1 << self.recip_bits) << (len(quo) - q_recip)), dsr.eq(std),
+                         dsr3.eq((std << 1) + std), div_left.eq(q_recip // k), div_mean.eq(0)]
+        with m.Elif(div_left != 0):
+            m.d.sync += [rem.eq(nxt_rem), quo.eq(nxt_quo), div_left.eq(div_left - 1)]
+        mean_fix = Signal()
+        mean = Signal(signed(xb + 1))
+        m.d.sync += mean_fix.eq(div_mean & (div_left == 1))
+        with m.If(mean_fix):
+            m.d.sync += mean.eq(Mux(neg, -quo[:q_mean], quo[:q_mean]))
+        recip = quo[:q_recip]
+
+        # second and output passes: reads issued by the FSM below; both start with the buffer data and x - mean
+        sq_issue, sq_first, sq_last = Signal(), Signal(), Signal()
+        out_issue, out_last = Signal(), Signal()
+        sq_ok = Signal(lanes)  # lanes that hold channels (all lanes in the output pass)
+        m.d.sync += [sq_issue.eq(0), sq_first.eq(0), sq_last.eq(0), out_issue.eq(0), out_last.eq(0),
+                     sq_ok.eq(Const(-1, lanes))]
+        ok1 = Signal(lanes)
+        m.d.sync += ok1.eq(sq_ok)
+        devs = []
+        for lane in range(lanes):
+            x_r = Signal(signed(xb), name=f"rd_x_{lane}")
+            dev = Signal(signed(xb + 1), name=f"dev_{lane}")
+            m.d.sync += [x_r.eq(buf_rd.data[lane]), dev.eq(Mux(ok1[lane], x_r - mean, 0))]
+            devs.append(dev)
+
+        # second pass: S = sum((x - mean)**2) over the row's channels
+        squares = []
+        for lane, dev in enumerate(devs):
+            sq = Signal(unsigned(2 * xb), name=f"sq_{lane}")
+            m.d.sync += sq.eq(dev * dev)
+            squares.append(sq)
+        sq_sum = _adder_tree(m, squares, 2, "sumsq")
+        sumsq = Signal(unsigned(sumsq_bits))
+        sq_took, sq_took_first = (delay(m, sq_issue, SQUARE_STAGES - 1, "sq_took"),
+                                  delay(m, sq_first, SQUARE_STAGES - 1, "sq_took_first"))
+        with m.If(sq_took):
+            m.d.sync += sumsq.eq(Mux(sq_took_first, 0, sumsq) + sq_sum)
+        root_load = delay(m, sq_last, SQUARE_STAGES, "root_load")
+
+        # the square root: isqrt(floor(S/n)) is the largest s with n*s*s <= S, found a bit a cycle from the top.
+        # rt_rem = (S >> 2i) - n*s*s for the root's bits so far, rt_c = 4*n*s + n the next trial's subtrahend
+        rt_rem = Signal(n_bits + xb + 1)  # < n*(2*s + 1)
+        rt_c = Signal(n_bits + xb + 2)
+        rt_bits = Signal(2 * xb)  # the low bits of S still to come in, two a step
+        rt_left = Signal(range(xb + 1))
+        trial = Cat(rt_bits[-2:], rt_rem)
+        diff = trial - rt_c
+        fits = ~diff[-1]
+        with m.If(root_load):
+            m.d.sync += [rt_rem.eq(sumsq >> (2 * xb)), rt_bits.eq(sumsq[:2 * xb]), rt_c.eq(n_reg), root.eq(0),
+                         rt_left.eq(xb)]
+        with m.Elif(rt_left != 0):
+            m.d.sync += [rt_rem.eq(Mux(fits, diff, trial)), rt_c.eq(Mux(fits, (rt_c << 1) + n3, (rt_c << 1) - n_reg)),
+                         root.eq(Cat(fits, root)), rt_bits.eq(rt_bits << 2), rt_left.eq(rt_left - 1)]
+        m.d.sync += recip_load.eq(rt_left == 1)
+
+        # output pass: d * r from 17-bit pieces of r, round and saturate to the normalized value, the affine,
+        # its rounding shift and the op's range; gamma and beta are read when the normalized value is near
+        norm_shift = self.recip_bits - self.frac_bits
+        pieces = [recip[i:i + PIECE_BITS] for i in range(0, q_recip, PIECE_BITS)]
+        aff_read_at = 5  # the output stage that takes gamma and beta off the table's read port
+        m.d.comb += aff_rd.addr.eq(delay(m, ptr, aff_read_at - 1, "aff_addr"))
+        y = Signal.like(self.o_y)
+        for lane, dev in enumerate(devs):
+            parts = [Signal(signed(xb + 2 + len(p)), name=f"out_part{j}_{lane}") for j, p in enumerate(pieces)]
+            m.d.sync += [part.eq(dev * p) for part, p in zip(parts, pieces)]
+            prod = parts[-1]
+            for part in reversed(parts[:-1]):  # part + (higher << PIECE_BITS), adding above its low bits only
+                prod = Cat(part[:PIECE_BITS], prod + (part >> PIECE_BITS)).as_signed()
+            prod_r = Signal(signed(len(prod)), name=f"out_prod_{lane}")
+            norm = Signal(signed(nb), name=f"out_norm_{lane}")
+            m.d.sync += [prod_r.eq(prod), norm.eq(saturate((((prod_r >> (norm_shift - 1)) + 1) >> 1), nb))]
+            gamma = Signal(signed(self.gamma_bits), name=f"out_gamma_{lane}")
+            beta = Signal(signed(self.beta_bits), name=f"out_beta_{lane}")
+            bias = Signal(signed(max(self.beta_bits, aff_w + 1) + 1), name=f"out_bias_{lane}")  # beta + rounding
+            m.d.sync += [gamma.eq(aff_rd.data.gamma[lane]), beta.eq(aff_rd.data.beta[lane]), bias.eq(beta + rc)]
+            scaled = Signal(signed(nb + self.gamma_bits), name=f"out_scaled_{lane}")
+            affine_v = Signal(signed(len(bias) + 1), name=f"out_affine_{lane}")
+            shifted = Signal.like(affine_v, name=f"out_shifted_{lane}")
+            m.d.sync += [scaled.eq(norm * gamma), affine_v.eq(scaled + bias), shifted.eq(affine_v >> sc),
+                         y[lane].eq(Mux(shifted > y_hi, y_hi, Mux(shifted < y_lo, y_lo, shifted)))]
+        m.d.comb += [self.o_y.eq(y), self.o_valid.eq(delay(m, out_issue, OUT_STAGES, "out_valid")),
+                     self.o_last.eq(delay(m, out_last, OUT_STAGES, "out_last"))]
+
+        # the passes and the waits between them: each wait ends where the next pass's first reads may start
+        mean_wait = SUM_STAGES + q_mean // k + 2 - SQUARE_MEAN_STAGE
+        std_wait = (SQUARE_STAGES + 2 + xb + q_recip // k - OUT_RECIP_STAGE) + self.latency - self.min_latency
+        count = Signal(range(max(mean_wait, std_wait, OUT_STAGES) + 1))
         with m.FSM():
             with m.State("INPUT"):
-                m.d.comb += [self.i_ready.eq(1), buf_wr.addr.eq(ptr), buf_wr.en.eq(fire), sh_rd.addr.eq(ptr)]
-                for lane in range(lanes):  # x << in_shift; the program keeps it inside in_bits
-                    m.d.comb += buf_wr.data[lane].eq((self.i_x[lane] << sh_rd.data[lane])[:xb])
+                m.d.comb += self.i_ready.eq(1)
                 with m.If(fire):
-                    beat_sum = 0
-                    for lane in range(lanes):
-                        beat_sum = beat_sum + Mux(lane_ok(ptr, lane, self.n), buf_wr.data[lane], 0)
-                    m.d.sync += [total.eq(total + beat_sum), ptr.eq(ptr + 1), n_reg.eq(self.n),
-                                 shift.eq(self.shift), out_width.eq(self.out_width)]
+                    m.d.sync += [ptr.eq(ptr + 1), n_reg.eq(self.n), shift.eq(self.shift), out_width.eq(self.out_width)]
                     with m.If(self.i_last):
-                        m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0)]
-                        m.next = "MEAN_LOAD"
-            with m.State("MEAN_LOAD"):  # floor((sum + n//2) / n) as a division of magnitudes
-                a = total + (n_reg >> 1)
-                m.d.sync += neg.eq(a < 0)
-                m.d.sync += div_load(Mux(a < 0, -a + n_reg - 1, a), n_reg, q_mean)
-                m.next = "MEAN_DIV"
-            with m.State("MEAN_DIV"):
-                m.d.sync += div_step
+                        m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0), count.eq(mean_wait - 1)]
+                        m.next = "MEAN"
+            with m.State("MEAN"):  # the row sum's pipeline and the mean's division
+                m.d.sync += count.eq(count - 1)
                 with m.If(count == 0):
-                    m.next = "MEAN_FIX"
-            with m.State("MEAN_FIX"):
-                m.d.sync += [mean.eq(Mux(neg, -quo[:xb + 1], quo[:xb + 1])), sumsq.eq(0)]
-                m.next = "SQUARES"
-            with m.State("SQUARES"):  # second pass: issue reads, the data is squared and summed a cycle later
+                    m.next = "SQUARES"
+            with m.State("SQUARES"):
                 m.d.comb += buf_rd.addr.eq(ptr)
-                m.d.sync += [ptr.eq(ptr + 1), pass_data.eq(1)]
+                m.d.sync += [ptr.eq(ptr + 1), sq_issue.eq(1), sq_first.eq(ptr == 0), sq_last.eq(ptr + 1 == n_beats),
+                             sq_ok.eq(Cat(*[lane_ok(ptr, lane, n_reg) for lane in range(lanes)]))]
                 with m.If(ptr + 1 == n_beats):
-                    m.next = "SQUARES_LAST"
-            with m.State("SQUARES_LAST"):
-                m.next = "VAR_LOAD"
-            with m.State("VAR_LOAD"):
-                m.d.sync += div_load(sumsq, n_reg, q_var)
-                m.next = "VAR_DIV"
-            with m.State("VAR_DIV"):
-                m.d.sync += div_step
+                    m.d.sync += [ptr.eq(0), count.eq(std_wait - 1)]
+                    m.next = "STD"
+            with m.State("STD"):  # the sum of squares' pipeline, the square root, the reciprocal, the padding
+                m.d.sync += count.eq(count - 1)
                 with m.If(count == 0):
-                    m.next = "SQRT_LOAD"
-            with m.State("SQRT_LOAD"):
-                m.d.sync += [sq_v.eq(quo[:2 * xb]), sq_rem.eq(0), root.eq(0), count.eq(sq_digits // k - 1)]
-                m.next = "SQRT"
-            with m.State("SQRT"):
-                m.d.sync += sq_step
-                with m.If(count == 0):
-                    m.next = "RECIP_LOAD"
-            with m.State("RECIP_LOAD"):
-                m.d.sync += div_load(1 << self.recip_bits, Mux(root == 0, 1, root), q_recip)
-                m.next = "RECIP_DIV"
-            with m.State("RECIP_DIV"):
-                m.d.sync += div_step
-                with m.If(count == 0):
-                    m.d.sync += [ptr.eq(0), count.eq(0)]
-                    m.next = "PAD" if self.latency > self.min_latency else "OUTPUT"
-            if self.latency > self.min_latency:
-                with m.State("PAD"):
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == self.latency - self.min_latency - 1):
-                        m.next = "OUTPUT"
-            with m.State("OUTPUT"):  # third pass: issue reads, results leave `tail` cycles after the data
-                m.d.comb += [buf_rd.addr.eq(ptr), aff_rd.addr.eq(ptr)]
-                m.d.sync += [ptr.eq(ptr + 1), out_data.eq(1), out_last.eq(ptr + 1 == n_beats)]
+                    m.next = "OUTPUT"
+            with m.State("OUTPUT"):
+                m.d.comb += buf_rd.addr.eq(ptr)
+                m.d.sync += [ptr.eq(ptr + 1), out_issue.eq(1), out_last.eq(ptr + 1 == n_beats)]
                 with m.If(ptr + 1 == n_beats):
-                    m.d.sync += count.eq(0)
+                    m.d.sync += [ptr.eq(0), count.eq(OUT_STAGES - 1)]
                     m.next = "TAIL"
-            with m.State("TAIL"):
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == tail - 1):
-                    m.d.sync += [ptr.eq(0), total.eq(0)]
+            with m.State("TAIL"):  # the output pipeline empties; the next row's first beat meets its last result
+                m.d.sync += count.eq(count - 1)
+                with m.If(count == 0):
                     m.next = "INPUT"
-
-        # second pass datapath: sum of squared deviations over the row's channels
-        sq_sum = 0
-        for lane in range(lanes):
-            d = Signal(signed(d_bits), name=f"sq_d_{lane}")
-            m.d.comb += d.eq(buf_rd.data[lane] - mean)
-            sq_sum = sq_sum + Mux(lane_ok(rd_ptr, lane, n_reg), d * d, 0)
-        with m.If(pass_data):
-            m.d.sync += sumsq.eq(sumsq + sq_sum)
-
-        # output pass datapath, four registers deep
-        recip = quo[:q_recip]
-        norm_shift = self.recip_bits - self.frac_bits
-        nb = widths.LN_NORM_BITS
-        aff_w = signed_width(-(1 << (nb - 1)) * ((1 << (self.gamma_bits - 1)) - 1) - (1 << (self.beta_bits - 1)),
-                             (1 << (nb - 1)) * (1 << (self.gamma_bits - 1)) + (1 << (self.beta_bits - 1)) - 1)
-        gamma_d = Signal.like(aff_rd.data.gamma)
-        beta_d = Signal.like(aff_rd.data.beta)
-        m.d.sync += [gamma_d.eq(aff_rd.data.gamma), beta_d.eq(aff_rd.data.beta)]
-        y = Signal.like(self.o_y)
-        for lane in range(lanes):
-            d = Signal(signed(d_bits), name=f"out_d_{lane}")
-            m.d.comb += d.eq(buf_rd.data[lane] - mean)
-            prod = Signal(signed(d_bits + q_recip + 1), name=f"out_prod_{lane}")
-            m.d.sync += prod.eq(d * recip)
-            norm = Signal(signed(widths.LN_NORM_BITS), name=f"out_norm_{lane}")
-            m.d.sync += norm.eq(saturate((prod + (1 << (norm_shift - 1))) >> norm_shift, widths.LN_NORM_BITS))
-            g2, b2 = Signal(signed(self.gamma_bits), name=f"g2_{lane}"), Signal(signed(self.beta_bits), name=f"b2_{lane}")
-            m.d.sync += [g2.eq(gamma_d[lane]), b2.eq(beta_d[lane])]
-            affine_v = Signal(signed(aff_w), name=f"out_affine_{lane}")
-            m.d.sync += affine_v.eq(norm * g2 + b2)
-            sc = Signal(range(aff_w + 1), name=f"out_sc_{lane}")
-            m.d.comb += sc.eq(Mux(shift > aff_w, aff_w, shift))
-            rounded_y = (affine_v + round_const(sc, aff_w)) >> sc
-            m.d.sync += y[lane].eq(Mux(rounded_y > y_hi, y_hi, Mux(rounded_y < -y_hi - 1, -y_hi - 1, rounded_y)))
-        valid_pipe = [out_data]
-        last_pipe = [out_last]
-        for i in range(tail):
-            v, l_ = Signal(name=f"out_valid_{i}"), Signal(name=f"out_last_{i}")
-            m.d.sync += [v.eq(valid_pipe[-1]), l_.eq(last_pipe[-1])]
-            valid_pipe.append(v)
-            last_pipe.append(l_)
-        m.d.comb += [self.o_y.eq(y), self.o_valid.eq(valid_pipe[-1]), self.o_last.eq(last_pipe[-1])]
         return m

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_bool, check_int, delay, lane_tables, round_const
+from hw.common import check_bool, check_int, delay, lane_tables
 from sim import timing, widths
 from sim.accel import requant_params
+
+FINE_BITS = 3  #: the last stage shifts by ``s mod 2**FINE_BITS``, the one before by the rest of ``s``
+
+
+def _fits(value, bits: int):
+    """Whether signed ``value`` lies in the ``bits``-bit two's complement range (its bits from ``bits - 1``
+    up are all equal): a reduction, no comparator."""
+    top = value[bits - 1:]
+    return top.all() | ~top.any()
 
 
 class Requantizer(wiring.Component):
@@ -18,13 +27,36 @@ class Requantizer(wiring.Component):
     the ``tbl_*`` port; each lane names the channel of its element on ``i_ch``.
     With ``pow2=True`` every M is a power of two and there is no multiplier:
     the table keeps ``log2(M)`` (taken from the loaded M's leading one) and
-    the unit is a left shifter followed by a rounding right shifter. The output width (up to ``out_bits``) and signedness are
-    set per op on ``out_width`` / ``out_signed``; ``o_y`` carries the result's
-    bits, sign- or zero-extended to ``out_bits``. Fully pipelined: an input
-    beat taken on ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly
-    ``latency`` clock edges later (``sim.timing.stream_cycles``). Shift amounts
-    beyond the product width give the same result as the product width, so
-    the shifter only spans the product.
+    the product is a left shift. The output width (up to ``out_bits``) and
+    signedness are set per op on ``out_width`` / ``out_signed`` and taken with
+    each beat; ``o_y`` carries the result's bits, sign- or zero-extended to
+    ``out_bits``. Fully pipelined: an input beat taken on ``i_valid`` appears on
+    ``o_y`` with ``o_valid`` exactly ``latency`` clock edges later
+    (``sim.timing.stream_cycles``).
+
+    With ``p = x*M`` and ``t = 2p >> s``, ``(p + 2**(s-1)) >> s == (t + 1) >> 1``,
+    so the rounding and the zero point are one addition, ``y = (t + 2z + 1) >> 1``,
+    and the rails are two comparisons that do not wait for it: ``y > hi`` iff
+    ``t >= 2(hi - z) + 1``, ``y < lo`` iff ``t < 2(lo - z) - 1``. Nor for the last
+    part of the shift: with ``t = floor(u / 2**f)``, ``t >= a`` iff ``u >= a << f``.
+    A ``t`` outside ``out_bits + 3`` bits saturates whatever ``z`` is, so the
+    coarse shift keeps only the bits of ``u`` a fine shift can bring into that
+    range. The five stages:
+
+    1. table read (x and the op's width and signedness registered with it);
+    2. the entry registered: the block RAM's output is slow (5.8 ns on an
+       ECP5) and drives only these registers; the op's rails;
+    3. ``x_hi * M`` and ``x_lo * M`` for the two halves of x, one DSP block each
+       at 32-bit x (or ``x << log2(M)``); the two thresholds;
+    4. ``p`` from the partial products, ``2p`` shifted right by the multiple of
+       ``2**FINE_BITS`` in ``s``, kept to the bits a fine shift can bring into
+       range, with a flag for "out of range whatever the fine shift"; the
+       thresholds shifted left by the fine shift;
+    5. the two comparisons of ``u``, beside the fine shift and the sum; the
+       select among the result and the rails.
+
+    Shift amounts beyond the product width act as the product width (clamped
+    when the table is loaded), so the shifter only spans the product.
     """
 
     def __init__(self, in_bits: int = widths.ACC_BITS, out_bits: int = 8, mult_bits: int = widths.REQUANT_M_BITS, shift_bits: int = 6,
@@ -37,7 +69,7 @@ class Requantizer(wiring.Component):
         self.lanes = check_int(unit, "lanes", lanes, 1, 64)
         self.channels = check_int(unit, "channels", channels, 1, 1 << 16)
         self.pow2 = check_bool(unit, "pow2", pow2)
-        # table read, product (or left shift), round and shift, zero point and saturation
+        # table read, entry, partial products (or left shift), sum and coarse shift, fine shift and the rest
         self.min_latency, most = timing.LATENCY_RANGE["requant"]
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
                                  self.min_latency, most)
@@ -74,14 +106,18 @@ class Requantizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        fields = {"shift": unsigned(self.shift_bits), "zp": signed(self.out_bits + 1)}
+        ob, w = self.out_bits, self.prod_bits
+        t_bits = ob + 3  # a t beyond this range saturates; 2(hi - z) + 1 and 2(lo - z) - 1 lie within it
+        keep = min(t_bits + (1 << FINE_BITS) - 1, w + 1)  # what a fine shift of at most 7 can bring into t_bits
+        half = self.in_bits // 2  # x = x_hi * 2**half + x_lo
+        fields = {"shift": unsigned(self.shift_bits), "zp": signed(ob + 1)}
         if self.pow2:
             fields["log2_m"] = range(self.mult_bits)
         else:
             fields["m"] = unsigned(self.mult_bits)
         entry = data.StructLayout(fields)
         row = Signal(entry)
-        m.d.comb += [row.shift.eq(self.tbl_shift), row.zp.eq(self.tbl_zp)]
+        m.d.comb += [row.shift.eq(Mux(self.tbl_shift > w, w, self.tbl_shift)), row.zp.eq(self.tbl_zp)]
         if self.pow2:  # the loaded M's leading one, found once at load time
             for bit in range(self.mult_bits):
                 with m.If(self.tbl_m[bit]):
@@ -91,39 +127,61 @@ class Requantizer(wiring.Component):
         reads = lane_tables(m, "table", entry, self.channels, self.lanes,
                             {"en": self.tbl_we, "addr": self.tbl_addr, "data": row})
 
-        w = self.prod_bits
-        # the op's output range, from its width and signedness (held for the op)
-        lo = Signal(signed(self.out_bits + 1))
-        hi = Signal(signed(self.out_bits + 1))
-        top = Signal(unsigned(self.out_bits + 1))
-        m.d.comb += top.eq(1 << (self.out_width - self.out_signed).as_unsigned())
-        m.d.comb += [hi.eq(top - 1), lo.eq(Mux(self.out_signed, -top, 0))]
-        valid = [self.i_valid]
-        for stage in range(self.min_latency):
-            v = Signal(name=f"valid_s{stage + 1}")
-            m.d.sync += v.eq(valid[-1])
-            valid.append(v)
+        # the op's rails, from the width and signedness taken with the beat (stage 1), one copy for all lanes
+        width1 = delay(m, self.out_width, 1, "width")
+        signed1 = delay(m, self.out_signed, 1, "signed")
+        top = Signal(unsigned(ob + 1))
+        m.d.comb += top.eq(1 << (width1 - signed1).as_unsigned())
+        hi2, lo2 = Signal(signed(ob + 1), name="hi_s2"), Signal(signed(ob + 1), name="lo_s2")
+        m.d.sync += [hi2.eq(top - 1), lo2.eq(Mux(signed1, -top, 0))]
+        hi4, lo4 = (delay(m, rail[:ob], 2, name) for rail, name in ((hi2, "hi"), (lo2, "lo")))
+        valid = delay(m, self.i_valid, self.min_latency, "valid")
+
         for lane in range(self.lanes):
             rd = reads[lane]  # stage 1: table entry and x arrive together
             m.d.comb += rd.addr.eq(self.i_ch[lane])
-            x1 = Signal(signed(self.in_bits), name=f"x1_{lane}")
-            m.d.sync += x1.eq(self.i_x[lane])
-            # stage 2: x * M, or x << log2(M) without a multiplier
-            prod = Signal(signed(w), name=f"prod_{lane}")
-            s2 = Signal(unsigned(self.shift_bits), name=f"s2_{lane}")
-            z2 = Signal(signed(self.out_bits + 1), name=f"z2_{lane}")
-            scaled = (x1 << rd.data.log2_m) if self.pow2 else x1 * rd.data.m
-            m.d.sync += [prod.eq(scaled), s2.eq(rd.data.shift), z2.eq(rd.data.zp)]
-            # next stage: round half up and shift; shifts beyond w act as w
-            sc = Signal(range(w + 1), name=f"sc_{lane}")
-            m.d.comb += sc.eq(Mux(s2 > w, w, s2))
-            shifted = Signal(signed(w + 1), name=f"shifted_{lane}")
-            z3 = Signal(signed(self.out_bits + 1), name=f"z3_{lane}")
-            m.d.sync += [shifted.eq((prod + round_const(sc, w)) >> sc), z3.eq(z2)]
-            # last stage: zero point and saturation to the op's range
-            y = Signal(unsigned(self.out_bits), name=f"y_{lane}")
-            biased = shifted + z3
-            m.d.sync += y.eq(Mux(biased > hi, hi, Mux(biased < lo, lo, biased)))
+            # stage 2: the entry registered, so that the block RAM's slow output drives nothing else
+            e2 = delay(m, rd.data, 1, f"entry_{lane}")
+            x2 = delay(m, self.i_x[lane], 2, f"x_{lane}")
+
+            # stage 3: the partial products, or the left shift; the thresholds against zp
+            s3 = delay(m, e2.shift, 1, f"s_{lane}")
+            z3 = delay(m, e2.zp, 1, f"z_{lane}")
+            at_hi = Signal(signed(t_bits), name=f"at_hi_{lane}")  # y > hi iff t >= at_hi
+            below_lo = Signal(signed(t_bits), name=f"below_lo_{lane}")  # y < lo iff t < below_lo
+            m.d.sync += [at_hi.eq(((hi2 - e2.zp) << 1) + 1), below_lo.eq(((lo2 - e2.zp) << 1) - 1)]
+            twice_p = Signal(signed(w + 1), name=f"twice_p_{lane}")  # 2p, formed in stage 4
+            if self.pow2:
+                p3 = Signal(signed(w), name=f"p3_{lane}")
+                m.d.sync += p3.eq(x2 << e2.log2_m)
+                m.d.comb += twice_p.eq(p3 << 1)
+            else:
+                p_lo = Signal(unsigned(half + self.mult_bits), name=f"p_lo_{lane}")
+                p_hi = Signal(signed(self.in_bits - half + self.mult_bits), name=f"p_hi_{lane}")
+                m.d.sync += [p_lo.eq(x2[:half] * e2.m), p_hi.eq(x2[half:].as_signed() * e2.m)]
+                m.d.comb += twice_p.eq(Cat(Const(0, 1), p_lo[:half], p_hi + p_lo[half:]))
+
+            # stage 4: p, its coarse shift and whether it stays out of range whatever the fine shift; the
+            # thresholds shifted left by the fine shift, so that stage 5 compares before shifting
+            coarse = twice_p >> (s3[FINE_BITS:] << FINE_BITS)
+            u4 = Signal(signed(keep), name=f"u4_{lane}")
+            wide4 = Signal(name=f"wide4_{lane}")
+            m.d.sync += [u4.eq(coarse[:keep]), wide4.eq(~_fits(coarse, keep))]
+            neg4 = delay(m, twice_p[-1], 1, f"neg_{lane}")
+            fine = s3[:FINE_BITS]
+            fine4 = delay(m, fine, 1, f"fine_{lane}")
+            z4 = delay(m, z3, 1, f"z4_{lane}")
+            at_hi4 = Signal(signed(t_bits + (1 << FINE_BITS) - 1), name=f"at_hi4_{lane}")
+            below_lo4 = Signal(signed(t_bits + (1 << FINE_BITS) - 1), name=f"below_lo4_{lane}")
+            m.d.sync += [at_hi4.eq(at_hi << fine), below_lo4.eq(below_lo << fine)]
+
+            # stage 5: the rail tests on u, beside the fine shift and the rounding with zero point
+            t = Signal(signed(ob + 1), name=f"t_{lane}")  # the bits of t the kept bits of (t + 2z + 1) >> 1 need
+            m.d.comb += t.eq(u4 >> fine4)
+            rounded = (t + Cat(Const(1, 1), z4))[1:ob + 1]
+            y = Signal(unsigned(ob), name=f"y_{lane}")
+            m.d.sync += y.eq(Mux(wide4, Mux(neg4, lo4, hi4),
+                                 Mux(u4 >= at_hi4, hi4, Mux(u4 < below_lo4, lo4, rounded))))
             m.d.comb += self.o_y[lane].eq(delay(m, y, self.latency - self.min_latency, f"y_{lane}"))
-        m.d.comb += self.o_valid.eq(delay(m, valid[-1], self.latency - self.min_latency, "valid"))
+        m.d.comb += self.o_valid.eq(delay(m, valid, self.latency - self.min_latency, "valid_pad"))
         return m

@@ -1,6 +1,7 @@
-"""The whole accelerator RTL (hw.accelerator) on Verilator at the edge configs' real size (16x16, 16 lanes):
-hand-built instruction streams, every result element against sim.intops, every instruction's clock edges
-against sim.isa.instr_cycles. One Verilator build and one simulation per config."""
+"""The whole accelerator RTL (hw.accelerator) on Verilator at the bundled configs' real sizes (the edge configs'
+16x16 array and 16 lanes, the FPGA config's 8x8 and 8 lanes): hand-built instruction streams, every result
+element against sim.intops, every instruction's clock edges against sim.isa.instr_cycles. One Verilator build
+and one simulation per config."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rtl_tests.accelerator import run_images
 from sim import isa
 from sim.accel import load_accel
 
-CONFIGS = ("edge-int4", "edge-int8")
+CONFIGS = ("edge-int4", "edge-int8", "ecp5-85f")
 needs_verilator = pytest.mark.skipif(not toolchain.available("verilator"), reason="Verilator is not installed")
 
 

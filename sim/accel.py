@@ -323,8 +323,8 @@ def gelu_params(a: AccelConfig) -> dict:
 
 
 def layernorm_params(a: AccelConfig) -> dict:
-    """``hw.layernorm.LayerNorm``: int16 in and out, and the fewest divider / square-root bits a cycle that
-    meet the configured latency."""
+    """``hw.layernorm.LayerNorm``: int16 in and out, and the fewest divider bits a cycle that meet the
+    configured latency."""
     lat = a.layernorm.latency
     ks = range(1, timing.LN_MAX_STEPS_PER_CYCLE + 1)
     k = next((k for k in ks if timing.layernorm_latency(widths.LN_IN_BITS, widths.LN_RECIP_BITS, k) <= lat), None)

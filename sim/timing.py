@@ -15,16 +15,21 @@ the previous row appears, so back-to-back rows cost ``rows * row_cycles``.
 accelerator description); each unit has a minimum it can be built with, and
 pads up to the configured value:
 
-* requantizer: 4 register stages (table read, multiply -- a left shift in
-  power-of-two mode --, round-shift, zero point and saturation);
+* requantizer: 5 register stages (table read, the entry registered, the two
+  partial products -- a left shift in power-of-two mode --, their sum and the
+  coarse right shift, the fine shift with rounding, zero point and saturation);
 * GELU: 1 (the ROM read);
 * softmax: 8 (``hw.softmax.PIPELINE_LATENCY``): 1 waiting for the last beat's
   max, 5 from the last exp read to the first code read (the exp pass's 5 stages
   and log2's 2, less the code pass's difference stage that overlaps them), 2 for
   the last codes;
 * LayerNorm: the fixed work between its passes, ``hw.layernorm.LayerNorm.latency_for``:
-  ``ceil(16/k) + ceil(32/k) + ceil(16/k) + ceil(31/k) + 10`` for 16-bit inputs
-  at ``k`` divider / square-root bits a cycle (105 at k = 1, 58 at k = 2).
+  ``ceil(16/k) + 16 + ceil(31/k) + 18`` for 16-bit inputs at ``k`` divider
+  bits a cycle (81 at k = 1, 58 at k = 2): the mean's division, the square
+  root (a bit a cycle), the reciprocal's division, and 18 edges of pipeline:
+  the row sum's 4 stages, the sum of squares' 4 after the stage that needs the
+  mean, the output pass's 6 after the stage that needs the reciprocal, 4
+  hand-overs (``hw.layernorm.PIPELINE_EDGES``);
 """
 
 from __future__ import annotations
@@ -33,17 +38,17 @@ from sim import widths
 
 
 def layernorm_latency(in_bits: int, recip_bits: int, steps_per_cycle: int) -> int:
-    """The LayerNorm unit's fixed per-row work in clock edges: the mean, variance and reciprocal divisions
-    and the square root at ``steps_per_cycle`` result bits a cycle, 6 hand-over states and a 4-deep output
-    pipeline."""
+    """The LayerNorm unit's fixed per-row work in clock edges: the mean's (``in_bits``) and the reciprocal's
+    (``recip_bits + 1``) divisions at ``steps_per_cycle`` quotient bits a cycle, the ``in_bits``-bit square
+    root at one bit a cycle, and 18 edges of pipeline stages and hand-overs that the passes do not hide."""
     k = steps_per_cycle
-    return sum(-(-q // k) for q in (in_bits, 2 * in_bits, in_bits, recip_bits + 1)) + 10
+    return -(-in_bits // k) + in_bits + -(-(recip_bits + 1) // k) + 18
 
 
-LN_MAX_STEPS_PER_CYCLE = 8  #: the fastest LayerNorm divider / square root the RTL builds
+LN_MAX_STEPS_PER_CYCLE = 8  #: the fastest LayerNorm divider the RTL builds
 #: the least configurable latency of each unit (what its RTL needs) and the most its padding allows
 LATENCY_RANGE = {
-    "requant": (4, 64),
+    "requant": (5, 64),
     "gelu": (1, 64),
     "softmax": (8, 1 << 12),
     "layernorm": (layernorm_latency(widths.LN_IN_BITS, widths.LN_RECIP_BITS, LN_MAX_STEPS_PER_CYCLE), 1 << 12),

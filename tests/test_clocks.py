@@ -128,8 +128,11 @@ def test_synth_records_what_place_and_route_measured_and_simulate_warns(tmp_path
     assert "the 25 MHz clock exceeds the 20.0 MHz measured" in capsys.readouterr().err
 
 
-def test_the_bundled_fpga_config_builds_edge_int4s_units_at_a_clock_below_edge_int4s():
-    """configs/ecp5-85f.yaml says its Verilog is edge-int4's: the same unit parameters, so the same key."""
+def test_the_bundled_fpga_config_is_edge_int4_halved_at_a_clock_below_edge_int4s():
+    """configs/ecp5-85f.yaml: edge-int4's datapath at 8x8 and 8 lanes (16x16 does not fit the LFE5U-85F), so
+    its own Verilog and its own key, checked against the Fmax measured for that Verilog."""
     fpga, edge = load_accel("ecp5-85f"), load_accel("edge-int4")
     assert fpga.target == "ecp5-85f" and fpga.clock_mhz < edge.clock_mhz
-    assert all(fpga.unit_params(u) == edge.unit_params(u) for u in clocks.UNITS)
+    assert (fpga.array.rows, fpga.array.cols, fpga.requant.lanes) == (8, 8, 8)
+    assert (fpga.array.weight_bits, fpga.array.act_bits) == (edge.array.weight_bits, edge.array.act_bits)
+    assert clocks.design_key(fpga, "ecp5-85f") != clocks.design_key(edge, "ecp5-85f")

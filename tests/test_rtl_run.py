@@ -17,7 +17,8 @@ def spec():
     return flows.load_transformer("vit-digits")
 
 
-@pytest.mark.parametrize("accel, bits, samples", [("edge-int4", 4, 2), ("edge-int8", 8, 1)])
+@pytest.mark.parametrize("accel, bits, samples", [("edge-int4", 4, 2), ("edge-int8", 8, 1),
+                                                       ("ecp5-85f", 4, 1)])
 def test_vit_digits_runs_on_the_rtl_bit_and_cycle_exact(spec, accel, bits, samples):
     program, _ = flows.quantize("vit-digits", "baseline", bits, bits, progress=False, spec=spec)
     r = rtl_run(program, load_accel(accel), samples=samples)
