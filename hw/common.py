@@ -39,6 +39,13 @@ def saturate(value, bits: int, is_signed: bool = True):
                                                   if is_signed else value[:bits]))
 
 
+def fits_signed(value, bits: int):
+    """Whether signed ``value`` lies in the ``bits``-bit two's complement range (its bits from ``bits - 1``
+    up are all equal): a reduction, no comparator."""
+    top = value[bits - 1:]
+    return top.all() | ~top.any()
+
+
 def round_const(shift, width: int):
     """``2**(shift-1)`` for ``1 <= shift <= width``, 0 for ``shift == 0``: a decoder, no shifter."""
     return Cat(*[shift == k + 1 for k in range(width)])

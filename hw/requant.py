@@ -6,18 +6,11 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_bool, check_int, delay, lane_tables
+from hw.common import check_bool, check_int, delay, fits_signed, lane_tables
 from sim import timing, widths
 from sim.accel import requant_params
 
 FINE_BITS = 3  #: the last stage shifts by ``s mod 2**FINE_BITS``, the one before by the rest of ``s``
-
-
-def _fits(value, bits: int):
-    """Whether signed ``value`` lies in the ``bits``-bit two's complement range (its bits from ``bits - 1``
-    up are all equal): a reduction, no comparator."""
-    top = value[bits - 1:]
-    return top.all() | ~top.any()
 
 
 class Requantizer(wiring.Component):
@@ -135,7 +128,6 @@ class Requantizer(wiring.Component):
         hi2, lo2 = Signal(signed(ob + 1), name="hi_s2"), Signal(signed(ob + 1), name="lo_s2")
         m.d.sync += [hi2.eq(top - 1), lo2.eq(Mux(signed1, -top, 0))]
         hi4, lo4 = (delay(m, rail[:ob], 2, name) for rail, name in ((hi2, "hi"), (lo2, "lo")))
-        valid = delay(m, self.i_valid, self.min_latency, "valid")
 
         for lane in range(self.lanes):
             rd = reads[lane]  # stage 1: table entry and x arrive together
@@ -166,7 +158,7 @@ class Requantizer(wiring.Component):
             coarse = twice_p >> (s3[FINE_BITS:] << FINE_BITS)
             u4 = Signal(signed(keep), name=f"u4_{lane}")
             wide4 = Signal(name=f"wide4_{lane}")
-            m.d.sync += [u4.eq(coarse[:keep]), wide4.eq(~_fits(coarse, keep))]
+            m.d.sync += [u4.eq(coarse[:keep]), wide4.eq(~fits_signed(coarse, keep))]
             neg4 = delay(m, twice_p[-1], 1, f"neg_{lane}")
             fine = s3[:FINE_BITS]
             fine4 = delay(m, fine, 1, f"fine_{lane}")
@@ -183,5 +175,5 @@ class Requantizer(wiring.Component):
             m.d.sync += y.eq(Mux(wide4, Mux(neg4, lo4, hi4),
                                  Mux(u4 >= at_hi4, hi4, Mux(u4 < below_lo4, lo4, rounded))))
             m.d.comb += self.o_y[lane].eq(delay(m, y, self.latency - self.min_latency, f"y_{lane}"))
-        m.d.comb += self.o_valid.eq(delay(m, valid, self.latency - self.min_latency, "valid_pad"))
+        m.d.comb += self.o_valid.eq(delay(m, self.i_valid, self.latency, "valid"))
         return m
