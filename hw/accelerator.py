@@ -14,7 +14,7 @@ from hw.mac_array import MacArray
 from hw.requant import Requantizer
 from hw.softmax import SoftmaxLog2
 from hw.vector import VectorAdder
-from sim import isa, widths
+from sim import isa, timing, widths
 
 ELEM_BITS = 32  #: an ABUF element
 PC_BITS = 32
@@ -355,10 +355,11 @@ class Accelerator(wiring.Component):
                     m.d.sync += [k.eq(0), phase.eq(DRAIN)]
                     self._next_fold(m, f, fj, fi, fd, final)
             with m.Case(DRAIN):  # port a is free: matmul reads the next tile in the last V + 1 cycles
-                with m.If(mm & (k >= v - 2)):
-                    transpose(k - (v - 2))
+                drain = 2 * v - 1 + timing.MAC_BOTTOM_STAGES  # sim.timing.mac_fold_cycles
+                with m.If(mm & (k >= drain - v - 1)):
+                    transpose(k - (drain - v - 1))
                 m.d.sync += k.eq(k + 1)
-                with m.If(k == 2 * v - 2):
+                with m.If(k == drain - 1):
                     prefetch()
                     m.d.sync += [k.eq(0), phase.eq(Mux(final, TAIL, LOAD))]
 

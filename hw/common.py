@@ -1,8 +1,9 @@
-"""Small pieces every unit uses: parameter checks, saturation, round-half-up constants, delay lines."""
+"""Small pieces every unit uses: parameter checks, saturation, round-half-up constants, delay lines,
+pipelined reduction trees."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 
 
 class ParameterError(ValueError):
@@ -82,3 +83,26 @@ def lane_tables(m: Module, name: str, shape, depth: int, lanes: int, write: dict
         m.d.comb += [wr.en.eq(write["en"]), wr.addr.eq(write["addr"]), wr.data.eq(write["data"])]
         ports.append(mem.read_port())
     return ports
+
+
+def tree(m: Module, operands: list, stages: int, name: str, op=None, arity: int = 2):
+    """``op`` (default: the sum) over ``operands`` as a tree of ``arity``-operand nodes whose levels are
+    split evenly over ``stages`` register stages (each stage's values are registered): the result comes
+    ``stages`` cycles after its operands."""
+    op = op or (lambda vs: sum(vs[1:], vs[0]))
+    levels, n = 0, len(operands)
+    while n > 1:
+        levels, n = levels + 1, -(-n // arity)
+    per_stage = -(-levels // stages)
+    level = list(operands)
+    for stage in range(stages):
+        for _ in range(per_stage):
+            level = [op(level[i:i + arity]) if len(level[i:i + arity]) > 1 else level[i]
+                     for i in range(0, len(level), arity)]
+        regs = []
+        for i, value in enumerate(level):
+            reg = Signal(Value.cast(value).shape(), name=f"{name}_{stage}_{i}")
+            m.d.sync += reg.eq(value)
+            regs.append(reg)
+        level = regs
+    return level[0]

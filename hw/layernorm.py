@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int, delay, round_const, saturate, signed_width
+from hw.common import check_int, delay, round_const, saturate, signed_width, tree
 from sim import timing, widths
 from sim.accel import layernorm_params
 
@@ -31,18 +31,6 @@ PIECE_BITS = 17
 def _rounded(bits: int, k: int) -> int:
     """A quotient width made a multiple of ``k``: the extra leading quotient bits are zeros."""
     return k * -(-bits // k)
-
-
-def _adder_tree(m: Module, terms: list, stages: int, name: str):
-    """The sum of ``terms`` after ``stages`` register stages, the adder levels shared out evenly between them."""
-    per_stage = -(-(len(terms) - 1).bit_length() // stages)
-    for s in range(stages):
-        for _ in range(per_stage):
-            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-        regs = [Signal(t.shape(), name=f"{name}_tree{s}_{i}") for i, t in enumerate(terms)]
-        m.d.sync += [r.eq(t) for r, t in zip(regs, terms)]
-        terms = regs
-    return terms[0]
 
 
 def _divide(rem, quo, dsr, dsr3, k: int):
@@ -200,7 +188,7 @@ class LayerNorm(wiring.Component):
             term = Signal(signed(xb), name=f"sum_x_{lane}")
             m.d.sync += term.eq(Mux(ok0[lane], buf_wr.data[lane], 0))
             terms.append(term)
-        beat_sum = _adder_tree(m, terms, 2, "sum")
+        beat_sum = tree(m, terms, 2, "sum")
         acc_stage = SUM_STAGES - 1  # the flags' delay to the accumulator's edge
         sum_took, sum_first = delay(m, took, acc_stage, "sum_took"), delay(m, took_first, acc_stage, "sum_first")
         total = Signal(signed(sum_bits))  # sum(x) + n//2, the mean's rounding
@@ -259,7 +247,7 @@ class LayerNorm(wiring.Component):
             sq = Signal(unsigned(2 * xb), name=f"sq_{lane}")
             m.d.sync += sq.eq(dev * dev)
             squares.append(sq)
-        sq_sum = _adder_tree(m, squares, 2, "sumsq")
+        sq_sum = tree(m, squares, 2, "sumsq")
         sumsq = Signal(unsigned(sumsq_bits))
         sq_took, sq_took_first = (delay(m, sq_issue, SQUARE_STAGES - 1, "sq_took"),
                                   delay(m, sq_first, SQUARE_STAGES - 1, "sq_took_first"))

@@ -8,8 +8,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import ParameterError, check_bool, check_int, delay, fits_signed, int_bounds, signed_width
-from sim import intops
+from hw.common import ParameterError, check_bool, check_int, delay, fits_signed, int_bounds, signed_width, tree
+from sim import intops, timing
 from sim.accel import mac_array_params
 
 PRODUCTS = ("lut", "dsp")
@@ -55,11 +55,6 @@ def saturate_signed(value, bits: int):
     sign = value[-1]
     rail = Cat(*([~sign] * (bits - 1)), sign)  # 2**(bits-1) - 1 above, -2**(bits-1) below
     return Mux(fits_signed(value, bits), value[:bits], rail)
-
-
-def times_const(v, k: int):
-    """``v * k`` for a constant ``k > 0`` as shift-adds (no multiplier)."""
-    return sum(v << b for b in range(k.bit_length()) if k >> b & 1)
 
 
 def log2_plan(code_bits: int, radix: int) -> tuple[dict, dict[bool, list[int]]]:
@@ -220,7 +215,8 @@ class MacArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows, cols = self.rows, self.cols
-        drain = rows + cols - 1  # clock edges from the last input to the last output
+        # clock edges from the last input to the last accumulation: the skew, then the column bottom
+        drain = rows + cols - 1 + timing.MAC_BOTTOM_STAGES
 
         # control: load `rows` weight beats, stream `m` inputs, drain
         row_idx = Signal(range(rows))
@@ -291,20 +287,9 @@ class MacArray(wiring.Component):
                     m.d.sync += psum.eq(mine if r == 0 else above[c][i] + mine)
                     above[c][i] = psum
                 op_in = op_reg
-        bottom = []
-        for c in range(cols):  # each column's sum: its chains times their factors (log2 mode), as shift-adds
-            total = Signal(signed(self.psum_bits), name=f"column_{c}")
-            if chains == 1:
-                m.d.comb += total.eq(above[c][0])
-            else:
-                parts = [Mux(sqrt2, times_const(p, self.factors[True][i]) if self.factors[True][i] else 0,
-                             times_const(p, self.factors[False][i]) if self.factors[False][i] else 0)
-                         for i, p in enumerate(above[c])]
-                m.d.comb += total.eq(sum(parts))
-            bottom.append(total)
-        aligned = [self._digit_shift(m, delay(m, bottom[c], cols - 1 - c, f"deskew_{c}"), digit, c)
+        aligned = [delay(m, self._column_sum(m, above[c], sqrt2, digit, c), cols - 1 - c, f"deskew_{c}")
                    for c in range(cols)]
-        aligned_valid = delay(m, x_fire, rows + cols - 1, "aligned_valid")
+        aligned_valid = delay(m, x_fire, drain, "aligned_valid")
 
         # accumulator buffer: one entry of `cols` exact sums per output row
         acc_layout = data.ArrayLayout(signed(self.acc_int_bits), cols)
@@ -331,15 +316,33 @@ class MacArray(wiring.Component):
         m.d.comb += [self.o_acc.eq(o_acc), self.o_valid.eq(o_valid)]
         return m
 
-    def _digit_shift(self, m: Module, psum, digit, c: int):
-        """Column ``c``'s aligned partial sum shifted left by ``digit * act_bits`` (a mux, no shifter)."""
+    def _column_sum(self, m: Module, chains: list, sqrt2, digit, c: int):
+        """Column ``c``'s sum, :data:`sim.timing.MAC_BOTTOM_STAGES` cycles after its last row: each chain times
+        its factor (log2 mode: a constant, shift-adds of the chain gated by the base), an adder tree whose
+        levels are split over the stages, the last stage also shifting the sum left by ``digit * act_bits``
+        (a mux, no shifter; ``digits`` > 1 only)."""
+        terms = []
+        for i, p in enumerate(chains):
+            ft, fb = (self.factors[True][i], self.factors[False][i]) if len(chains) > 1 else (1, 1)
+            for b in range(max(ft, fb).bit_length()):
+                on_t, on_b = ft >> b & 1, fb >> b & 1
+                if on_t and on_b:
+                    terms.append(p << b)
+                elif on_t or on_b:
+                    terms.append(Mux(sqrt2 if on_t else ~sqrt2, p << b, 0))
+        stages = timing.MAC_BOTTOM_STAGES
+        total = Signal(signed(self.psum_bits), name=f"column_{c}")
+        m.d.comb += total.eq(tree(m, terms, stages - 1, f"column_{c}_tree") if stages > 1 else sum(terms))
         if self.digits == 1:
-            return psum
-        out = Signal(signed(len(psum) + (self.digits - 1) * self.act_bits), name=f"digit_shifted_{c}")
-        m.d.comb += out.eq(psum)
-        for d in range(1, self.digits):
-            with m.If(digit == d):
-                m.d.comb += out.eq(psum << (d * self.act_bits))
+            shifted = total
+        else:
+            shifted = Signal(signed(self.psum_bits + (self.digits - 1) * self.act_bits), name=f"digit_shift_{c}")
+            m.d.comb += shifted.eq(total)
+            for d in range(1, self.digits):
+                with m.If(digit == d):
+                    m.d.comb += shifted.eq(total << (d * self.act_bits))
+        out = Signal.like(shifted, name=f"column_sum_{c}")
+        m.d.sync += out.eq(shifted)
         return out
 
     def _chain_width(self, chain: int, r: int) -> int:

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int, delay
+from hw.common import check_int, delay, tree
 from sim import intops, timing, widths
 from sim.accel import softmax_params
 
@@ -51,27 +51,6 @@ def _max(values: list):
         wins = Cat(*[~lt[i, j] for j in range(i + 1, n)], *[lt[j, i] for j in range(i)])
         out = out | Mux(wins.all(), values[i], 0)
     return out
-
-
-def _tree(m: Module, operands: list, op, arity: int, stages: int, name: str):
-    """``op`` over ``operands`` as a tree of ``arity``-operand nodes whose levels are split evenly over
-    ``stages`` register stages (each stage's values are registered)."""
-    levels, n = 0, len(operands)
-    while n > 1:
-        levels, n = levels + 1, -(-n // arity)
-    per_stage = -(-levels // stages)
-    level = list(operands)
-    for stage in range(stages):
-        for _ in range(per_stage):
-            level = [op(level[i:i + arity]) if len(level[i:i + arity]) > 1 else level[i]
-                     for i in range(0, len(level), arity)]
-        regs = []
-        for i, value in enumerate(level):
-            reg = Signal(Value.cast(value).shape(), name=f"{name}_{stage}_{i}")
-            m.d.sync += reg.eq(value)
-            regs.append(reg)
-        level = regs
-    return level[0]
 
 
 class SoftmaxLog2(wiring.Component):
@@ -214,7 +193,7 @@ class SoftmaxLog2(wiring.Component):
         # the input pass: the max over the beat's positions that take part, then the running max of the row
         most_negative = -(1 << (self.in_bits - 1))
         cands = [Mux(self.i_mask[lane], self.i_t[lane], most_negative) for lane in range(lanes)]
-        beat_max = _tree(m, cands, _max, 4, MAX_TREE_STAGES, "beat_max")
+        beat_max = tree(m, cands, MAX_TREE_STAGES, "beat_max", op=_max, arity=4)
         max_valid = delay(m, fire, MAX_TREE_STAGES, "max_valid")
         max_first = delay(m, fire & first_beat, MAX_TREE_STAGES, "max_first")
         with m.If(max_valid & (max_first | _lt(mx, beat_max))):
@@ -244,7 +223,7 @@ class SoftmaxLog2(wiring.Component):
             code_mask.append(cm)
 
         # the exp pass: an adder tree over the lanes, then the row's sum
-        beat_sum = _tree(m, exps, lambda vs: sum(vs[1:], vs[0]), 2, ADD_TREE_STAGES, "beat_sum")
+        beat_sum = tree(m, exps, ADD_TREE_STAGES, "beat_sum")
         sum_valid = delay(m, exp_data, EXP_STAGES - 1, "sum_valid")
         sum_first = delay(m, exp_first, EXP_STAGES - 1, "sum_first")
         with m.If(sum_valid):

@@ -21,7 +21,9 @@ accelerator's Fmax (``accelerator`` in the record). Where only the units have
 been placed and routed (each on its own, inside a three-pin wrapper), the
 lowest of theirs is shown, with a warning that the design itself is
 unmeasured: a unit alone is not the design. Records live next to the synthesis
-cache, ``$XDG_CACHE_HOME/ptq2rtl/synth/clocks/``.
+cache, ``$XDG_CACHE_HOME/ptq2rtl/synth/clocks/``; the records of the bundled configs' Verilog, as
+``ptq2rtl synth`` wrote them, ship in ``configs/fmax/`` (a whole-design place and route takes hours), and a
+user's own measurement of the same Verilog takes precedence over the shipped one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from sim.accel import ACCELERATOR, FPGA_TARGETS, UNIT_PARAMS, AccelConfig
 
 HW_DIR = Path(__file__).resolve().parents[1] / "hw"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "configs" / "fmax"  #: the bundled configs' records
 UNITS = tuple(UNIT_PARAMS)  #: the units whose Verilog the design is made of
 
 
@@ -59,8 +62,19 @@ def design_key(accel: AccelConfig, part: str) -> str:
     return h.hexdigest()[:24]
 
 
-def _path(accel: AccelConfig, part: str) -> Path:
-    return clock_dir() / f"{accel.name}-{part}-{design_key(accel, part)}.json"
+def _path(accel: AccelConfig, part: str, folder: Path | None = None) -> Path:
+    return (folder or clock_dir()) / f"{accel.name}-{part}-{design_key(accel, part)}.json"
+
+
+def measured(accel: AccelConfig, part: str) -> dict[str, float]:
+    """The Fmax (MHz) measured per unit for ``accel``'s Verilog on ``part``: the shipped record overlaid by the
+    user's own."""
+    fmax = {}
+    for folder in (SHIPPED_DIR, clock_dir()):
+        path = _path(accel, part, folder)
+        if path.is_file():
+            fmax.update(json.loads(path.read_text())["fmax_mhz"])
+    return fmax
 
 
 def record(accel: AccelConfig, result: dict) -> Path | None:
@@ -93,8 +107,7 @@ def clock_status(accel: AccelConfig) -> dict:
         status["note"] = "assumed (ASIC-style design point; no design has been measured at this clock)"
         return status
     family, part = FPGA_TARGETS[accel.target]
-    path = _path(accel, accel.target)
-    units = json.loads(path.read_text())["fmax_mhz"] if path.is_file() else {}
+    units = measured(accel, accel.target)
     missing = [u for u in UNITS if u not in units]
     synth = f"ptq2rtl synth --accel {accel.source or accel.name} --target {family} --part {accel.target.split('-')[1]}"
     if missing:

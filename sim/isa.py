@@ -277,8 +277,8 @@ def fetch_cycles(beat_bytes: int) -> int:
 def _gemm_cycles(instr: Instr, accel) -> int:
     """A first cycle (the first stationary read; in matmul mode then ``V + 1`` cycles that read the first
     tile into the transpose buffer, the later tiles being read during the drain before them), then per
-    fold the array's ``V`` weight beats, ``m`` streamed rows and ``2 V - 1`` drain cycles
-    (``sim.timing.mac_fold_cycles``); then the cycle the last row leaves the array and the epilogue's
+    fold the array's ``V`` weight beats, ``m`` streamed rows and ``2 V - 1`` drain cycles and the column
+    bottom's stages (``sim.timing.mac_fold_cycles``); then the cycle the last row leaves the array and the epilogue's
     latency (requantizer, GELU) to the last ABUF write."""
     from sim import timing
 

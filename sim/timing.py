@@ -59,15 +59,21 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+#: register stages of the MAC array's column bottom (each column's partial-sum chains times their factors,
+#: an adder tree, then the digit shift) between the array's last row and the accumulator buffer
+MAC_BOTTOM_STAGES = 2
+
+
 def mac_fold_cycles(m: int, rows: int, cols: int) -> int:
     """One weight fold of a weight-stationary ``rows`` x ``cols`` array.
 
     ``rows`` cycles load the weights (one array row per cycle), then ``m``
     input vectors stream in with a one-cycle skew per row and column: the last
-    partial sum leaves the array ``m + rows + cols - 1`` cycles later. The next
-    fold's first weight beat is taken on the following cycle.
+    partial sum leaves the array ``m + rows + cols - 1`` cycles later and the
+    column bottom's :data:`MAC_BOTTOM_STAGES` stages later it is accumulated.
+    The next fold's first weight beat is taken on the following cycle.
     """
-    return rows + m + rows + cols - 1
+    return rows + m + rows + cols - 1 + MAC_BOTTOM_STAGES
 
 
 def gemm_cycles(m: int, k: int, n: int, rows: int, cols: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,28 @@ def test_the_joined_accelerators_fmax_is_what_the_clock_is_checked_against(tmp_p
         "measured", 104.0, clocks.ACCELERATOR, None)
     assert "the 120 MHz clock exceeds the 104.0 MHz measured for the joined accelerator" in \
         clocks.clock_status(slow)["warning"]
+
+
+def test_a_shipped_record_counts_and_the_users_own_measurement_of_the_same_verilog_overrides_it(
+        tmp_path, monkeypatch):
+    accel = load_accel(_fpga(tmp_path, 100))
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(clocks, "SHIPPED_DIR", shipped)
+    shipped.mkdir()
+    clocks.record(accel, _synth_result({**ALL_UNITS, clocks.ACCELERATOR: 104.0}))
+    own = next(clocks.clock_dir().glob("*.json"))
+    own.rename(shipped / own.name)  # as committed: the record ptq2rtl synth wrote
+    assert (clocks.clock_status(accel)["basis"], clocks.clock_status(accel)["fmax_mhz"]) == ("measured", 104.0)
+    clocks.record(accel, _synth_result({clocks.ACCELERATOR: 90.0}))
+    assert clocks.clock_status(accel)["basis"] == "exceeds-fmax"
+
+
+def test_every_shipped_record_is_a_bundled_configs_and_was_written_by_the_tools():
+    names = {load_accel(p.stem).name: p.stem for p in (clocks.SHIPPED_DIR.parent).glob("*.yaml")}
+    for path in clocks.SHIPPED_DIR.glob("*.json"):
+        record = json.loads(path.read_text())
+        assert record["accelerator"] in names, path.name
+        assert record["tools"]["nextpnr"].startswith("yowasp-nextpnr-") and record["fmax_mhz"], path.name
 
 
 def test_a_different_buffer_size_is_a_different_design(tmp_path):

@@ -37,7 +37,7 @@ def tool_runs(monkeypatch) -> list:
     return runs
 
 
-def test_ecp5_figures_come_from_the_reports_and_a_rerun_is_a_cache_hit(tmp_path, tool_runs):
+def test_ecp5_figures_come_from_the_reports_and_a_rerun_is_a_cache_hit(tmp_path, tool_runs, monkeypatch):
     first = synth.synth(GELU, "ecp5", cache=tmp_path)
     r = first["units"]["gelu"]
     assert (first["part"], first["package"], first["speed"]) == ("LFE5U-85F", "CABGA381", "6")
@@ -57,8 +57,17 @@ def test_ecp5_figures_come_from_the_reports_and_a_rerun_is_a_cache_hit(tmp_path,
     assert tool_runs == []
     again = second["units"]["gelu"]
     assert again["cached"]
-    drop = {"cached", "verilog_seconds"}
+    drop = {"cached", "shipped", "verilog_seconds"}
     assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in r.items() if k not in drop}
+
+    # a result shipped under the same key (configs/fmax/synth) is read when the user's cache has none
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for entry in tmp_path.glob("gelu-ecp5-*.json"):
+        entry.rename(shipped / entry.name)
+    monkeypatch.setattr(synth, "SHIPPED_RESULTS", shipped)
+    third = synth.synth(GELU, "ecp5", cache=tmp_path)["units"]["gelu"]
+    assert tool_runs == [] and third["cached"] and third["shipped"] and third["fmax_mhz"] == r["fmax_mhz"]
 
 
 def test_ice40_places_a_small_unit_on_an_up5k():
