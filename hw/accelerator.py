@@ -259,7 +259,9 @@ class Accelerator(wiring.Component):
     # ---------------------------------------------------------------- vector: the read side
     def _vector_feed(self, m, c, f, flag, u, p):
         """One word a cycle from ABUF port a (and port b), row-major; a word is presented on the cycle
-        after its read and re-read while the unit (softmax, LayerNorm between rows) does not take it."""
+        after its read and re-read while the unit (softmax, LayerNorm between rows) does not take it.
+        Each port's address is its base plus a running offset (``row * stride + w`` kept by adds, so no
+        multiplier sits between the unit's handshake and the block RAM's address)."""
         v = self.v
         unit = f["unit"]
         is_ = {name: unit == _index("unit", name) for name in isa.VECTOR_UNITS}
@@ -269,9 +271,13 @@ class Accelerator(wiring.Component):
         fire = present & ready
         last_w = w == f["words"] - 1
         nxt_row, nxt_w = Mux(last_w, row + 1, row), Mux(last_w, 0, w + 1)
-        r_row, r_w = Mux(fire, nxt_row, row), Mux(fire, nxt_w, w)
-        m.d.comb += [p.ra.addr.eq(f["a_base"] + r_row * f["a_stride"] + r_w),
-                     p.rb.addr.eq(f["b_base"] + r_row * f["b_stride"] + r_w)]
+        for port, base, stride in ((p.ra, f["a_base"], f["a_stride"]), (p.rb, f["b_base"], f["b_stride"])):
+            row_at, at = c.reg(len(port.addr)), c.reg(len(port.addr))  # row * stride, row * stride + w
+            nxt_row_at = Mux(last_w, row_at + stride, row_at)
+            nxt_at = Mux(last_w, row_at + stride, at + 1)
+            m.d.comb += port.addr.eq(base + Mux(fire, nxt_at, at))
+            with m.If(fire):
+                m.d.sync += [row_at.eq(nxt_row_at), at.eq(nxt_at)]
         m.d.sync += have.eq(1)
         with m.If(fire):
             m.d.sync += [row.eq(nxt_row), w.eq(nxt_w)]
@@ -297,7 +303,8 @@ class Accelerator(wiring.Component):
     # ---------------------------------------------------------------- gemm: the array's feed
     def _gemm(self, m, c, f, flag, u, p):
         """Folds ``(j, i, d)`` in ``sim.isa`` order, in lockstep with the array's load / stream / drain;
-        every read is issued the cycle before its data is presented."""
+        every read is issued the cycle before its data is presented. Addresses are bases plus offsets
+        kept by adds as the counters step (``_Offsets``): no multiplier on an address."""
         v, arr = self.v, u.arr
         ab, wb = arr.act_bits, arr.weight_bits
         mode = f["mode"]
@@ -306,15 +313,19 @@ class Accelerator(wiring.Component):
         fj, fi, fd, final = c.reg(16), c.reg(16), c.reg(range(self.digits)), c.reg(1)
         first = (fi == 0) & (fd == 0)
         last = (fi == f["kf"] - 1) & (fd == f["digits"] - 1)
+        aw, ww = len(p.ra.addr), len(p.rw.addr)
+        o = _Offsets(tile=c.reg(ww), fi_rows=c.reg(aw), fj_rows=c.reg(aw), beat=c.reg(aw), row=c.reg(aw),
+                     step=c.reg(aw))
+        # o.tile = fj * kf + fi; o.fi_rows = fi * V * s_stride; o.fj_rows = fj * V * s_stride;
+        # o.beat = (k + 1) * s_stride in LOAD; o.row = (k + 1) * x_stride in STREAM;
+        # o.step = step * s_stride in a transpose window
+        m.d.sync += o.beat.eq(Mux(phase == LOAD, o.beat + f["s_stride"], f["s_stride"]))
 
-        def w_addr(r):  # linear: WBUF word of stationary beat r
-            return f["s_base"] + (fj * f["kf"] + fi) * v + r
+        def w_addr(r):  # linear: WBUF word of stationary beat r, s_base + (fj * kf + fi) * V + r
+            return f["s_base"] + o.tile * v + r
 
-        def log2_addr(r):  # log2: ABUF word of stationary beat r
-            return f["s_base"] + (fi * v + r) * f["s_stride"] + fj
-
-        def x_addr(t):
-            return f["x_base"] + t * f["x_stride"] + fi
+        def log2_addr(beat_offset):  # log2: ABUF word of a stationary beat, s_base + (fi * V + r) * s_stride + fj
+            return f["s_base"] + o.fi_rows + beat_offset + fj
 
         def prefetch():
             m.d.comb += [p.rw.addr.eq(w_addr(0)), p.ra.addr.eq(log2_addr(0))]
@@ -322,10 +333,13 @@ class Accelerator(wiring.Component):
         tb = [[Signal(signed(wb), name=f"tb_{col}_{r}") for r in range(v)] for col in range(v)]
 
         def transpose(step):  # matmul, step 0..V: read tile word `step`, keep word `step - 1` (its lanes: beat r)
-            m.d.comb += p.ra.addr.eq(f["s_base"] + (fj * v + step) * f["s_stride"] + fi)
+            m.d.comb += p.ra.addr.eq(f["s_base"] + o.fj_rows + o.step + fi)  # s_base + (fj V + step) s_stride + fi
+            m.d.sync += o.step.eq(o.step + f["s_stride"])
             for col in range(v):
                 with m.If(step == col + 1):
                     m.d.sync += [tb[col][r].eq(p.ra.data[r][:wb]) for r in range(v)]
+
+        m.d.sync += o.step.eq(0)  # outside a transpose window
 
         with m.Switch(phase):
             with m.Case(SETUP):
@@ -339,21 +353,22 @@ class Accelerator(wiring.Component):
             with m.Case(LOAD):
                 self._stationary_beat(m, f, flag, arr, p, tb, k, fi, fj, fd, first, last, lin, mm)
                 m.d.comb += [p.rw.addr.eq(w_addr(k + 1)),
-                             p.ra.addr.eq(Mux(k == v - 1, x_addr(0),
-                                              Mux(lg, log2_addr(k + 1), f["bias_base"] + fj)))]
-                m.d.sync += k.eq(k + 1)
+                             p.ra.addr.eq(Mux(k == v - 1, f["x_base"] + fi,
+                                              Mux(lg, log2_addr(o.beat), f["bias_base"] + fj)))]
+                m.d.sync += [k.eq(k + 1), o.row.eq(f["x_stride"])]
                 with m.If(k == v - 1):
                     m.d.sync += [k.eq(0), phase.eq(STREAM)]
             with m.Case(STREAM):
                 ud = f["unsigned_digits"].bit_select(fd, 1)
-                m.d.comb += [arr.x_valid.eq(1), p.ra.addr.eq(x_addr(k + 1))]
+                m.d.comb += [arr.x_valid.eq(1), p.ra.addr.eq(f["x_base"] + o.row + fi)]  # row k + 1
+                m.d.sync += o.row.eq(o.row + f["x_stride"])
                 for r in range(v):
                     digit = p.ra.data[r].as_unsigned()[:self.digits * ab].word_select(fd, ab)
                     m.d.comb += arr.x_vec[r].eq(digit ^ (ud << (ab - 1)))
                 m.d.sync += k.eq(k + 1)
                 with m.If(k == f["m"] - 1):
                     m.d.sync += [k.eq(0), phase.eq(DRAIN)]
-                    self._next_fold(m, f, fj, fi, fd, final)
+                    self._next_fold(m, f, fj, fi, fd, final, o)
             with m.Case(DRAIN):  # port a is free: matmul reads the next tile in the last V + 1 cycles
                 drain = 2 * v - 1 + timing.MAC_BOTTOM_STAGES  # sim.timing.mac_fold_cycles
                 with m.If(mm & (k >= drain - v - 1)):
@@ -377,13 +392,14 @@ class Accelerator(wiring.Component):
             m.d.comb += arr.w_row[col].eq(Mux(lin, p.rw.data[col], Mux(mm, mm_lane, log2_lane)))
             m.d.comb += arr.bias[col].eq(Mux(flag["bias"] & first, p.ra.data[col], 0))
 
-    def _next_fold(self, m, f, fj, fi, fd, final):
+    def _next_fold(self, m, f, fj, fi, fd, final, o):
         """``d`` innermost, then ``i``, then ``j``; after the last fold the gemm drains to its tail."""
+        rows = f["s_stride"] * self.v
         m.d.sync += fd.eq(fd + 1)
         with m.If(fd == f["digits"] - 1):
-            m.d.sync += [fd.eq(0), fi.eq(fi + 1)]
+            m.d.sync += [fd.eq(0), fi.eq(fi + 1), o.tile.eq(o.tile + 1), o.fi_rows.eq(o.fi_rows + rows)]
             with m.If(fi == f["kf"] - 1):
-                m.d.sync += [fi.eq(0), fj.eq(fj + 1)]
+                m.d.sync += [fi.eq(0), fj.eq(fj + 1), o.fi_rows.eq(0), o.fj_rows.eq(o.fj_rows + rows)]
                 with m.If(fj == f["nf"] - 1):
                     m.d.sync += final.eq(1)
 
@@ -422,21 +438,23 @@ class Accelerator(wiring.Component):
         g, vf = f["gemm"], f["vector"]
         valid, words = self._results(m, flag, u, gemm, vf["unit"])
         wrow, wcol = c.reg(16), c.reg(16)
+        wrow_at = c.reg(len(p.wa.addr))  # wrow * out_stride
+        stride = Mux(gemm, g["out_stride"], vf["out_stride"])
         row_end = Mux(gemm, wrow == g["m"] - 1, wcol == vf["words"] - 1)
         last = Mux(gemm, row_end & (wcol == g["nf"] - 1), row_end & (wrow == vf["rows"] - 1))
         with m.If(valid & (gemm | vector)):
             with m.If(gemm):
-                m.d.sync += wrow.eq(Mux(row_end, 0, wrow + 1))
+                m.d.sync += [wrow.eq(Mux(row_end, 0, wrow + 1)), wrow_at.eq(Mux(row_end, 0, wrow_at + stride))]
                 with m.If(row_end):
                     m.d.sync += wcol.eq(wcol + 1)
             with m.Else():
                 m.d.sync += wcol.eq(Mux(row_end, 0, wcol + 1))
                 with m.If(row_end):
-                    m.d.sync += wrow.eq(wrow + 1)
+                    m.d.sync += [wrow.eq(wrow + 1), wrow_at.eq(wrow_at + stride)]
             with m.If(last):
                 m.d.comb += c.retire.eq(1)
         n_valid = Mux(gemm, g["n_valid"], vf["n_valid"])
-        addr = Mux(gemm, g["out_base"], vf["out_base"]) + wrow * Mux(gemm, g["out_stride"], vf["out_stride"]) + wcol
+        addr = Mux(gemm, g["out_base"], vf["out_base"]) + wrow_at + wcol
         masked = Cat(*[Mux(wcol * v + lane < n_valid, words[lane], 0) for lane in range(v)])
         en, ld_addr, ld_data = c.load_abuf
         m.d.comb += [p.wa.en.eq(Mux(in_load, en, valid & (gemm | vector))), p.wa.addr.eq(Mux(in_load, ld_addr, addr)),
@@ -482,6 +500,13 @@ class _Units:
         self.sm = m.submodules.softmax = SoftmaxLog2.from_accel(cfg)
         self.ln = m.submodules.layernorm = LayerNorm.from_accel(cfg)
         self.add = m.submodules.adder = VectorAdder.from_accel(cfg)
+
+
+class _Offsets:
+    """A gemm's running address offsets (``_gemm``)."""
+
+    def __init__(self, **offsets):
+        self.__dict__.update(offsets)
 
 
 class _Ports:

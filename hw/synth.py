@@ -343,13 +343,18 @@ def _place_route(yosys: dict, wrapper_script: str, top: str, port_list: list[dic
     # relative paths: YoWASP tools see only their working directory
     cmd = [_tool(tool), *_nextpnr_args(part, freq_mhz), "--json", f"{top}_fmax.json", "--report", report.name]
     start = time.perf_counter()
+    log_path = workdir / f"{top}_fmax.log"  # written as nextpnr runs: `tail -f` it in a --workdir
     try:
-        r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout_s)
+        with open(log_path, "w") as log_file:
+            r = subprocess.run(cmd, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+                               timeout=timeout_s)
     except subprocess.TimeoutExpired:
         seconds["nextpnr"] = round(time.perf_counter() - start, 1)
         return {"timed_out": True, "fmax_note": f"{tool} stopped after {timeout_s:g} s"}
     seconds["nextpnr"] = round(time.perf_counter() - start, 1)
-    log = r.stderr + r.stdout
+    if r.returncode < 0:  # killed: like a timeout, says nothing about the design and is not cached
+        return {"timed_out": True, "fmax_note": f"{tool} was stopped by signal {-r.returncode}"}
+    log = log_path.read_text()
     if report.is_file():
         rep = json.loads(report.read_text())
         util, clocks = rep.get("utilization", {}), rep.get("fmax", {})

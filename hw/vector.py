@@ -10,8 +10,8 @@ from hw.common import check_int, round_const
 from sim import isa, widths
 from sim.accel import SHIFT_BITS
 
-#: register stages: the scaled operands, their rounded and shifted sum, the saturated result
-STAGES = 3
+#: register stages: the scaled operands, their rounded sum, its shift, the saturated result
+STAGES = 4
 assert STAGES == isa.ADD_LATENCY, "sim.isa.ADD_LATENCY is the adder's pipeline depth"
 
 
@@ -75,8 +75,9 @@ class VectorAdder(wiring.Component):
             pb = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pb_{lane}")
             m.d.sync += [pa.eq(self.i_a[lane] * ma), pb.eq(self.i_b[lane] * mb)]
             total = Signal(signed(w + 1), name=f"sum_{lane}")
-            m.d.sync += total.eq((pa + pb + round_const(sc, w)) >> sc)
-            m.d.sync += self.o_y[lane].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
+            shifted = Signal(signed(w + 1), name=f"shifted_{lane}")
+            m.d.sync += [total.eq(pa + pb + round_const(sc, w)), shifted.eq(total >> sc)]
+            m.d.sync += self.o_y[lane].eq(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)))
         valid = self.i_valid
         for stage in range(STAGES):
             reg = Signal(name=f"valid_s{stage + 1}")

@@ -257,7 +257,7 @@ def cmd_synth(args) -> None:
         target, part = FPGA_TARGETS[own][0], part or own.split("-")[1]
     result = synth.synth(args.accel, target, units=args.unit, fmax=not args.no_fmax,
                          dsp=not args.no_dsp, part=part, freq_mhz=args.freq, cache=not args.no_cache,
-                         pnr_timeout_s=args.pnr_timeout)
+                         pnr_timeout_s=args.pnr_timeout, workdir=args.workdir)
     if not args.no_fmax:
         from ptq2rtl import clocks
 
@@ -386,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pnr-timeout", type=positive_int, metavar="SECONDS",
                    help="stop a unit's place and route after this long (its row says so)")
     s.add_argument("--no-cache", action="store_true", help="run the tools even where a cached result exists")
+    s.add_argument("--workdir", metavar="DIR",
+                   help="keep the tools' files here, nextpnr's log as it runs included (<unit>_fmax.log)")
     s.add_argument("--no-dsp", action="store_true", help="map multipliers to LUTs instead of DSP blocks")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_synth)

@@ -266,7 +266,7 @@ def max_digits(accel) -> int:
 # The controller's cycle contract, written once: hw.accelerator takes exactly this many clock edges per
 # instruction (rtl_tests/test_accelerator.py measures each), and sim.compile sums it into the schedule's cycles.
 FETCH_EXTRA = 1  #: the cycle the fetch's last beat returns (and the opcode dispatches)
-ADD_LATENCY = 3  #: the vector adder (hw.vector.STAGES): scale both operands, round and shift, saturate
+ADD_LATENCY = 4  #: the vector adder (hw.vector.STAGES): scale both operands, round, shift, saturate
 
 
 def fetch_cycles(beat_bytes: int) -> int:

@@ -70,11 +70,13 @@ def test_ecp5_figures_come_from_the_reports_and_a_rerun_is_a_cache_hit(tmp_path,
     assert tool_runs == [] and third["cached"] and third["shipped"] and third["fmax_mhz"] == r["fmax_mhz"]
 
 
-def test_ice40_places_a_small_unit_on_an_up5k():
-    r = synth.synth(GELU, "ice40", cache=False)["units"]["gelu"]
+def test_ice40_places_a_small_unit_on_an_up5k_and_keeps_nextpnrs_log_in_the_workdir(tmp_path):
+    r = synth.synth(GELU, "ice40", cache=False, workdir=tmp_path)["units"]["gelu"]
     assert r["bram"] >= 1 and r["lut"] > 0 and r["ff"] > 0
     assert r["placed"]["lut"]["available"] == 5280
     assert r["fmax_mhz"] is not None and r["fmax_mhz"] > 10
+    log = (tmp_path / "gelu_fmax.log").read_text()
+    assert "Max frequency for clock" in log and f"{r['fmax_mhz']:.2f} MHz" in log
 
 
 def test_without_native_yosys_lut_figures_are_labelled_without_abc(monkeypatch):
