@@ -113,7 +113,7 @@ class Accelerator(wiring.Component):
         m.submodules.abuf = abuf = Memory(shape=word, depth=self.abuf_depth, init=[])
         m.submodules.wbuf = wbuf = Memory(shape=data.ArrayLayout(signed(cfg.array.weight_bits), v),
                                           depth=self.wbuf_depth, init=[])
-        p = _Ports(ra=abuf.read_port(), rb=abuf.read_port(), wa=abuf.write_port(), rw=wbuf.read_port(),
+        p = _Named(ra=abuf.read_port(), rb=abuf.read_port(), wa=abuf.write_port(), rw=wbuf.read_port(),
                    ww=wbuf.write_port())
         ir = Signal(self.instr_beats * self.beat_bits)
         f = field_views(ir)
@@ -273,8 +273,9 @@ class Accelerator(wiring.Component):
         nxt_row, nxt_w = Mux(last_w, row + 1, row), Mux(last_w, 0, w + 1)
         for port, base, stride in ((p.ra, f["a_base"], f["a_stride"]), (p.rb, f["b_base"], f["b_stride"])):
             row_at, at = c.reg(len(port.addr)), c.reg(len(port.addr))  # row * stride, row * stride + w
-            nxt_row_at = Mux(last_w, row_at + stride, row_at)
-            nxt_at = Mux(last_w, row_at + stride, at + 1)
+            below = row_at + stride  # the next row's offset
+            nxt_row_at = Mux(last_w, below, row_at)
+            nxt_at = Mux(last_w, below, at + 1)
             m.d.comb += port.addr.eq(base + Mux(fire, nxt_at, at))
             with m.If(fire):
                 m.d.sync += [row_at.eq(nxt_row_at), at.eq(nxt_at)]
@@ -304,7 +305,7 @@ class Accelerator(wiring.Component):
     def _gemm(self, m, c, f, flag, u, p):
         """Folds ``(j, i, d)`` in ``sim.isa`` order, in lockstep with the array's load / stream / drain;
         every read is issued the cycle before its data is presented. Addresses are bases plus offsets
-        kept by adds as the counters step (``_Offsets``): no multiplier on an address."""
+        kept by adds as the counters step (``o``): no multiplier on an address."""
         v, arr = self.v, u.arr
         ab, wb = arr.act_bits, arr.weight_bits
         mode = f["mode"]
@@ -314,7 +315,7 @@ class Accelerator(wiring.Component):
         first = (fi == 0) & (fd == 0)
         last = (fi == f["kf"] - 1) & (fd == f["digits"] - 1)
         aw, ww = len(p.ra.addr), len(p.rw.addr)
-        o = _Offsets(tile=c.reg(ww), fi_rows=c.reg(aw), fj_rows=c.reg(aw), beat=c.reg(aw), row=c.reg(aw),
+        o = _Named(tile=c.reg(ww), fi_rows=c.reg(aw), fj_rows=c.reg(aw), beat=c.reg(aw), row=c.reg(aw),
                      step=c.reg(aw))
         # o.tile = fj * kf + fi; o.fi_rows = fi * V * s_stride; o.fj_rows = fj * V * s_stride;
         # o.beat = (k + 1) * s_stride in LOAD; o.row = (k + 1) * x_stride in STREAM;
@@ -370,7 +371,7 @@ class Accelerator(wiring.Component):
                     m.d.sync += [k.eq(0), phase.eq(DRAIN)]
                     self._next_fold(m, f, fj, fi, fd, final, o)
             with m.Case(DRAIN):  # port a is free: matmul reads the next tile in the last V + 1 cycles
-                drain = 2 * v - 1 + timing.MAC_BOTTOM_STAGES  # sim.timing.mac_fold_cycles
+                drain = timing.mac_drain_cycles(v, v)
                 with m.If(mm & (k >= drain - v - 1)):
                     transpose(k - (drain - v - 1))
                 m.d.sync += k.eq(k + 1)
@@ -502,18 +503,12 @@ class _Units:
         self.add = m.submodules.adder = VectorAdder.from_accel(cfg)
 
 
-class _Offsets:
-    """A gemm's running address offsets (``_gemm``)."""
+class _Named:
+    """Signals or ports under names: the buffers' ports (ABUF reads ``ra`` / ``rb`` and write ``wa``, WBUF
+    read ``rw`` and write ``ww``), a gemm's running address offsets (``_gemm``)."""
 
-    def __init__(self, **offsets):
-        self.__dict__.update(offsets)
-
-
-class _Ports:
-    """The buffers' ports: ABUF reads ``ra`` / ``rb`` and write ``wa``, WBUF read ``rw`` and write ``ww``."""
-
-    def __init__(self, **ports):
-        self.__dict__.update(ports)
+    def __init__(self, **named):
+        self.__dict__.update(named)
 
 
 class _Control:

@@ -215,8 +215,7 @@ class MacArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows, cols = self.rows, self.cols
-        # clock edges from the last input to the last accumulation: the skew, then the column bottom
-        drain = rows + cols - 1 + timing.MAC_BOTTOM_STAGES
+        drain = timing.mac_drain_cycles(rows, cols)  # clock edges from the last input to the last accumulation
 
         # control: load `rows` weight beats, stream `m` inputs, drain
         row_idx = Signal(range(rows))

@@ -64,6 +64,12 @@ def ceil_div(a: int, b: int) -> int:
 MAC_BOTTOM_STAGES = 2
 
 
+def mac_drain_cycles(rows: int, cols: int) -> int:
+    """Clock edges from a fold's last streamed input to its last accumulation: the ``rows + cols - 1``
+    skew of the array, then the column bottom's :data:`MAC_BOTTOM_STAGES` stages."""
+    return rows + cols - 1 + MAC_BOTTOM_STAGES
+
+
 def mac_fold_cycles(m: int, rows: int, cols: int) -> int:
     """One weight fold of a weight-stationary ``rows`` x ``cols`` array.
 
@@ -73,7 +79,7 @@ def mac_fold_cycles(m: int, rows: int, cols: int) -> int:
     column bottom's :data:`MAC_BOTTOM_STAGES` stages later it is accumulated.
     The next fold's first weight beat is taken on the following cycle.
     """
-    return rows + m + rows + cols - 1 + MAC_BOTTOM_STAGES
+    return rows + m + mac_drain_cycles(rows, cols)
 
 
 def gemm_cycles(m: int, k: int, n: int, rows: int, cols: int) -> int:
