@@ -11,15 +11,16 @@ from hw.common import check_int, delay, round_const, saturate, signed_width, tre
 from sim import timing, widths
 from sim.accel import layernorm_params
 
-#: register stages from the edge that takes a beat to the row sum: in_shift and lane mask, two adder-tree
-#: stages, the accumulator
-SUM_STAGES = 4
+#: register stages from the edge that takes a beat to the row sum: the beat and its in_shift entries (a
+#: read that Yosys folds into a block RAM), both again in logic, ``x << in_shift``, the masked terms, two
+#: adder-tree stages, the accumulator
+SUM_STAGES = 6
 #: register stages of the sum of squares after a read: buffer data, ``x - mean`` (the stage that needs the
 #: mean), the square, two adder-tree stages, the accumulator
 SQUARE_STAGES, SQUARE_MEAN_STAGE = 6, 2
 #: register stages of the output pass after a read: buffer data, ``x - mean``, ``d * r`` in pieces (the stage
-#: that needs the reciprocal), their sum, round and saturate, ``* gamma``, ``+ beta``, shift, saturate
-OUT_STAGES, OUT_RECIP_STAGE = 9, 3
+#: that needs the reciprocal), their sum, round, saturate, ``* gamma``, ``+ beta``, shift, saturate
+OUT_STAGES, OUT_RECIP_STAGE = 10, 3
 #: one edge each: load the mean's division, give the mean its sign, load the square root, load the reciprocal
 HAND_OVERS = 4
 PIPELINE_EDGES = SUM_STAGES + SQUARE_STAGES - SQUARE_MEAN_STAGE + OUT_STAGES - OUT_RECIP_STAGE + HAND_OVERS
@@ -143,7 +144,8 @@ class LayerNorm(wiring.Component):
         aff_wr, aff_rd = aff.write_port(), aff.read_port()
         m.d.comb += [aff_wr.en.eq(self.tbl_we), aff_wr.addr.eq(self.tbl_addr),
                      aff_wr.data.gamma.eq(self.tbl_gamma), aff_wr.data.beta.eq(self.tbl_beta)]
-        # power-of-two input factors, needed as the row comes in: a small table read without a register
+        # power-of-two input factors, needed as the row comes in: read with the beat (Yosys puts the table in a
+        # block RAM, whose output is slow) and registered once more before the shift
         m.submodules.in_shifts = shifts = Memory(shape=data.ArrayLayout(unsigned(2), lanes), depth=self.depth, init=[])
         sh_wr, sh_rd = shifts.write_port(), shifts.read_port(domain="comb")
         m.d.comb += [sh_wr.en.eq(self.tbl_we), sh_wr.addr.eq(self.tbl_addr), sh_wr.data.eq(self.tbl_in_shift)]
@@ -160,8 +162,9 @@ class LayerNorm(wiring.Component):
         rc = Signal(aff_w)
         y_hi = Signal(signed(self.out_bits + 1))  # the op's output range
         y_lo = Signal(signed(self.out_bits + 1))
+        y_top = Signal(max(self.beta_bits, aff_w + 1) + 2)  # bits from out_width - 1 up of the shifted output
         m.d.sync += [n3.eq((n_reg << 1) + n_reg), sc.eq(Mux(shift > aff_w, aff_w, shift)), rc.eq(round_const(sc, aff_w)),
-                     y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1), y_lo.eq(~y_hi)]
+                     y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1), y_lo.eq(~y_hi), y_top.eq(~y_hi)]
 
         ptr = Signal(range(self.depth + 1))
         n_beats = Signal(range(self.depth + 1))
@@ -181,12 +184,16 @@ class LayerNorm(wiring.Component):
         m.d.sync += [x0.eq(self.i_x), sh0.eq(sh_rd.data), at0.eq(ptr),
                      ok0.eq(Cat(*[lane_ok(ptr, lane, self.n) for lane in range(lanes)])),
                      took.eq(fire), took_first.eq(fire & (ptr == 0)), took_last.eq(fire & self.i_last)]
-        m.d.comb += [buf_wr.addr.eq(at0), buf_wr.en.eq(took)]
+        xr, shr = Signal.like(self.i_x), Signal.like(sh0)  # the beat and its entries, in logic
+        x1 = Signal.like(self.i_x)  # x << in_shift
+        m.d.sync += [xr.eq(x0), shr.eq(sh0)]
+        m.d.sync += [x1[lane].eq((xr[lane] << shr[lane])[:xb]) for lane in range(lanes)]
+        ok1, at1, took1 = (delay(m, ok0, 2, "in_ok"), delay(m, at0, 2, "in_at"), delay(m, took, 2, "in_took"))
+        m.d.comb += [buf_wr.addr.eq(at1), buf_wr.en.eq(took1), buf_wr.data.eq(x1)]
         terms = []
-        for lane in range(lanes):  # x << in_shift; the program keeps it inside in_bits
-            m.d.comb += buf_wr.data[lane].eq((x0[lane] << sh0[lane])[:xb])
+        for lane in range(lanes):  # the program keeps x << in_shift inside in_bits
             term = Signal(signed(xb), name=f"sum_x_{lane}")
-            m.d.sync += term.eq(Mux(ok0[lane], buf_wr.data[lane], 0))
+            m.d.sync += term.eq(Mux(ok1[lane], x1[lane], 0))
             terms.append(term)
         beat_sum = tree(m, terms, 2, "sum")
         acc_stage = SUM_STAGES - 1  # the flags' delay to the accumulator's edge
@@ -276,7 +283,7 @@ class LayerNorm(wiring.Component):
         # its rounding shift and the op's range; gamma and beta are read when the normalized value is near
         norm_shift = self.recip_bits - self.frac_bits
         pieces = [recip[i:i + PIECE_BITS] for i in range(0, q_recip, PIECE_BITS)]
-        aff_read_at = 5  # the output stage that takes gamma and beta off the table's read port
+        aff_read_at = 6  # the output stage that takes gamma and beta off the table's read port
         m.d.comb += aff_rd.addr.eq(delay(m, ptr, aff_read_at - 1, "aff_addr"))
         y = Signal.like(self.o_y)
         for lane, dev in enumerate(devs):
@@ -287,7 +294,9 @@ class LayerNorm(wiring.Component):
                 prod = Cat(part[:PIECE_BITS], prod + (part >> PIECE_BITS)).as_signed()
             prod_r = Signal(signed(len(prod)), name=f"out_prod_{lane}")
             norm = Signal(signed(nb), name=f"out_norm_{lane}")
-            m.d.sync += [prod_r.eq(prod), norm.eq(saturate((((prod_r >> (norm_shift - 1)) + 1) >> 1), nb))]
+            rounded = Signal(signed(len(prod) - norm_shift + 1), name=f"out_round_{lane}")
+            m.d.sync += [prod_r.eq(prod), rounded.eq(((prod_r >> (norm_shift - 1)) + 1) >> 1),
+                         norm.eq(saturate(rounded, nb))]
             gamma = Signal(signed(self.gamma_bits), name=f"out_gamma_{lane}")
             beta = Signal(signed(self.beta_bits), name=f"out_beta_{lane}")
             bias = Signal(signed(max(self.beta_bits, aff_w + 1) + 1), name=f"out_bias_{lane}")  # beta + rounding
@@ -295,8 +304,13 @@ class LayerNorm(wiring.Component):
             scaled = Signal(signed(nb + self.gamma_bits), name=f"out_scaled_{lane}")
             affine_v = Signal(signed(len(bias) + 1), name=f"out_affine_{lane}")
             shifted = Signal.like(affine_v, name=f"out_shifted_{lane}")
+            assert len(shifted) == len(y_top)
+            # the op's range as reductions, no comparator: above y_hi is a positive value with a bit set from
+            # out_width - 1 up, below y_lo a negative one with a bit clear there
+            sign, top = shifted[-1], shifted & y_top
+            above, below = ~sign & top.any(), sign & (top != y_top)
             m.d.sync += [scaled.eq(norm * gamma), affine_v.eq(scaled + bias), shifted.eq(affine_v >> sc),
-                         y[lane].eq(Mux(shifted > y_hi, y_hi, Mux(shifted < y_lo, y_lo, shifted)))]
+                         y[lane].eq(Mux(above, y_hi, Mux(below, y_lo, shifted[:len(y[lane])])))]
         m.d.comb += [self.o_y.eq(y), self.o_valid.eq(delay(m, out_issue, OUT_STAGES, "out_valid")),
                      self.o_last.eq(delay(m, out_last, OUT_STAGES, "out_last"))]
 

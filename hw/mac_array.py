@@ -8,7 +8,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import ParameterError, check_bool, check_int, delay, fits_signed, int_bounds, signed_width, tree
+from hw.common import ParameterError, check_bool, check_int, delay, int_bounds, saturate, signed_width, tree
 from sim import intops, timing
 from sim.accel import mac_array_params
 
@@ -46,15 +46,6 @@ def lut_product(m: Module, x, w, name: str) -> Signal:
     product = Signal(signed(a + b), name=name)
     m.d.comb += product.eq(total)
     return product
-
-
-def saturate_signed(value, bits: int):
-    """``hw.common.saturate(value, bits)`` of a signed value as a fits test on its top bits and a rail
-    select: the same bits, but ABC maps ``saturate``'s two comparisons to ~260 LUT4 more a lane at 34 to
-    32 bits (16x16 array: 5,234 vs 1,099 LUT4 with DSP products)."""
-    sign = value[-1]
-    rail = Cat(*([~sign] * (bits - 1)), sign)  # 2**(bits-1) - 1 above, -2**(bits-1) below
-    return Mux(fits_signed(value, bits), value[:bits], rail)
 
 
 def log2_plan(code_bits: int, radix: int) -> tuple[dict, dict[bool, list[int]]]:
@@ -215,7 +206,7 @@ class MacArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows, cols = self.rows, self.cols
-        drain = timing.mac_drain_cycles(rows, cols)  # clock edges from the last input to the last accumulation
+        drain = timing.mac_drain_cycles(rows, cols)  # clock edges from the last input to the last output
 
         # control: load `rows` weight beats, stream `m` inputs, drain
         row_idx = Signal(range(rows))
@@ -265,19 +256,26 @@ class MacArray(wiring.Component):
         chains = len(self.chain_bounds)
         above = [[None] * chains for _ in range(cols)]  # per column, the partial sum of each chain
         for r in range(rows):
-            op_in = x_left[r]
-            if self.log2:  # the row's operand: the activation, or in a log2 fold its code decoded once
+            # the row's operand, registered (timing.MAC_IN_STAGES): the activation, or in a log2 fold its code
+            # decoded once
+            op_in = Signal(signed(self.act_bits), name=f"op_{r}")
+            if self.log2:
                 code = self._decode(m, r, x_left[r], sqrt2)
                 op_in = Signal(len(code), name=f"op_{r}")
-                m.d.comb += op_in.eq(Mux(log2, code, x_left[r].as_unsigned()))
+                m.d.sync += op_in.eq(Mux(log2, code, x_left[r].as_unsigned()))
+            else:
+                m.d.sync += op_in.eq(x_left[r])
             for c in range(cols):
                 op_reg = Signal(op_in.shape(), name=f"x_{r}_{c}")
                 m.d.sync += op_reg.eq(op_in)
                 x = op_in[:self.act_bits].as_signed()
-                term = self._product(m, x, weights[r][c], f"prod_{r}_{c}")
+                # the product is registered (timing.MAC_PRODUCT_STAGES); its operand's shift and chain, a
+                # cycle later, are the ones the next PE holds
+                term = Signal(signed(self.act_bits + self.weight_bits), name=f"prod_reg_{r}_{c}")
+                m.d.sync += term.eq(self._product(m, x, weights[r][c], f"prod_{r}_{c}"))
                 if self.log2:
-                    a = op_in[self.act_bits:self.act_bits + self.a_bits]
-                    chain = op_in[self.act_bits + self.a_bits:]
+                    a = op_reg[self.act_bits:self.act_bits + self.a_bits]
+                    chain = op_reg[self.act_bits + self.a_bits:]
                     for i in range(self.a_bits):  # the coarse shift, radix * a
                         term = Mux(a[i], term << (self.radix << i), term)
                 for i in range(chains):
@@ -288,9 +286,12 @@ class MacArray(wiring.Component):
                 op_in = op_reg
         aligned = [delay(m, self._column_sum(m, above[c], sqrt2, digit, c), cols - 1 - c, f"deskew_{c}")
                    for c in range(cols)]
-        aligned_valid = delay(m, x_fire, drain, "aligned_valid")
+        aligned_valid = delay(m, x_fire, timing.mac_align_cycles(rows, cols), "aligned_valid")
 
-        # accumulator buffer: one entry of `cols` exact sums per output row
+        # accumulator buffer: one entry of `cols` exact sums per output row. The entry an aligned row needs is
+        # read the cycle before (a block RAM's slow output is registered in logic beside the row: the stage
+        # of timing.MAC_ACC_STAGES), the next edge registers the sum and its saturated output, and the sum is
+        # written back. Two folds never touch one entry within three cycles, so the write needs no bypass.
         acc_layout = data.ArrayLayout(signed(self.acc_int_bits), cols)
         m.submodules.acc = acc = Memory(shape=acc_layout, depth=self.max_m, init=[])
         rd = acc.read_port()
@@ -301,17 +302,21 @@ class MacArray(wiring.Component):
         with m.If(w_fire):  # a new fold numbers its outputs from 0
             m.d.sync += out_idx.eq(0)
         m.d.comb += rd.addr.eq(out_idx + aligned_valid)  # the entry the next aligned row will need
-        m.d.comb += [wr.addr.eq(out_idx), wr.en.eq(aligned_valid)]
+        row = Signal(data.ArrayLayout(signed(self.psum_bits + (self.digits - 1) * self.act_bits), cols))
+        old = Signal(acc_layout)
+        row_valid, row_idx = Signal(), Signal.like(out_idx)
+        m.d.sync += [row.eq(Cat(*aligned)), old.eq(rd.data), row_valid.eq(aligned_valid), row_idx.eq(out_idx)]
+        summed = Signal(acc_layout)
+        summed_valid, summed_idx = Signal(), Signal.like(out_idx)
+        m.d.sync += [summed_valid.eq(row_valid), summed_idx.eq(row_idx)]
+        m.d.comb += [wr.addr.eq(summed_idx), wr.en.eq(summed_valid), wr.data.eq(summed)]
         o_acc = Signal.like(self.o_acc)
         o_valid = Signal()
         for c in range(cols):
             total = Signal(signed(self.acc_int_bits), name=f"total_{c}")
-            m.d.comb += total.eq(bias[c] + aligned[c])
-            with m.If(~first):
-                m.d.comb += total.eq(rd.data[c] + aligned[c])
-            m.d.comb += wr.data[c].eq(total)
-            m.d.sync += o_acc[c].eq(saturate_signed(total, self.acc_bits))
-        m.d.sync += o_valid.eq(aligned_valid & last)
+            m.d.comb += total.eq(Mux(first, bias[c], old[c]) + row[c])
+            m.d.sync += [summed[c].eq(total), o_acc[c].eq(saturate(total, self.acc_bits))]
+        m.d.sync += o_valid.eq(row_valid & last)
         m.d.comb += [self.o_acc.eq(o_acc), self.o_valid.eq(o_valid)]
         return m
 

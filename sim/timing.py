@@ -24,11 +24,11 @@ pads up to the configured value:
   and log2's 2, less the code pass's difference stage that overlaps them), 2 for
   the last codes;
 * LayerNorm: the fixed work between its passes, ``hw.layernorm.LayerNorm.latency_for``:
-  ``ceil(16/k) + 16 + ceil(31/k) + 18`` for 16-bit inputs at ``k`` divider
-  bits a cycle (81 at k = 1, 58 at k = 2): the mean's division, the square
-  root (a bit a cycle), the reciprocal's division, and 18 edges of pipeline:
-  the row sum's 4 stages, the sum of squares' 4 after the stage that needs the
-  mean, the output pass's 6 after the stage that needs the reciprocal, 4
+  ``ceil(16/k) + 16 + ceil(31/k) + 21`` for 16-bit inputs at ``k`` divider
+  bits a cycle (84 at k = 1, 61 at k = 2): the mean's division, the square
+  root (a bit a cycle), the reciprocal's division, and 21 edges of pipeline:
+  the row sum's 6 stages, the sum of squares' 4 after the stage that needs the
+  mean, the output pass's 7 after the stage that needs the reciprocal, 4
   hand-overs (``hw.layernorm.PIPELINE_EDGES``);
 """
 
@@ -40,9 +40,9 @@ from sim import widths
 def layernorm_latency(in_bits: int, recip_bits: int, steps_per_cycle: int) -> int:
     """The LayerNorm unit's fixed per-row work in clock edges: the mean's (``in_bits``) and the reciprocal's
     (``recip_bits + 1``) divisions at ``steps_per_cycle`` quotient bits a cycle, the ``in_bits``-bit square
-    root at one bit a cycle, and 18 edges of pipeline stages and hand-overs that the passes do not hide."""
+    root at one bit a cycle, and 21 edges of pipeline stages and hand-overs that the passes do not hide."""
     k = steps_per_cycle
-    return -(-in_bits // k) + in_bits + -(-(recip_bits + 1) // k) + 18
+    return -(-in_bits // k) + in_bits + -(-(recip_bits + 1) // k) + 21
 
 
 LN_MAX_STEPS_PER_CYCLE = 8  #: the fastest LayerNorm divider the RTL builds
@@ -59,15 +59,32 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+#: register stages of a MAC array row's operand before its first PE: the streamed activation (or in a log2
+#: fold its code, decoded) is registered once, so a buffer read or the decode never shares a cycle with a product
+MAC_IN_STAGES = 1
+#: register stages of a PE's product before it joins the partial sum: the product in one cycle, the log2
+#: mode's coarse shift, the chain select and the add in the next (every PE the same, so the skew holds)
+MAC_PRODUCT_STAGES = 1
 #: register stages of the MAC array's column bottom (each column's partial-sum chains times their factors,
 #: an adder tree, then the digit shift) between the array's last row and the accumulator buffer
 MAC_BOTTOM_STAGES = 2
+#: register stages of the accumulator buffer past the one the previous formula had: its read data is
+#: registered before the add (a block RAM's clock-to-output and a 33-bit carry chain do not fit one
+#: 100 MHz cycle on an ECP5), the sum and its saturated output are registered, then written back
+MAC_ACC_STAGES = 1
+
+
+def mac_align_cycles(rows: int, cols: int) -> int:
+    """Clock edges from a streamed input to its column sums leaving the column bottom, all columns
+    aligned: the operand's :data:`MAC_IN_STAGES`, the product's :data:`MAC_PRODUCT_STAGES`, the
+    ``rows + cols - 1`` skew of the array, then :data:`MAC_BOTTOM_STAGES` stages."""
+    return MAC_IN_STAGES + MAC_PRODUCT_STAGES + rows + cols - 1 + MAC_BOTTOM_STAGES
 
 
 def mac_drain_cycles(rows: int, cols: int) -> int:
-    """Clock edges from a fold's last streamed input to its last accumulation: the ``rows + cols - 1``
-    skew of the array, then the column bottom's :data:`MAC_BOTTOM_STAGES` stages."""
-    return rows + cols - 1 + MAC_BOTTOM_STAGES
+    """Clock edges from a fold's last streamed input to its last accumulation: its column sums aligned
+    (:func:`mac_align_cycles`), then the accumulator's :data:`MAC_ACC_STAGES` extra stages."""
+    return mac_align_cycles(rows, cols) + MAC_ACC_STAGES
 
 
 def mac_fold_cycles(m: int, rows: int, cols: int) -> int:
@@ -75,8 +92,9 @@ def mac_fold_cycles(m: int, rows: int, cols: int) -> int:
 
     ``rows`` cycles load the weights (one array row per cycle), then ``m``
     input vectors stream in with a one-cycle skew per row and column: the last
-    partial sum leaves the array ``m + rows + cols - 1`` cycles later and the
-    column bottom's :data:`MAC_BOTTOM_STAGES` stages later it is accumulated.
+    partial sum leaves the array ``m + rows + cols - 1`` cycles (and the
+    operand's and the product's stages) later and the column bottom's :data:`MAC_BOTTOM_STAGES` stages and the accumulator's :data:`MAC_ACC_STAGES` later
+    it is accumulated.
     The next fold's first weight beat is taken on the following cycle.
     """
     return rows + m + mac_drain_cycles(rows, cols)

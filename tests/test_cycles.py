@@ -90,7 +90,8 @@ def test_a_linear_takes_exactly_the_fold_formula_of_sim_timing():
     r = program_cycles(_one_linear(100, 200, 300), EDGE4)
     (fc,) = r.ops
     assert fc.compute_cycles == timing.gemm_cycles(100, 200, 300, 16, 16)
-    fold = 16 + 100 + 16 + 16 - 1 + timing.MAC_BOTTOM_STAGES
+    stages = timing.MAC_IN_STAGES + timing.MAC_PRODUCT_STAGES + timing.MAC_BOTTOM_STAGES + timing.MAC_ACC_STAGES
+    fold = 16 + 100 + 16 + 16 - 1 + stages
     assert fc.compute_cycles == math.ceil(200 / 16) * math.ceil(300 / 16) * fold
 
 
