@@ -3,7 +3,7 @@ pipelined reduction trees."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
 
 
 class ParameterError(ValueError):

@@ -162,7 +162,8 @@ class LayerNorm(wiring.Component):
         rc = Signal(aff_w)
         y_hi = Signal(signed(self.out_bits + 1))  # the op's output range
         y_lo = Signal(signed(self.out_bits + 1))
-        y_top = Signal(max(self.beta_bits, aff_w + 1) + 2)  # bits from out_width - 1 up of the shifted output
+        bias_w = max(self.beta_bits, aff_w + 1) + 1  # beta + the affine's rounding constant
+        y_top = Signal(bias_w + 1)  # bits from out_width - 1 up of the output pass's shifted value
         m.d.sync += [n3.eq((n_reg << 1) + n_reg), sc.eq(Mux(shift > aff_w, aff_w, shift)), rc.eq(round_const(sc, aff_w)),
                      y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1), y_lo.eq(~y_hi), y_top.eq(~y_hi)]
 
@@ -184,9 +185,8 @@ class LayerNorm(wiring.Component):
         m.d.sync += [x0.eq(self.i_x), sh0.eq(sh_rd.data), at0.eq(ptr),
                      ok0.eq(Cat(*[lane_ok(ptr, lane, self.n) for lane in range(lanes)])),
                      took.eq(fire), took_first.eq(fire & (ptr == 0)), took_last.eq(fire & self.i_last)]
-        xr, shr = Signal.like(self.i_x), Signal.like(sh0)  # the beat and its entries, in logic
+        xr, shr = delay(m, x0, 1, "in_x"), delay(m, sh0, 1, "in_shift")  # the beat and its entries, in logic
         x1 = Signal.like(self.i_x)  # x << in_shift
-        m.d.sync += [xr.eq(x0), shr.eq(sh0)]
         m.d.sync += [x1[lane].eq((xr[lane] << shr[lane])[:xb]) for lane in range(lanes)]
         ok1, at1, took1 = (delay(m, ok0, 2, "in_ok"), delay(m, at0, 2, "in_at"), delay(m, took, 2, "in_took"))
         m.d.comb += [buf_wr.addr.eq(at1), buf_wr.en.eq(took1), buf_wr.data.eq(x1)]
@@ -299,12 +299,11 @@ class LayerNorm(wiring.Component):
                          norm.eq(saturate(rounded, nb))]
             gamma = Signal(signed(self.gamma_bits), name=f"out_gamma_{lane}")
             beta = Signal(signed(self.beta_bits), name=f"out_beta_{lane}")
-            bias = Signal(signed(max(self.beta_bits, aff_w + 1) + 1), name=f"out_bias_{lane}")  # beta + rounding
+            bias = Signal(signed(bias_w), name=f"out_bias_{lane}")
             m.d.sync += [gamma.eq(aff_rd.data.gamma[lane]), beta.eq(aff_rd.data.beta[lane]), bias.eq(beta + rc)]
             scaled = Signal(signed(nb + self.gamma_bits), name=f"out_scaled_{lane}")
             affine_v = Signal(signed(len(bias) + 1), name=f"out_affine_{lane}")
             shifted = Signal.like(affine_v, name=f"out_shifted_{lane}")
-            assert len(shifted) == len(y_top)
             # the op's range as reductions, no comparator: above y_hi is a positive value with a bit set from
             # out_width - 1 up, below y_lo a negative one with a bit clear there
             sign, top = shifted[-1], shifted & y_top

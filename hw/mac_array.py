@@ -258,13 +258,10 @@ class MacArray(wiring.Component):
         for r in range(rows):
             # the row's operand, registered (timing.MAC_IN_STAGES): the activation, or in a log2 fold its code
             # decoded once
-            op_in = Signal(signed(self.act_bits), name=f"op_{r}")
+            operand = x_left[r]
             if self.log2:
-                code = self._decode(m, r, x_left[r], sqrt2)
-                op_in = Signal(len(code), name=f"op_{r}")
-                m.d.sync += op_in.eq(Mux(log2, code, x_left[r].as_unsigned()))
-            else:
-                m.d.sync += op_in.eq(x_left[r])
+                operand = Mux(log2, self._decode(m, r, x_left[r], sqrt2), x_left[r].as_unsigned())
+            op_in = delay(m, operand, 1, f"op_{r}")
             for c in range(cols):
                 op_reg = Signal(op_in.shape(), name=f"x_{r}_{c}")
                 m.d.sync += op_reg.eq(op_in)
@@ -302,13 +299,12 @@ class MacArray(wiring.Component):
         with m.If(w_fire):  # a new fold numbers its outputs from 0
             m.d.sync += out_idx.eq(0)
         m.d.comb += rd.addr.eq(out_idx + aligned_valid)  # the entry the next aligned row will need
-        row = Signal(data.ArrayLayout(signed(self.psum_bits + (self.digits - 1) * self.act_bits), cols))
+        row = [delay(m, a, 1, f"row_{c}") for c, a in enumerate(aligned)]
         old = Signal(acc_layout)
-        row_valid, row_idx = Signal(), Signal.like(out_idx)
-        m.d.sync += [row.eq(Cat(*aligned)), old.eq(rd.data), row_valid.eq(aligned_valid), row_idx.eq(out_idx)]
+        m.d.sync += old.eq(rd.data)
+        row_valid, row_idx = delay(m, aligned_valid, 1, "row_valid"), delay(m, out_idx, 1, "row_idx")
         summed = Signal(acc_layout)
-        summed_valid, summed_idx = Signal(), Signal.like(out_idx)
-        m.d.sync += [summed_valid.eq(row_valid), summed_idx.eq(row_idx)]
+        summed_valid, summed_idx = delay(m, row_valid, 1, "summed_valid"), delay(m, row_idx, 1, "summed_idx")
         m.d.comb += [wr.addr.eq(summed_idx), wr.en.eq(summed_valid), wr.data.eq(summed)]
         o_acc = Signal.like(self.o_acc)
         o_valid = Signal()

@@ -68,9 +68,9 @@ MAC_PRODUCT_STAGES = 1
 #: register stages of the MAC array's column bottom (each column's partial-sum chains times their factors,
 #: an adder tree, then the digit shift) between the array's last row and the accumulator buffer
 MAC_BOTTOM_STAGES = 2
-#: register stages of the accumulator buffer past the one the previous formula had: its read data is
-#: registered before the add (a block RAM's clock-to-output and a 33-bit carry chain do not fit one
-#: 100 MHz cycle on an ECP5), the sum and its saturated output are registered, then written back
+#: register stages of the accumulator buffer before the one that registers the sum and its saturated output:
+#: the read data is registered before the add (a block RAM's clock-to-output and a 33-bit carry chain do not
+#: fit one 100 MHz cycle on an ECP5)
 MAC_ACC_STAGES = 1
 
 
@@ -92,9 +92,9 @@ def mac_fold_cycles(m: int, rows: int, cols: int) -> int:
 
     ``rows`` cycles load the weights (one array row per cycle), then ``m``
     input vectors stream in with a one-cycle skew per row and column: the last
-    partial sum leaves the array ``m + rows + cols - 1`` cycles (and the
-    operand's and the product's stages) later and the column bottom's :data:`MAC_BOTTOM_STAGES` stages and the accumulator's :data:`MAC_ACC_STAGES` later
-    it is accumulated.
+    partial sum leaves the array ``m + rows + cols - 1`` cycles, and the
+    operand's and the product's stages, later; :func:`mac_drain_cycles` after
+    the last input it is accumulated.
     The next fold's first weight beat is taken on the following cycle.
     """
     return rows + m + mac_drain_cycles(rows, cols)
