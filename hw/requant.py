@@ -34,7 +34,7 @@ class Requantizer(wiring.Component):
     part of the shift: with ``t = floor(u / 2**f)``, ``t >= a`` iff ``u >= a << f``.
     A ``t`` outside ``out_bits + 3`` bits saturates whatever ``z`` is, so the
     coarse shift keeps only the bits of ``u`` a fine shift can bring into that
-    range. The five stages:
+    range. The six stages:
 
     1. table read (x and the op's width and signedness registered with it);
     2. the entry registered: the block RAM's output is slow (5.8 ns on an
@@ -45,8 +45,10 @@ class Requantizer(wiring.Component):
        ``2**FINE_BITS`` in ``s``, kept to the bits a fine shift can bring into
        range, with a flag for "out of range whatever the fine shift"; the
        thresholds shifted left by the fine shift;
-    5. the two comparisons of ``u``, beside the fine shift and the sum; the
-       select among the result and the rails.
+    5. the fine shift of ``u``, beside its two comparisons: which rail, and
+       whether one is taken;
+    6. the rounding with zero point (one addition), and the select between it
+       and the rail.
 
     Shift amounts beyond the product width act as the product width (clamped
     when the table is loaded), so the shifter only spans the product.
@@ -62,7 +64,7 @@ class Requantizer(wiring.Component):
         self.lanes = check_int(unit, "lanes", lanes, 1, 64)
         self.channels = check_int(unit, "channels", channels, 1, 1 << 16)
         self.pow2 = check_bool(unit, "pow2", pow2)
-        # table read, entry, partial products (or left shift), sum and coarse shift, fine shift and the rest
+        # table read, entry, partial products (or left shift), sum and coarse shift, fine shift and rails, rounding
         self.min_latency, most = timing.LATENCY_RANGE["requant"]
         self.latency = check_int(unit, "latency", self.min_latency if latency is None else latency,
                                  self.min_latency, most)
@@ -167,13 +169,19 @@ class Requantizer(wiring.Component):
             below_lo4 = Signal(signed(t_bits + (1 << FINE_BITS) - 1), name=f"below_lo4_{lane}")
             m.d.sync += [at_hi4.eq(at_hi << fine), below_lo4.eq(below_lo << fine)]
 
-            # stage 5: the rail tests on u, beside the fine shift and the rounding with zero point
-            t = Signal(signed(ob + 1), name=f"t_{lane}")  # the bits of t the kept bits of (t + 2z + 1) >> 1 need
-            m.d.comb += t.eq(u4 >> fine4)
-            rounded = (t + Cat(Const(1, 1), z4))[1:ob + 1]
+            # stage 5: the fine shift, beside the rail tests on u (which rail, and whether one is taken)
+            t5 = Signal(signed(ob + 1), name=f"t_{lane}")  # the bits of t the kept bits of (t + 2z + 1) >> 1 need
+            rail5 = Signal(unsigned(ob), name=f"rail_{lane}")
+            sat5 = Signal(name=f"sat_{lane}")
+            m.d.sync += [t5.eq(u4 >> fine4),
+                         sat5.eq(wide4 | (u4 >= at_hi4) | (u4 < below_lo4)),
+                         rail5.eq(Mux(wide4, Mux(neg4, lo4, hi4), Mux(u4 >= at_hi4, hi4, lo4)))]
+            z5 = delay(m, z4, 1, f"z5_{lane}")
+
+            # stage 6: the rounding with zero point, and the select between it and the rail
+            rounded = (t5 + Cat(Const(1, 1), z5))[1:ob + 1]
             y = Signal(unsigned(ob), name=f"y_{lane}")
-            m.d.sync += y.eq(Mux(wide4, Mux(neg4, lo4, hi4),
-                                 Mux(u4 >= at_hi4, hi4, Mux(u4 < below_lo4, lo4, rounded))))
+            m.d.sync += y.eq(Mux(sat5, rail5, rounded))
             m.d.comb += self.o_y[lane].eq(delay(m, y, self.latency - self.min_latency, f"y_{lane}"))
         m.d.comb += self.o_valid.eq(delay(m, self.i_valid, self.latency, "valid"))
         return m

@@ -25,7 +25,7 @@ UNITS = {
 CONFIGS = {
     "requant": {
         "dyadic-16b": dict(in_bits=32, out_bits=16, mult_bits=16, lanes=4, channels=16),
-        "pow2-8b": dict(in_bits=32, out_bits=8, lanes=2, channels=16, pow2=True, latency=5),
+        "pow2-8b": dict(in_bits=32, out_bits=8, lanes=2, channels=16, pow2=True, latency=7),
     },
     "gelu": {"int8-x4": dict(in_bits=8, out_bits=8, lanes=4, latency=2),
              "int8-o16-x4": dict(in_bits=8, out_bits=16, lanes=4, latency=2)},  # the edge configs: 16-bit entries

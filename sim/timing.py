@@ -15,9 +15,10 @@ the previous row appears, so back-to-back rows cost ``rows * row_cycles``.
 accelerator description); each unit has a minimum it can be built with, and
 pads up to the configured value:
 
-* requantizer: 5 register stages (table read, the entry registered, the two
+* requantizer: 6 register stages (table read, the entry registered, the two
   partial products -- a left shift in power-of-two mode --, their sum and the
-  coarse right shift, the fine shift with rounding, zero point and saturation);
+  coarse right shift, the fine shift beside the saturation tests, the rounding
+  with zero point and the select);
 * GELU: 1 (the ROM read);
 * softmax: 8 (``hw.softmax.PIPELINE_LATENCY``): 1 waiting for the last beat's
   max, 5 from the last exp read to the first code read (the exp pass's 5 stages
@@ -48,7 +49,7 @@ def layernorm_latency(in_bits: int, recip_bits: int, steps_per_cycle: int) -> in
 LN_MAX_STEPS_PER_CYCLE = 8  #: the fastest LayerNorm divider the RTL builds
 #: the least configurable latency of each unit (what its RTL needs) and the most its padding allows
 LATENCY_RANGE = {
-    "requant": (5, 64),
+    "requant": (6, 64),
     "gelu": (1, 64),
     "softmax": (8, 1 << 12),
     "layernorm": (layernorm_latency(widths.LN_IN_BITS, widths.LN_RECIP_BITS, LN_MAX_STEPS_PER_CYCLE), 1 << 12),

@@ -156,8 +156,8 @@ def slow_requant_config(tmp_path) -> Path:
     """edge-int4 with a requantizer latency of 1 cycle, below the RTL's 5-stage pipeline."""
     cfg = tmp_path / "slow.yaml"
     text = (ROOT / "configs" / "edge-int4.yaml").read_text()
-    assert "requant:   {lanes: 16, latency: 5," in text
-    cfg.write_text(text.replace("requant:   {lanes: 16, latency: 5,", "requant:   {lanes: 16, latency: 1,"))
+    assert "requant:   {lanes: 16, latency: 6," in text
+    cfg.write_text(text.replace("requant:   {lanes: 16, latency: 6,", "requant:   {lanes: 16, latency: 1,"))
     return cfg
 
 
@@ -168,7 +168,7 @@ def test_a_unit_latency_below_what_the_rtl_needs_is_refused_by_every_command(com
     argv = [str(tmp_path / "out") if a == "out" else str(tmp_path / "p.safetensors") if a == "PROG" else a
             for a in command]
     refused(argv + ["--accel", slow_requant_config], capsys, tmp_path, "units.requant.latency", "1",
-            "accepted range [5, 64]")
+            "accepted range [6, 64]")
 
 
 @pytest.fixture

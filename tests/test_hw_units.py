@@ -41,8 +41,8 @@ def test_bad_parameters_are_refused_naming_the_parameter(make, name):
 
 
 def test_latency_below_the_minimum_names_the_accepted_range():
-    with pytest.raises(ParameterError, match=r"\[5, 64\]"):
-        Requantizer(latency=4)
+    with pytest.raises(ParameterError, match=r"\[6, 64\]"):
+        Requantizer(latency=5)
 
 
 def _inspected(component):
