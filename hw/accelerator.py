@@ -14,7 +14,7 @@ from hw.mac_array import MacArray
 from hw.requant import Requantizer
 from hw.softmax import SoftmaxLog2
 from hw.vector import VectorAdder
-from sim import isa, timing, widths
+from sim import isa, timing
 
 ELEM_BITS = 32  #: an ABUF element
 PC_BITS = 32
