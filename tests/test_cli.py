@@ -153,7 +153,7 @@ def test_accelerator_config_that_is_not_utf8_is_named(command, program_file, tmp
 
 @pytest.fixture
 def slow_requant_config(tmp_path) -> Path:
-    """edge-int4 with a requantizer latency of 1 cycle, below the RTL's 5-stage pipeline."""
+    """edge-int4 with a requantizer latency of 1 cycle, below the RTL's 6-stage pipeline."""
     cfg = tmp_path / "slow.yaml"
     text = (ROOT / "configs" / "edge-int4.yaml").read_text()
     assert "requant:   {lanes: 16, latency: 6," in text
