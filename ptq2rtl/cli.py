@@ -218,6 +218,20 @@ def cmd_sweep(args) -> None:
         print(json.dumps(rows, indent=2))
 
 
+def cmd_sensitivity(args) -> None:
+    from ptq2rtl import sensitivity
+
+    result = sensitivity.run(args.model, args.method, args.bits, high=args.high, by=args.by, protocol=args.protocol,
+                             limit=args.limit, checkpoint=args.checkpoint, data=args.data)
+    if args.plot:
+        from reports.plots import sensitivity_bars
+
+        sensitivity_bars(result, Path(args.plot))
+    _print(result, args.json, sensitivity.format_table)
+    if args.plot and not args.json:
+        print(f"wrote {args.plot}")
+
+
 def cmd_verilog(args) -> None:
     from hw.verilog import export
 
@@ -363,6 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     model_args(s)
     s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("sensitivity", help="the metric when one quantization site (or layer) at a time is raised")
+    s.add_argument("model")
+    s.add_argument("--method", default="baseline")
+    s.add_argument("--bits", type=int, default=4, help="the uniform WnAn every other site stays at")
+    s.add_argument("--high", type=int, default=8, help="the width a raised site gets")
+    s.add_argument("--by", choices=("site", "layer"), default="site")
+    s.add_argument("--protocol", choices=("integer", "paper"), default="integer")
+    s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples only")
+    s.add_argument("--plot", type=output_file, help="a PNG bar plot of the gains")
+    s.add_argument("--json", action="store_true")
+    model_args(s)
+    s.set_defaults(fn=cmd_sensitivity)
 
     s = sub.add_parser("verilog", help="Verilog of the accelerator and of each unit, one file each, plus a manifest")
     s.add_argument("--accel", type=accelerator, default="edge-int4")

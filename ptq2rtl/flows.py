@@ -13,7 +13,7 @@ from ptq2rtl import models
 from quant.lower import lower
 from quant.methods import get_method
 from quant.model import Forward, Transformer, adapt
-from quant.plan import QuantPlan, paper_forward
+from quant.plan import QuantPlan, Sites, chosen_points, linears, paper_forward
 from quant.quantizers import check_bits, program_inputs
 from sim import engine
 from sim.program import IntegerProgram
@@ -32,15 +32,21 @@ def calibration_batches(name: str, data: str | None = None) -> list:
 
 
 def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str | None = None,
-              data: str | None = None, progress: bool = True, spec: Transformer | None = None) -> QuantPlan:
-    """Calibrate ``method`` on the model's calibration split; the plan records the calibration time."""
+              data: str | None = None, progress: bool = True, spec: Transformer | None = None,
+              sites: Sites | None = None, batches: list | None = None) -> QuantPlan:
+    """Calibrate ``method`` on the model's calibration split (or ``batches``), with ``sites``' per-site
+    widths over WnAn; the plan records the calibration time."""
     check_bits("wbits", wbits)
     check_bits("abits", abits)
     fn = get_method(method)
     spec = spec if spec is not None else load_transformer(name, checkpoint)
-    batches = calibration_batches(name, data)
+    batches = batches if batches is not None else calibration_batches(name, data)
+    kw = {}
+    if sites:
+        sites.check(linears(spec), chosen_points(spec, batches[0]))
+        kw["sites"] = sites
     start = time.perf_counter()
-    plan = fn(spec.copy(), batches, wbits, abits, progress=progress)
+    plan = fn(spec.copy(), batches, wbits, abits, progress=progress, **kw)
     plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)
     plan.meta["model"] = name
     return plan

@@ -17,11 +17,46 @@ from tqdm import tqdm
 
 from quant.model import Forward, Transformer, role
 from quant.observers import Observer
-from quant.quantizers import QParams, fake_log2, fake_ptf, fake_weight, pow2_qparams, quantize_weight, weight_scales
+from quant.quantizers import (QParams, QuantError, check_bits, fake_log2, fake_ptf, fake_weight, pow2_qparams,
+                              quantize_weight, weight_scales)
 from sim import intops, widths
 
 #: bits and symmetry of each role that the method does not choose (hardware unit widths)
 ROLE_BITS = {"residual": (widths.RESIDUAL_BITS, True), "gelu_in": (widths.GELU_IN_BITS, False), "input": (8, False)}
+#: the roles of activation points whose width a method chooses (a linear's or a matmul's input)
+CHOSEN_ROLES = ("act", "qkv")
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Per-site widths that override a plan's uniform WnAn: ``weights`` maps a linear to its weight bits,
+    ``acts`` an activation point (role ``act`` or ``qkv``) to its bits. Mixed precision and the
+    sensitivity analysis are plans calibrated with overrides; every method honours them."""
+
+    weights: dict[str, int] = field(default_factory=dict)
+    acts: dict[str, int] = field(default_factory=dict)
+
+    def w(self, linear: str, default: int) -> int:
+        return self.weights.get(linear, default)
+
+    def a(self, point: str, default: int) -> int:
+        return self.acts.get(point, default)
+
+    def __bool__(self) -> bool:
+        return bool(self.weights or self.acts)
+
+    def check(self, linear_names, point_names) -> None:
+        """Refuse an unknown site or a width out of range, naming it."""
+        for kind, names, given in (("linear", set(linear_names), self.weights),
+                                   ("activation point", set(point_names), self.acts)):
+            for site, bits in given.items():
+                if site not in names:
+                    raise QuantError(f"unknown {kind} {site!r} in the per-site widths "
+                                     f"(known: {', '.join(sorted(names))})")
+                check_bits(f"bits of {site}", bits)
+
+    def as_meta(self) -> dict:
+        return {"weights": dict(self.weights), "acts": dict(self.acts)}
 
 
 @dataclass
@@ -107,6 +142,21 @@ def collect(spec: Transformer, batches: Iterable, *, desc: str = "calibrate", pr
     return observers
 
 
+def chosen_points(spec: Transformer, batch) -> list[str]:
+    """The activation points whose width a method chooses, in forward order (one forward of ``batch``)."""
+    seen: list[str] = []
+
+    def hook(name: str, x: torch.Tensor) -> torch.Tensor:
+        if role(name) in CHOSEN_ROLES and name not in seen:
+            seen.append(name)
+        return x
+
+    inputs, _ = batch
+    with torch.no_grad():
+        Forward(spec, hook)(inputs)
+    return seen
+
+
 def act_grid(name: str, obs: Observer, abits: int, observer: str = "minmax", symmetric: bool = False) -> QParams:
     """The grid of one point: width and symmetry from its role (or symmetric everywhere), range from the observer."""
     r = role(name)
@@ -119,12 +169,18 @@ def act_grid(name: str, obs: Observer, abits: int, observer: str = "minmax", sym
 
 def baseline_plan(spec: Transformer, observers: dict[str, Observer], wbits: int, abits: int, *,
                   method: str = "baseline", observer: str = "minmax", pow2: bool = False,
-                  symmetric: bool = False) -> QuantPlan:
-    acts = {name: act_grid(name, obs, abits, observer, symmetric) for name, obs in observers.items()}
+                  symmetric: bool = False, sites: Sites | None = None) -> QuantPlan:
+    """Per-tensor min/max (or ``observer``) activation grids and per-channel min/max weight scales at
+    WnAn, with ``sites``' per-site widths where it gives them."""
+    sites = sites or Sites()
+    acts = {name: act_grid(name, obs, sites.a(name, abits), observer, symmetric) for name, obs in observers.items()}
     if pow2:
         acts = {k: pow2_qparams(v) for k, v in acts.items()}
-    scales = {name: weight_scales(lin.w, wbits) for name, lin in linears(spec).items()}
-    return QuantPlan(spec=spec, method=method, wbits=wbits, abits=abits, acts=acts, weight_scales=scales, pow2=pow2)
+    lins = linears(spec)
+    scales = {name: weight_scales(lin.w, sites.w(name, wbits)) for name, lin in lins.items()}
+    return QuantPlan(spec=spec, method=method, wbits=wbits, abits=abits, acts=acts, weight_scales=scales, pow2=pow2,
+                     weight_bits={n: b for n, b in sites.weights.items() if b != wbits},
+                     meta={"sites": sites.as_meta()} if sites else {})
 
 
 def integer_softmax(plan: QuantPlan, prefix: str, scores: torch.Tensor) -> torch.Tensor:

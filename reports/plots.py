@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 METRIC = {"vit-digits": ("top1", "top-1 accuracy (%)"), "minilm": ("cosine", "cosine similarity to FP32")}
 CLASSES = ("linear", "attention", "requant", "softmax", "gelu", "layernorm", "residual", "other")
@@ -154,3 +155,25 @@ def write_all(results: dict, out: Path) -> list[str]:
     if synthesis(results, out / "synthesis.png"):
         written.append("synthesis.png")
     return written
+
+
+def sensitivity_bars(result: dict, path: Path) -> None:
+    """``ptq2rtl sensitivity``: the metric gained by raising each site (or layer) alone, one bar each."""
+    rows = [r for r in result["rows"] if r["kind"] != "-"]
+    colors = {"weights": "#4c72b0", "acts": "#dd8452", "layer": "#55a868"}
+    fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.22 * len(rows) + 1.2)))
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, [r["gain"] for r in rows], color=[colors[r["kind"]] for r in rows], edgecolor="black", linewidth=0.4)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r["site"] for r in rows], fontsize=7)
+    full = result["rows"][-1]["gain"]
+    ax.axvline(full, color="grey", linestyle=":", linewidth=0.8, label=f"uniform W{result['high']}A{result['high']}")
+    handles = [Patch(color=colors[k], label=f"{k} at {result['high']} bits") for k in sorted({r["kind"] for r in rows})]
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel(f"{result['metric']} gain over uniform W{result['bits']}A{result['bits']} ({result['protocol']} protocol)")
+    ax.set_title(f"{result['model']} {result['method']}: sensitivity by {result['by']}")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], fontsize=8, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -15,8 +15,8 @@ from quant.methods.fqvit import ln_inputs
 from quant.methods.hvit import pow2_attention
 from quant.methods.repq import post_ln_points, reparameterize
 from quant.model import Forward
-from quant.plan import baseline_plan, collect, paper_forward
-from quant.quantizers import program_inputs
+from quant.plan import Sites, baseline_plan, chosen_points, collect, linears, paper_forward
+from quant.quantizers import QuantError, program_inputs
 from sim import engine
 from tests.tiny_models import image_batch, text_batch, tiny_bert, tiny_vit
 
@@ -161,3 +161,33 @@ def test_quant_emulation_and_golden_engine_agree_on_vit_digits(method):
         agree += int((a == b).sum())
         n += len(a)
     assert agree / n >= 0.99, f"{method}: {agree}/{n}"
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_honours_per_site_widths(method):
+    """A ``Sites`` override reaches the program: the raised linear's weights and the raised point's
+    consumers run at 8 bits, every other linear stays at W4A4, and the program records the overrides."""
+    for spec, x, point in ((tiny_vit()[1], image_batch(), "blocks.0.ln2"), (tiny_bert()[1], text_batch(), "blocks.0.ln2")):
+        sites = Sites(weights={"blocks.1.fc1" if len(spec.blocks) > 1 else "blocks.0.fc2": 8}, acts={point: 8})
+        plan = get_method(method)(spec.copy(), [(x, None)], 4, 4, progress=False, sites=sites)
+        prog = lower(plan)
+        linear = {op.name: op.attrs for op in prog.ops if op.kind == "linear"}
+        (raised,) = sites.weights
+        assert linear[raised]["wbits"] == 8
+        assert linear["blocks.0.fc1"]["abits"] == 8  # fc1 reads ln2
+        assert {a["wbits"] for n, a in linear.items() if n != raised} == {4}
+        assert linear["blocks.0.q"]["abits"] == 4
+        assert prog.meta["sites"] == sites.as_meta()
+        engine.run(prog, program_inputs(prog, x))
+
+
+def test_sites_refuse_an_unknown_site_or_width_by_name():
+    spec = tiny_vit()[1]
+    points = chosen_points(spec, (image_batch(), None))
+    assert "blocks.0.ln2" in points and "blocks.0.q" in points and "blocks.0.proj" not in points  # proj: residual
+    with pytest.raises(QuantError, match="unknown linear 'blocks.9.fc1'"):
+        Sites(weights={"blocks.9.fc1": 8}).check(linears(spec), points)
+    with pytest.raises(QuantError, match="unknown activation point 'blocks.0.proj'"):
+        Sites(acts={"blocks.0.proj": 8}).check(linears(spec), points)
+    with pytest.raises(QuantError, match=r"bits of blocks.0.fc1=9 outside"):
+        Sites(weights={"blocks.0.fc1": 9}).check(linears(spec), points)

@@ -1,6 +1,7 @@
 """Quantization methods, registered by name (``@register_method("repq")``), one file each.
 
-A method takes the float model structure and calibration batches and returns
+A method takes the float model structure, calibration batches, the uniform widths WnAn and
+optional per-site widths (``quant.plan.Sites``: mixed precision, sensitivity) and returns
 a :class:`quant.plan.QuantPlan`; the shared lowering turns it into a program.
 """
 

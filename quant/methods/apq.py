@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from quant.methods import register_method
 from quant.model import Forward, role
-from quant.plan import QuantPlan, act_grid, baseline_plan, collect, paper_forward
+from quant.plan import QuantPlan, Sites, act_grid, baseline_plan, collect, paper_forward
 
 RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 SEARCH_BATCHES = 4  #: calibration batches the blockwise search evaluates (all of them are observed)
@@ -42,9 +42,10 @@ def bottom_eliminated_error(out: torch.Tensor, target: torch.Tensor, mask: torch
 
 
 @register_method("apq")
-def apq(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> QuantPlan:
+def apq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
+    sites = sites or Sites()
     observers = collect(spec, batches, progress=progress, desc="calibrate (apq)")
-    plan = baseline_plan(spec, observers, wbits, abits, method="apq")
+    plan = baseline_plan(spec, observers, wbits, abits, method="apq", sites=sites)
     fp, fq = Forward(spec), paper_forward(plan)  # fq reads plan.acts at call time
     with torch.no_grad():
         spread = batches[:: max(1, len(batches) // SEARCH_BATCHES)][:SEARCH_BATCHES]  # batches may be length-sorted
@@ -62,7 +63,7 @@ def apq(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> Quan
                 best, best_err = plan.acts[point], float("inf")
                 for r in RATIOS:
                     obs.min, obs.max = full[0] * r, full[1] * r
-                    plan.acts[point] = act_grid(point, obs, abits)
+                    plan.acts[point] = act_grid(point, obs, sites.a(point, abits))
                     err = block_error()
                     if err < best_err:
                         best, best_err = plan.acts[point], err

@@ -7,10 +7,10 @@ shared observers and quantizers.
 from __future__ import annotations
 
 from quant.methods import register_method
-from quant.plan import baseline_plan, collect
+from quant.plan import Sites, baseline_plan, collect
 
 
 @register_method("baseline")
-def baseline(spec, batches, wbits: int, abits: int, *, progress: bool = True):
+def baseline(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None):
     observers = collect(spec, batches, progress=progress)
-    return baseline_plan(spec, observers, wbits, abits)
+    return baseline_plan(spec, observers, wbits, abits, sites=sites)

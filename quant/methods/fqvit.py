@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from quant.methods import register_method
-from quant.plan import QuantPlan, baseline_plan, collect
+from quant.plan import QuantPlan, Sites, baseline_plan, collect
 from quant.quantizers import QParams, fake_ptf
 
 PTF_BITS = 8
@@ -50,8 +50,8 @@ def ptf_grid(obs, bits: int = PTF_BITS, max_alpha: int = PTF_MAX_ALPHA) -> tuple
 
 
 @register_method("fqvit")
-def fqvit(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> QuantPlan:
+def fqvit(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
     observers = collect(spec, batches, progress=progress, desc="calibrate (fqvit)", extra_roles=("ln_in",))
-    plan = baseline_plan(spec, observers, wbits, abits, method="fqvit")
+    plan = baseline_plan(spec, observers, wbits, abits, method="fqvit", sites=sites)
     plan.ln_ptf = {name: ptf_grid(observers[name + ".ln_in"]) for name in ln_inputs(spec)}
     return plan

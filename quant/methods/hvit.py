@@ -25,7 +25,7 @@ import torch
 
 from quant.methods import register_method
 from quant.methods.repq import post_ln_points
-from quant.plan import QuantPlan, baseline_plan, collect, linear_edges, linears
+from quant.plan import QuantPlan, Sites, baseline_plan, collect, linear_edges, linears
 from quant.quantizers import QParams, weight_scales
 
 
@@ -51,7 +51,8 @@ def pow2_attention(spec) -> None:
 
 
 @register_method("hvit")
-def hvit(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> QuantPlan:
+def hvit(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
+    sites = sites or Sites()
     pow2_attention(spec)
     observers = collect(spec, batches, progress=progress, desc="calibrate (hvit)")
     lin = linears(spec)
@@ -66,10 +67,10 @@ def hvit(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> Qua
         obs = observers[point]
         obs.min = float((obs.ch_min / ratio).min())
         obs.max = float((obs.ch_max / ratio).max())
-    plan = baseline_plan(spec, observers, wbits, abits, method="hvit", pow2=True, symmetric=True)
+    plan = baseline_plan(spec, observers, wbits, abits, method="hvit", pow2=True, symmetric=True, sites=sites)
     plan.channel_maps = maps
     for name, l in lin.items():  # layer-wise: one power-of-two scale per weight tensor
-        s = pow2_ceil(weight_scales(l.w, wbits).max())
+        s = pow2_ceil(weight_scales(l.w, sites.w(name, wbits)).max())
         plan.weight_scales[name] = s.expand(l.w.shape[0]).clone()
     coarsen_residual_grids(plan)
     return plan

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from quant.methods import register_method
-from quant.plan import QuantPlan, baseline_plan, collect
+from quant.plan import QuantPlan, Sites, baseline_plan, collect
 from quant.quantizers import QParams, search_weight_clip, weight_scales
 from sim import intops, widths
 
@@ -78,20 +78,22 @@ def reparameterize(spec, point: str, consumers: list[str], obs, bits: int) -> tu
 
 
 @register_method("repq")
-def repq(spec, batches, wbits: int, abits: int, *, progress: bool = True) -> QuantPlan:
+def repq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
+    sites = sites or Sites()
     observers = collect(spec, batches, progress=progress, desc="calibrate (repq)")
     grids, maps = {}, {}
     for point, consumers in {**post_ln_points(spec), **post_gelu_points(spec)}.items():
-        qp, ratio, delta = reparameterize(spec, point, consumers, observers[point], abits)
+        qp, ratio, delta = reparameterize(spec, point, consumers, observers[point], sites.a(point, abits))
         grids[point], maps[point] = qp, (ratio, delta)
     for point in post_gelu_points(spec):  # the GELU ROM's own output grid, before the per-channel requant
         grids[point + ".rom"] = observers[point].minmax(GELU_ROM_BITS, True)  # zero point 0: a requant input
-    plan = baseline_plan(spec, observers, wbits, abits, method="repq")
+    plan = baseline_plan(spec, observers, wbits, abits, method="repq", sites=sites)
     plan.acts.update(grids)
     plan.channel_maps = maps
     plan.sqrt2 = True
     from quant.plan import linears
 
     for name, lin in linears(spec).items():  # recalibrate the weight quantizers on the rewritten weights
-        plan.weight_scales[name] = weight_scales(lin.w, wbits, search_weight_clip(lin.w, wbits))
+        bits = sites.w(name, wbits)
+        plan.weight_scales[name] = weight_scales(lin.w, bits, search_weight_clip(lin.w, bits))
     return plan
