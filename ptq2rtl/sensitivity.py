@@ -82,8 +82,8 @@ def run(model: str, method: str, bits: int, *, high: int = 8, by: str = "site", 
     batches = flows.calibration_batches(model, data)
     rows_of = groups(list(linears(spec)), chosen_points(spec, batches[0]), high, by)
 
-    def measure(label: str, kind: str, wbits: int, abits: int, sites: Sites | None) -> dict:
-        plan = flows.make_plan(model, method, wbits, abits, spec=spec, batches=batches, sites=sites, progress=False)
+    def measure(label: str, kind: str, width: int, sites: Sites | None) -> dict:
+        plan = flows.make_plan(model, method, width, width, spec=spec, batches=batches, sites=sites, progress=False)
         if protocol == "integer":
             result = flows.evaluate_program(lower(plan), data=data, limit=limit, progress=False)
         else:
@@ -91,12 +91,12 @@ def run(model: str, method: str, bits: int, *, high: int = 8, by: str = "site", 
         return {"site": label, "kind": kind, "metric": result[key], "n": result["n"],
                 "calib_seconds": plan.meta["calib_seconds"]}
 
-    todo = [("uniform", "-", bits, bits, None)] + [(g.label, g.kind, bits, bits, g.sites) for g in rows_of]
-    todo.append(("uniform", "-", high, high, None))
+    todo = [("uniform", "-", bits, None)] + [(g.label, g.kind, bits, g.sites) for g in rows_of]
+    todo.append(("uniform", "-", high, None))
     rows = []
-    for label, kind, wb, ab, sites in tqdm(todo, desc=f"sensitivity ({method} W{bits}A{bits})", disable=not progress):
-        row = measure(label, kind, wb, ab, sites)
-        row["scheme"] = f"W{wb}A{ab}" if sites is None else f"W{bits}A{bits} + {label} {kind} at {high}"
+    for label, kind, width, sites in tqdm(todo, desc=f"sensitivity ({method} W{bits}A{bits})", disable=not progress):
+        row = measure(label, kind, width, sites)
+        row["scheme"] = f"W{width}A{width}" if sites is None else f"W{bits}A{bits} + {label} {kind} at {high}"
         rows.append(row)
     base = rows[0]["metric"]
     for row in rows:
@@ -113,6 +113,6 @@ def format_table(result: dict) -> str:
     lines = [head, f"{'site':28s} {'kind':8s} {key:>9s} {'gain':>9s} {'calib s':>8s}", "-" * 66]
     for r in result["rows"]:
         label = r["site"] if r["kind"] != "-" else f"(uniform {r['scheme']})"
-        gain = f"{r['gain']:+9.4f}" if r["kind"] != "-" or r is result["rows"][-1] else f"{'-':>9s}"
+        gain = f"{r['gain']:+9.4f}" if r is not result["rows"][0] else f"{'-':>9s}"
         lines.append(f"{label:28s} {r['kind']:8s} {r['metric']:9.4f} {gain} {r['calib_seconds']:8.1f}")
     return "\n".join(lines)

@@ -176,8 +176,7 @@ def baseline_plan(spec: Transformer, observers: dict[str, Observer], wbits: int,
     acts = {name: act_grid(name, obs, sites.a(name, abits), observer, symmetric) for name, obs in observers.items()}
     if pow2:
         acts = {k: pow2_qparams(v) for k, v in acts.items()}
-    lins = linears(spec)
-    scales = {name: weight_scales(lin.w, sites.w(name, wbits)) for name, lin in lins.items()}
+    scales = {name: weight_scales(lin.w, sites.w(name, wbits)) for name, lin in linears(spec).items()}
     return QuantPlan(spec=spec, method=method, wbits=wbits, abits=abits, acts=acts, weight_scales=scales, pow2=pow2,
                      weight_bits={n: b for n, b in sites.weights.items() if b != wbits},
                      meta={"sites": sites.as_meta()} if sites else {})
