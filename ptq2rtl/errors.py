@@ -17,6 +17,7 @@ LIBRARY_ERRORS = (
     ("hw.toolchain", "ToolchainError"),
     ("rtl_tests.accelerator", "RtlRunError"),
     ("sim.machine", "MachineError"),
+    ("ptq2rtl.explore", "ExploreError"),
 )
 
 
