@@ -194,7 +194,11 @@ def _const(x: torch.Tensor, qp: QParams) -> np.ndarray:
 
 
 def lower(plan: QuantPlan) -> IntegerProgram:
-    """Emit the integer program of a plan (ViT/DeiT or BERT)."""
+    """Emit the integer program of a plan (ViT/DeiT, Swin or BERT)."""
+    if plan.spec.family == "swin":
+        from quant.swin import lower_swin
+
+        return lower_swin(plan)
     return _lower_vit(plan) if plan.spec.family == "vit" else _lower_bert(plan)
 
 

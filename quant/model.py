@@ -32,6 +32,7 @@ POINT_ROLES = {
     "attn": "act", "proj": "residual", "res1": "residual", "ln1_out": "residual", "ln2": "act",
     "fc1": "gelu_in", "gelu": "act", "fc2": "residual", "res2": "residual", "ln2_out": "residual",
     "norm": "act", "logits": "float", "pool": "residual", "ln_in": "ln_in",
+    "merge_ln": "act", "merge": "residual",  # Swin's patch merging: LayerNorm output, reduction output
 }
 
 
@@ -167,7 +168,11 @@ def adapt(model: torch.nn.Module, name: str, family: str) -> Transformer:
         return from_hf_bert(model, name)
     if family == "vit":
         return from_timm_vit(model, name)
-    raise TypeError(f"{name}: no integer lowering for the {family!r} family yet (supported: vit, bert)")
+    if family == "swin":
+        from quant.swin import from_timm_swin
+
+        return from_timm_swin(model, name)
+    raise TypeError(f"{name}: no integer lowering for the {family!r} family yet (supported: vit, swin, bert)")
 
 
 # ------------------------------------------------------------------ float forward
@@ -189,7 +194,17 @@ def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class Forward:
-    """The float forward of a Transformer with hooks at every named point."""
+    """The float forward of a Transformer with hooks at every named point.
+
+    ``Forward(spec)`` of a Swin spec is a ``quant.swin.SwinForward`` (its embedding, blocks and head
+    override these, at the same points)."""
+
+    def __new__(cls, spec: Transformer, *args, **kwargs):
+        if cls is Forward and spec.family == "swin":
+            from quant.swin import SwinForward
+
+            cls = SwinForward
+        return super().__new__(cls)
 
     def __init__(self, spec: Transformer, act: Hook = _identity, weight: WeightHook = _identity):
         self.spec, self.act, self.weight = spec, act, weight

@@ -101,6 +101,8 @@ def linears(spec: Transformer) -> dict[str, "torch.Tensor"]:
     if spec.patch_embed is not None:
         out["patch_embed"] = spec.patch_embed
     for i, blk in enumerate(spec.blocks):
+        if getattr(blk, "merge", None) is not None:  # Swin's patch merging in front of the block
+            out[f"blocks.{i}.merge"] = blk.merge
         for part in ("q", "k", "v", "proj", "fc1", "fc2"):
             out[f"blocks.{i}.{part}"] = getattr(blk, part)
     if spec.head is not None:
@@ -110,10 +112,12 @@ def linears(spec: Transformer) -> dict[str, "torch.Tensor"]:
 
 def linear_edges(spec: Transformer) -> list[tuple[str, str, str]]:
     """(linear, input point, output point) of every linear whose output is requantized."""
-    edges = [("patch_embed", "input", "embed")] if spec.family == "vit" else []
-    for i in range(len(spec.blocks)):
+    edges = [("patch_embed", "input", "embed")] if spec.family != "bert" else []
+    for i, blk in enumerate(spec.blocks):
         pre = f"blocks.{i}."
-        src = pre + ("ln1" if spec.family == "vit" else "in")
+        if getattr(blk, "merge", None) is not None:
+            edges.append((pre + "merge", pre + "merge_ln", pre + "merge"))
+        src = pre + ("in" if spec.family == "bert" else "ln1")
         edges += [(pre + p, src, pre + p) for p in ("q", "k", "v")]
         edges += [(pre + "proj", pre + "attn", pre + "proj"), (pre + "fc1", pre + "ln2", pre + "fc1"),
                   (pre + "fc2", pre + "gelu", pre + "fc2")]

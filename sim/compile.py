@@ -249,8 +249,9 @@ class _Compiler:
         self.p, self.a = program, accel
         self.g = Geometry.of(accel)
         for op in program.ops:
-            if OPS[op.kind].lowering is None:
-                self.refuse(op, "kind", OPS[op.kind].not_compiled)
+            uncompiled = OPS[op.kind].uncompiled(op)
+            if uncompiled is not None:
+                self.refuse(op, *uncompiled)
             if any(t in BUILTIN_TENSORS for t in op.inputs):
                 self.refuse(op, "inputs", "the built-in positions tensor is not compiled yet")
         check_program(program, accel, seq_len)

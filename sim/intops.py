@@ -38,6 +38,7 @@ from sim.widths import (  # the widths these functions default to
     RESIDUAL_BITS,
     SOFTMAX_EXP_BITS,
     SOFTMAX_FRAC_BITS,
+    SOFTMAX_IN_BITS,
     SOFTMAX_LOG_BITS,
 )
 
@@ -806,6 +807,26 @@ def softmax_log2(
     return _np(q.clamp_(max=zero_code), out_dtype(code_bits, signed=False))  # q >= 0: d >= 0 and c >= 0
 
 
+def window_scores(t: np.ndarray, bias: np.ndarray | None = None, regions: np.ndarray | None = None,
+                  bits: int = SOFTMAX_IN_BITS) -> tuple[np.ndarray, np.ndarray | None]:
+    """Window attention's scores as the softmax unit reads them, and which keys take part in each row.
+
+    ``t`` [..., W, H, N, N]: log2-unit scores of W windows of N tokens, H heads. ``bias`` (broadcast
+    onto the trailing dimensions, e.g. the relative position bias [H, N, N] on the scores' grid) is
+    added with saturation at ``bits``: ``saturate(t + bias, bits)``. ``regions`` [W, N]: the region id
+    of each token of a (shifted) window; key j takes part in query i's row iff ``regions[w, i] ==
+    regions[w, j]`` (a comparator per key). Returns the scores and that mask, broadcastable onto
+    ``t`` (None without regions), for ``softmax_log2``.
+    """
+    if bias is not None:
+        t = add_const(t, bias, bits)
+    if regions is None:
+        return t, None
+    r = np.asarray(regions)
+    same = r[:, None, :, None] == r[:, None, None, :]  # [W, 1, N, N]
+    return t, same.reshape((1,) * (np.ndim(t) - 4) + same.shape)
+
+
 SQRT_HALF_Q8 = 181  #: round(2**8 / sqrt(2)): odd log-sqrt(2) codes multiply by 181 and shift right by 8
 
 
@@ -895,10 +916,28 @@ def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     return _ints(table)[np.asarray(ids, dtype=np.int64)]
 
 
-def mean_pool(x: np.ndarray, valid: np.ndarray, out_bits: int = RESIDUAL_BITS) -> np.ndarray:
-    """Mean over the valid rows of ``x`` [..., T, D]: ``floor((sum + n//2) / n)``, round half up; ``n >= 1``."""
+def gather_rows(rows: np.ndarray, index: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """Rows picked by an index table: ``rows`` [..., R, C], ``index`` any shape of integers in [-1, R-1];
+    out [..., *index.shape, C] is ``rows[..., index[p], :]``, and ``fill`` [C] where ``index[p]`` is -1.
+
+    Window partition, cyclic shift, padding and 2x2 patch merging are such gathers: the values move,
+    none changes (an address generator, no arithmetic).
+    """
+    rows = np.asarray(rows)
+    index = np.asarray(index, dtype=np.int64)
+    out = np.take(rows, np.maximum(index, 0).reshape(-1), axis=-2)
+    pad = index.reshape(-1) < 0
+    if pad.any():
+        out[..., pad, :] = np.asarray(fill, dtype=rows.dtype)
+    return out.reshape(rows.shape[:-2] + index.shape + rows.shape[-1:])
+
+
+def mean_pool(x: np.ndarray, valid: np.ndarray | None = None, out_bits: int = RESIDUAL_BITS) -> np.ndarray:
+    """Mean over the valid rows (all rows when ``valid`` is None) of ``x`` [..., T, D]:
+    ``floor((sum + n//2) / n)``, round half up; ``n >= 1``."""
     x = np.asarray(x, dtype=np.int64)
-    valid = np.asarray(valid, dtype=bool)[..., None]
+    valid = np.ones(x.shape[:-1], bool) if valid is None else np.asarray(valid, dtype=bool)
+    valid = valid[..., None]
     n = np.maximum(valid.sum(axis=-2), 1)
     total = np.where(valid, x, 0).sum(axis=-2)
     return saturate((total + n // 2) // n, out_bits)

@@ -206,6 +206,11 @@ class OpKind:
         this op, else None; ``seq_len`` fixes a text program's run-time token dimension (None: unchecked)."""
         return None
 
+    def uncompiled(self, op: Op) -> tuple[str, str] | None:
+        """``(field, why)`` if ``sim.compile`` does not lower this op (yet), else None: by default a kind
+        without a ``lowering``, for the reason ``not_compiled`` gives. The cost model then estimates."""
+        return ("kind", self.not_compiled) if self.lowering is None else None
+
     # ---------------------------------------------------------------- RTL traces
     def trace(self, op: Op, ins: list[np.ndarray], outs: list[np.ndarray], rng: np.random.Generator) -> dict:
         """Keyword arguments of the bench's segment builder (``rtl_tests.vectors``) for sampled traced values.
@@ -576,20 +581,22 @@ class AddConst(_LaneOp):
 class MeanPool(_LaneOp):
     kind = "mean_pool"
     not_compiled = "mean pooling is not compiled yet (no vector unit of the ISA pools rows)"
-    arity = (2, 2)
+    arity = (1, 2)  # rows, optionally a mask of the valid ones (all rows without it: global average pooling)
     report_class = "other"
 
     def check(self, c, ins):
-        x, mask = ins
+        x = ins[0]
         c.rank(x, 2)
-        c.rank(mask, 1, 1)
-        if not same(x.shape[-2], mask.shape[0]):
-            c.fail("inputs", f"mask {mask.name!r} {mask.shape} does not match the rows of {x.name!r} {x.shape}")
+        if len(ins) == 2:
+            mask = ins[1]
+            c.rank(mask, 1, 1)
+            if not same(x.shape[-2], mask.shape[0]):
+                c.fail("inputs", f"mask {mask.name!r} {mask.shape} does not match the rows of {x.name!r} {x.shape}")
         lo, hi = _range(widths.RESIDUAL_BITS)
         return [Value("", x.shape[:-2] + (x.shape[-1],), max(x.lo, lo), min(x.hi, hi))]  # a mean stays in range
 
     def run(self, op, args, ctx):
-        return [intops.mean_pool(args[0], np.asarray(args[1]) != 0)]
+        return [intops.mean_pool(args[0], np.asarray(args[1]) != 0 if len(args) > 1 else None)]
 
 
 # ==================================================================== softmax, GELU, LayerNorm units
@@ -606,6 +613,9 @@ class SoftmaxLog2(OpKind):
     arity = (1, 2)  # scores, optionally a key mask
     attrs = ("code_bits", "frac_bits")
     optional_attrs = ("sqrt2",)
+    #: window attention (Swin): a bias added to the scores (the relative position bias on their log2 grid),
+    #: and the region id of each token of a shifted window (keys of another region are masked)
+    optional_params = ("bias", "regions")
     unit = "softmax"
     headwise = True
     bench = "softmax"
@@ -623,12 +633,45 @@ class SoftmaxLog2(OpKind):
             c.rank(mask, 1, 1)
             if not same(mask.shape[0], t.shape[-1]):
                 c.fail("inputs", f"key mask {mask.name!r} {mask.shape} does not match scores {t.name!r} {t.shape}")
+        if "bias" in c.op.params:
+            bias = c.param("bias", None, *_range(widths.SOFTMAX_IN_BITS), f"int{widths.SOFTMAX_IN_BITS} range")
+            if bias.ndim > len(t.shape) or not all(same(a, b) for a, b in zip(t.shape[::-1], bias.shape[::-1])):
+                c.fail("bias", f"shape {bias.shape} does not broadcast onto scores {t.name!r} {t.shape}")
+        if "regions" in c.op.params:
+            regions = c.param("regions", 2, *_range(widths.WINDOW_REGION_BITS, False),
+                              f"{widths.WINDOW_REGION_BITS}-bit region ids")
+            c.rank(t, 4)
+            if not (same(t.shape[-4], regions.shape[0]) and same(t.shape[-2], regions.shape[1])
+                    and same(t.shape[-1], regions.shape[1])):
+                c.fail("regions", f"shape {regions.shape} (windows, tokens) does not match scores {t.name!r} "
+                                  f"{t.shape} (windows, heads, tokens, tokens)")
         return [Value("", t.shape, 0, (1 << cb) - 1)]
+
+    @staticmethod
+    def _scores(op, args) -> tuple[np.ndarray, np.ndarray | None]:
+        """The scores the unit's row buffer holds (bias added) and the mask of the keys taking part."""
+        t, valid = intops.window_scores(args[0], op.params.get("bias"), op.params.get("regions"))
+        if len(args) > 1:
+            keys = _key_mask(args[1], t.ndim)
+            valid = keys if valid is None else keys & valid
+        return t, valid
 
     def run(self, op, args, ctx):
         a = op.attrs
-        valid = _key_mask(args[1], args[0].ndim) if len(args) > 1 else None
-        return [intops.softmax_log2(args[0], valid, a["code_bits"], a["frac_bits"], sqrt2=a.get("sqrt2", False))]
+        t, valid = self._scores(op, args)
+        return [intops.softmax_log2(t, valid, a["code_bits"], a["frac_bits"], sqrt2=a.get("sqrt2", False))]
+
+    def param_bytes(self, op, plan):  # int16 bias entries, region ids
+        p = op.params
+        return {"bias": ceil_div(p["bias"].size * widths.SOFTMAX_IN_BITS, 8) if "bias" in p else 0,
+                "regions": ceil_div(p["regions"].size * widths.WINDOW_REGION_BITS, 8) if "regions" in p else 0}
+
+    def uncompiled(self, op):
+        for key in ("bias", "regions"):
+            if key in op.params:
+                return key, ("window attention's score bias and region masks are not compiled yet (the "
+                             "instruction set's softmax has no bias adder or region comparator)")
+        return super().uncompiled(op)
 
     def cost(self, m, c, i, op, fused):
         m.rows_unit(c, i, op, m.a.softmax, timing.softmax_row_cycles, "softmax")
@@ -650,11 +693,9 @@ class SoftmaxLog2(OpKind):
                               f"{u['max_len']}-entry row buffer (accepted: rows <= {u['max_len']})")
         return None
 
-    def trace(self, op, ins, outs, rng):
-        t = ins[0]
-        mask = np.ones(t.shape, bool)
-        if len(ins) > 1:
-            mask = np.broadcast_to(_key_mask(ins[1], t.ndim), t.shape)
+    def trace(self, op, ins, outs, rng):  # the bench gets the rows as the unit holds them, bias added
+        t, valid = self._scores(op, ins)
+        mask = np.ones(t.shape, bool) if valid is None else np.broadcast_to(valid, t.shape)
         rows = t.reshape(-1, t.shape[-1])
         mask = mask.reshape(rows.shape)
         pick = _sample_rows(t, TRACE_ROWS, rng)
@@ -816,6 +857,56 @@ class Embedding(OpKind):
 
     def param_bytes(self, op, plan):  # only the looked-up rows
         return {"table": plan.nbytes(op.outputs[0])}
+
+
+# ==================================================================== row gathers (window attention's data movement)
+@register
+class GatherRows(OpKind):
+    """Rows of the input (all dimensions but the last, flattened) picked by an index table: out row ``p``
+    is the concatenation of input rows ``index[p, 0..k-1]``, the ``fill`` row where an entry is -1.
+    Swin's window partition (with its cyclic shift and padding), the reverse, and 2x2 patch merging."""
+
+    kind = "gather_rows"
+    not_compiled = ("row gathers (window partition, cyclic shift, patch merging) are not compiled yet (no "
+                    "instruction of the ISA gathers rows)")
+    params = ("index",)
+    optional_params = ("fill",)
+    report_class = "other"
+
+    def check(self, c, ins):
+        x = ins[0]
+        c.rank(x, 2)
+        if None in x.shape:
+            c.fail("inputs", f"gathers rows of a fixed shape, {x.name!r} has {x.shape}")
+        rows, width = int(np.prod(x.shape[:-1])), x.shape[-1]
+        index = c.param("index", None, -1, rows - 1, f"the {rows} rows of {x.name!r}, or -1 for the fill row")
+        if index.ndim < 2:
+            c.fail("index", f"needs at least 2 dimensions (output rows, rows each concatenates), got {index.shape}")
+        if "fill" in c.op.params:
+            fill = c.param("fill", 1, x.lo, x.hi, f"the range of {x.name!r}")
+            if fill.shape[0] != width:
+                c.fail("fill", f"has {fill.shape[0]} entries for rows of {width}")
+        elif int(index.min()) < 0:
+            c.fail("fill", "missing parameter: index entries of -1 pick the fill row")
+        return [_out(x, index.shape[:-1] + (index.shape[-1] * width,))]
+
+    def run(self, op, args, ctx):
+        x, index = args[0], op.params["index"]
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = intops.gather_rows(rows, index, op.params.get("fill"))
+        return [out.reshape(x.shape[:1] + index.shape[:-1] + (-1,))]
+
+    def cost(self, m, c, i, op, fused):  # a copy through the activation buffer by an address table; no unit computes
+        m.read_inputs(c, i, op)
+        m.params(c, op)
+        m.write_output(c, op.outputs[0])
+
+    def param_bytes(self, op, plan):  # index entries as wide as the row count needs, a fill row of the input's width
+        index = op.params["index"]
+        out = {"index": ceil_div(index.size * signed_bits(-1, int(index.max())), 8)}
+        if "fill" in op.params:
+            out["fill"] = ceil_div(op.params["fill"].size * plan.p.tensors[op.inputs[0]].bits, 8)
+        return out
 
 
 # ==================================================================== views (move nothing)

@@ -29,6 +29,7 @@ SOFTMAX_FRAC_BITS = 6  #: fractional bits of softmax inputs
 SOFTMAX_EXP_BITS = 15  #: exp(0) is 2**15 inside the softmax unit
 SOFTMAX_LOG_BITS = 6  #: mantissa bits the softmax unit's log2 table looks at
 MAX_CODE_BITS = 5  #: widest log2 attention code
+WINDOW_REGION_BITS = 4  #: region ids of a shifted window that the softmax unit compares (Swin: 9 regions)
 
 GELU_IN_BITS = 8  #: the GELU unit is a table indexed by a signed 8-bit value
 MAX_GELU_IN_BITS = 10  #: largest GELU table a program may carry (2**10 entries)

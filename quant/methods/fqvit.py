@@ -25,11 +25,12 @@ PTF_MAX_ALPHA = 3
 
 def ln_inputs(spec) -> list[str]:
     """The LayerNorms of the model by the name of their output point."""
-    names = ["embed_ln"] if spec.family == "bert" else []
-    for i in range(len(spec.blocks)):
+    names = ["embed_ln"] if spec.emb_norm is not None else []  # BERT's embedding LayerNorm, Swin's patch norm
+    for i, blk in enumerate(spec.blocks):
         pre = f"blocks.{i}."
-        names += [pre + "ln1", pre + "ln2"] if spec.family == "vit" else [pre + "ln1_out", pre + "ln2_out"]
-    return names + (["norm"] if spec.family == "vit" else [])
+        names += [pre + "merge_ln"] if getattr(blk, "merge", None) is not None else []
+        names += [pre + "ln1_out", pre + "ln2_out"] if spec.family == "bert" else [pre + "ln1", pre + "ln2"]
+    return names + ([] if spec.family == "bert" else ["norm"])
 
 
 def ptf_grid(obs, bits: int = PTF_BITS, max_alpha: int = PTF_MAX_ALPHA) -> tuple[QParams, torch.Tensor]:

@@ -40,12 +40,14 @@ def post_gelu_points(spec) -> dict[str, list[str]]:
 def post_ln_points(spec) -> dict[str, list[str]]:
     """Post-LayerNorm activation points and the linears that consume each."""
     points = {}
-    for i in range(len(spec.blocks)):
+    for i, blk in enumerate(spec.blocks):
         pre = f"blocks.{i}."
+        if getattr(blk, "merge", None) is not None:  # Swin's patch merging: its LayerNorm feeds the reduction
+            points[pre + "merge_ln"] = [pre + "merge"]
         qkv = [pre + "q", pre + "k", pre + "v"]
-        points[pre + ("ln1" if spec.family == "vit" else "in")] = qkv
+        points[pre + ("in" if spec.family == "bert" else "ln1")] = qkv
         points[pre + "ln2"] = [pre + "fc1"]
-    if spec.family == "vit":
+    if spec.family != "bert":  # ViT's class token, Swin's mean over the tokens
         points["norm"] = ["head"]
     return points
 
