@@ -355,10 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(s):
         s.add_argument("--checkpoint", help="weights for a timm model (.pth or .safetensors)")
-        s.add_argument("--data", help="ImageNet-style folder for a timm model")
+        s.add_argument("--data", help="ImageNet-style folder for a timm model; for a text model, a text file with "
+                                      "one sentence a line (default: the standard-library corpus)")
 
     s = sub.add_parser("quantize", help="post-training quantization into an integer program")
-    s.add_argument("model")
+    s.add_argument("model", help="a model name, or a local Hugging Face BERT / DistilBERT / RoBERTa folder")
     s.add_argument("--method", default="baseline")
     s.add_argument("--wbits", type=int, default=8)
     s.add_argument("--abits", type=int, default=8)
@@ -367,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_quantize)
 
     s = sub.add_parser("eval", help="accuracy / fidelity of a program (integer protocol) or a model (FP32, paper)")
-    s.add_argument("target", help="a program file, or a model name")
+    s.add_argument("target", help="a program file, a model name, or a local Hugging Face encoder folder")
     s.add_argument("--fp32", action="store_true")
     s.add_argument("--method")
     s.add_argument("--wbits", type=int, default=8)

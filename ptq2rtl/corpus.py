@@ -11,7 +11,8 @@ so the sentences were generated once (Python 3.11.7) and ship as
 The split is a function of the sentences alone, not of a random generator:
 sentences are ordered by the SHA-256 of their UTF-8 text; the first
 ``CALIB_SIZE`` (256) are the calibration split, the next ``EVAL_SIZE`` (2,000)
-the evaluation split, and the rest are unused.
+the evaluation split, and the rest are unused. ``text_file_split`` splits a
+user's text file by the same order.
 """
 
 from __future__ import annotations
@@ -184,6 +185,45 @@ def corpus_split(split: str) -> list[str]:
     if split == "eval":
         return ordered[CALIB_SIZE : CALIB_SIZE + EVAL_SIZE]
     raise ValueError(f"unknown corpus split {split!r}: expected 'calib' or 'eval'")
+
+
+MIN_FILE_SENTENCES = 4  # one to calibrate, three to evaluate (a nearest neighbour needs two)
+
+
+def text_file_sentences(path: str | Path) -> tuple[str, ...]:
+    """The distinct non-empty lines of a user's text file, stripped, in file order; ``ModelError`` naming
+    the file if it cannot be read or has fewer than ``MIN_FILE_SENTENCES``."""
+    from ptq2rtl.models.registry import ModelError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"data file {path}: {'a folder' if path.is_dir() else 'no such file'}; "
+                         "a text model takes a text file, one sentence a line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"data file {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    sentences = tuple(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    if len(sentences) < MIN_FILE_SENTENCES:
+        raise ModelError(f"data file {path}: {len(sentences)} distinct sentences; need at least {MIN_FILE_SENTENCES}")
+    return sentences
+
+
+def text_file_split(path: str | Path, split: str) -> list[str]:
+    """The ``calib`` or ``eval`` sentences of a user's text file, one sentence a line.
+
+    Lines are stripped, empty and repeated ones dropped, and the rest ordered by
+    SHA-256 as the corpus is: the first quarter, at most ``CALIB_SIZE``, is the
+    calibration split, the next ``EVAL_SIZE`` at most the evaluation split. A
+    file of 1,024 or more sentences thus splits as the shipped corpus does.
+    """
+    ordered = _split_order(text_file_sentences(path))
+    calib = min(CALIB_SIZE, len(ordered) // 4)
+    if split == "calib":
+        return ordered[:calib]
+    if split == "eval":
+        return ordered[calib : calib + EVAL_SIZE]
+    raise ValueError(f"unknown split {split!r}: expected 'calib' or 'eval'")
 
 
 if __name__ == "__main__":

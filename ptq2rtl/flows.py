@@ -23,8 +23,8 @@ EVAL_BATCH = 64
 
 
 def load_transformer(name: str, checkpoint: str | None = None) -> Transformer:
-    info = models.model_info(name)
-    return adapt(models.load_model(name, checkpoint), name, info.family)
+    info = models.model_info(name)  # an encoder folder's name is its absolute path, which its programs record
+    return adapt(models.load_model(name, checkpoint), info.name, info.family)
 
 
 def calibration_batches(name: str, data: str | None = None) -> list:
@@ -48,7 +48,7 @@ def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str
     start = time.perf_counter()
     plan = fn(spec.copy(), batches, wbits, abits, progress=progress, **kw)
     plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)
-    plan.meta["model"] = name
+    plan.meta["model"] = models.model_info(name).name
     return plan
 
 
@@ -66,11 +66,11 @@ def _image_counts(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> tu
 
 
 @lru_cache(maxsize=4)
-def fp32_embeddings(name: str, limit: int | None = None) -> torch.Tensor:
+def fp32_embeddings(name: str, limit: int | None = None, data: str | None = None) -> torch.Tensor:
     """Normalized FP32 sentence embeddings of the evaluation split (the reference for text metrics)."""
     fwd = Forward(load_transformer(name))
     with torch.no_grad():
-        embs = [fwd(inputs) for inputs, _ in models.iter_batches(name, "eval", EVAL_BATCH, limit=limit)]
+        embs = [fwd(inputs) for inputs, _ in models.iter_batches(name, "eval", EVAL_BATCH, data=data, limit=limit)]
     return torch.nn.functional.normalize(torch.cat(embs), dim=-1)
 
 
@@ -86,7 +86,7 @@ def _evaluate(name: str, run_batch, *, data=None, limit=None, desc: str, progres
     embs = [torch.as_tensor(np.asarray(run_batch(inputs), dtype=np.float64)).float()
             for inputs, _ in tqdm(batches, desc=desc, disable=not progress, leave=False)]
     emb = torch.nn.functional.normalize(torch.cat(embs), dim=-1)
-    return {"model": name, "n": len(emb), **models.text_metrics(emb, fp32_embeddings(name, limit))}
+    return {"model": name, "n": len(emb), **models.text_metrics(emb, fp32_embeddings(name, limit, data))}
 
 
 def evaluate_program(program: IntegerProgram, *, data: str | None = None, limit: int | None = None,

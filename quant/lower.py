@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from quant.model import Norm
+from quant.model import ACTIVATIONS, Norm
 from quant.plan import QuantPlan
 from quant.quantizers import QParams, QuantError
 from sim import intops, widths
@@ -165,7 +165,7 @@ class _Builder:
         name = point + ".rom" if point in self.plan.channel_maps else point
         g = self.tensor(name, rom.bits, self.shape(g_in), rom)
         self.op("gelu", point, [g_in], [g], {"in_bits": widths.GELU_IN_BITS, "out_bits": rom.bits},
-                {"table": gelu_table(acts[pre + "fc1"], rom).astype(np.int32)})
+                {"table": gelu_table(acts[pre + "fc1"], rom, self.plan.spec.act).astype(np.int32)})
         if point in self.plan.channel_maps:
             g = self.requant(point + ".requant", g, rom.scale, acts[point], point)
         return self.linear_to(pre + "fc2", g, blk.fc2, acts[point], acts[pre + "fc2"])
@@ -180,11 +180,12 @@ class _Builder:
         return program
 
 
-def gelu_table(x_qp: QParams, y_qp: QParams) -> np.ndarray:
-    """The GELU ROM: every int8 input code mapped to the nearest output code (computed once, in float64)."""
+def gelu_table(x_qp: QParams, y_qp: QParams, act: str = "gelu") -> np.ndarray:
+    """The GELU ROM: every int8 input code mapped to the nearest output code of the activation ``act``
+    (a key of quant.model.ACTIVATIONS; computed once, in float64)."""
     lo, hi = intops.int_range(widths.GELU_IN_BITS)
     codes = torch.arange(lo, hi + 1, dtype=torch.float64)
-    y = torch.nn.functional.gelu(x_qp.scale * (codes - x_qp.zero_point))
+    y = ACTIVATIONS[act](x_qp.scale * (codes - x_qp.zero_point))
     q = torch.round(y / y_qp.scale) + y_qp.zero_point
     return torch.clamp(q, y_qp.qmin, y_qp.qmax).to(torch.int64).numpy()
 
@@ -238,21 +239,24 @@ def _lower_bert(plan: QuantPlan) -> IntegerProgram:
     s, acts = plan.spec, plan.acts
     b = _Builder(plan)
     ids = b.tensor("input_ids", 32, (T,))
-    types = b.tensor("token_type_ids", 8, (T,))
+    types = b.tensor("token_type_ids", 8, (T,)) if s.type_emb is not None else None  # DistilBERT has none
     mask = b.tensor("attention_mask", 1, (T,), signed=False)
-    inputs = [b.tensors[n] for n in (ids, types, mask)]
+    inputs = [b.tensors[n] for n in (ids, types, mask) if n is not None]
     b.tensor("positions", 32, (T,))
-    # one grid for the three tables: their sum must fit int16 without saturating
-    amax = float(s.word.abs().max() + s.pos_emb.abs().max() + s.type_emb.abs().max())
+    tables = [(ids, "word", s.word), ("positions", "position", s.pos_emb)]
+    tables += [(types, "token_type", s.type_emb)] if types is not None else []
+    # one grid for the tables: their sum must fit int16 without saturating
+    amax = float(sum(table.abs().max() for _, _, table in tables))
     tab_qp = QParams(amax / intops.int_range(widths.RESIDUAL_BITS)[1], 0, widths.RESIDUAL_BITS)
     parts = []
-    for src, name, table in ((ids, "word", s.word), ("positions", "position", s.pos_emb), (types, "token_type", s.type_emb)):
+    for src, name, table in tables:
         y = b.tensor(f"embed.{name}", tab_qp.bits, (T, s.dim), tab_qp)
         b.op("embedding", f"embed.{name}", [src], [y], {"out_bits": tab_qp.bits}, {"table": _const(table, tab_qp)})
         parts.append(y)
     one = QParams(tab_qp.scale, 0, tab_qp.bits)
-    e = b.add("embed.sum1", parts[0], one.scale, parts[1], one.scale, one)
-    e = b.add("embed", e, one.scale, parts[2], one.scale, one)
+    e = b.add("embed.sum1" if len(parts) > 2 else "embed", parts[0], one.scale, parts[1], one.scale, one)
+    if len(parts) > 2:
+        e = b.add("embed", e, one.scale, parts[2], one.scale, one)
     x_qp = acts["embed_ln"]
     x = b.layernorm("embed_ln", e, s.emb_norm, x_qp, one.scale)
     for i, blk in enumerate(s.blocks):

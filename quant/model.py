@@ -87,8 +87,9 @@ class Transformer:
     # bert
     word: torch.Tensor | None = None
     pos_emb: torch.Tensor | None = None
-    type_emb: torch.Tensor | None = None
+    type_emb: torch.Tensor | None = None  # None: no token types (DistilBERT)
     emb_norm: Norm | None = None
+    act: str = "gelu"  # the FFN activation, a key of ACTIVATIONS
     extra: dict = field(default_factory=dict)
 
     @property
@@ -165,7 +166,9 @@ def from_hf_bert(model: torch.nn.Module, name: str) -> Transformer:
 
 def adapt(model: torch.nn.Module, name: str, family: str) -> Transformer:
     if family == "bert":
-        return from_hf_bert(model, name)
+        from quant.hf_encoders import from_hf_encoder
+
+        return from_hf_encoder(model, name)
     if family == "vit":
         return from_timm_vit(model, name)
     if family == "swin":
@@ -177,6 +180,14 @@ def adapt(model: torch.nn.Module, name: str, family: str) -> Transformer:
 
 # ------------------------------------------------------------------ float forward
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
+
+#: the FFN activations, by their transformers config names; the GELU unit's ROM holds any of them
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,  # erf
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
 WeightHook = Callable[[str, torch.Tensor], torch.Tensor]
 
 
@@ -249,7 +260,8 @@ class Forward:
         types = inputs.get("token_type_ids")
         types = torch.zeros_like(ids) if types is None else types
         pos = torch.arange(ids.shape[1])
-        x = act("embed", s.word[ids] + s.pos_emb[pos][None] + s.type_emb[types])
+        x = s.word[ids] + s.pos_emb[pos][None]
+        x = act("embed", x if s.type_emb is None else x + s.type_emb[types])
         return self.norm("embed_ln", x, s.emb_norm), mask
 
     def block(self, i: int, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -264,7 +276,7 @@ class Forward:
         r = act(pre + "res1", x + act(pre + "proj", self.attention(h, blk, pre, mask)))
         x = self.norm(pre + "ln1_out", r, blk.ln1)
         h = act(pre + "ln2", x)
-        g = act(pre + "gelu", F.gelu(act(pre + "fc1", self.linear(h, blk.fc1, pre + "fc1"))))
+        g = act(pre + "gelu", ACTIVATIONS[s.act](act(pre + "fc1", self.linear(h, blk.fc1, pre + "fc1"))))
         r = act(pre + "res2", x + act(pre + "fc2", self.linear(g, blk.fc2, pre + "fc2")))
         return self.norm(pre + "ln2_out", r, blk.ln2)
 

