@@ -201,6 +201,17 @@ def test_a_swin_program_is_estimated_by_the_cost_model_with_the_reason(baseline_
     assert soft.dram_bytes > 0  # the bias table and the region ids are read
 
 
+
+def test_a_swin_program_traces_for_the_rtl_benches(baseline_program):
+    from rtl_tests.traces import extract
+
+    program = baseline_program
+    result = engine.run(program, program_inputs(program, images(2, 5)), trace_samples=[0, 1])
+    vectors = extract(program, result.trace, "tiny-swin")  # each cut is checked against sim.intops
+    assert {"mac_array", "requant", "softmax", "gelu", "layernorm"} <= set(vectors)
+    assert not vectors["softmax"]["mask"].all()  # rows of shifted windows carry the masked keys of other regions
+
+
 # ---------------------------------------------------------------- the op extensions
 def _softmax_program(params: dict, shape=(2, 2, 4, 4)) -> IntegerProgram:
     t = TensorSpec("t", 16, True, shape)
