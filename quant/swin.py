@@ -42,7 +42,7 @@ from sim.program import IntegerProgram, TensorSpec
 
 @dataclass
 class SwinBlock(Block):
-    heads: int = 0
+    heads: int = 0  #: attention heads (Swin's differ from stage to stage); every field is set by the adapter
     windows: torch.Tensor | None = None  #: [nW, N, 1] the block's token in each window place, -1 for padding
     unwindows: torch.Tensor | None = None  #: [L, 1] each token's place in the windows, flattened
     rel_bias: torch.Tensor | None = None  #: [heads, N, N] added to the scores (nats)
@@ -126,10 +126,10 @@ def from_timm_swin(model: torch.nn.Module, name: str) -> Transformer:
         raise TypeError(f"{name}: the Swin lowering needs global_pool='avg' and a linear classifier")
     pe = model.patch_embed
     conv = pe.proj
-    k = conv.kernel_size
-    if k[0] != k[1] or tuple(conv.stride) != tuple(k) or pe.img_size[0] != pe.img_size[1]:
+    patch = conv.kernel_size
+    if patch[0] != patch[1] or tuple(conv.stride) != tuple(patch) or pe.img_size[0] != pe.img_size[1]:
         raise TypeError(f"{name}: the Swin lowering needs square patches of stride = size and a square image, "
-                        f"got kernel {k}, stride {conv.stride}, image {pe.img_size}")
+                        f"got kernel {patch}, stride {conv.stride}, image {pe.img_size}")
     dim = conv.weight.shape[0]
     emb_norm = None if isinstance(pe.norm, torch.nn.Identity) else _layernorm(pe.norm, name, "patch_embed.norm")
     res = tuple(pe.grid_size)
@@ -157,9 +157,9 @@ def from_timm_swin(model: torch.nn.Module, name: str) -> Transformer:
             table = att.relative_position_bias_table.detach().float()
             rel = table[att.relative_position_index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1).contiguous()
             qkv = _lin(att.qkv)
-            q, k_, v = (Linear(w, b) for w, b in zip(qkv.w.chunk(3), qkv.b.chunk(3)))
+            q, k, v = (Linear(w, b) for w, b in zip(qkv.w.chunk(3), qkv.b.chunk(3)))
             blocks.append(SwinBlock(
-                _layernorm(blk.norm1, name, where + ".norm1"), q, k_, v, _lin(att.proj),
+                _layernorm(blk.norm1, name, where + ".norm1"), q, k, v, _lin(att.proj),
                 _layernorm(blk.norm2, name, where + ".norm2"), _lin(blk.mlp.fc1), _lin(blk.mlp.fc2),
                 float(att.scale), heads=att.num_heads, windows=torch.from_numpy(rows[..., None]),
                 unwindows=torch.from_numpy(unwindow_rows(rows)[:, None]), rel_bias=rel,
@@ -169,7 +169,7 @@ def from_timm_swin(model: torch.nn.Module, name: str) -> Transformer:
         raise TypeError(f"{name}: a Swin model without blocks")
     return Transformer(
         family="swin", name=name, dim=model.num_features, heads=blocks[0].heads, blocks=blocks,
-        img_size=pe.img_size[0], in_chans=conv.weight.shape[1], patch=k[0],
+        img_size=pe.img_size[0], in_chans=conv.weight.shape[1], patch=patch[0],
         patch_embed=Linear(conv.weight.detach().float().reshape(dim, -1).clone(), conv.bias.detach().float().clone()),
         emb_norm=emb_norm, norm=_layernorm(model.norm, name, "norm"), head=_lin(model.head.fc))
 
