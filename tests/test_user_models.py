@@ -204,11 +204,20 @@ def _bad_json(folder: Path) -> None:
     (folder / "config.json").write_text("{not json")
 
 
+def _lacks_a_tensor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    del state["encoder.layer.1.output.dense.weight"]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 @pytest.mark.parametrize("breaks, problem", [
     (_no_config, "no config.json"),
     (_bad_json, "config.json is not valid JSON"),
     (_set("model_type", "gpt2"), "model_type 'gpt2' in config.json is not a supported encoder"),
     (_no_weights, "no weights"),
+    (_lacks_a_tensor, "the weights lack encoder.layer.1.output.dense.weight"),
     (_no_tokenizer, "no tokenizer"),
     (_set("hidden_act", "silu"), "activation 'silu' (config.json hidden_act) has no integer table"),
     (_set("is_decoder", True), "a decoder"),
@@ -223,9 +232,12 @@ def test_a_folder_that_is_not_a_supported_encoder_gets_one_line_naming_it(folder
     assert str(folder) in err and problem in err
 
 
-def test_a_missing_folder_and_an_unknown_name_are_told_apart(tmp_path, capsys):
+def test_a_missing_folder_a_file_and_an_unknown_name_are_told_apart(tmp_path, capsys):
     err = _one_line_error(capsys, ["quantize", str(tmp_path / "nothere"), "-o", str(tmp_path / "p.safetensors")])
     assert f"model folder {tmp_path / 'nothere'}: no such folder" in err
+    (tmp_path / "file").write_text("")
+    err = _one_line_error(capsys, ["sweep", str(tmp_path / "file"), "--methods", "baseline", "--bits", "8"])
+    assert f"model folder {tmp_path / 'file'}: not a folder" in err
     err = _one_line_error(capsys, ["eval", "my-bert", "--fp32"])
     assert "unknown model 'my-bert'" in err and "local Hugging Face encoder folder" in err
     assert not (tmp_path / "p.safetensors").exists()
@@ -248,7 +260,14 @@ def test_a_text_file_splits_a_quarter_for_calibration_and_the_rest_for_evaluatio
     assert sorted(calib + evaluation) == sorted(lines)
 
 
-def test_a_text_file_of_the_whole_corpus_splits_as_the_corpus(tmp_path):
+def test_minilm_takes_a_text_file_too(sentences_file):
+    (inputs, _), *rest = models.iter_batches("minilm", "calib", 64, data=str(sentences_file))
+    assert not rest and inputs["input_ids"].shape[0] == SENTENCES // 4
+    assert models.text_order("calib", data=str(sentences_file)) == sorted(
+        corpus.text_file_split(sentences_file, "calib"), key=len)
+
+
+def test_a_text_file_of_the_whole_corpus_splits_as_the_corpus():
     assert corpus.text_file_split(corpus.SENTENCES_FILE, "calib") == corpus.corpus_split("calib")
     assert corpus.text_file_split(corpus.SENTENCES_FILE, "eval") == corpus.corpus_split("eval")
 

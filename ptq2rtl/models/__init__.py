@@ -1,6 +1,6 @@
 """The models ptq2rtl loads, their data, and their FP32 figures.
 
-Three kinds of model, all loaded offline:
+Four kinds of model, all loaded offline:
 
 * ``vit-digits`` -- the project's own small DeiT-style timm ViT (see
   ``ptq2rtl.vit_digits``), evaluated on the held-out part of scikit-learn's digits.
@@ -9,6 +9,10 @@ Three kinds of model, all loaded offline:
   sentences (see ``ptq2rtl.corpus``) by sentence-embedding fidelity.
 * timm ViT / DeiT / Swin by name, with weights from a local checkpoint and an
   ImageNet-style folder for evaluation.
+* a local Hugging Face encoder folder (BERT, DistilBERT, RoBERTa), named by its
+  path: its config, weights and tokenizer, evaluated as minilm is (see
+  ``registry.encoder_folder`` and ``quant.hf_encoders``). Text models also take
+  a user's text file, one sentence a line, instead of the corpus.
 
 One concern per module: ``registry`` (the names, ``ModelError``, where minilm
 lives), ``loading`` (FP32 models and checkpoints), ``data`` (calibration and

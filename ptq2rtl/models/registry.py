@@ -96,7 +96,7 @@ def encoder_folder(name: str) -> Path:
     and what is wrong with it."""
     folder = Path(name).expanduser().resolve()
     if not folder.is_dir():
-        raise ModelError(f"model folder {folder}: no such folder")
+        raise ModelError(f"model folder {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
     config = encoder_config(folder)
     if config["model_type"] not in ENCODER_TYPES:
         raise ModelError(f"model folder {folder}: model_type {config['model_type']!r} in config.json is not a "
