@@ -584,6 +584,9 @@ def _on_ray(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict,
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
             ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    except ImportError as exc:  # ray:// needs Ray's client (grpcio), which ray[client] brings
+        raise ExploreError(f"cannot reach {address}: Ray's client is missing ({exc}): "
+                           f"pip install 'ptq2rtl[explore]'") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ExploreError(f"cannot start Ray{f' at {address}' if address else ''}: "
                            f"{' '.join(str(exc).split())}") from None

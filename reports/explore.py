@@ -29,6 +29,7 @@ FRONTS = {
 #: figure -> (scale, axis label)
 AXES = {"energy_j": (1e6, "energy per inference (µJ)"), "latency_s": (1e3, "latency per inference (ms)"),
         "area": (1, "area (ECP5 LUT4 sites: LUT4 + 2 per CCU2C, from hw.synth)")}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 METRIC_LABEL = {"top1": "top-1 accuracy (%)", "cosine": "cosine similarity to FP32"}
 #: the columns a person reads first; the rest follow in the rows' own order
 LEAD = ("model", "method", "wbits", "abits", "sites", "metric", "accuracy", "accelerator")
@@ -83,9 +84,13 @@ def write(spec, rows: list[dict], out: Path, stats: dict) -> list[str]:
     return ["results.csv", "results.json", "summary.md", *plots]
 
 
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _short(r: dict, keys: list[str]) -> str:
     """The accelerator of a row in a few characters: its grid values."""
-    return " ".join(f"{r[k]}" if k == "array" else f"{k.split('.')[-1]}={r[k]}" for k in keys
+    return " ".join(_value(r[k]) if k == "array" else f"{k.split('.')[-1]}={_value(r[k])}" for k in keys
                     if r.get(k) is not None and k != "lanes") or r["accelerator"]
 
 
@@ -98,11 +103,17 @@ def plot(rows: list[dict], model: str, name: str, on_front: list[int], keys: lis
     (xs, xl), (ys, yl) = label[x], label[y]
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     methods = sorted({r["method"] for r in mine})
+    shapes = list(dict.fromkeys(str(r.get("array") or r["accelerator"]) for r in mine))  # the hardware, by marker
     cmap = plt.get_cmap("tab10")
     for i, m in enumerate(methods):
-        pts = [r for r in mine if r["method"] == m]
-        ax.scatter([r[x] * xs for r in pts], [r[y] * ys for r in pts], s=22, alpha=0.55, color=cmap(i % 10),
-                   edgecolor="none", label=m, zorder=2)
+        for j, shape in enumerate(shapes):
+            pts = [r for r in mine if r["method"] == m and str(r.get("array") or r["accelerator"]) == shape]
+            ax.scatter([r[x] * xs for r in pts], [r[y] * ys for r in pts], s=24, alpha=0.6, color=cmap(i % 10),
+                       marker=MARKERS[j % len(MARKERS)], edgecolor="none", zorder=2)
+        ax.scatter([], [], color=cmap(i % 10), label=m)
+    if len(shapes) > 1:
+        for j, shape in enumerate(shapes):
+            ax.scatter([], [], color="grey", marker=MARKERS[j % len(MARKERS)], label=shape)
     best = sorted((rows[i] for i in on_front), key=lambda r: r[x])
     fx, fy = [r[x] * xs for r in best], [r[y] * ys for r in best]
     ax.step(fx, fy, where="post", color="black", linewidth=1, zorder=3, label=f"Pareto front ({len(best)})")
@@ -116,7 +127,8 @@ def plot(rows: list[dict], model: str, name: str, on_front: list[int], keys: lis
         ax.set_xscale("log")
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)
-    ax.set_title(f"{model}: {name.replace('-', ' ')} ({len(mine)} points)")
+    bases = sorted({"compiled schedule" if r["basis"] == "schedule" else "analytic estimate" for r in mine})
+    ax.set_title(f"{model}: {name.replace('-', ' ')} ({len(mine)} points; cycles: {', '.join(bases)})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     fig.tight_layout()
