@@ -120,7 +120,9 @@ def _tokenizer(name: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # a broken tokenizer file: transformers raises many different types
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelError(f"model folder {folder}: its tokenizer cannot be loaded ({type(exc).__name__}: {first})") from exc
+        raise ModelError(
+            f"model folder {folder}: its tokenizer cannot be loaded ({type(exc).__name__}: {first})"
+        ) from exc
     tokenizer.padding_side = "right"  # position i is the i-th token, as the model's position table expects
     return tokenizer
 

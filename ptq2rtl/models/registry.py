@@ -59,7 +59,9 @@ _REGISTRY: dict[str, ModelInfo] = {
 _CONFIG_KEYS = {"bert": ("num_hidden_layers", "hidden_size"), "distilbert": ("n_layers", "dim"),
                 "roberta": ("num_hidden_layers", "hidden_size")}
 ENCODER_TYPES = tuple(_CONFIG_KEYS)
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 
 
