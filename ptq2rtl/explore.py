@@ -17,6 +17,7 @@ CPUs, or an existing cluster at ``address``); the driver alone writes files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -47,6 +48,8 @@ SHORTHANDS = ("array", "lanes")
 COST_FIELDS = ("cycles", "latency_s", "energy_j", "utilization", "dram_bytes", "stall_cycles", "macs",
                "energy_breakdown_j")
 METRICS = ("top1", "top5", "cosine", "nn_agreement")
+#: what a priced point's record keeps besides its table's columns: what ``ptq2rtl report``'s tables and plots read
+DETAIL_FIELDS = ("largest_energy", "clock_mhz", "gops", "peak_gops", "gops_per_w", "energy_preset")
 
 
 class ExploreError(ValueError):
@@ -57,7 +60,7 @@ class ExploreError(ValueError):
 @dataclass(frozen=True)
 class ProgramPoint:
     """One program: a bundled model quantized by ``method`` at WnAn (with per-site overrides), evaluated on the
-    first ``limit`` samples (all when None)."""
+    first ``limit`` samples (all when None), under the paper protocol too with ``paper``."""
 
     model: str
     method: str
@@ -65,6 +68,7 @@ class ProgramPoint:
     abits: int
     limit: int | None = None
     sites: tuple[tuple[str, str, int], ...] = ()  #: ("weights" | "acts", site, bits), sorted
+    paper: bool = False
 
     @property
     def label(self) -> str:
@@ -353,7 +357,8 @@ def _area(top: _Reader, value) -> AreaSpec | None:
 
 # ------------------------------------------------------------------ the work: three pure functions
 def quantize_point(pp: ProgramPoint) -> tuple:
-    """Calibrate, lower and evaluate one program on the golden engine: ``(program, record)``."""
+    """Calibrate, lower and evaluate one program on the golden engine (and its plan under the paper protocol,
+    ``paper_protocol`` in the record, where ``pp.paper``): ``(program, record)``."""
     from ptq2rtl import flows
     from quant.lower import lower
     from quant.plan import Sites
@@ -365,19 +370,39 @@ def quantize_point(pp: ProgramPoint) -> tuple:
     program = lower(plan)
     result = flows.evaluate_program(program, limit=pp.limit, progress=False)
     record = {**asdict(pp), "n": result["n"], **{k: result[k] for k in METRICS if k in result},
-              "calib_seconds": plan.meta["calib_seconds"], "seconds": round(time.perf_counter() - start, 2)}
-    return program, record
+              "calib_seconds": plan.meta["calib_seconds"]}
+    if pp.paper:
+        paper = flows.evaluate_paper(plan, limit=pp.limit, progress=False)
+        record["paper_protocol"] = {k: paper[k] for k in (*METRICS, "n") if k in paper}
+    return program, {**record, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def price_point(program, accel: AccelConfig, seq_len: int) -> dict:
-    """The cost of one inference on ``accel``, or why ``accel`` cannot run the program."""
+    """The cost of one inference on ``accel``, or why ``accel`` cannot run the program: the totals, and the
+    cycles and energy by op class and the latency by layer."""
     from ptq2rtl.simulate import simulate_report
 
     try:
         sim = simulate_report(program, accel, seq_len=seq_len)  # refused by sim.accel.check_program first
     except AccelError as exc:
         return {"refused": str(exc)}
-    return {"basis": sim["basis"]["kind"], **{k: sim[k] for k in COST_FIELDS}}
+    return {"basis": sim["basis"]["kind"], **{k: sim[k] for k in COST_FIELDS + DETAIL_FIELDS},
+            "op_classes": op_classes(sim),
+            "layers": [{"name": layer["name"], "latency_s": layer["latency_s"]} for layer in sim["layers"]]}
+
+
+def op_classes(sim: dict) -> dict:
+    """Cycles and energy of a simulation grouped by the op registry's report class (linear, attention, ...)."""
+    from sim.ops import OPS
+
+    cycles: dict[str, int] = {}
+    energy: dict[str, float] = {}
+    for op in sim["ops"]:
+        # the compiled schedule's instructions of no op (inputs loaded, outputs stored, end) are DRAM traffic
+        c = OPS[op["kind"]].report_class if op["kind"] in OPS else "other"
+        cycles[c] = cycles.get(c, 0) + op["cycles"]
+        energy[c] = energy.get(c, 0.0) + op["energy_j"]
+    return {"cycles": cycles, "energy_j": energy}
 
 
 class _NotCached(Exception):
@@ -388,25 +413,36 @@ def _no_tools(*_args, **_kwargs):
     raise _NotCached
 
 
-def area_of(accel: AccelConfig, area: AreaSpec) -> dict | None:
-    """The synthesis figures ``hw.synth`` has for ``accel``'s Verilog (its cache, then the shipped records), or
-    None. No tool runs: ``synth_unit`` starts yosys only when its key is not cached, and here that start
-    raises instead (``ptq2rtl synth --accel FILE`` on the point's description fills the cache)."""
+def cached_synthesis(accel: AccelConfig, area: AreaSpec, designs: list[str]) -> dict | None:
+    """``hw.synth.synth``'s result for ``designs`` (units, or "accelerator") of ``accel``'s Verilog as far as its
+    cache, then the shipped records, hold them: ``units`` has the designs found; None when none is. No tool runs:
+    ``synth_unit`` starts yosys only when its key is not cached, and here that start raises instead."""
     from unittest import mock
 
     from hw import synth
-    from sim.accel import UNIT_PARAMS
 
-    designs = list(UNIT_PARAMS) if area.design == "units" else ["accelerator"]
-    total = {"lut": 0, "carry": 0, "ff": 0, "dsp": 0, "bram": 0}
+    result, found = None, {}
     with mock.patch.object(synth, "_yosys", _no_tools):
         for d in designs:
             try:
-                r = synth.synth(accel, area.target, units=[d], part=area.part, freq_mhz=area.freq_mhz, whole=False)
+                result = synth.synth(accel, area.target, units=[d], part=area.part, freq_mhz=area.freq_mhz,
+                                     whole=False)
             except _NotCached:
-                return None
-            for k in total:
-                total[k] += r["units"][d].get(k) or 0
+                continue
+            found.update(result["units"])
+    return None if result is None else {**result, "units": found}
+
+
+def area_of(accel: AccelConfig, area: AreaSpec) -> dict | None:
+    """The synthesis figures ``hw.synth`` has for ``accel``'s Verilog (:func:`cached_synthesis`), or None where
+    a design is missing (``ptq2rtl synth --accel FILE`` on the point's description fills the cache)."""
+    from sim.accel import UNIT_PARAMS
+
+    designs = list(UNIT_PARAMS) if area.design == "units" else ["accelerator"]
+    r = cached_synthesis(accel, area, designs)
+    if r is None or set(r["units"]) != set(designs):
+        return None
+    total = {k: sum(r["units"][d].get(k) or 0 for d in designs) for k in ("lut", "carry", "ff", "dsp", "bram")}
     # an ECP5 carry (CCU2C) takes two LUT4 sites, as nextpnr places it
     luts = total["lut"] + (2 * total["carry"] if area.target == "ecp5" else 0)
     return {"design": area.design, "part": r["part"], "luts": luts, **total}
@@ -486,15 +522,34 @@ def point_key(program_key: str, a: AccelPoint, seq_len: int) -> str:
 
 
 # ------------------------------------------------------------------ running
-def run(spec: Spec, out: str | Path, *, workers: int = 1, address: str | None = None, progress: bool = True,
-        log: Callable[[str], None] = print) -> dict:
-    """Compute what ``out`` does not hold yet, on Ray (``workers`` CPUs of a local Ray, or the cluster at
-    ``address``; ``workers=0``: in this process, one after the other), then write the results table, the
-    Pareto fronts' plots and the summary. Returns the results and what this run computed and reused."""
-    from reports import explore as report
+@dataclass(frozen=True)
+class Records:
+    """The records of a computed spec, read back by key, and what computing it took."""
+
+    files: Layout
+    fingerprint: str
+    data: dict[str, str]  #: model -> the fingerprint of its weights and data
+    computed: dict[str, int]
+    reused: dict[str, int]
+    where: str
+
+    def program_key(self, pp: ProgramPoint) -> str:
+        return pp.key(self.fingerprint + self.data[pp.model])
+
+    def program(self, pp: ProgramPoint) -> dict:
+        return json.loads(self.files.record("program", self.program_key(pp)).read_text())
+
+    def point(self, pp: ProgramPoint, a: AccelPoint, seq_len: int) -> dict:
+        return json.loads(self.files.record("point", point_key(self.program_key(pp), a, seq_len)).read_text())
+
+
+def compute(spec: Spec, out: str | Path, *, workers: int = 1, address: str | None = None, progress: bool = True,
+            log: Callable[[str], None] = print) -> Records:
+    """Compute the records ``out`` does not hold yet, on Ray (``workers`` CPUs of a local Ray, or the cluster at
+    ``address``; ``workers=0``: in this process, one after the other). ``ptq2rtl report`` computes its entries
+    here too."""
     from reports.report import data_fingerprint
 
-    start = time.perf_counter()
     files = Layout(Path(out))
     fingerprint = code_fingerprint()
     data = {m: data_fingerprint(m) for m in dict.fromkeys(pp.model for pp in spec.programs)}
@@ -502,24 +557,38 @@ def run(spec: Spec, out: str | Path, *, workers: int = 1, address: str | None = 
     total = {"programs": len(spec.programs), "points": len(spec.programs) * len(spec.accels),
              "areas": len({area_key(a, spec.area) for a in spec.accels}) if spec.area else 0}
     computed = {"programs": len(left.programs), "points": len(left.points), "areas": len(left.areas)}
-    for sub in ("programs", "points", "areas"):
-        (files.out / "cache" / sub).mkdir(parents=True, exist_ok=True)
+    where = "in this process" if workers == 0 else address or f"local Ray, {workers} worker(s)"
+    log(f"explore {spec.name}: {total['programs']} programs x {len(spec.accels)} accelerators = "
+        f"{total['points']} points; to compute: {computed['programs']} programs, {computed['points']} points"
+        + (f", {computed['areas']} area lookups" if spec.area else "") + f" ({where})")
+    # Ray first: a cluster that cannot be reached leaves nothing written
+    with _ray(workers, address) if len(left) and workers else contextlib.nullcontext() as ray:
+        for sub in ("programs", "points", "areas"):
+            (files.out / "cache" / sub).mkdir(parents=True, exist_ok=True)
+        if ray is not None:
+            _on_ray(ray, spec, left, files, fingerprint, data, progress=progress)
+        elif len(left):
+            _inline(spec, left, files, fingerprint, data, progress=progress)
+    return Records(files, fingerprint, data, computed, {k: total[k] - computed[k] for k in total}, where)
+
+
+def run(spec: Spec, out: str | Path, *, workers: int = 1, address: str | None = None, progress: bool = True,
+        log: Callable[[str], None] = print) -> dict:
+    """:func:`compute`, then write every point's accelerator description, the results table, the Pareto fronts'
+    plots and the summary. Returns the results and what this run computed and reused."""
+    from reports import explore as report
+
+    start = time.perf_counter()
+    done = compute(spec, out, workers=workers, address=address, progress=progress, log=log)
+    files = done.files
     (files.out / "accelerators").mkdir(exist_ok=True)
     for a in spec.accels:
         if not files.accelerator(a).is_file():
             _atomic_write(files.accelerator(a), f"# {a.label} (ptq2rtl explore {spec.source})\n"
                                                 + yaml.safe_dump(a.data, sort_keys=False))
-    where = "in this process" if workers == 0 else address or f"local Ray, {workers} worker(s)"
-    log(f"explore {spec.name}: {total['programs']} programs x {len(spec.accels)} accelerators = "
-        f"{total['points']} points; to compute: {computed['programs']} programs, {computed['points']} points"
-        + (f", {computed['areas']} area lookups" if spec.area else "") + f" ({where})")
-    if len(left):
-        execute = _inline if workers == 0 else _on_ray
-        execute(spec, left, files, fingerprint, data, workers=workers, address=address, progress=progress)
-    rows = collect(spec, files, fingerprint, data)
+    rows = collect(spec, files, done.fingerprint, done.data)
     seconds = round(time.perf_counter() - start, 1)
-    stats = {"computed": computed, "reused": {k: total[k] - computed[k] for k in total}, "seconds": seconds,
-             "where": where}
+    stats = {"computed": done.computed, "reused": done.reused, "seconds": seconds, "where": done.where}
     written = report.write(spec, rows, files.out, stats)
     log(f"explore {spec.name}: {len(rows)} points ({sum(1 for r in rows if r['refused'])} refused) in {seconds} s; "
         f"wrote {', '.join(str(files.out / w) for w in written[:3])} and {len(written) - 3} more")
@@ -548,7 +617,7 @@ def _bar(total: int, progress: bool):
     return tqdm(total=total, desc="explore", unit="job", disable=not progress, smoothing=0.1)
 
 
-def _inline(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict, *, progress: bool, **_) -> None:
+def _inline(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict, *, progress: bool) -> None:
     from sim.program import IntegerProgram
 
     programs, points, areas = _jobs(spec, left, fingerprint, data)
@@ -568,22 +637,22 @@ def _inline(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict,
             bar.update()
 
 
-def _on_ray(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict, *, workers: int,
-            address: str | None, progress: bool) -> None:
-    """Submit every job as a Ray task (a point's task waits on its program's), write each record as it
-    finishes. Ray schedules; the program reaches the point tasks through the object store, once."""
+@contextlib.contextmanager
+def _ray(workers: int, address: str | None):
+    """A Ray session: a local Ray with ``workers`` CPUs, or the cluster at ``address``; shut down on leaving."""
     import logging
+    import warnings
 
     import ray
 
-    from ptq2rtl.errors import user_errors
-    from sim.program import IntegerProgram
-
     try:
-        if address:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        with warnings.catch_warnings():  # Ray warns before it raises; the error below says it in one line
+            warnings.simplefilter("ignore")
+            if address:
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=workers, include_dashboard=False,  # never a running cluster
+                         logging_level=logging.ERROR, log_to_driver=False)
     except ImportError as exc:  # ray:// needs Ray's client (grpcio), which ray[client] brings
         raise ExploreError(f"cannot reach {address}: Ray's client is missing ({exc}): "
                            f"pip install 'ptq2rtl[explore]'") from None
@@ -591,39 +660,48 @@ def _on_ray(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict,
         raise ExploreError(f"cannot start Ray{f' at {address}' if address else ''}: "
                            f"{' '.join(str(exc).split())}") from None
     try:
-        quantize = ray.remote(num_cpus=1, num_returns=2)(quantize_point)
-        price = ray.remote(num_cpus=1)(price_point)
-        area = ray.remote(num_cpus=1)(area_of)
-        programs, points, areas = _jobs(spec, left, fingerprint, data)
-        refs, jobs = {}, {}
-        for job in programs:
-            refs[job[1]], record = quantize.remote(job[2])
-            jobs[record] = job
-        accel_refs = {}
-        for job in points:
-            _, _, pkey, a = job
-            if pkey not in refs:
-                refs[pkey] = ray.put(IntegerProgram.load(files.program(pkey)))
-            if a.key not in accel_refs:
-                accel_refs[a.key] = ray.put(a.accel)
-            jobs[price.remote(refs[pkey], accel_refs[a.key], spec.seq_len)] = job
-        for job in areas:
-            jobs[area.remote(job[2].accel, spec.area)] = job
-        pending = list(jobs)
-        with _bar(len(pending), progress) as bar:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                kind, key = jobs[ready[0]][:2]
-                try:
-                    result = ray.get(ready[0])
-                    program = ray.get(refs[key]) if kind == "program" else None
-                except ray.exceptions.RayTaskError as exc:  # the worker's own error, one line when it is the user's
-                    cause = exc.cause
-                    raise cause if isinstance(cause, user_errors()) else exc
-                _save(files, kind, key, result, program)
-                bar.update()
+        yield ray
     finally:
         ray.shutdown()
+
+
+def _on_ray(ray, spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict, *, progress: bool) -> None:
+    """Submit every job as a Ray task (a point's task waits on its program's), write each record as it
+    finishes. Ray schedules; the program reaches the point tasks through the object store, once."""
+    from ptq2rtl.errors import user_errors
+    from sim.program import IntegerProgram
+
+    quantize = ray.remote(num_cpus=1, num_returns=2)(quantize_point)
+    price = ray.remote(num_cpus=1)(price_point)
+    area = ray.remote(num_cpus=1)(area_of)
+    programs, points, areas = _jobs(spec, left, fingerprint, data)
+    refs, jobs = {}, {}
+    for job in programs:
+        refs[job[1]], record = quantize.remote(job[2])
+        jobs[record] = job
+    accel_refs = {}
+    for job in points:
+        _, _, pkey, a = job
+        if pkey not in refs:
+            refs[pkey] = ray.put(IntegerProgram.load(files.program(pkey)))
+        if a.key not in accel_refs:
+            accel_refs[a.key] = ray.put(a.accel)
+        jobs[price.remote(refs[pkey], accel_refs[a.key], spec.seq_len)] = job
+    for job in areas:
+        jobs[area.remote(job[2].accel, spec.area)] = job
+    pending = list(jobs)
+    with _bar(len(pending), progress) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            kind, key = jobs[ready[0]][:2]
+            try:
+                result = ray.get(ready[0])
+                program = ray.get(refs[key]) if kind == "program" else None
+            except ray.exceptions.RayTaskError as exc:  # the worker's own error, one line when it is the user's
+                cause = exc.cause
+                raise cause if isinstance(cause, user_errors()) else exc
+            _save(files, kind, key, result, program)
+            bar.update()
 
 
 # ------------------------------------------------------------------ the table
