@@ -234,3 +234,12 @@ accelerators: {base: edge-int4, grid: {array: [8x8, 16x16], lanes: array}}
     assert len(list((out / "cache" / "programs").glob("*.safetensors"))) == 1
     assert main(["explore", str(spec), "-o", str(out), "--limit", "16"]) == 0  # everything finished: no Ray
     assert "to compute: 0 programs, 0 points" in capsys.readouterr().out
+
+
+def test_per_site_widths_are_checked_against_the_model(tmp_path):
+    base = SPEC.replace("    limit: 16\n", "    limit: 16\n    sites: {weights: {blocks.0.fc1: 8}, acts: {%s: 8}}\n")
+    spec = explore.load_spec(write_spec(tmp_path, base % "blocks.0.q"))
+    assert spec.programs[0].sites == (("acts", "blocks.0.q", 8), ("weights", "blocks.0.fc1", 8))
+    assert spec.programs[0].label == "vit-digits baseline W4A4 blocks.0.q:a8 blocks.0.fc1:w8"
+    with pytest.raises(explore.ExploreError, match=r"field 'programs\[0\].sites': unknown activation point 'nowhere'"):
+        explore.load_spec(write_spec(tmp_path, base % "nowhere"))
