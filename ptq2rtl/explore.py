@@ -693,14 +693,14 @@ def _on_ray(ray, spec: Spec, left: Todo, files: Layout, fingerprint: str, data: 
     with _bar(len(pending), progress) as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            kind, key = jobs[ready[0]][:2]
+            record, key = jobs[ready[0]][:2]  # "program", "point" or "area"
             try:
                 result = ray.get(ready[0])
-                program = ray.get(refs[key]) if kind == "program" else None
+                program = ray.get(refs[key]) if record == "program" else None
             except ray.exceptions.RayTaskError as exc:  # the worker's own error, one line when it is the user's
                 cause = exc.cause
                 raise cause if isinstance(cause, user_errors()) else exc
-            _save(files, kind, key, result, program)
+            _save(files, record, key, result, program)
             bar.update()
 
 
