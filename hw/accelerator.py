@@ -289,15 +289,15 @@ class Accelerator(wiring.Component):
         m.d.comb += [c.vec_fire_rq.eq(fire & is_["requant"]), c.vec_fire_gelu.eq(fire & is_["gelu"]), c.vec_col.eq(w)]
         add = u.add
         m.d.comb += [add.i_valid.eq(fire & (is_["add"] | is_["add_const"])), add.const.eq(is_["add_const"]),
-                     add.ma.eq(f["ma"]), add.mb.eq(f["mb"]), add.shift.eq(f["shift"]), add.out_width.eq(f["out_bits"]),
-                     Value.cast(add.i_a).eq(Value.cast(a)), Value.cast(add.i_b).eq(Value.cast(b))]
+                     add.ma.eq(f["ma"]), add.mb.eq(f["mb"]), add.shift.eq(f["shift"]), add.out_width.eq(f["out_bits"])]
         ln = u.ln
         m.d.comb += [ln.i_valid.eq(present & is_["layernorm"]), ln.i_last.eq(last_w), ln.n.eq(f["n_valid"]),
                      ln.shift.eq(f["shift"]), ln.out_width.eq(f["out_bits"])]
         sm = u.sm
         m.d.comb += [sm.i_valid.eq(present & is_["softmax"]), sm.i_last.eq(last_w), sm.sqrt2.eq(flag["sqrt2"])]
         for lane in range(v):
-            m.d.comb += [ln.i_x[lane].eq(a[lane][:ln.in_bits]), sm.i_t[lane].eq(a[lane][:sm.in_bits]),
+            m.d.comb += [add.i_a[lane].eq(a[lane][:add.in_bits]), add.i_b[lane].eq(b[lane][:add.in_bits]),
+                         ln.i_x[lane].eq(a[lane][:ln.in_bits]), sm.i_t[lane].eq(a[lane][:sm.in_bits]),
                          sm.i_mask[lane].eq(in_row[lane] & (~flag["mask"] | b[lane].any()))]
         c.vec_a = a
 

@@ -25,7 +25,7 @@ class VectorAdder(wiring.Component):
     :data:`STAGES` clock edges later. Shifts beyond the sum's width act as that width (the result is 0).
     """
 
-    def __init__(self, lanes: int = 16, in_bits: int = widths.ACC_BITS, mult_bits: int = widths.REQUANT_M_BITS,
+    def __init__(self, lanes: int = 16, in_bits: int = widths.ADDER_IN_BITS, mult_bits: int = widths.REQUANT_M_BITS,
                  shift_bits: int = SHIFT_BITS, out_bits: int = widths.MAX_TENSOR_BITS):
         unit = "VectorAdder"
         self.lanes = check_int(unit, "lanes", lanes, 1, 64)

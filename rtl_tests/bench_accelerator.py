@@ -144,9 +144,11 @@ def vector_add_cases(b: CaseBuilder) -> None:
     v, r = b.v, b.rng
     rows, n = 3, 2 * v - 1
     words = ceil_div(n, v)
+    lo, hi = intops.int_range(widths.ADDER_IN_BITS)  # the adder's operands: the residual stream
     for unit in ("add", "add_const"):
-        a = r.integers(-(1 << 31), 1 << 31, (rows, n)) >> r.integers(0, 24)
-        c = r.integers(-(1 << 31), 1 << 31, (rows, n)) >> r.integers(0, 24)
+        a = r.integers(lo, hi + 1, (rows, n)) >> r.integers(0, 8)
+        c = r.integers(lo, hi + 1, (rows, n)) >> r.integers(0, 8)
+        a[0, :2], c[0, :2] = (lo, hi), (lo, hi)  # both rails: the widest sums
         b.load_words(to_words(a, v), 0)
         b.load_words(to_words(c, v), 40)
         if unit == "add":
@@ -154,7 +156,7 @@ def vector_add_cases(b: CaseBuilder) -> None:
             want = intops.add(a, c, ma, mb, shift, out_bits)
         else:
             ma = mb = shift = 0
-            out_bits = 24
+            out_bits = widths.ADDER_IN_BITS  # a sum of two rails saturates
             want = intops.add_const(a, c, out_bits)
         instr = Instr("vector", {"unit": unit, "rows": rows, "words": words, "a_base": 0, "a_stride": words,
                                  "b_base": 40, "b_stride": words, "out_base": 80, "out_stride": words,

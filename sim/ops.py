@@ -512,6 +512,16 @@ class _LaneOp(OpKind):
         c.count(self.kind, n)
 
 
+def _adder_refusal(op, program) -> tuple[str, str] | None:
+    """The vector adder takes operands of at most :data:`sim.widths.ADDER_IN_BITS` (the residual stream)."""
+    for name in op.inputs:
+        bits = program.tensors[name].bits
+        if bits > widths.ADDER_IN_BITS:
+            return "inputs", (f"{name!r} is int{bits}, wider than the vector adder's int{widths.ADDER_IN_BITS} "
+                              f"operands (accepted: <= {widths.ADDER_IN_BITS} bits)")
+    return None
+
+
 @register
 class Add(_LaneOp):
     kind = "add"
@@ -536,6 +546,8 @@ class Add(_LaneOp):
         return [intops.add(args[0], args[1], a["ma"], a["mb"], a["shift"], a["out_bits"])]
 
     def refusal(self, op, program, accel, seq_len=None):
+        if refused := _adder_refusal(op, program):
+            return refused
         u = accel.unit_params("requant")
         for key in ("ma", "mb"):
             v = op.attrs[key]
@@ -571,6 +583,16 @@ class AddConst(_LaneOp):
 
     def run(self, op, args, ctx):
         return [intops.add_const(args[0], op.params["const"], op.attrs["out_bits"])]
+
+    def refusal(self, op, program, accel, seq_len=None):
+        if refused := _adder_refusal(op, program):
+            return refused
+        k = op.params["const"]
+        lo, hi = _range(widths.ADDER_IN_BITS)
+        if k.size and (int(k.min()) < lo or int(k.max()) > hi):
+            return "const", (f"constant in [{int(k.min())}, {int(k.max())}] does not fit the vector adder's "
+                             f"int{widths.ADDER_IN_BITS} operands (accepted: [{lo}, {hi}])")
+        return None
 
     def param_bytes(self, op, plan):
         k = op.params["const"]

@@ -7,6 +7,7 @@ literal.
 
 ACC_BITS = 32  #: MAC array accumulators
 RESIDUAL_BITS = 16  #: the residual stream (embeddings, adds, LayerNorm inputs, mean pooling)
+ADDER_IN_BITS = RESIDUAL_BITS  #: the vector adder's operands (residual adds, add_const and its constant)
 MAX_WEIGHT_BITS = 8  #: widest integer weight a program may carry
 MAX_ACT_BITS = 16  #: widest activation operand of the MAC array (wider ones take digit passes)
 MAX_TENSOR_BITS = 32  #: widest tensor of a program (the accumulators)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import yaml
 
+from sim import widths
 from sim.accel import CONFIG_DIR, AccelError, check_program, load_accel
 from sim.program import validate
 from sim.timing import LATENCY_RANGE, operand_digits
@@ -109,6 +111,20 @@ def test_pow2_only_requantizer_refuses_dyadic_requants(tmp_path):
     with pytest.raises(AccelError, match="'pow2'.*power-of-two-only"):
         check_program(vit_program(pow2=False), accel)
     check_program(vit_program(pow2=True), accel)
+
+
+def test_the_vector_adder_refuses_operands_wider_than_the_residual_stream():
+    program = vit_program(wbits=4, abits=4)
+    wide = dataclasses.replace(program.tensors["blocks.0.proj.out"], bits=widths.ADDER_IN_BITS + 1)
+    program.tensors["blocks.0.proj.out"] = wide
+    with pytest.raises(AccelError, match=r"'blocks.0.res1' \(add\).*'blocks.0.proj.out' is int17, wider than "
+                                         r"the vector adder's int16 operands"):
+        check_program(program, load_accel("edge-int4"))
+    program = vit_program(wbits=4, abits=4)
+    pos = next(op for op in program.ops if op.kind == "add_const")
+    pos.params["const"] = pos.params["const"].astype(np.int32) + (1 << widths.ADDER_IN_BITS)
+    with pytest.raises(AccelError, match=r"'pos_embed' \(add_const\): field 'const'.*int16 operands"):
+        check_program(program, load_accel("edge-int4"))
 
 
 def test_requant_multiplier_must_fit(tmp_path):
