@@ -316,7 +316,10 @@ def cmd_rtl_run(args) -> None:
 def cmd_report(args) -> None:
     from reports import report
 
-    report.run(args.output, quick=args.quick, limit=args.limit, hardware=not args.no_hardware)
+    if args.workers or args.address:
+        _check_ray(args)
+    report.run(args.output, selection="full" if args.full else "quick" if args.quick else "default",
+               limit=args.limit, hardware=not args.no_hardware, workers=args.workers or 0, address=args.address)
 
 
 def workers(text: str) -> int:
@@ -324,14 +327,19 @@ def workers(text: str) -> int:
     return 0 if text.strip() == "0" else positive_int(text)
 
 
-def cmd_explore(args) -> None:
+def _check_ray(args) -> None:
+    """``--workers`` / ``--address`` as explore takes them: one or the other, and Ray installed to use them."""
     from importlib.util import find_spec
 
     if args.address and args.workers is not None:
         raise UsageError("--workers sizes a local Ray; the cluster at --address brings its own workers")
     if args.workers != 0 and find_spec("ray") is None:
-        raise UsageError("explore runs on Ray, which is not installed: pip install 'ptq2rtl[explore]' "
+        raise UsageError(f"{args.command} runs on Ray, which is not installed: pip install 'ptq2rtl[explore]' "
                          "(or --workers 0 to run in this process)")
+
+
+def cmd_explore(args) -> None:
+    _check_ray(args)
     from ptq2rtl import explore
 
     spec = explore.load_spec(args.spec, limit=args.limit)  # a bad spec stops here, before anything is written
@@ -460,11 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_rtl_run)
 
-    s = sub.add_parser("report", help="the main job: every method x width on the bundled models -> reports/")
+    s = sub.add_parser("report", help="the main job: methods x widths on the bundled models, synthesis, the RTL "
+                                      "regression -> reports/")
     s.add_argument("-o", "--output", type=output_dir, default="reports", help="output folder (default: reports)")
-    s.add_argument("--quick", action="store_true", help="one method (baseline), one width (W4A4)")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--full", action="store_true",
+                       help="every width (W8A8 to W3A3), whole evaluation sets, every design placed and routed, the "
+                            "whole regression (default: the representative selection)")
+    which.add_argument("--quick", action="store_true", help="one method (baseline), one width (W4A4)")
     s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples of each model")
     s.add_argument("--no-hardware", action="store_true", help="skip synthesis and the RTL regression")
+    s.add_argument("--workers", type=workers, help="compute the entries on a local Ray with N workers "
+                                                   "(default: in this process)")
+    s.add_argument("--address", help="compute the entries on an existing Ray cluster (ray://HOST:PORT)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("explore", help="a design space (YAML spec) on Ray: results table, Pareto fronts, summary")

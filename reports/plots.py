@@ -13,7 +13,7 @@ from matplotlib.patches import Patch  # noqa: E402
 METRIC = {"vit-digits": ("top1", "top-1 accuracy (%)"), "minilm": ("cosine", "cosine similarity to FP32")}
 CLASSES = ("linear", "attention", "requant", "softmax", "gelu", "layernorm", "residual", "other")
 COLORS = dict(zip(CLASSES, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")))
-MARKERS = {8: "o", 6: "s", 4: "^"}
+MARKERS = {8: "o", 6: "s", 4: "^", 3: "v"}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -46,8 +46,8 @@ def accuracy_vs_energy(results: dict, model: str, accel: str, path: Path) -> Non
                 label="Pareto front")
     for m in methods:
         ax.scatter([], [], color=cmap(methods.index(m)), label=m, edgecolor="black", linewidth=0.5)
-    for b, mk in MARKERS.items():
-        ax.scatter([], [], color="white", edgecolor="black", marker=mk, label=f"W{b}A{b}")
+    for b in sorted({e["wbits"] for e in rows}, reverse=True):
+        ax.scatter([], [], color="white", edgecolor="black", marker=MARKERS.get(b, "o"), label=f"W{b}A{b}")
     fp32 = results["fp32"].get(model, {}).get(key)
     if fp32 is not None:
         ax.axhline(fp32, color="grey", linewidth=0.8, linestyle=":", label="FP32")

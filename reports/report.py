@@ -1,15 +1,24 @@
-"""``ptq2rtl report``: the main job. Every method x width on the bundled models -> tables and plots.
+"""``ptq2rtl report``: the main job. Methods x widths on the bundled models, the FPGA config's synthesis and the
+RTL regression -> REPORT.md, results.json and PNG plots.
 
-For each model and each registered method at W8A8 / W6A6 / W4A4 it computes
-accuracy (or fidelity) under the paper and the integer protocol, and cycles,
-latency and energy on edge-int4, edge-int8 and ecp5-85f; it adds the synthesis
-and place-and-route figures of the FPGA config's whole accelerator and of every
-unit, and the RTL regression summary. It writes ``REPORT.md``,
-``results.json`` and PNG plots into the output folder.
+A run covers one :class:`Selection`:
 
-A re-run reuses every cached entry whose inputs did not change: the key of an
-entry hashes the model's data and weights, the method, the widths and the
-source of quant/ and sim/, so editing any of them recomputes what it affects.
+- ``default``, the representative run: every registered method at W6A6 and W4A4 on vit-digits (its whole test
+  split) and minilm (its first :data:`MINILM_SENTENCES` sentences); the FPGA config's synthesis figures as
+  ``hw.synth``'s cache or the shipped records hold them (no tool runs); a regression slice, each unit's first
+  bench configuration on Icarus.
+- ``full``: every method at W8A8, W6A6, W4A4 and W3A3, minilm on its whole corpus; the FPGA config placed and
+  routed whole and unit by unit, the edge configs' units and a power-of-two requantizer; the Icarus regression
+  with every bench configuration and every program trace.
+- ``quick`` (what the tests run): baseline W4A4; the edge-int4 GELU unit synthesized without place and route and
+  its first bench configuration.
+
+Every entry (a model x method x width: calibrated, evaluated under both protocols, priced on each bundled
+accelerator) is a design point of ``ptq2rtl.explore``, computed by its engine -- in this process, or on Ray with
+``workers`` / ``address`` -- into content-hashed, atomically written records under ``OUT/cache/``: a re-run
+recomputes only what changed (the key hashes the model's weights and data, the method, the widths, the samples,
+the accelerator and the source of quant/, sim/ and the flows). The synthesis and regression summaries are cached
+on the hw/, rtl_tests/, sim/ and configs/ source.
 """
 
 from __future__ import annotations
@@ -17,16 +26,71 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ptq2rtl import models
-from sim.ops import OPS
+from ptq2rtl import explore, models
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("vit-digits", "minilm")
 ACCELS = ("edge-int4", "edge-int8", "ecp5-85f")
-BITS = (8, 6, 4)
+#: minilm's evaluation sentences in the default run (its corpus holds 2,000; the full run takes them all)
+MINILM_SENTENCES = 200
+SELECTIONS = ("default", "full", "quick")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one run of the report covers."""
+
+    name: str  #: "default", "full" or "quick"
+    methods: tuple[str, ...]
+    bits: tuple[int, ...]  #: WnAn widths, n each
+    limits: dict[str, int | None] = field(hash=False)  #: model -> evaluation samples (None: all)
+    synthesis: str  #: "cached" (look up, no tool runs), "measured" (the tools run), "quick"
+    regression: dict = field(hash=False)  #: ``rtl_tests.regress.run``'s arguments
+
+
+def select(name: str = "default", limit: int | None = None) -> Selection:
+    """The selection ``name``; ``limit`` caps every model's evaluation samples."""
+    from quant.methods import method_names
+
+    if name not in SELECTIONS:
+        raise ValueError(f"unknown report selection {name!r} (accepted: {', '.join(SELECTIONS)})")
+    cap = {"default": {"minilm": MINILM_SENTENCES}}.get(name, {})
+    limits = {m: min((x for x in (cap.get(m), limit) if x is not None), default=None) for m in MODELS}
+    if name == "quick":
+        return Selection(name, ("baseline",), (4,), limits, "quick",
+                         {"sim": "icarus", "unit_names": ["gelu"], "with_traces": False, "configs": 1})
+    if name == "default":
+        return Selection(name, tuple(method_names()), (6, 4), limits, "cached",
+                         {"sim": "icarus", "with_traces": False, "configs": 1})
+    return Selection(name, tuple(method_names()), (8, 6, 4, 3), limits, "measured",
+                     {"sim": "icarus", "with_traces": True})
+
+
+def design_points(sel: Selection) -> explore.Spec:
+    """The report's entries as an explore design space: every (model, method, width) program, evaluated under
+    both protocols, on every bundled accelerator."""
+    import yaml
+
+    from sim.accel import load_accel
+
+    programs = tuple(explore.ProgramPoint(model, method, b, b, sel.limits[model], paper=True)
+                     for model in MODELS for method in sel.methods for b in sel.bits)
+    accels = []
+    for name in ACCELS:
+        accel = load_accel(name)
+        accels.append(explore.AccelPoint(name, (), accel, yaml.safe_load(Path(accel.source).read_text())))
+    return explore.Spec(f"ptq2rtl report ({sel.name})", "report", programs, tuple(accels))
+
+
+def data_fingerprint(name: str) -> str:
+    data = ROOT / "ptq2rtl" / "data"
+    files = {"vit-digits": [data / "vit_digits.safetensors", data / "vit_digits.json"],
+             "minilm": [data / "stdlib_sentences.txt", Path(models.minilm_folder()) / "model.safetensors"]}[name]
+    return _hash_files(files)
 
 
 def _hash_files(paths) -> str:
@@ -37,113 +101,47 @@ def _hash_files(paths) -> str:
     return h.hexdigest()
 
 
-def code_fingerprint() -> str:
-    """The source every result depends on: quantization, the golden model, the cost model, models and flows."""
-    files = [p for d in ("quant", "sim", "configs") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".yaml")]
-    files += [ROOT / "ptq2rtl" / f for f in ("flows.py", "corpus.py", "vit_digits.py", "simulate.py")]
-    files += sorted((ROOT / "ptq2rtl" / "models").glob("*.py"))
-    return _hash_files(files)
-
-
-def data_fingerprint(name: str) -> str:
-    data = ROOT / "ptq2rtl" / "data"
-    files = {"vit-digits": [data / "vit_digits.safetensors", data / "vit_digits.json"],
-             "minilm": [data / "stdlib_sentences.txt", Path(models.minilm_folder()) / "model.safetensors"]}[name]
-    return _hash_files(files)
-
-
-def entry_key(name: str, method: str, bits: int, code: str, data: str) -> str:
-    return hashlib.sha256(f"{name}|{method}|{bits}|{code}|{data}".encode()).hexdigest()[:16]
-
-
-def op_classes(sim: dict) -> dict:
-    """Cycles and energy of a simulation grouped by op class (linear, attention, softmax, ...)."""
-    cycles: dict[str, int] = {}
-    energy: dict[str, float] = {}
-    for op in sim["ops"]:
-        # the compiled schedule's instructions of no op (inputs loaded, outputs stored, end) are DRAM traffic
-        c = OPS[op["kind"]].report_class if op["kind"] in OPS else "other"
-        cycles[c] = cycles.get(c, 0) + op["cycles"]
-        energy[c] = energy.get(c, 0.0) + op["energy_j"]
-    return {"cycles": cycles, "energy_j": energy}
-
-
-def simulate_entry(program, accel: str) -> dict:
-    from ptq2rtl.simulate import simulate_report
-    from sim.accel import AccelError
-
-    try:
-        sim = simulate_report(program, accel)
-    except AccelError as exc:
-        return {"refused": str(exc)}
-    keep = ("cycles", "latency_s", "energy_j", "utilization", "dram_bytes", "energy_breakdown_j", "largest_energy",
-            "macs", "clock_mhz", "gops", "peak_gops", "gops_per_w", "energy_preset")
-    return {**{k: sim[k] for k in keep}, "basis": sim["basis"]["kind"], "op_classes": op_classes(sim),
-            "layers": [{"name": l["name"], "latency_s": l["latency_s"]} for l in sim["layers"]]}
-
-
-def evaluate_entry(name: str, method: str, bits: int, cache: Path, key: str, progress: bool,
-                   limit: int | None) -> dict:
-    """One model x method x width: calibrate, evaluate both protocols, simulate on both accelerators."""
-    from ptq2rtl import flows
-    from quant.lower import lower
-
-    plan = flows.make_plan(name, method, bits, bits, progress=progress)
-    program = lower(plan)
-    program.save(cache / f"{name}-{method}-w{bits}a{bits}-{key}.safetensors")
-    paper = flows.evaluate_paper(plan, limit=limit, progress=progress)
-    integer = flows.evaluate_program(program, limit=limit, progress=progress)
+def entry(done: explore.Records, spec: explore.Spec, pp: explore.ProgramPoint) -> dict:
+    """One model x method x width as the tables and plots read it, from its explore records."""
+    prog = done.program(pp)
     metrics = ("top1", "top5", "cosine", "nn_agreement", "n")
-    return {"model": name, "method": method, "wbits": bits, "abits": bits, "key": key,
-            "calib_seconds": plan.meta["calib_seconds"],
-            "paper": {k: paper[k] for k in metrics if k in paper},
-            "integer": {k: integer[k] for k in metrics if k in integer},
-            "accel": {a: simulate_entry(program, a) for a in ACCELS}}
+    return {"model": pp.model, "method": pp.method, "wbits": pp.wbits, "abits": pp.abits,
+            "key": done.program_key(pp), "calib_seconds": prog["calib_seconds"], "seconds": prog["seconds"],
+            "paper": prog["paper_protocol"], "integer": {k: prog[k] for k in metrics if k in prog},
+            "accel": {a.base: done.point(pp, a, spec.seq_len) for a in spec.accels}}
 
 
-def run(out_dir: str | Path = ROOT / "reports", *, quick: bool = False, progress: bool = True,
-        log: Callable[[str], None] = print, limit: int | None = None, hardware: bool = True) -> dict:
-    """Compute (or reuse) every entry, then write REPORT.md, results.json and the plots into ``out_dir``."""
-    from quant.methods import method_names
+def run(out_dir: str | Path = ROOT / "reports", *, selection: str = "default", limit: int | None = None,
+        hardware: bool = True, workers: int = 0, address: str | None = None, progress: bool = True,
+        log: Callable[[str], None] = print) -> dict:
+    """Compute (or reuse) the selection's entries and hardware summaries, then write REPORT.md, results.json and
+    the plots into ``out_dir``. ``workers`` / ``address``: as ``ptq2rtl explore`` (0: in this process)."""
     from reports import plots, tables
 
+    sel = select(selection, limit)
     out = Path(out_dir)
     cache = out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    methods = ["baseline"] if quick else method_names()
-    bits = (4,) if quick else BITS
-    code = code_fingerprint()
     start = time.perf_counter()
-    entries = []
-    for name in MODELS:
-        data = data_fingerprint(name)
-        for method in methods:
-            for b in bits:
-                key = entry_key(name, method, b, code, f"{data}|{limit}")
-                path = cache / f"{key}.json"
-                if path.exists():
-                    entry = json.loads(path.read_text())
-                    log(f"report: {name} {method} W{b}A{b}: cached")
-                else:
-                    t0 = time.perf_counter()
-                    entry = evaluate_entry(name, method, b, cache, key, progress, limit)
-                    _atomic_write(path, json.dumps(entry, indent=1))
-                    log(f"report: {name} {method} W{b}A{b}: {time.perf_counter() - t0:.0f} s")
-                entries.append(entry)
-    fp32 = {name: _fp32(name, cache, data_fingerprint(name), code, limit) for name in MODELS}
-    hw = hardware_summary(cache, quick, log) if hardware else {}
-    results = {"generated_seconds": round(time.perf_counter() - start, 1), "quick": quick, "fp32": fp32,
-               "entries": entries, **hw}
+    spec = design_points(sel)
+    done = explore.compute(spec, out, workers=workers, address=address, progress=progress, log=log)
+    entries = [entry(done, spec, pp) for pp in spec.programs]
+    fp32 = {name: _fp32(name, cache, sel.limits[name]) for name in MODELS}
+    seconds = {"entries": round(time.perf_counter() - start, 1)}
+    hw = hardware_summary(cache, sel, log, seconds) if hardware else {}
+    seconds["total"] = round(time.perf_counter() - start, 1)
+    results = {"generated_seconds": seconds["total"], "seconds": seconds, "selection": asdict(sel),
+               "computed": done.computed, "where": done.where, "fp32": fp32, "entries": entries, **hw}
     figures = plots.write_all(results, out)
     _atomic_write(out / "results.json", json.dumps(results, indent=1))
     _atomic_write(out / "REPORT.md", tables.report_markdown(results, figures))
-    log(f"report: wrote {out / 'REPORT.md'}, {out / 'results.json'} and {len(figures)} plots "
+    log(f"report ({sel.name}): wrote {out / 'REPORT.md'}, {out / 'results.json'} and {len(figures)} plots "
         f"in {time.perf_counter() - start:.0f} s")
     return results
 
 
-def _fp32(name: str, cache: Path, data: str, code: str, limit: int | None) -> dict:
-    path = cache / f"fp32-{entry_key(name, 'fp32', 32, code, f'{data}|{limit}')}.json"
+def _fp32(name: str, cache: Path, limit: int | None) -> dict:
+    key = hashlib.sha256(f"{name}|{explore.code_fingerprint()}|{data_fingerprint(name)}|{limit}".encode())
+    path = cache / f"fp32-{key.hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
     if models.model_info(name).task == "image":
@@ -155,22 +153,25 @@ def _fp32(name: str, cache: Path, data: str, code: str, limit: int | None) -> di
     return result
 
 
-def hardware_summary(cache: Path, quick: bool, log) -> dict:
-    """Synthesis figures and the RTL regression summary (each cached on the hw/ and rtl_tests/ sources)."""
+def hardware_summary(cache: Path, sel: Selection, log, seconds: dict) -> dict:
+    """Synthesis figures and the RTL regression summary of ``sel``, each cached on the hw/, rtl_tests/, sim/ and
+    configs/ source (a lookup of cached synthesis figures is not cached itself: it is one read per design)."""
     files = [p for d in ("hw", "rtl_tests", "sim", "configs") for p in (ROOT / d).rglob("*")
              if p.suffix in (".py", ".yaml")] + [Path(__file__)]
     key = _hash_files(files)[:16]
     out = {}
     for what, fn in (("synthesis", _synthesis), ("regression", _regression)):
-        path = cache / f"{what}-{'quick-' if quick else ''}{key}.json"
+        t0 = time.perf_counter()
+        path = cache / f"{what}-{sel.name}-{key}.json"
         if path.exists():
             out[what] = json.loads(path.read_text())
             log(f"report: {what}: cached")
-            continue
-        t0 = time.perf_counter()
-        out[what] = fn(quick)
-        _atomic_write(path, json.dumps(out[what], indent=1))
-        log(f"report: {what}: {time.perf_counter() - t0:.0f} s")
+        else:
+            out[what] = fn(sel)
+            if not (what == "synthesis" and sel.synthesis == "cached"):
+                _atomic_write(path, json.dumps(out[what], indent=1))
+            log(f"report: {what}: {time.perf_counter() - t0:.0f} s")
+        seconds[what] = round(time.perf_counter() - t0, 1)
     return out
 
 
@@ -190,23 +191,34 @@ def _rows(result: dict, config: str) -> list[dict]:
              "fmax_note": r.get("fmax_note"), "params": r.get("params")} for unit, r in result["units"].items()]
 
 
-def _synthesis(quick: bool) -> dict:
-    """The FPGA config's accelerator and units, the edge configs' units and a power-of-two requantizer, on the
-    LFE5U-85F (yosys with ABC, nextpnr's Fmax) through ``hw.synth``'s cache, which ``ptq2rtl synth`` shares;
-    the measured Fmax is recorded for ``simulate``'s clock check. Quick (what the tests run): edge-int4's GELU
-    unit, without place and route."""
+def _synthesis(sel: Selection) -> dict:
+    """The FPGA config's accelerator and units on the LFE5U-85F (yosys with ABC, nextpnr's Fmax) through
+    ``hw.synth``'s cache, which ``ptq2rtl synth`` shares. ``cached``: the figures the cache or the shipped records
+    hold for today's Verilog, no tool run, what is not there listed as ``missing``. ``measured``: the tools run
+    where the cache has nothing, the measured Fmax is recorded for ``simulate``'s clock check, and the edge
+    configs' units and a power-of-two requantizer are placed too. ``quick``: edge-int4's GELU unit, without
+    place and route."""
     from hw import synth
     from ptq2rtl import clocks
-    from sim.accel import load_accel, requant_params
+    from sim.accel import UNIT_PARAMS, load_accel, requant_params
 
     def run(what, units=None, whole=None, fmax=True):
         budget = PNR_TIMEOUT_S["accelerator" if whole or (units and "accelerator" in units) else "unit"]
         return synth.synth(what, SYNTH_TARGET, part=SYNTH_PART, freq_mhz=SYNTH_FREQ_MHZ, units=units,
                            whole=whole, fmax=fmax, pnr_timeout_s=budget)
 
-    if quick:
+    missing, clock = [], None
+    if sel.synthesis == "quick":
         result = run(load_accel(EDGE_CONFIGS[0]), units=["gelu"], fmax=False)
-        rows, clock = _rows(result, EDGE_CONFIGS[0]), None
+        rows = _rows(result, EDGE_CONFIGS[0])
+    elif sel.synthesis == "cached":
+        fpga = load_accel(FPGA_CONFIG)
+        designs = ["accelerator", *UNIT_PARAMS]
+        area = explore.AreaSpec(SYNTH_TARGET, SYNTH_PART, SYNTH_FREQ_MHZ)
+        result = explore.cached_synthesis(fpga, area, designs)
+        rows = _rows(result, FPGA_CONFIG)
+        missing = [d for d in designs if d not in result["units"]]
+        clock = clocks.clock_status(fpga)
     else:
         fpga = load_accel(FPGA_CONFIG)
         rows = []
@@ -221,15 +233,17 @@ def _synthesis(quick: bool) -> dict:
         pow2 = {"requant": {**requant_params(load_accel(EDGE_CONFIGS[0])), "pow2": True}}
         rows += _rows(run(pow2), f"{EDGE_CONFIGS[0]}, power-of-two M")
     part = synth.part_of(SYNTH_TARGET, SYNTH_PART)
-    return {"target": part.name, "package": part.package, "speed": part.speed, "freq_mhz": SYNTH_FREQ_MHZ,
-            "lut_mapping": result["lut_mapping"], "tools": result["tools"], "clock": clock,
-            "available": {"luts": part.lut, "dsps": part.dsp, "brams": part.bram}, "rows": rows}
+    return {"source": sel.synthesis, "fpga_config": None if sel.synthesis == "quick" else FPGA_CONFIG,
+            "target": part.name, "package": part.package, "speed": part.speed,
+            "freq_mhz": SYNTH_FREQ_MHZ, "lut_mapping": result["lut_mapping"], "tools": result["tools"],
+            "clock": clock, "available": {"luts": part.lut, "dsps": part.dsp, "brams": part.bram}, "rows": rows,
+            "missing": {"config": FPGA_CONFIG, "designs": missing} if missing else None}
 
 
-def _regression(quick: bool) -> dict:
+def _regression(sel: Selection) -> dict:
     from rtl_tests import regress
 
-    return regress.run(sim="icarus", with_traces=not quick)
+    return regress.run(**sel.regression)
 
 
 def _atomic_write(path: Path, text: str) -> None:

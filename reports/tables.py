@@ -71,29 +71,36 @@ def _placed(r: dict, key: str, avail: dict, ours: str) -> str:
 def synthesis_table(results: dict) -> list[str]:
     syn = results.get("synthesis") or {}
     rows = syn.get("rows") or []
+    missing = syn.get("missing")
+    gap = [f"Not in the synthesis cache for today's Verilog, so not shown: {missing['config']}'s "
+           f"{', '.join(missing['designs'])} (`ptq2rtl report --full` or `ptq2rtl synth --accel {missing['config']} "
+           f"--target ecp5 --part 85f --freq {syn.get('freq_mhz', 100):g}` measures them)."] if missing else []
     if not rows:
-        return ["(no synthesis figures)"]
+        return ["(no synthesis figures)", *([""] + gap if gap else [])]
     avail = syn.get("available") or {}
     out = [f"yosys (LUT mapping {syn.get('lut_mapping', '?')}) and nextpnr on the {syn.get('target')} "
            f"{syn.get('package', '')} speed grade {syn.get('speed', '?')}, router target "
            f"{_fmt(syn.get('freq_mhz'), 'g')} MHz; MULT18 = MULT18X18D, EBR = DP16KD. A design is placed inside "
            "a three-pin wrapper (its ports from a shift register, its outputs XOR-reduced), so Fmax is register "
            "to register.", ""]
-    fpga = [r for r in rows if r["unit"] == "accelerator"]
+    config = syn.get("fpga_config") or next((r["config"] for r in rows if r["unit"] == "accelerator"), None)
+    fpga = [r for r in rows if r["config"] == config]
     if fpga:
-        config = fpga[0]["config"]
         clock = syn.get("clock") or {}
-        out += [f"### {config}: the whole accelerator and its units", "",
+        whole = any(r["unit"] == "accelerator" for r in fpga)
+        out += [f"### {config}: {'the whole accelerator and its units' if whole else 'its units'}", "",
                 "| design | " + " | ".join(f"{name} used / available" for _, _, name in _RES) + " | Fmax (MHz) |",
                 "|---|" + "---:|" * (len(_RES) + 1)]
-        for r in [x for x in rows if x["config"] == config]:
+        for r in fpga:
             cells = " | ".join(_placed(r, key, avail, ours) for ours, key, _ in _RES)
             out.append(f"| {'**accelerator**' if r['unit'] == 'accelerator' else r['unit']} | {cells} | "
                        f"{_fmax_cell(r)} |")
         if clock:
             out += ["", f"Configured clock {clock['mhz']:g} MHz: {clock['note']}."]
         out += [""] + throughput_lines(results, config)
-    edge = [r for r in rows if r["config"] != (fpga[0]["config"] if fpga else None)]
+    if gap:
+        out += [""] + gap
+    edge = [r for r in rows if r["config"] != config]
     if edge:
         out += ["", "### Units of the edge configs on the same part", "",
                 "The edge configs are ASIC-style design points (their 200 MHz is an assumption, their buffers are "
@@ -129,10 +136,54 @@ def regression_lines(results: dict) -> list[str]:
     return ["```", format_summary(reg), "```"]
 
 
+#: what each selection is called in the report's first lines, and the command that runs it
+SELECTION_NAMES = {"default": ("the default (representative) selection", "ptq2rtl report"),
+                   "full": ("the full selection", "ptq2rtl report --full"),
+                   "quick": ("the quick selection (what the tests run)", "ptq2rtl report --quick")}
+
+
+def selection_lines(results: dict) -> list[str]:
+    """Which run wrote the report: what it covers, what it leaves to ``--full``, and where its time went."""
+    sel = results["selection"]
+    name, command = SELECTION_NAMES[sel["name"]]
+    samples = {}
+    for e in results["entries"]:
+        samples.setdefault(e["model"], e["integer"]["n"])
+    unit = {"vit-digits": "test images", "minilm": "sentences"}
+    evaluated = "; ".join(f"{m} on {'its first ' if sel['limits'].get(m) else ''}{n:,} {unit.get(m, 'samples')}"
+                          for m, n in samples.items())
+    widths = ", ".join(f"W{b}A{b}" for b in sel["bits"])
+    synth = {"cached": "the FPGA config's synthesis figures as hw.synth's cache or the shipped records hold them "
+                       "(no tool runs)",
+             "measured": "every design synthesized, placed and routed where the cache has no figures",
+             "quick": "one unit synthesized without place and route"}[sel["synthesis"]]
+    reg = results.get("regression")
+    regression = (f"the RTL regression on {reg['sim']}" + (f", {reg['configs']} bench configuration(s) per unit"
+                  if reg.get("configs") else ", every bench configuration")
+                  + ("" if any(r["kind"] == "trace" for u in reg["units"].values() for r in u["runs"])
+                     else ", no program traces")) if reg else "no RTL regression"
+    secs = results.get("seconds") or {}
+    computed = results.get("computed") or {}
+    took = (f"{secs.get('total', results['generated_seconds']):.0f} s: entries {secs.get('entries', 0):.0f} s "
+            f"({computed.get('programs', 0)} programs and {computed.get('points', 0)} priced points computed "
+            f"{results.get('where', '')}, the rest cached)"
+            + "".join(f", {k} {secs[k]:.0f} s" for k in ("synthesis", "regression") if k in secs))
+    lines = [f"Generated by `{command}`, {name}: methods {', '.join(sel['methods'])} at {widths}; {evaluated}; "
+             f"{synth}; {regression}. It took {took}."]
+    if sel["name"] != "full":
+        from reports.report import select
+
+        full = select("full")
+        lines += ["", f"`ptq2rtl report --full` runs every method at {', '.join(f'W{b}A{b}' for b in full.bits)} "
+                      "with every model on its whole evaluation set, synthesizes, places and routes every design "
+                      "missing from the cache (the edge configs' units included) and runs the whole Icarus "
+                      "regression with every program trace."]
+    return lines
+
+
 def report_markdown(results: dict, figures: list[str]) -> str:
-    out = ["# ptq2rtl report", "",
-           f"Generated by `ptq2rtl report{' --quick' if results['quick'] else ''}` "
-           f"({results['generated_seconds']:.0f} s including cached entries). Accuracy under the **paper** protocol "
+    out = ["# ptq2rtl report", "", *selection_lines(results), "",
+           "Accuracy under the **paper** protocol "
            "(linear layers and matmuls fake-quantized, LayerNorm / Softmax / GELU / residuals in float) and the "
            "**integer** protocol (the integer program run by the golden engine: every op integer). Cost of one "
            "inference (batch 1; minilm at 128 tokens) on the bundled accelerators.", ""]

@@ -40,11 +40,12 @@ def _fold(into: dict, s: dict, label: str, unit: str, kind: str) -> None:
 
 
 def run(sim: str = "icarus", unit_names: list[str] | None = None, with_traces: bool = True,
-        progress=None, exported: bool | None = None, full: bool | None = None) -> dict:
+        progress=None, exported: bool | None = None, full: bool | None = None, configs: int | None = None) -> dict:
     """Run the regression on ``sim`` ("icarus" or "verilator"); ``progress(label)`` is called before each bench.
 
     ``exported``: also the exported sizes (default: on Verilator); ``full``: all of them, ``units.FULL_ONLY``
-    included (default: ``PTQ2RTL_FULL=1`` in the environment)."""
+    included (default: ``PTQ2RTL_FULL=1`` in the environment); ``configs``: each unit's first ``configs`` bench
+    configurations only (default: all of them; ``ptq2rtl report``'s slice takes one)."""
     start = time.perf_counter()
     names = unit_names or list(units.UNITS)
     unknown = sorted(set(names) - set(units.UNITS))
@@ -53,11 +54,11 @@ def run(sim: str = "icarus", unit_names: list[str] | None = None, with_traces: b
     exported = sim == "verilator" if exported is None else exported
     full = units.full_default() if full is None else full
     summary = {"sim": sim, "exported": "full" if exported and full else "default" if exported else "none",
-               "units": {}}
+               "configs": configs, "units": {}}
     for unit in names:
         u = {"vectors": 0, "mismatches": 0, "sources": {}, "mismatch_details": [], "cycle_checks": 0,
              "cycle_mismatches": 0, "runs": []}
-        benches = [(config, "bench") for config in units.CONFIGS[unit]]
+        benches = [(config, "bench") for config in list(units.CONFIGS[unit])[:configs]]
         benches += [(config, "exported") for config in units.exported(unit, full)] if exported else []
         for config, kind in benches:
             label = f"{'exported ' if kind == 'exported' else ''}{config}"
@@ -83,9 +84,11 @@ def format_summary(s: dict) -> str:
     counts and seconds), then the first problems if any."""
     exported = {"full": "exported sizes: all", "default": "exported sizes: the default slice",
                 "none": "exported sizes: none"}.get(s.get("exported"), "")
+    n = s.get("configs")
+    benches = f"; each unit's first {f'{n} bench configurations' if n > 1 else 'bench configuration'}" if n else ""
     lines = [f"RTL regression on {s['sim']}: {s['vectors']} vectors, {s['mismatches']} mismatches, "
              f"{s['cycle_checks'] - s['cycle_mismatches']}/{s['cycle_checks']} cycle counts equal to sim.timing "
-             f"({s['seconds']} s{'; ' + exported if exported else ''})",
+             f"({s['seconds']} s{'; ' + exported if exported else ''}{benches})",
              f"{'unit':<10} {'vectors':>8} {'random':>8} {'corner':>7} {'traces':>7} {'mism.':>6} {'cycles ok':>10}"]
     for name, u in s["units"].items():
         src = u["sources"]
