@@ -23,6 +23,7 @@ on the hw/, rtl_tests/, sim/ and configs/ source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -123,7 +124,8 @@ def run(out_dir: str | Path = ROOT / "reports", *, selection: str = "default", l
     cache = out / "cache"
     start = time.perf_counter()
     spec = design_points(sel)
-    done = explore.compute(spec, out, workers=workers, address=address, progress=progress, log=log)
+    with _one_torch_thread() if workers == 0 and not address else contextlib.nullcontext():
+        done = explore.compute(spec, out, workers=workers, address=address, progress=progress, log=log)
     entries = [entry(done, spec, pp) for pp in spec.programs]
     fp32 = {name: _fp32(name, cache, sel.limits[name]) for name in MODELS}
     seconds = {"entries": round(time.perf_counter() - start, 1)}
@@ -137,6 +139,21 @@ def run(out_dir: str | Path = ROOT / "reports", *, selection: str = "default", l
     log(f"report ({sel.name}): wrote {out / 'REPORT.md'}, {out / 'results.json'} and {len(figures)} plots "
         f"in {time.perf_counter() - start:.0f} s")
     return results
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Entries computed in this process run on one torch thread, as each Ray worker does: a thread pool's
+    barriers stall whenever another process holds a core (apq's vit-digits calibration took 157 s on two
+    threads and 6.9 s on one beside a place and route on two cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fp32(name: str, cache: Path, limit: int | None) -> dict:
