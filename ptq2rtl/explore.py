@@ -358,16 +358,23 @@ def _area(top: _Reader, value) -> AreaSpec | None:
 # ------------------------------------------------------------------ the work: three pure functions
 def quantize_point(pp: ProgramPoint) -> tuple:
     """Calibrate, lower and evaluate one program on the golden engine (and its plan under the paper protocol,
-    ``paper_protocol`` in the record, where ``pp.paper``): ``(program, record)``."""
+    ``paper_protocol`` in the record, where ``pp.paper``): ``(program, record)``. A plan the integer formats
+    cannot hold gives ``(None, record)`` with the lowering's ``refused``, and its points are refused."""
     from ptq2rtl import flows
     from quant.lower import lower
     from quant.plan import Sites
+    from quant.quantizers import QuantError
+    from sim.program import ProgramError
 
     sites = Sites(weights={s: b for k, s, b in pp.sites if k == "weights"},
                   acts={s: b for k, s, b in pp.sites if k == "acts"})
     start = time.perf_counter()
     plan = flows.make_plan(pp.model, pp.method, pp.wbits, pp.abits, sites=sites or None, progress=False)
-    program = lower(plan)
+    try:
+        program = lower(plan)
+    except (QuantError, ProgramError) as exc:  # e.g. hvit's minilm W3A3: a residual scale ratio of 2**16
+        return None, {**asdict(pp), "refused": f"not lowered: {exc}", "calib_seconds": plan.meta["calib_seconds"],
+                      "seconds": round(time.perf_counter() - start, 2)}
     result = flows.evaluate_program(program, limit=pp.limit, progress=False)
     record = {**asdict(pp), "n": result["n"], **{k: result[k] for k in METRICS if k in result},
               "calib_seconds": plan.meta["calib_seconds"]}
@@ -383,6 +390,8 @@ def price_point(program, accel: AccelConfig, seq_len: int) -> dict:
     from ptq2rtl.simulate import simulate_report
 
     try:
+        if program is None:
+            return {"refused": "no integer program (its record says why)"}
         sim = simulate_report(program, accel, seq_len=seq_len)  # refused by sim.accel.check_program first
     except AccelError as exc:
         return {"refused": str(exc)}
@@ -617,9 +626,15 @@ def _bar(total: int, progress: bool):
     return tqdm(total=total, desc="explore", unit="job", disable=not progress, smoothing=0.1)
 
 
-def _inline(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict, *, progress: bool) -> None:
+def _load(files: Layout, key: str):
+    """A finished program read back, or None for one the lowering refused (its record alone is written)."""
     from sim.program import IntegerProgram
 
+    path = files.program(key)
+    return IntegerProgram.load(path) if path.is_file() else None
+
+
+def _inline(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict, *, progress: bool) -> None:
     programs, points, areas = _jobs(spec, left, fingerprint, data)
     loaded = {}
     with _bar(len(left), progress) as bar:
@@ -629,7 +644,7 @@ def _inline(spec: Spec, left: Todo, files: Layout, fingerprint: str, data: dict,
             bar.update()
         for _, key, pkey, a in points:
             if pkey not in loaded:
-                loaded[pkey] = IntegerProgram.load(files.program(pkey))
+                loaded[pkey] = _load(files, pkey)
             _save(files, "point", key, price_point(loaded[pkey], a.accel, spec.seq_len))
             bar.update()
         for _, key, a in areas:
@@ -669,7 +684,6 @@ def _on_ray(ray, spec: Spec, left: Todo, files: Layout, fingerprint: str, data: 
     """Submit every job as a Ray task (a point's task waits on its program's), write each record as it
     finishes. Ray schedules; the program reaches the point tasks through the object store, once."""
     from ptq2rtl.errors import user_errors
-    from sim.program import IntegerProgram
 
     quantize = ray.remote(num_cpus=1, num_returns=2)(quantize_point)
     price = ray.remote(num_cpus=1)(price_point)
@@ -683,7 +697,7 @@ def _on_ray(ray, spec: Spec, left: Todo, files: Layout, fingerprint: str, data: 
     for job in points:
         _, _, pkey, a = job
         if pkey not in refs:
-            refs[pkey] = ray.put(IntegerProgram.load(files.program(pkey)))
+            refs[pkey] = ray.put(_load(files, pkey))
         if a.key not in accel_refs:
             accel_refs[a.key] = ray.put(a.accel)
         jobs[price.remote(refs[pkey], accel_refs[a.key], spec.seq_len)] = job
@@ -724,12 +738,12 @@ def collect(spec: Spec, files: Layout, fingerprint: str, data: dict[str, str]) -
             over = dict(a.overrides)
             rows.append({
                 "model": pp.model, "method": pp.method, "wbits": pp.wbits, "abits": pp.abits,
-                "sites": " ".join(f"{s}:{k[0]}{b}" for k, s, b in pp.sites), "n": prog["n"],
-                "metric": metric, "accuracy": prog[metric], **{m: prog.get(m) for m in METRICS},
+                "sites": " ".join(f"{s}:{k[0]}{b}" for k, s, b in pp.sites), "n": prog.get("n"),
+                "metric": metric, "accuracy": prog.get(metric), **{m: prog.get(m) for m in METRICS},
                 "accelerator": a.base, **{k: over.get(k) for k in keys},
                 "accelerator_file": files.accelerator(a).relative_to(files.out).as_posix(),
                 "clock_mhz": a.accel.clock_mhz, "clock": clock[a.key],
-                "refused": cost.get("refused"), "basis": cost.get("basis"),
+                "refused": prog.get("refused") or cost.get("refused"), "basis": cost.get("basis"),
                 **{k: cost.get(k) for k in COST_FIELDS if k != "energy_breakdown_j"},
                 "area": area.get("luts"), "area_design": area.get("design"),
                 **{f"area_{k}": area.get(k) for k in ("lut", "carry", "ff", "dsp", "bram")},

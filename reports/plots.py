@@ -55,7 +55,8 @@ def accuracy_vs_energy(results: dict, model: str, accel: str, path: Path) -> Non
     ax.set_ylabel(f"{label}, integer protocol")
     ax.set_title(f"{model}: accuracy vs energy ({accel})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    if ax.get_legend_handles_labels()[0]:  # nothing to label where no program of the model was priced
+        ax.legend(fontsize=8, loc="best", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -103,12 +103,14 @@ def _hash_files(paths) -> str:
 
 
 def entry(done: explore.Records, spec: explore.Spec, pp: explore.ProgramPoint) -> dict:
-    """One model x method x width as the tables and plots read it, from its explore records."""
+    """One model x method x width as the tables and plots read it, from its explore records (``refused``: why
+    the lowering gave no integer program, and no metrics)."""
     prog = done.program(pp)
     metrics = ("top1", "top5", "cosine", "nn_agreement", "n")
     return {"model": pp.model, "method": pp.method, "wbits": pp.wbits, "abits": pp.abits,
             "key": done.program_key(pp), "calib_seconds": prog["calib_seconds"], "seconds": prog["seconds"],
-            "paper": prog["paper_protocol"], "integer": {k: prog[k] for k in metrics if k in prog},
+            **({"refused": prog["refused"]} if "refused" in prog else {}),
+            "paper": prog.get("paper_protocol", {}), "integer": {k: prog[k] for k in metrics if k in prog},
             "accel": {a.base: done.point(pp, a, spec.seq_len) for a in spec.accels}}
 
 

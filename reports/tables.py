@@ -23,7 +23,9 @@ def accuracy_table(results: dict, model: str) -> list[str]:
             continue
         p, i = e["paper"], e["integer"]
         bits = f"W{e['wbits']}A{e['abits']}"
-        if text:
+        if "refused" in e:
+            lines.append(f"| {e['method']} | {bits} | {e['refused']} |" + " |" * (head.count("|") - 4))
+        elif text:
             lines.append(f"| {e['method']} | {bits} | {_fmt(p['cosine'], '.4f')} | {_fmt(p['nn_agreement'], '.3f')} | "
                          f"{_fmt(i['cosine'], '.4f')} | {_fmt(i['nn_agreement'], '.3f')} | {e['calib_seconds']:.1f} |")
         else:
@@ -148,7 +150,8 @@ def selection_lines(results: dict) -> list[str]:
     name, command = SELECTION_NAMES[sel["name"]]
     samples = {}
     for e in results["entries"]:
-        samples.setdefault(e["model"], e["integer"]["n"])
+        if "n" in e["integer"]:
+            samples.setdefault(e["model"], e["integer"]["n"])
     unit = {"vit-digits": "test images", "minilm": "sentences"}
     evaluated = "; ".join(f"{m} on {'its first ' if sel['limits'].get(m) else ''}{n:,} {unit.get(m, 'samples')}"
                           for m, n in samples.items())

@@ -161,6 +161,31 @@ def test_the_default_regression_is_each_units_first_bench_configuration(monkeypa
     assert "each unit's first bench configuration" in regress.format_summary(s).splitlines()[0]
 
 
+def test_a_program_the_lowering_refuses_is_an_entry_that_says_why(tmp_path, monkeypatch):
+    """hvit's minilm W3A3 plan, for one, has a residual scale ratio no 16-bit multiplier holds: --full records it."""
+    from dataclasses import asdict
+
+    from quant import lower as lowering
+    from sim.program import ProgramError
+
+    def refuse(plan):
+        raise ProgramError("op 'blocks.0.res2' (add): field 'mb': 65536 outside the accepted range [0, 65535]")
+
+    monkeypatch.setattr(lowering, "lower", refuse)
+    pp = explore.ProgramPoint("vit-digits", "baseline", 4, 4, 8, paper=True)
+    spec = explore.Spec("test", "test", (pp,), report.design_points(report.select("quick")).accels)
+    done = explore.compute(spec, tmp_path, workers=0, progress=False, log=lambda _: None)
+    e = report.entry(done, spec, pp)
+    assert e["refused"] == "not lowered: op 'blocks.0.res2' (add): field 'mb': 65536 outside the accepted range [0, 65535]"
+    assert e["integer"] == {} and all("refused" in s for s in e["accel"].values())
+    results = {"selection": asdict(report.select("quick")), "fp32": {}, "entries": [e], "computed": done.computed,
+               "where": done.where, "generated_seconds": 1.0}
+    md = tables.report_markdown(results, plots.write_all(results, tmp_path))
+    assert "| baseline | W4A4 | not lowered: op 'blocks.0.res2' (add): field 'mb'" in md
+    again = explore.compute(spec, tmp_path, workers=0, progress=False, log=lambda _: None)
+    assert again.computed == {"programs": 0, "points": 0, "areas": 0}  # the refusal is a record like any other
+
+
 # ------------------------------------------------------------------ tables and plots
 def test_pareto_front_keeps_only_undominated_points():
     pts = [(1.0, 0.5), (2.0, 0.9), (1.5, 0.4), (3.0, 0.95), (2.5, 0.8)]
