@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import ParameterError
+from hw.common import ParameterError, SlicedMemory
 from hw.gelu import Gelu
 from hw.layernorm import LayerNorm
 from hw.mac_array import MacArray
@@ -17,6 +16,7 @@ from hw.vector import VectorAdder
 from sim import isa, timing
 
 ELEM_BITS = 32  #: an ABUF element
+QUEUE = 3  #: words between the vector feed's reads and its unit: two in flight and one taken, so one a cycle
 PC_BITS = 32
 CYCLE_BITS = 48
 #: gemm phases (``sim.isa.exec_cycles``): the first cycle, matmul's first tile into the transpose buffer,
@@ -58,8 +58,10 @@ class Accelerator(wiring.Component):
     the sum of ``instr_cycles`` over the instructions so far, this one included.
 
     The ABUF has two read ports (``a``: every stream, ``b``: add's second operand and the softmax key
-    mask) and one write port; the WBUF one of each. Vector units take their input straight from a read
-    port and write through the write port; the gemm epilogue is requantizer [-> GELU] -> ABUF.
+    mask) and one write port; the WBUF one of each; both are built of block-RAM-wide slices
+    (``hw.common.SlicedMemory``). Vector units take their input from a queue of registered reads and
+    write through the write port; the gemm epilogue is requantizer [-> GELU] -> ABUF. Every ABUF write
+    is registered.
     """
 
     def __init__(self, cfg):
@@ -110,11 +112,9 @@ class Accelerator(wiring.Component):
         cfg, v = self.cfg, self.v
         u = _Units(m, cfg, self.digits)
         word = data.ArrayLayout(signed(ELEM_BITS), v)
-        m.submodules.abuf = abuf = Memory(shape=word, depth=self.abuf_depth, init=[])
-        m.submodules.wbuf = wbuf = Memory(shape=data.ArrayLayout(signed(cfg.array.weight_bits), v),
-                                          depth=self.wbuf_depth, init=[])
-        p = _Named(ra=abuf.read_port(), rb=abuf.read_port(), wa=abuf.write_port(), rw=wbuf.read_port(),
-                   ww=wbuf.write_port())
+        abuf = SlicedMemory(m, "abuf", word, self.abuf_depth, reads=2)
+        wbuf = SlicedMemory(m, "wbuf", data.ArrayLayout(signed(cfg.array.weight_bits), v), self.wbuf_depth, reads=1)
+        p = _Named(ra=abuf.read[0], rb=abuf.read[1], wa=abuf.write, rw=wbuf.read[0], ww=wbuf.write)
         ir = Signal(self.instr_beats * self.beat_bits)
         f = field_views(ir)
         flag = {name: ir[8 + bit] for name, bit in isa.FLAGS.items()}
@@ -140,6 +140,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 self._on_start(m, c)
         gemm, vector = fsm.ongoing("GEMM"), fsm.ongoing("VECTOR")
+        self._vector_fields(m, f["vector"], flag, u)
         self._epilogue(m, c, f, flag, u, gemm, vector)
         self._write_back(m, c, f, flag, u, p, gemm, vector, in_load=fsm.ongoing("LOAD"))
         with m.If(fsm.ongoing("FETCH")):
@@ -258,48 +259,83 @@ class Accelerator(wiring.Component):
 
     # ---------------------------------------------------------------- vector: the read side
     def _vector_feed(self, m, c, f, flag, u, p):
-        """One word a cycle from ABUF port a (and port b), row-major; a word is presented on the cycle
-        after its read and re-read while the unit (softmax, LayerNorm between rows) does not take it.
-        Each port's address is its base plus a running offset (``row * stride + w`` kept by adds, so no
-        multiplier sits between the unit's handshake and the block RAM's address)."""
+        """One word a cycle from ABUF port a (and port b), row-major, through a queue of :data:`QUEUE`
+        registered words: a read's data is written into the queue the cycle after its read, and the unit
+        takes the word at the queue's head, so a block RAM's clock-to-output never shares a cycle with a
+        unit's first stage. Reads are issued while the queue has room for them (the reads in flight
+        counted), from registers alone; while softmax or LayerNorm holds a row's next beat the queue fills,
+        and the word after is at its head when the unit takes it. The unit sees its first word on the
+        third cycle (``sim.isa.VECTOR_FEED_CYCLES``), then one a cycle. Each port's address is its base
+        plus a running offset (``row * stride + w`` kept by adds: no multiplier before a block RAM)."""
         v = self.v
         unit = f["unit"]
         is_ = {name: unit == _index("unit", name) for name in isa.VECTOR_UNITS}
-        have, fdone, row, w = c.reg(1), c.reg(1), c.reg(16), c.reg(16)
-        ready = Mux(is_["layernorm"], u.ln.i_ready, Mux(is_["softmax"], u.sm.i_ready, 1))
-        present = have & ~fdone
-        fire = present & ready
-        last_w = w == f["words"] - 1
-        nxt_row, nxt_w = Mux(last_w, row + 1, row), Mux(last_w, 0, w + 1)
+        # the read side: the word read next, (rrow, rw), and its offset from each port's base
+        rdone, rrow, rw = c.reg(1), c.reg(16), c.reg(16)
+        owed = c.reg(range(QUEUE + 1))  # words read and not yet taken by the unit
+        issue = ~rdone & (owed != QUEUE)
+        r_last_w = rw == f["words"] - 1
         for port, base, stride in ((p.ra, f["a_base"], f["a_stride"]), (p.rb, f["b_base"], f["b_stride"])):
-            row_at, at = c.reg(len(port.addr)), c.reg(len(port.addr))  # row * stride, row * stride + w
+            row_at, at = c.reg(len(port.addr)), c.reg(len(port.addr))  # rrow * stride, rrow * stride + rw
             below = row_at + stride  # the next row's offset
-            nxt_row_at = Mux(last_w, below, row_at)
-            nxt_at = Mux(last_w, below, at + 1)
-            m.d.comb += port.addr.eq(base + Mux(fire, nxt_at, at))
-            with m.If(fire):
-                m.d.sync += [row_at.eq(nxt_row_at), at.eq(nxt_at)]
-        m.d.sync += have.eq(1)
+            m.d.comb += port.addr.eq(base + at)
+            with m.If(issue):
+                m.d.sync += [row_at.eq(Mux(r_last_w, below, row_at)), at.eq(Mux(r_last_w, below, at + 1))]
+        with m.If(issue):
+            m.d.sync += [rrow.eq(Mux(r_last_w, rrow + 1, rrow)), rw.eq(Mux(r_last_w, 0, rw + 1))]
+            with m.If(r_last_w & (rrow == f["rows"] - 1)):
+                m.d.sync += rdone.eq(1)
+        # the queue: data registers (no reset: a word counts only once `held` says so), and beside each word
+        # the softmax mask of its lanes: inside the row, and with the mask flag a nonzero key mask word
+        arriving, wp, rp, held = c.reg(1), c.reg(range(QUEUE)), c.reg(range(QUEUE)), c.reg(range(QUEUE + 1))
+        in_row = Signal(v)  # the lanes of the word arriving that lie inside its row
+        m.d.sync += [arriving.eq(issue), in_row.eq(Cat(*[rw * v + lane < f["n_valid"] for lane in range(v)]))]
+        word = data.ArrayLayout(signed(ELEM_BITS), v)
+        qa = [Signal(word, name=f"queue_a_{i}", reset_less=True) for i in range(QUEUE)]
+        qb = [Signal(word, name=f"queue_b_{i}", reset_less=True) for i in range(QUEUE)]
+        qm = [Signal(v, name=f"queue_mask_{i}", reset_less=True) for i in range(QUEUE)]
+        keys = Cat(*[in_row[lane] & (~flag["mask"] | p.rb.data[lane].any()) for lane in range(v)])
+        with m.If(arriving):
+            for i in range(QUEUE):
+                with m.If(wp == i):
+                    m.d.sync += [qa[i].eq(p.ra.data), qb[i].eq(p.rb.data), qm[i].eq(keys)]
+            m.d.sync += wp.eq(Mux(wp == QUEUE - 1, 0, wp + 1))
+        ready = Mux(is_["layernorm"], u.ln.i_ready, Mux(is_["softmax"], u.sm.i_ready, 1))
+        present = held != 0
+        fire = present & ready
+        m.d.sync += [held.eq(held + arriving - fire), owed.eq(owed + issue - fire)]
         with m.If(fire):
-            m.d.sync += [row.eq(nxt_row), w.eq(nxt_w)]
-            with m.If(last_w & (row == f["rows"] - 1)):
-                m.d.sync += fdone.eq(1)
-        a, b = p.ra.data, p.rb.data
-        in_row = [w * v + lane < f["n_valid"] for lane in range(v)]
+            m.d.sync += rp.eq(Mux(rp == QUEUE - 1, 0, rp + 1))
+        a = Array(Value.cast(q) for q in qa)[rp]
+        b = Array(Value.cast(q) for q in qb)[rp]
+        a = data.View(word, a)
+        b = data.View(word, b)
+        mask = Signal(v)
+        m.d.comb += mask.eq(Array(qm)[rp])
+        # the unit's side: the word taken next, (row, w)
+        row, w = c.reg(16), c.reg(16)
+        last_w = w == f["words"] - 1
+        with m.If(fire):
+            m.d.sync += [row.eq(Mux(last_w, row + 1, row)), w.eq(Mux(last_w, 0, w + 1))]
         m.d.comb += [c.vec_fire_rq.eq(fire & is_["requant"]), c.vec_fire_gelu.eq(fire & is_["gelu"]), c.vec_col.eq(w)]
-        add = u.add
-        m.d.comb += [add.i_valid.eq(fire & (is_["add"] | is_["add_const"])), add.const.eq(is_["add_const"]),
-                     add.ma.eq(f["ma"]), add.mb.eq(f["mb"]), add.shift.eq(f["shift"]), add.out_width.eq(f["out_bits"])]
-        ln = u.ln
-        m.d.comb += [ln.i_valid.eq(present & is_["layernorm"]), ln.i_last.eq(last_w), ln.n.eq(f["n_valid"]),
-                     ln.shift.eq(f["shift"]), ln.out_width.eq(f["out_bits"])]
-        sm = u.sm
-        m.d.comb += [sm.i_valid.eq(present & is_["softmax"]), sm.i_last.eq(last_w), sm.sqrt2.eq(flag["sqrt2"])]
+        add, ln, sm = u.add, u.ln, u.sm
+        m.d.comb += [add.i_valid.eq(fire & (is_["add"] | is_["add_const"])),
+                     ln.i_valid.eq(present & is_["layernorm"]), ln.i_last.eq(last_w),
+                     sm.i_valid.eq(present & is_["softmax"]), sm.i_last.eq(last_w)]
         for lane in range(v):
             m.d.comb += [add.i_a[lane].eq(a[lane][:add.in_bits]), add.i_b[lane].eq(b[lane][:add.in_bits]),
                          ln.i_x[lane].eq(a[lane][:ln.in_bits]), sm.i_t[lane].eq(a[lane][:sm.in_bits]),
-                         sm.i_mask[lane].eq(in_row[lane] & (~flag["mask"] | b[lane].any()))]
+                         sm.i_mask[lane].eq(mask[lane])]
         c.vec_a = a
+
+    def _vector_fields(self, m, f, flag, u):
+        """The vector units' fields, held for the instruction: straight from the instruction register, in
+        every state (a field set only in the VECTOR state would pass through the state decode)."""
+        add, ln, sm = u.add, u.ln, u.sm
+        m.d.comb += [add.const.eq(f["unit"] == _index("unit", "add_const")), add.ma.eq(f["ma"]), add.mb.eq(f["mb"]),
+                     add.shift.eq(f["shift"]), add.out_width.eq(f["out_bits"]),
+                     ln.n.eq(f["n_valid"]), ln.shift.eq(f["shift"]), ln.out_width.eq(f["out_bits"]),
+                     sm.sqrt2.eq(flag["sqrt2"])]
 
     # ---------------------------------------------------------------- gemm: the array's feed
     def _gemm(self, m, c, f, flag, u, p):
@@ -456,10 +492,18 @@ class Accelerator(wiring.Component):
                 m.d.comb += c.retire.eq(1)
         n_valid = Mux(gemm, g["n_valid"], vf["n_valid"])
         addr = Mux(gemm, g["out_base"], vf["out_base"]) + wrow_at + wcol
-        masked = Cat(*[Mux(wcol * v + lane < n_valid, words[lane], 0) for lane in range(v)])
+        inside = Cat(*[wcol * v + lane < n_valid for lane in range(v)])
         en, ld_addr, ld_data = c.load_abuf
-        m.d.comb += [p.wa.en.eq(Mux(in_load, en, valid & (gemm | vector))), p.wa.addr.eq(Mux(in_load, ld_addr, addr)),
-                     Value.cast(p.wa.data).eq(Mux(in_load, ld_data, masked))]
+        # registered: a word reaches the block RAM the cycle after its unit (or DRAM) gives it, so no unit's
+        # output stage shares a cycle with the route to the buffer, and its lanes past n_valid are zeroed
+        # after the register. The cycle contract does not move: the next instruction's fetch keeps its
+        # first read of ABUF at least two cycles after this write
+        w_data = Signal(ELEM_BITS * v, reset_less=True)
+        w_keep = Signal(v)
+        m.d.sync += [p.wa.en.eq(Mux(in_load, en, valid & (gemm | vector))), p.wa.addr.eq(Mux(in_load, ld_addr, addr)),
+                     w_data.eq(Mux(in_load, ld_data, Cat(*words))), w_keep.eq(Mux(in_load, (1 << v) - 1, inside))]
+        m.d.comb += Value.cast(p.wa.data).eq(Cat(*[Mux(w_keep[lane], w_data.word_select(lane, ELEM_BITS), 0)
+                                                   for lane in range(v)]))
 
     def _results(self, m, flag, u, gemm, unit):
         """(valid, lanes as 32-bit elements) of the unit whose results this instruction writes."""

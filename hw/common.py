@@ -113,3 +113,50 @@ def tree(m: Module, operands: list, stages: int, name: str, op=None, arity: int 
             regs.append(reg)
         level = regs
     return level[0]
+
+
+#: an ECP5 block RAM's (DP16KD) shapes, (depth, data bits), shallowest first
+EBR_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+
+
+def slice_bits(depth: int) -> int:
+    """The width of a block RAM ``depth`` deep (:data:`EBR_SHAPES`; 1 past the deepest)."""
+    return next((bits for d, bits in EBR_SHAPES if depth <= d), 1)
+
+
+class SlicedMemory:
+    """A synchronous memory of ``shape`` built from slices as deep as the memory and as wide as one block
+    RAM of that depth (:func:`slice_bits`), side by side, so that a word is read without a select between
+    banks (a 2,048-deep buffer of 256-bit words: 29 block RAMs of 2048 x 9, where one 256-bit memory maps to
+    four banks of 512 x 36 and a 4:1 select after every read). Its ports behave as an Amaranth
+    ``Memory``'s (read data the cycle after the address; a read of the word being written sees the old one):
+    ``read[i].addr`` / ``.data``, ``write.addr`` / ``.data`` / ``.en``."""
+
+    def __init__(self, m: Module, name: str, shape, depth: int, reads: int):
+        from amaranth.hdl import Shape
+        from amaranth.lib.memory import Memory
+
+        width = Shape.cast(shape).width
+        bits = slice_bits(depth)
+        self.write = _Port(shape, depth, name=f"{name}_w", en=True)
+        self.read = [_Port(shape, depth, name=f"{name}_r{i}") for i in range(reads)]
+        self.slices = []
+        wdata = Value.cast(self.write.data)
+        for k, lo in enumerate(range(0, width, bits)):
+            hi = min(lo + bits, width)
+            mem = Memory(shape=unsigned(hi - lo), depth=depth, init=[])
+            m.submodules[f"{name}_{k}"] = mem
+            self.slices.append(mem)
+            wp = mem.write_port()
+            m.d.comb += [wp.en.eq(self.write.en), wp.addr.eq(self.write.addr), wp.data.eq(wdata[lo:hi])]
+            for port in self.read:
+                rp = mem.read_port()
+                m.d.comb += [rp.addr.eq(port.addr), Value.cast(port.data)[lo:hi].eq(rp.data)]
+
+
+class _Port:
+    def __init__(self, shape, depth: int, name: str, en: bool = False):
+        self.addr = Signal(range(depth), name=f"{name}_addr")
+        self.data = Signal(shape, name=f"{name}_data")
+        if en:
+            self.en = Signal(name=f"{name}_en")

@@ -67,9 +67,11 @@ class VectorAdder(wiring.Component):
         sc = Signal(range(w + 1))
         m.d.sync += shift.eq(Mux(self.const, 0, self.shift))
         m.d.comb += sc.eq(Mux(shift > w, w, shift))
+        # the rails, registered: out_width is held for the op and first used three stages after a beat
         top = Signal(unsigned(self.out_bits + 1))
         hi, lo = Signal(signed(self.out_bits + 1)), Signal(signed(self.out_bits + 1))
-        m.d.comb += [top.eq(1 << (self.out_width - 1).as_unsigned()), hi.eq(top - 1), lo.eq(-top)]
+        m.d.comb += top.eq(1 << (self.out_width - 1).as_unsigned())
+        m.d.sync += [hi.eq(top - 1), lo.eq(-top)]
         for lane in range(self.lanes):
             pa = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pa_{lane}")
             pb = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pb_{lane}")

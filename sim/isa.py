@@ -290,23 +290,30 @@ def _gemm_cycles(instr: Instr, accel) -> int:
     return 1 + first_tile + folds * fold + tail
 
 
+#: a vector instruction's cycles before its unit sees the first word: the first read, and its data registered
+#: into the feed's queue (``hw.accelerator.QUEUE``)
+VECTOR_FEED_CYCLES = 2
+
+
 def _vector_cycles(instr: Instr, accel) -> int:
-    """A first cycle (the first read), one word a cycle into the unit, its latency to the last write.
-    Softmax and LayerNorm take row after row back to back (``sim.timing.*_row_cycles``); the first
-    cycle and the cycle their last result is written add 2."""
+    """The feed's :data:`VECTOR_FEED_CYCLES`, one word a cycle into the unit, its latency to the last
+    write. Softmax and LayerNorm take row after row back to back (``sim.timing.*_row_cycles``); the
+    feed's cycles and the cycle their last result is written add ``VECTOR_FEED_CYCLES + 1``."""
     from sim import timing
 
     unit, n = instr["unit"], instr["rows"] * instr["words"]
+    feed = VECTOR_FEED_CYCLES
     if unit == "requant":
-        return 1 + n + accel.requant.latency + (accel.gelu.latency if instr.flag("gelu") else 0)
+        return feed + n + accel.requant.latency + (accel.gelu.latency if instr.flag("gelu") else 0)
     if unit == "gelu":
-        return 1 + n + accel.gelu.latency
+        return feed + n + accel.gelu.latency
     if unit in ("add", "add_const"):
-        return 1 + n + ADD_LATENCY
+        return feed + n + ADD_LATENCY
     if unit == "layernorm":
         return instr["rows"] * timing.layernorm_row_cycles(instr["n_valid"], accel.layernorm.lanes,
-                                                           accel.layernorm.latency) + 2
-    return instr["rows"] * timing.softmax_row_cycles(instr["n_valid"], accel.softmax.lanes, accel.softmax.latency) + 2
+                                                           accel.layernorm.latency) + feed + 1
+    return instr["rows"] * timing.softmax_row_cycles(instr["n_valid"], accel.softmax.lanes,
+                                                     accel.softmax.latency) + feed + 1
 
 
 def exec_cycles(instr: Instr, accel) -> int:

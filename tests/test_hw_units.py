@@ -118,3 +118,40 @@ def test_requantizer_in_the_amaranth_simulator_matches_intops(data):
     m, s, z = (np.array([t[i] for t in table]) for i in range(3))
     ch = np.array(chs)
     assert got == intops.requantize(np.array(xs), m[ch], s[ch], width, z[ch], sgn).tolist()
+
+
+def test_a_sliced_memory_reads_back_its_words_a_cycle_later_from_block_ram_wide_slices():
+    from amaranth.hdl import Module
+
+    from hw.common import SlicedMemory, slice_bits
+
+    assert [slice_bits(d) for d in (300, 512, 1024, 2048, 4096, 8192, 16384, 40000)] == [36, 36, 18, 9, 4, 2, 1, 1]
+    m = Module()
+    mem = SlicedMemory(m, "buf", 40, depth=2048, reads=2)
+    assert [(s.depth, s.shape.width) for s in mem.slices] == [(2048, 9)] * 4 + [(2048, 4)]  # 40 bits
+    words = {3: 0x12_3456_789A, 2047: 0xFF_FFFF_FFFF, 1000: 0x80_0000_0001}
+    got = []
+
+    async def bench(ctx):
+        for addr, word in words.items():
+            ctx.set(mem.write.en, 1)
+            ctx.set(mem.write.addr, addr)
+            ctx.set(mem.write.data, word)
+            await ctx.tick()
+        ctx.set(mem.write.en, 1)  # a read of the word being written sees the old one
+        ctx.set(mem.write.addr, 3)
+        ctx.set(mem.write.data, 7)
+        for port, addr in zip(mem.read, (3, 1000)):
+            ctx.set(port.addr, addr)
+        await ctx.tick()
+        ctx.set(mem.write.en, 0)
+        got.append((ctx.get(mem.read[0].data), ctx.get(mem.read[1].data)))
+        ctx.set(mem.read[0].addr, 2047)
+        await ctx.tick()
+        got.append((ctx.get(mem.read[0].data), ctx.get(mem.read[1].data)))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [(words[3], words[1000]), (words[2047], words[1000])]

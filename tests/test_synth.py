@@ -101,3 +101,19 @@ def test_synthesis_refuses_unknown_targets_and_parts():
         synth.synth_unit("module m; endmodule", "m", "asic", None)
     with pytest.raises(synth.SynthError, match="unknown ecp5 part '12f' .accepted: 25f, 45f, 85f"):
         synth.part_of("ecp5", "12f")
+
+
+def test_the_joined_accelerators_wrapper_puts_the_reset_on_a_global_buffer(tmp_path, monkeypatch):
+    ports = [{"name": "clk", "dir": "in", "width": 1}, {"name": "rst", "dir": "in", "width": 1},
+             {"name": "x", "dir": "in", "width": 4}, {"name": "y", "dir": "out", "width": 4}]
+    buffered = synth.fmax_wrapper(ports, "unit", global_reset=True)
+    assert "DCCA rst_buf (.CLKI(sh[0:0]), .CE(1'b1), .CLKO(rst_g));" in buffered and ".rst(rst_g)" in buffered
+    plain = synth.fmax_wrapper(ports, "unit")
+    assert "DCCA" not in plain and ".rst(sh[0:0])" in plain
+    asked = []
+    monkeypatch.setattr(synth, "fmax_wrapper", lambda p, top, global_reset=False: asked.append((top, global_reset)))
+    monkeypatch.setattr(synth, "_yosys", lambda *a: (_ for _ in ()).throw(RuntimeError("stop")))
+    for top, target in (("accelerator", "ecp5"), ("gelu", "ecp5"), ("accelerator", "ice40")):
+        with pytest.raises(RuntimeError):
+            synth.synth_unit("", top, target, tmp_path, port_list=ports)
+    assert asked == [("accelerator", True), ("gelu", False), ("accelerator", False)]
