@@ -97,6 +97,11 @@ cycle) and ``pc`` (the index of the instruction retiring). Instruction ``k`` ret
 equal to the sum of :func:`instr_cycles` over instructions ``0..k``; the ``end``'s is the run's total. The memory image (``sim.compile``) is the instruction stream from beat 0 on, then
 the parameters, the inputs and room for every tensor that goes to DRAM.
 
+An instruction's result words do not overlap the ABUF words it reads: the Python machine reads every operand
+before it writes, while the RTL streams reads and writes side by side, and its buffers leave a read of the
+word written in the same cycle undefined (``hw.common.SlicedMemory``). The compiler never breaks this rule
+(a tensor's region is allocated before the op that writes it and freed after its last reader).
+
 Digits: an operand wider than the array's ``act_bits`` port streams as ``digits`` folds, digit ``d`` being
 bits ``[d act_bits, (d + 1) act_bits)``. A digit whose bit ``d`` of ``unsigned_digits`` is set is
 unsigned: the controller feeds it with its top bit inverted (the digit minus ``2**(act_bits-1)``, a
