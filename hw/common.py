@@ -1,9 +1,10 @@
 """Small pieces every unit uses: parameter checks, saturation, round-half-up constants, delay lines,
-pipelined reduction trees."""
+pipelined reduction trees, memories of block-RAM-wide slices."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, unsigned
+from amaranth.lib.memory import Memory
 
 
 class ParameterError(ValueError):
@@ -138,9 +139,6 @@ class SlicedMemory:
     of a sliced memory never read a word in the cycle they write it."""
 
     def __init__(self, m: Module, name: str, shape, depth: int, reads: int):
-        from amaranth.hdl import Shape
-        from amaranth.lib.memory import Memory
-
         width = Shape.cast(shape).width
         bits = slice_bits(depth)
         self.write = _Port(shape, depth, name=f"{name}_w", en=True)
