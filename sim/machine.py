@@ -15,7 +15,8 @@ Every unit result is a call into ``sim.intops`` (the one integer semantics); the
 moves words, cuts operands into digits and adds each fold's partial sums into the accumulator (exact
 integers, saturated to int32 as they drain). Each retired instruction carries its cycles,
 :func:`sim.isa.instr_cycles`. A fault (an address outside a buffer, the image or a table, a count of 0,
-an unknown opcode, no ``end``) is a :class:`MachineError` naming the pc and the field; where the RTL
+an unknown opcode, no ``end``, result words that overlap the ABUF words the instruction reads) is a
+:class:`MachineError` naming the pc and the field; where the RTL
 stops at an unknown opcode as at ``end``, the model raises, so that a stream that reaches one is caught.
 
 The DRAM item codecs (:func:`encode_items`, :func:`decode_items`) are the one definition of how words and
@@ -257,6 +258,7 @@ class _Machine:
                        "gelu": np.zeros(1 << g.gelu_in_bits, np.int64),
                        "layernorm": np.zeros((g.ln_entries, g.v, 3), np.int64)}
         self.sm, self.ln = softmax_params(accel), layernorm_params(accel)
+        self.reads: dict[str, np.ndarray] = {}  # the ABUF words the executing instruction reads, by field
 
     # ---------------------------------------------------------------- fetch
     def fetch(self, pc: int) -> Instr:
@@ -270,6 +272,7 @@ class _Machine:
             raise MachineError(f"pc {pc}: field 'opcode': {exc}") from None
 
     def execute(self, pc: int, instr: Instr) -> None:
+        self.reads = {}
         for name in _COUNTS:
             if name in isa.FORMATS[instr.op] and instr[name] < 1:
                 raise MachineError(f"pc {pc} ({instr.op}): field {name!r}: {instr[name]}, counts are at least 1")
@@ -304,9 +307,22 @@ class _Machine:
             self._check(pc, instr, "dram", start, start + beats - 1, len(self.dram), "the image")
         return slice(start, start + beats)
 
-    def _words(self, pc: int, instr: Instr, field: str, idx: np.ndarray) -> np.ndarray:
+    def _words(self, pc: int, instr: Instr, field: str, idx: np.ndarray, read: bool = True) -> np.ndarray:
         if idx.size:
             self._check(pc, instr, field, int(idx.min()), int(idx.max()), self.g.abuf_words, "ABUF")
+        if read:
+            self.reads[field] = np.concatenate([self.reads.get(field, np.empty(0, np.int64)), idx.ravel()])
+        return idx
+
+    def _result_words(self, pc: int, instr: Instr, field: str, idx: np.ndarray) -> np.ndarray:
+        """ABUF words an instruction writes through ``field``: none may be one it reads (``sim.isa``: the RTL
+        streams reads and writes side by side, where this model reads every operand first)."""
+        self._words(pc, instr, field, idx, read=False)
+        for name, read in self.reads.items():
+            common = np.intersect1d(idx, read)
+            if common.size:
+                raise MachineError(f"pc {pc} ({instr.op}): field {field!r}: result word {int(common[0])} is also "
+                                   f"read through {name!r} (from {instr.fields})")
         return idx
 
     # ---------------------------------------------------------------- load / store
@@ -346,7 +362,8 @@ class _Machine:
         for d in range(digits):
             acc += self._partial(ins, x, tiles, d).astype(np.int64) << (d * g.act_bits)
         out = self._drain(pc, ins, intops.saturate(acc, widths.ACC_BITS))
-        o_idx = self._words(pc, ins, "out_base", ins["out_base"] + t * ins["out_stride"] + np.arange(nf)[None, :])
+        o_idx = self._result_words(pc, ins, "out_base",
+                                   ins["out_base"] + t * ins["out_stride"] + np.arange(nf)[None, :])
         self.abuf[o_idx] = out.reshape(m, nf, v)
 
     def _stationary(self, pc: int, ins: Instr, j: int) -> np.ndarray:
@@ -411,7 +428,10 @@ class _Machine:
     def _rows(self, pc: int, ins: Instr, which: str) -> np.ndarray:
         """ABUF indices ``[rows, words]`` of operand ``which`` (``a``, ``b`` or ``out``)."""
         row = np.arange(ins["rows"])[:, None] * ins[f"{which}_stride"]
-        return self._words(pc, ins, f"{which}_base", ins[f"{which}_base"] + row + np.arange(ins["words"])[None, :])
+        idx = ins[f"{which}_base"] + row + np.arange(ins["words"])[None, :]
+        if which == "out":
+            return self._result_words(pc, ins, "out_base", idx)
+        return self._words(pc, ins, f"{which}_base", idx)
 
     def _vector(self, pc: int, ins: Instr) -> None:
         rows, words, n, unit = ins["rows"], ins["words"], ins["n_valid"], ins["unit"]

@@ -247,3 +247,14 @@ def test_a_stream_without_end_stops_at_the_limit():
     load = Instr("load", {"target": "abuf", "addr": 0, "count": 1, "dram": 0})
     with pytest.raises(machine.MachineError, match="pc 3: no 'end' after 3 instructions"):
         machine.run(_image([load] * 4, g), accel, max_instructions=3)
+
+
+def test_a_result_written_over_its_own_operand_is_refused():
+    accel = load_accel("edge-int4")
+    g = machine.Geometry.of(accel)
+    gelu = {"unit": "gelu", "rows": 2, "words": 2, "a_base": 0, "a_stride": 2, "out_stride": 2, "n_valid": g.v}
+    img = _image([Instr("vector", {**gelu, "out_base": 4}), Instr("vector", {**gelu, "out_base": 3}),
+                  Instr("end")], g)
+    with pytest.raises(machine.MachineError, match=r"pc 1 \(vector\): field 'out_base': result word 3 is also "
+                                                   r"read through 'a_base'"):
+        machine.run(img, accel)
