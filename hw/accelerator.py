@@ -142,7 +142,9 @@ class Accelerator(wiring.Component):
         gemm, vector = fsm.ongoing("GEMM"), fsm.ongoing("VECTOR")
         self._vector_fields(m, f["vector"], flag, u)
         self._epilogue(m, c, f, flag, u, gemm, vector)
-        self._write_back(m, c, f, flag, u, p, gemm, vector, in_load=fsm.ongoing("LOAD"))
+        self._table_writes(m, c, u, p)
+        self._write_back(m, c, f, flag, u, p, gemm, vector, in_load=fsm.ongoing("LOAD"),
+                         op_gemm=ir[:8] == isa.OPCODES["gemm"])
         with m.If(fsm.ongoing("FETCH")):
             m.d.sync += [r.eq(0) for r in c.exec_regs]
         running = ~(fsm.ongoing("IDLE") | fsm.ongoing("DONE"))
@@ -219,25 +221,37 @@ class Accelerator(wiring.Component):
                     m.d.comb += c.retire.eq(1)
         addr = f["addr"] + a_item
         en = {t: write & (target == _index("target", t)) for t in isa.TARGETS}
-        m.d.comb += [p.ww.en.eq(en["wbuf"]), p.ww.addr.eq(addr), Value.cast(p.ww.data).eq(item)]
-        c.load_abuf = (en["abuf"], addr, item[:ELEM_BITS * self.v])
-        self._table_writes(m, u, en, addr, item)
+        c.load_abuf = (en["abuf"], addr, item[:ELEM_BITS * self.v])  # registered with the unit results
+        c.load_item = (en, addr, item)
 
-    def _table_writes(self, m, u, en, addr, item):
-        """A table entry's bits (``sim.isa``): requantizer ``M, shift, zero point``; GELU one entry;
-        LayerNorm per lane ``gamma, beta, in_shift`` (lane 0 in the low bits)."""
+    def _table_writes(self, m, c, u, p):
+        """A loaded item to WBUF or a table, the cycle after its last beat arrives, from a register per
+        destination (set outside the state machine, so it holds no write past that cycle): an item no longer
+        fans out from the beat mux to every block RAM it could go to. A load retires on its last beat as
+        before; its last write lands in the next fetch, before anything reads it. A table entry's bits
+        (``sim.isa``): requantizer ``M, shift, zero point``; GELU one entry; LayerNorm per lane ``gamma,
+        beta, in_shift`` (lane 0 in the low bits)."""
+        en, addr, item = c.load_item
+        w = {t: _Named(en=Signal(name=f"{t}_we"), addr=Signal.like(addr, name=f"{t}_waddr", reset_less=True),
+                       item=Signal(len(item), name=f"{t}_item", reset_less=True)) for t in isa.TARGETS if t != "abuf"}
+        for t, r in w.items():
+            m.d.sync += [r.en.eq(en[t]), r.addr.eq(addr), r.item.eq(item)]
+        m.d.comb += [p.ww.en.eq(w["wbuf"].en), p.ww.addr.eq(w["wbuf"].addr), Value.cast(p.ww.data).eq(w["wbuf"].item)]
         rq, gelu, ln = u.rq, u.gelu, u.ln
         mb, sb = rq.mult_bits, rq.shift_bits
-        m.d.comb += [rq.tbl_we.eq(en["requant"]), rq.tbl_addr.eq(addr), rq.tbl_m.eq(item[:mb]),
-                     rq.tbl_shift.eq(item[mb:mb + sb]), rq.tbl_zp.eq(item[mb + sb:mb + sb + rq.out_bits + 1])]
-        m.d.comb += [gelu.tbl_we.eq(en["gelu"]), gelu.tbl_addr.eq(addr), gelu.tbl_data.eq(item[:gelu.out_bits])]
+        r = w["requant"]
+        m.d.comb += [rq.tbl_we.eq(r.en), rq.tbl_addr.eq(r.addr), rq.tbl_m.eq(r.item[:mb]),
+                     rq.tbl_shift.eq(r.item[mb:mb + sb]), rq.tbl_zp.eq(r.item[mb + sb:mb + sb + rq.out_bits + 1])]
+        r = w["gelu"]
+        m.d.comb += [gelu.tbl_we.eq(r.en), gelu.tbl_addr.eq(r.addr), gelu.tbl_data.eq(r.item[:gelu.out_bits])]
         g, b = ln.gamma_bits, ln.beta_bits
         lane_bits = g + b + 2
-        m.d.comb += [ln.tbl_we.eq(en["layernorm"]), ln.tbl_addr.eq(addr)]
+        r = w["layernorm"]
+        m.d.comb += [ln.tbl_we.eq(r.en), ln.tbl_addr.eq(r.addr)]
         for lane in range(ln.lanes):
             o = lane * lane_bits
-            m.d.comb += [ln.tbl_gamma[lane].eq(item[o:o + g]), ln.tbl_beta[lane].eq(item[o + g:o + g + b]),
-                         ln.tbl_in_shift[lane].eq(item[o + g + b:o + lane_bits])]
+            m.d.comb += [ln.tbl_gamma[lane].eq(r.item[o:o + g]), ln.tbl_beta[lane].eq(r.item[o + g:o + g + b]),
+                         ln.tbl_in_shift[lane].eq(r.item[o + g + b:o + lane_bits])]
 
     def _store(self, m, c, f, p):
         """ABUF -> DRAM: the first cycle reads word 0; then one beat a cycle, each word read on its
@@ -467,13 +481,13 @@ class Accelerator(wiring.Component):
         m.d.comb += c.vec_unit_is_rq.eq(vf["unit"] == _index("unit", "requant"))
 
     # ---------------------------------------------------------------- the write side
-    def _write_back(self, m, c, f, flag, u, p, gemm, vector, in_load):
+    def _write_back(self, m, c, f, flag, u, p, gemm, vector, in_load, op_gemm):
         """The last unit's results to ABUF: gemm rows column block by block (word ``out_base + t *
         out_stride + j``), vector words row by row; lanes past ``n_valid`` are written 0. The
         instruction retires on its last word."""
         v = self.v
         g, vf = f["gemm"], f["vector"]
-        valid, words = self._results(m, flag, u, gemm, vf["unit"])
+        valid, words = self._results(m, flag, u, op_gemm, vf["unit"])
         wrow, wcol = c.reg(16), c.reg(16)
         wrow_at = c.reg(len(p.wa.addr))  # wrow * out_stride
         stride = Mux(gemm, g["out_stride"], vf["out_stride"])
@@ -505,8 +519,12 @@ class Accelerator(wiring.Component):
         m.d.comb += Value.cast(p.wa.data).eq(Cat(*[Mux(w_keep[lane], w_data.word_select(lane, ELEM_BITS), 0)
                                                    for lane in range(v)]))
 
-    def _results(self, m, flag, u, gemm, unit):
-        """(valid, lanes as 32-bit elements) of the unit whose results this instruction writes."""
+    def _results(self, m, flag, u, op_gemm, unit):
+        """(valid, lanes as 32-bit elements) of the unit whose results this instruction writes.
+
+        Which unit that is follows from the instruction register alone and is registered, one copy a lane
+        and one for ``valid``, as a one-hot pick: each lane's select stays in that lane, and the pick is
+        right from an instruction's second cycle on, before any unit can give it a result."""
         arr, rq, gelu, add, ln, sm = u.arr, u.rq, u.gelu, u.add, u.ln, u.sm
         v = self.v
         rq_y = [Mux(flag["signed"], _sext(rq.o_y[i]), _zext(rq.o_y[i])) for i in range(v)]
@@ -518,20 +536,32 @@ class Accelerator(wiring.Component):
             "layernorm": (ln.o_valid, [_sext(ln.o_y[i]) for i in range(v)]),
             "softmax": (sm.o_valid, [_zext(sm.o_q[i]) for i in range(v)]),
         }
-        sel = Signal(range(len(sources)))
         names = list(sources)
         idx = {n: names.index(n) for n in names}
+        sel = Signal(range(len(sources)))
         after_rq = Mux(flag["gelu"], idx["gelu"], idx["requant"])
         by_unit = {"requant": after_rq, "gelu": idx["gelu"], "add": idx["add"], "add_const": idx["add"],
                    "layernorm": idx["layernorm"], "softmax": idx["softmax"]}
         m.d.comb += sel.eq(Mux(flag["requant"], after_rq, Mux(flag["gelu"], idx["gelu"], idx["array"])))
-        with m.If(~gemm):
+        with m.If(~op_gemm):
             with m.Switch(unit):
                 for name, s in by_unit.items():
                     with m.Case(_index("unit", name)):
                         m.d.comb += sel.eq(s)
-        valid = Array(Value.cast(s[0]) for s in sources.values())[sel]
-        words = [Array(Value.cast(s[1][i]).as_signed() for s in sources.values())[sel] for i in range(v)]
+        picks = []
+        for copy in ("valid", *range(v)):
+            pick = Signal(len(sources), name=f"pick_{copy}")
+            m.d.sync += pick.eq(Cat(*[sel == i for i in range(len(sources))]))
+            picks.append(pick)
+        valid = Cat(*[picks[0][i] & s[0] for i, s in enumerate(sources.values())]).any()
+        words = []
+        for lane in range(v):
+            gated = [Mux(picks[1 + lane][i], Value.cast(s[1][lane]).as_signed(), 0)
+                     for i, s in enumerate(sources.values())]
+            word = gated[0]
+            for g in gated[1:]:
+                word = word | g
+            words.append(word)
         return valid, words
 
 
@@ -571,6 +601,7 @@ class _Control:
         self.vec_unit_is_rq = Signal()
         self.vec_a = None
         self.load_abuf = None
+        self.load_item = None
 
     def reg(self, shape) -> Signal:
         s = Signal(shape)

@@ -63,22 +63,25 @@ class VectorAdder(wiring.Component):
         w = self.sum_bits
         ma = Mux(self.const, 1, self.ma)
         mb = Mux(self.const, 1, self.mb)
-        shift = Signal(unsigned(self.shift_bits))
-        sc = Signal(range(w + 1))
-        m.d.sync += shift.eq(Mux(self.const, 0, self.shift))
-        m.d.comb += sc.eq(Mux(shift > w, w, shift))
-        # the rails, registered: out_width is held for the op and first used three stages after a beat
+        shift = Mux(self.const, 0, self.shift)
+        sc = Mux(shift > w, w, shift)
         top = Signal(unsigned(self.out_bits + 1))
-        hi, lo = Signal(signed(self.out_bits + 1)), Signal(signed(self.out_bits + 1))
         m.d.comb += top.eq(1 << (self.out_width - 1).as_unsigned())
-        m.d.sync += [hi.eq(top - 1), lo.eq(-top)]
         for lane in range(self.lanes):
+            # the op's controls, registered once a lane: they are held for the op and first used a stage
+            # after a beat enters, and a copy per lane keeps each one's fanout inside its lane (one shared
+            # copy reached every lane's shifter, rounding and clamps, the joined design's most congested nets)
+            lsc = Signal(range(w + 1), name=f"sc_{lane}")
+            rc = Signal(unsigned(w), name=f"rc_{lane}")
+            hi = Signal(signed(self.out_bits + 1), name=f"hi_{lane}")
+            lo = Signal(signed(self.out_bits + 1), name=f"lo_{lane}")
+            m.d.sync += [lsc.eq(sc), rc.eq(round_const(sc, w)), hi.eq(top - 1), lo.eq(-top)]
             pa = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pa_{lane}")
             pb = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pb_{lane}")
             m.d.sync += [pa.eq(self.i_a[lane] * ma), pb.eq(self.i_b[lane] * mb)]
             total = Signal(signed(w + 1), name=f"sum_{lane}")
             shifted = Signal(signed(w + 1), name=f"shifted_{lane}")
-            m.d.sync += [total.eq(pa + pb + round_const(sc, w)), shifted.eq(total >> sc)]
+            m.d.sync += [total.eq(pa + pb + rc), shifted.eq(total >> lsc)]
             m.d.sync += self.o_y[lane].eq(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)))
         valid = self.i_valid
         for stage in range(STAGES):
