@@ -6,7 +6,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.common import ParameterError, SlicedMemory
+from hw.common import ParameterError, SlicedMemory, replica
 from hw.gelu import Gelu
 from hw.layernorm import LayerNorm
 from hw.mac_array import MacArray
@@ -550,7 +550,7 @@ class Accelerator(wiring.Component):
                         m.d.comb += sel.eq(s)
         picks = []
         for copy in ("valid", *range(v)):
-            pick = Signal(len(sources), name=f"pick_{copy}")
+            pick = replica(len(sources), f"pick_{copy}")
             m.d.sync += pick.eq(Cat(*[sel == i for i in range(len(sources))]))
             picks.append(pick)
         valid = Cat(*[picks[0][i] & s[0] for i, s in enumerate(sources.values())]).any()

@@ -1,10 +1,22 @@
 """Small pieces every unit uses: parameter checks, saturation, round-half-up constants, delay lines,
-pipelined reduction trees, memories of block-RAM-wide slices."""
+pipelined reduction trees, memories of block-RAM-wide slices, replicated registers."""
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, unsigned
 from amaranth.lib.memory import Memory
+
+
+#: the attribute of a register that is one of several copies of the same value, each placed for its own
+#: loads: ``hw.synth`` marks the flip-flops driving it ``keep``, so that yosys' ``opt_merge`` leaves the
+#: copies apart (it merges flip-flops with the same inputs, which undoes a replication for fanout)
+REPLICA = "ptq2rtl_replica"
+
+
+def replica(shape, name: str) -> Signal:
+    """A register meant as one copy of a value among several (:data:`REPLICA`); it needs no reset, since each
+    copy is loaded every cycle from the value it copies."""
+    return Signal(shape, name=name, reset_less=True, attrs={REPLICA: 1})
 
 
 class ParameterError(ValueError):

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int, delay, round_const, saturate, signed_width, tree
+from hw.common import check_int, delay, replica, round_const, saturate, signed_width, tree
 from sim import timing, widths
 from sim.accel import layernorm_params
 
@@ -158,14 +158,8 @@ class LayerNorm(wiring.Component):
         nb = widths.LN_NORM_BITS
         aff_w = signed_width(-(1 << (nb - 1)) * ((1 << (self.gamma_bits - 1)) - 1) - (1 << (self.beta_bits - 1)),
                              (1 << (nb - 1)) * (1 << (self.gamma_bits - 1)) + (1 << (self.beta_bits - 1)) - 1)
-        sc = Signal(range(aff_w + 1))
-        rc = Signal(aff_w)
-        y_hi = Signal(signed(self.out_bits + 1))  # the op's output range
-        y_lo = Signal(signed(self.out_bits + 1))
         bias_w = max(self.beta_bits, aff_w + 1) + 1  # beta + the affine's rounding constant
-        y_top = Signal(bias_w + 1)  # bits from out_width - 1 up of the output pass's shifted value
-        m.d.sync += [n3.eq((n_reg << 1) + n_reg), sc.eq(Mux(shift > aff_w, aff_w, shift)), rc.eq(round_const(sc, aff_w)),
-                     y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1), y_lo.eq(~y_hi), y_top.eq(~y_hi)]
+        m.d.sync += n3.eq((n_reg << 1) + n_reg)
 
         ptr = Signal(range(self.depth + 1))
         n_beats = Signal(range(self.depth + 1))
@@ -299,6 +293,16 @@ class LayerNorm(wiring.Component):
                          norm.eq(saturate(rounded, nb))]
             gamma = Signal(signed(self.gamma_bits), name=f"out_gamma_{lane}")
             beta = Signal(signed(self.beta_bits), name=f"out_beta_{lane}")
+            # the row's shift and output range, a copy a lane (one shared copy reached every lane's rounding,
+            # shifter and clamp): sc, its rounding constant rc, y_hi / y_lo, and y_top, the bits from
+            # out_width - 1 up of the shifted value
+            sc = replica(range(aff_w + 1), f"out_sc_{lane}")
+            rc = Signal(aff_w, name=f"out_rc_{lane}")
+            y_hi = replica(signed(self.out_bits + 1), f"out_hi_{lane}")
+            y_lo = Signal(signed(self.out_bits + 1), name=f"out_lo_{lane}")
+            y_top = Signal(bias_w + 1, name=f"out_top_{lane}")
+            m.d.sync += [sc.eq(Mux(shift > aff_w, aff_w, shift)), rc.eq(round_const(sc, aff_w)),
+                         y_hi.eq((1 << (out_width - 1).as_unsigned()) - 1), y_lo.eq(~y_hi), y_top.eq(~y_hi)]
             bias = Signal(signed(bias_w), name=f"out_bias_{lane}")
             m.d.sync += [gamma.eq(aff_rd.data.gamma[lane]), beta.eq(aff_rd.data.beta[lane]), bias.eq(beta + rc)]
             scaled = Signal(signed(nb + self.gamma_bits), name=f"out_scaled_{lane}")

@@ -6,7 +6,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_bool, check_int, delay, fits_signed, lane_tables
+from hw.common import check_bool, check_int, delay, fits_signed, lane_tables, replica
 from sim import timing, widths
 from sim.accel import requant_params
 
@@ -122,16 +122,17 @@ class Requantizer(wiring.Component):
         reads = lane_tables(m, "table", entry, self.channels, self.lanes,
                             {"en": self.tbl_we, "addr": self.tbl_addr, "data": row})
 
-        # the op's rails, from the width and signedness taken with the beat (stage 1), one copy for all lanes
+        # the op's rails, from the width and signedness taken with the beat (stage 1), a copy a lane from
+        # stage 2 on (one shared copy reached every lane's thresholds and rail select)
         width1 = delay(m, self.out_width, 1, "width")
         signed1 = delay(m, self.out_signed, 1, "signed")
         top = Signal(unsigned(ob + 1))
         m.d.comb += top.eq(1 << (width1 - signed1).as_unsigned())
-        hi2, lo2 = Signal(signed(ob + 1), name="hi_s2"), Signal(signed(ob + 1), name="lo_s2")
-        m.d.sync += [hi2.eq(top - 1), lo2.eq(Mux(signed1, -top, 0))]
-        hi4, lo4 = (delay(m, rail[:ob], 2, name) for rail, name in ((hi2, "hi"), (lo2, "lo")))
 
         for lane in range(self.lanes):
+            hi2, lo2 = replica(signed(ob + 1), f"hi_s2_{lane}"), replica(signed(ob + 1), f"lo_s2_{lane}")
+            m.d.sync += [hi2.eq(top - 1), lo2.eq(Mux(signed1, -top, 0))]
+            hi4, lo4 = (delay(m, rail[:ob], 2, f"{name}_{lane}") for rail, name in ((hi2, "hi"), (lo2, "lo")))
             rd = reads[lane]  # stage 1: table entry and x arrive together
             m.d.comb += rd.addr.eq(self.i_ch[lane])
             # stage 2: the entry registered, so that the block RAM's slow output drives nothing else
@@ -156,11 +157,16 @@ class Requantizer(wiring.Component):
                 m.d.comb += twice_p.eq(Cat(Const(0, 1), p_lo[:half], p_hi + p_lo[half:]))
 
             # stage 4: p, its coarse shift and whether it stays out of range whatever the fine shift; the
-            # thresholds shifted left by the fine shift, so that stage 5 compares before shifting
-            coarse = twice_p >> (s3[FINE_BITS:] << FINE_BITS)
+            # thresholds shifted left by the fine shift, so that stage 5 compares before shifting. The range
+            # test is made on 2p for every coarse shift at once and the one of this shift picked, so that it
+            # does not wait for the shifter
+            step = s3[FINE_BITS:]
+            coarse = twice_p >> (step << FINE_BITS)
+            fits_at = Cat(*[fits_signed(twice_p >> (k << FINE_BITS), keep)
+                            for k in range((w >> FINE_BITS) + 1)])  # s3 <= w (clamped at load)
             u4 = Signal(signed(keep), name=f"u4_{lane}")
             wide4 = Signal(name=f"wide4_{lane}")
-            m.d.sync += [u4.eq(coarse[:keep]), wide4.eq(~fits_signed(coarse, keep))]
+            m.d.sync += [u4.eq(coarse[:keep]), wide4.eq(~fits_at.bit_select(step, 1))]
             neg4 = delay(m, twice_p[-1], 1, f"neg_{lane}")
             fine = s3[:FINE_BITS]
             fine4 = delay(m, fine, 1, f"fine_{lane}")

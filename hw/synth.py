@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from hw.common import REPLICA
 from hw.verilog import components, ports, to_verilog
 from sim.accel import ACCELERATOR
 
@@ -116,7 +117,9 @@ PLACED_CLASSES = {
     "ice40": {"lut": "ICESTORM_LC", "dsp": "ICESTORM_DSP", "bram": "ICESTORM_RAM", "io": "SB_IO"},
 }
 #: the unit's synthesis: its cells (stat) and its mapped netlist
-UNIT_SCRIPT = "read_verilog -sv {top}.v; {flow}; tee -q -o {top}.stat.json stat -json; write_json {top}.netlist.json"
+#: (the flip-flops of registers marked ``hw.common.REPLICA`` are kept, so that opt_merge does not fold copies)
+UNIT_SCRIPT = ("read_verilog -sv {top}.v; proc; setattr -set keep 1 a:" + REPLICA + " %ci1:+[Q]; {flow}; "
+               "tee -q -o {top}.stat.json stat -json; write_json {top}.netlist.json")
 #: the wrapper synthesized around a box of the unit, then the unit's mapped netlist put in the box: re-synthesizing
 #: the mapped unit would cost as long as its synthesis and change nothing
 WRAPPER_SCRIPT = ("read_verilog -sv {top}_fmax.v {top}_box.v; {flow}; delete ={top}; read_json {top}.unit.json; "

@@ -6,7 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.common import check_int, round_const
+from hw.common import check_int, replica, round_const
 from sim import isa, widths
 from sim.accel import SHIFT_BITS
 
@@ -71,10 +71,10 @@ class VectorAdder(wiring.Component):
             # the op's controls, registered once a lane: they are held for the op and first used a stage
             # after a beat enters, and a copy per lane keeps each one's fanout inside its lane (one shared
             # copy reached every lane's shifter, rounding and clamps, the joined design's most congested nets)
-            lsc = Signal(range(w + 1), name=f"sc_{lane}")
-            rc = Signal(unsigned(w), name=f"rc_{lane}")
-            hi = Signal(signed(self.out_bits + 1), name=f"hi_{lane}")
-            lo = Signal(signed(self.out_bits + 1), name=f"lo_{lane}")
+            lsc = replica(range(w + 1), f"sc_{lane}")
+            rc = replica(unsigned(w), f"rc_{lane}")
+            hi = replica(signed(self.out_bits + 1), f"hi_{lane}")
+            lo = replica(signed(self.out_bits + 1), f"lo_{lane}")
             m.d.sync += [lsc.eq(sc), rc.eq(round_const(sc, w)), hi.eq(top - 1), lo.eq(-top)]
             pa = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pa_{lane}")
             pb = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pb_{lane}")
