@@ -284,7 +284,7 @@ def synth_unit(verilog: str, top: str, target: str, workdir: Path, fmax: bool = 
     if place:
         flow["wrapper_script"] = WRAPPER_SCRIPT
         flow["pnr"] = {"tool": _package_version(f"yowasp-nextpnr-{target}"), "part": the_part.name,
-                       "args": _nextpnr_args(the_part, freq_mhz)}
+                       "args": _nextpnr_args(the_part, freq_mhz, top)}
     key = _cache_key(verilog, wrapper, flow)
     entry = cache_dir / f"{top}-{target}-{key[:24]}.json" if cache_dir else None
     if entry is not None:
@@ -326,8 +326,15 @@ def _short_of(cells: dict, part: Part) -> str:
     return ", ".join(f"{k} {need[k]} > {getattr(part, k)}" for k in need if need[k] > getattr(part, k))
 
 
-def _nextpnr_args(part: Part, freq_mhz: float) -> list[str]:
-    return [*part.args, "--freq", f"{freq_mhz:g}", "--seed", "1", "--timing-allow-fail"]
+#: nextpnr options for the joined accelerator on ECP5: placed at 60 % density at most and routed with router2.
+#: The default (HeAP at full density, router1) never finished routing it: router1 ripped up about a third of
+#: what it routed from its first arcs on; router2 at this density routed it in 78 iterations (2026-12-07)
+ACCELERATOR_PNR = ("--placer-heap-beta", "0.6", "--router", "router2")
+
+
+def _nextpnr_args(part: Part, freq_mhz: float, top: str) -> list[str]:
+    extra = ACCELERATOR_PNR if top == ACCELERATOR and part.name.startswith("LFE5U") else ()
+    return [*part.args, "--freq", f"{freq_mhz:g}", "--seed", "1", "--timing-allow-fail", *extra]
 
 
 def _script(flow: str, target: str, top: str, dsp: bool, *options: str) -> str:
@@ -357,7 +364,7 @@ def _place_route(yosys: dict, wrapper_script: str, top: str, port_list: list[dic
     report.unlink(missing_ok=True)
     tool = f"yowasp-nextpnr-{target}"
     # relative paths: YoWASP tools see only their working directory
-    cmd = [_tool(tool), *_nextpnr_args(part, freq_mhz), "--json", f"{top}_fmax.json", "--report", report.name]
+    cmd = [_tool(tool), *_nextpnr_args(part, freq_mhz, top), "--json", f"{top}_fmax.json", "--report", report.name]
     start = time.perf_counter()
     log_path = workdir / f"{top}_fmax.log"  # written as nextpnr runs: `tail -f` it in a --workdir
     try:
