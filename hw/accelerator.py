@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -225,17 +228,19 @@ class Accelerator(wiring.Component):
         c.load_item = (en, addr, item)
 
     def _table_writes(self, m, c, u, p):
-        """A loaded item to WBUF or a table, the cycle after its last beat arrives, from a register per
-        destination (set outside the state machine, so it holds no write past that cycle): an item no longer
-        fans out from the beat mux to every block RAM it could go to. A load retires on its last beat as
-        before; its last write lands in the next fetch, before anything reads it. A table entry's bits
-        (``sim.isa``): requantizer ``M, shift, zero point``; GELU one entry; LayerNorm per lane ``gamma,
-        beta, in_shift`` (lane 0 in the low bits)."""
+        """A loaded item to WBUF or a table, the cycle after its last beat arrives, from registers (set outside
+        the state machine, so they hold no write past that cycle): the item no longer fans out from the beat
+        mux to every block RAM it could go to. A load retires on its last beat as before; its last write lands
+        in the next fetch, before anything reads it. A table entry's bits (``sim.isa``): requantizer ``M,
+        shift, zero point``; GELU one entry; LayerNorm per lane ``gamma, beta, in_shift`` (lane 0 in the low
+        bits)."""
         en, addr, item = c.load_item
-        w = {t: _Named(en=Signal(name=f"{t}_we"), addr=Signal.like(addr, name=f"{t}_waddr", reset_less=True),
-                       item=Signal(len(item), name=f"{t}_item", reset_less=True)) for t in isa.TARGETS if t != "abuf"}
+        t_addr = Signal.like(addr, name="load_waddr", reset_less=True)
+        t_item = Signal(len(item), name="load_item", reset_less=True)
+        m.d.sync += [t_addr.eq(addr), t_item.eq(item)]
+        w = {t: _Named(en=Signal(name=f"{t}_we"), addr=t_addr, item=t_item) for t in isa.TARGETS if t != "abuf"}
         for t, r in w.items():
-            m.d.sync += [r.en.eq(en[t]), r.addr.eq(addr), r.item.eq(item)]
+            m.d.sync += r.en.eq(en[t])
         m.d.comb += [p.ww.en.eq(w["wbuf"].en), p.ww.addr.eq(w["wbuf"].addr), Value.cast(p.ww.data).eq(w["wbuf"].item)]
         rq, gelu, ln = u.rq, u.gelu, u.ln
         mb, sb = rq.mult_bits, rq.shift_bits
@@ -548,20 +553,18 @@ class Accelerator(wiring.Component):
                 for name, s in by_unit.items():
                     with m.Case(_index("unit", name)):
                         m.d.comb += sel.eq(s)
+        one_hot = Cat(*[sel == i for i in range(len(sources))])
         picks = []
         for copy in ("valid", *range(v)):
             pick = replica(len(sources), f"pick_{copy}")
-            m.d.sync += pick.eq(Cat(*[sel == i for i in range(len(sources))]))
+            m.d.sync += pick.eq(one_hot)
             picks.append(pick)
         valid = Cat(*[picks[0][i] & s[0] for i, s in enumerate(sources.values())]).any()
         words = []
         for lane in range(v):
             gated = [Mux(picks[1 + lane][i], Value.cast(s[1][lane]).as_signed(), 0)
                      for i, s in enumerate(sources.values())]
-            word = gated[0]
-            for g in gated[1:]:
-                word = word | g
-            words.append(word)
+            words.append(functools.reduce(operator.or_, gated))
         return valid, words
 
 
