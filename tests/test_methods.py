@@ -31,8 +31,13 @@ def _with_maps(spec, maps):
     return Forward(spec, act)
 
 
+@pytest.mark.parametrize("balanced", [False, True], ids=["repq", "aocq-balanced"])
 @pytest.mark.parametrize("family", ["vit", "bert"])
-def test_repq_reparameterization_leaves_fp32_output_unchanged(family):
+def test_reparameterization_leaves_fp32_output_unchanged(family, balanced):
+    """RepQ's maps, and AOCQ's balancing folded in before them, are equivalent transforms."""
+    from quant.methods.aocq import balance_factors
+    from quant.methods.repq import post_gelu_points
+
     _, spec = tiny_vit() if family == "vit" else tiny_bert()
     x = image_batch() if family == "vit" else text_batch()
     with torch.no_grad():
@@ -40,8 +45,11 @@ def test_repq_reparameterization_leaves_fp32_output_unchanged(family):
         obs = collect(spec, [(x, None)], progress=False)
         new = spec.copy()
         maps = {}
-        for point, consumers in post_ln_points(new).items():
-            _, r, d = reparameterize(new, point, consumers, obs[point], 4)
+        for point, consumers in {**post_ln_points(new), **(post_gelu_points(new) if balanced else {})}.items():
+            b = balance_factors(new, consumers) if balanced else None
+            if balanced:
+                assert b.max() / b.min() > 1.2  # the columns differ, so the balancing moves them
+            _, r, d = reparameterize(new, point, consumers, obs[point], 4, b)
             assert not torch.allclose(r, torch.ones_like(r))  # the transform does something
             maps[point] = (r, d)
         out = _with_maps(new, maps)(x)
@@ -191,3 +199,84 @@ def test_sites_refuse_an_unknown_site_or_width_by_name():
         Sites(acts={"blocks.0.proj": 8}).check(linears(spec), points)
     with pytest.raises(QuantError, match=r"bits of blocks.0.fc1=9 outside"):
         Sites(weights={"blocks.0.fc1": 9}).check(linears(spec), points)
+
+
+def test_balancing_draws_the_weight_columns_together():
+    from quant.methods.aocq import balance_factors
+
+    _, spec = tiny_bert()
+    consumers = ["blocks.0.q", "blocks.0.k", "blocks.0.v"]
+    lin = linears(spec)
+    before = torch.stack([lin[n].w.abs().amax(0) for n in consumers]).amax(0)
+    after = before * balance_factors(spec, consumers, 1.0)
+    assert torch.allclose(after, after.mean().expand_as(after), rtol=1e-4)  # fully balanced: equal columns
+    half = before * balance_factors(spec, consumers, 0.5)
+    assert (half.max() / half.min()) ** 2 == pytest.approx(float(before.max() / before.min()), rel=1e-4)
+
+
+def _block_errors(plan, x, fp):
+    """Each block's squared output error (fake-quant block on FP32 inputs vs the FP32 block)."""
+    from quant.reconstruct import _float_forward
+
+    fq, ref = paper_forward(plan), _float_forward(plan)
+    with torch.no_grad():
+        h, mask = fp.embed(x)
+        errs = []
+        for i in range(len(plan.spec.blocks)):
+            errs.append(float((fq.block(i, h, mask) - ref.block(i, h, mask)).pow(2).mean()))
+            h = ref.block(i, h, mask)
+    return errs
+
+
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_reconstruction_keeps_integer_weights_and_lowers_the_block_error(family):
+    from quant.methods.repq import reparameterized_plan
+    from quant.reconstruct import Schedule, _float_forward, reconstruct
+
+    _, spec = tiny_vit() if family == "vit" else tiny_bert()
+    x = image_batch() if family == "vit" else text_batch()
+    obs = collect(spec, [(x, None)], progress=False)
+    plan = reparameterized_plan(spec.copy(), obs, 3, 8)
+    fp = _float_forward(plan)
+    before = _block_errors(plan, x, fp)
+    rounded = {n: plan.int_weight(n, lin.w) for n, lin in linears(plan.spec).items()}
+    reconstruct(plan, [(x, None)], Schedule(iters=60, batch=8), progress=False)
+    after = _block_errors(plan, x, fp)
+    assert sum(after) < 0.9 * sum(before), (before, after)
+    moved = []
+    for name, lin in linears(plan.spec).items():
+        if not name.startswith("blocks."):  # the patch embedding and the head are not reconstructed
+            continue
+        q = lin.w / plan.weight_scales[name][:, None]
+        assert torch.allclose(q, q.round(), atol=1e-4)  # snapped onto the method's grid: integer weights
+        moved.append(int(np.abs(plan.int_weight(name, lin.w) - rounded[name]).max()))
+    assert max(moved) == 1  # some weights move, and only to their other neighbour
+    prog = lower(plan)
+    engine.run(prog, program_inputs(prog, x))
+
+
+def test_reconstruction_is_deterministic_under_its_seed():
+    from quant.methods.repq import reparameterized_plan
+    from quant.reconstruct import Schedule, reconstruct
+
+    _, spec = tiny_bert()
+    x = text_batch()
+    obs = collect(spec, [(x, None)], progress=False)
+    runs = []
+    for _ in range(2):
+        plan = reparameterized_plan(spec.copy(), obs, 4, 4)
+        reconstruct(plan, [(x, None)], Schedule(iters=10, batch=2, lr_scale=1e-3), progress=False)
+        runs.append((torch.cat([lin.w.flatten() for lin in linears(plan.spec).values()]),
+                     [plan.acts[p].scale for p in sorted(plan.acts)]))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_bit_decline_steps_down_and_ends_on_the_target_width():
+    from quant.reconstruct import _decline_phase
+
+    phases = [_decline_phase(i / 99, 2, 0.5) for i in range(100)]
+    ks = [k for k, _ in phases]
+    assert ks == sorted(ks) and ks[0] == 1 and set(ks) == {1, 2}
+    assert phases[0][1] == 1.0  # starts wholly on the first width of the schedule
+    assert all(t == 0.0 for k, t in phases[50:])  # the second half on the target width alone
+    assert _decline_phase(0.3, 0, 0.5) == (0, 0.0)  # no schedule: the target from the start
