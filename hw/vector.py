@@ -20,8 +20,8 @@ class VectorAdder(wiring.Component):
 
     With ``const`` set the unit is ``add_const``: ``ma = mb = 1`` and ``shift = 0``, so
     ``y = saturate(a + b, out_width)``. ``ma``, ``mb``, ``shift``, ``out_width`` and ``const`` are
-    held for the op; the output is signed, ``out_width`` wide, sign-extended onto ``o_y``. Fully
-    pipelined: an input beat taken on ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly
+    held for the op from the cycle before its first beat (the multiplicands are registered); the output
+    is signed, ``out_width`` wide, sign-extended onto ``o_y``. Fully pipelined: an input beat taken on ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly
     :data:`STAGES` clock edges later. Shifts beyond the sum's width act as that width (the result is 0).
     """
 
@@ -75,10 +75,14 @@ class VectorAdder(wiring.Component):
             rc = replica(unsigned(w), f"rc_{lane}")
             hi = replica(signed(self.out_bits + 1), f"hi_{lane}")
             lo = replica(signed(self.out_bits + 1), f"lo_{lane}")
-            m.d.sync += [lsc.eq(sc), rc.eq(round_const(sc, w)), hi.eq(top - 1), lo.eq(-top)]
+            # the multiplicands too: the instruction's fields decoded into ma / mb no longer share a cycle with
+            # the multiplier (they were the joined design's critical path), so they settle a cycle before a beat
+            lma = replica(unsigned(self.mult_bits), f"ma_{lane}")
+            lmb = replica(unsigned(self.mult_bits), f"mb_{lane}")
+            m.d.sync += [lsc.eq(sc), rc.eq(round_const(sc, w)), hi.eq(top - 1), lo.eq(-top), lma.eq(ma), lmb.eq(mb)]
             pa = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pa_{lane}")
             pb = Signal(signed(self.in_bits + self.mult_bits + 1), name=f"pb_{lane}")
-            m.d.sync += [pa.eq(self.i_a[lane] * ma), pb.eq(self.i_b[lane] * mb)]
+            m.d.sync += [pa.eq(self.i_a[lane] * lma), pb.eq(self.i_b[lane] * lmb)]
             total = Signal(signed(w + 1), name=f"sum_{lane}")
             shifted = Signal(signed(w + 1), name=f"shifted_{lane}")
             m.d.sync += [total.eq(pa + pb + rc), shifted.eq(total >> lsc)]
