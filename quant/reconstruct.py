@@ -110,7 +110,10 @@ def _block_sites(plan: QuantPlan, i: int) -> tuple[list[str], list[str]]:
 
 
 def _learned_forward(plan: QuantPlan, steps: dict[str, _Step], weights) -> Forward:
-    """The paper protocol's forward with the learned grids and the given weights (name -> tensor)."""
+    """The paper protocol's forward with the learned grids and the given weights (name -> tensor). The
+    attention codes and the learned grids pass gradients straight through; a grid that is not learned
+    rounds plainly and passes none, so with step sizes off only the linears whose outputs reach the block
+    output without another grid (the output projection, fc2) learn their rounding."""
     def act(name: str, x: torch.Tensor) -> torch.Tensor:
         r = role(name)
         if r == "probs":
@@ -123,10 +126,7 @@ def _learned_forward(plan: QuantPlan, steps: dict[str, _Step], weights) -> Forwa
             return steps[name](x) if name in steps else plan.acts[name].fake(x)
         return x
 
-    def weight(name: str, w: torch.Tensor) -> torch.Tensor:
-        return weights(name, w)
-
-    return Forward(plan.spec, act, weight)
+    return Forward(plan.spec, act, weights)
 
 
 def _decline_phase(frac: float, steps: int, share: float) -> tuple[int, float]:
