@@ -62,23 +62,18 @@ def channel_grid(obs, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, zp
 
 
-def reparameterize(spec, point: str, consumers: list[str], obs, bits: int,
-                   balance: torch.Tensor | None = None) -> tuple[QParams, torch.Tensor, torch.Tensor]:
+def reparameterize(spec, point: str, consumers: list[str], obs, bits: int) -> tuple[QParams, torch.Tensor, torch.Tensor]:
     """Fold the per-channel grid of ``point`` into its consumers; returns the per-tensor grid and the map (r, delta).
-    ``balance`` (per channel, > 0) first divides the tensor by b and multiplies the consumers' input columns by b;
-    per-channel grids are invariant to it, so only the weights see it (the map returned includes it)."""
+    The consumers' input columns end up scaled by the channels' own grid scales whatever they were before, so
+    no per-channel rescaling of this tensor ahead of it (a SmoothQuant-style balancing) changes the result."""
     from quant.plan import linears
 
     s_c, z_c = channel_grid(obs, bits)
-    if balance is not None:  # the grid of x / b: the same zero points, scales divided by b
-        s_c = s_c / balance
     s = float(s_c.mean())
     z = int(torch.round(z_c.mean()))
     ratio = s_c / s
     delta = s * (z_c - z)
     lin = linears(spec)
-    if balance is not None:
-        ratio = ratio * balance
     for name in consumers:
         w = lin[name].w * ratio[None, :]
         lin[name].b = lin[name].b - w @ delta
@@ -92,15 +87,14 @@ def repq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites:
     return reparameterized_plan(spec, observers, wbits, abits, sites=sites)
 
 
-def reparameterized_plan(spec, observers, wbits: int, abits: int, *, sites: Sites | None = None, method: str = "repq",
-                         balance: dict[str, torch.Tensor] | None = None) -> QuantPlan:
-    """RepQ's plan from the observers: post-LayerNorm and post-GELU points reparameterized (each first balanced
-    by ``balance[point]`` where given), log-sqrt(2) attention codes, clipped per-channel weights."""
-    sites, balance = sites or Sites(), balance or {}
+def reparameterized_plan(spec, observers, wbits: int, abits: int, *, sites: Sites | None = None,
+                         method: str = "repq") -> QuantPlan:
+    """RepQ's plan from the observers: post-LayerNorm and post-GELU points reparameterized, log-sqrt(2)
+    attention codes, clipped per-channel weights."""
+    sites = sites or Sites()
     grids, maps = {}, {}
     for point, consumers in {**post_ln_points(spec), **post_gelu_points(spec)}.items():
-        qp, ratio, delta = reparameterize(spec, point, consumers, observers[point], sites.a(point, abits),
-                                          balance.get(point))
+        qp, ratio, delta = reparameterize(spec, point, consumers, observers[point], sites.a(point, abits))
         grids[point], maps[point] = qp, (ratio, delta)
     for point in post_gelu_points(spec):  # the GELU ROM's own output grid, before the per-channel requant
         grids[point + ".rom"] = observers[point].minmax(GELU_ROM_BITS, True)  # zero point 0: a requant input
