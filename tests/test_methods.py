@@ -31,13 +31,18 @@ def _with_maps(spec, maps):
     return Forward(spec, act)
 
 
-@pytest.mark.parametrize("family", ["vit", "bert"])
-def test_repq_reparameterization_leaves_fp32_output_unchanged(family):
+def _tiny(family):
+    """A tiny model of ``family``, a batch, its FP32 output and its calibration observers."""
     _, spec = tiny_vit() if family == "vit" else tiny_bert()
     x = image_batch() if family == "vit" else text_batch()
     with torch.no_grad():
-        ref = Forward(spec)(x)
-        obs = collect(spec, [(x, None)], progress=False)
+        return spec, x, Forward(spec)(x), collect(spec, [(x, None)], progress=False)
+
+
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_repq_reparameterization_leaves_fp32_output_unchanged(family):
+    spec, x, ref, obs = _tiny(family)
+    with torch.no_grad():
         new = spec.copy()
         maps = {}
         for point, consumers in post_ln_points(new).items():
@@ -52,11 +57,8 @@ def test_repq_reparameterization_leaves_fp32_output_unchanged(family):
 def test_aocq_balancing_is_exact_and_evens_q_against_k(family):
     from quant.methods.aocq import balance
 
-    _, spec = tiny_vit() if family == "vit" else tiny_bert()
-    x = image_batch() if family == "vit" else text_batch()
+    spec, x, ref, obs = _tiny(family)
     with torch.no_grad():
-        ref = Forward(spec)(x)
-        obs = collect(spec, [(x, None)], progress=False)
         new = spec.copy()
         factors = balance(new, obs)
         assert all(not torch.allclose(f, torch.ones_like(f)) for f in factors.values())  # it does something
@@ -232,9 +234,7 @@ def test_reconstruction_keeps_integer_weights_and_lowers_the_block_error(family)
     from quant.methods.repq import reparameterized_plan
     from quant.reconstruct import Schedule, _float_forward, reconstruct
 
-    _, spec = tiny_vit() if family == "vit" else tiny_bert()
-    x = image_batch() if family == "vit" else text_batch()
-    obs = collect(spec, [(x, None)], progress=False)
+    spec, x, _, obs = _tiny(family)
     plan = reparameterized_plan(spec.copy(), obs, 3, 8)
     fp = _float_forward(plan)
     before = _block_errors(plan, x, fp)
@@ -258,9 +258,7 @@ def test_reconstruction_is_deterministic_under_its_seed():
     from quant.methods.repq import reparameterized_plan
     from quant.reconstruct import Schedule, reconstruct
 
-    _, spec = tiny_bert()
-    x = text_batch()
-    obs = collect(spec, [(x, None)], progress=False)
+    spec, x, _, obs = _tiny("bert")
     runs = []
     for _ in range(2):
         plan = reparameterized_plan(spec.copy(), obs, 4, 4)
