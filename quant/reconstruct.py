@@ -76,7 +76,7 @@ class _Rounding(torch.nn.Module):
         return torch.clamp(self.floor + (self.alpha >= 0).to(self.w.dtype), -self.qmax, self.qmax) * self.s
 
     def at(self, bits: int) -> torch.Tensor:
-        """The weights plainly rounded at a finer width ``bits`` (scales grown in proportion)."""
+        """The weights plainly rounded at a wider width ``bits`` (the same range: scales shrunk in proportion)."""
         q = (1 << (bits - 1)) - 1
         s = self.s * self.qmax / q
         return torch.clamp(torch.round(self.w / s), -q, q) * s
@@ -105,6 +105,7 @@ class _Step(torch.nn.Module):
 def _block_sites(plan: QuantPlan, i: int) -> tuple[list[str], list[str]]:
     pre = f"blocks.{i}."
     lin = [n for n in linears(plan.spec) if n.startswith(pre)]
+    # the block's chosen points ("blocks.3.ln2"), not a point's auxiliary grid ("blocks.3.gelu.rom")
     acts = [p for p in plan.acts if p.startswith(pre) and p.count(".") == 2 and role(p) in ("act", "qkv")]
     return lin, acts
 
