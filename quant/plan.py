@@ -85,6 +85,13 @@ class QuantPlan:
 
         return pow2_shift(m) if self.pow2 else dyadic(m)
 
+    def mapped(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The tensor at point ``name`` as the program holds it: ``x / r + delta`` where a channel map applies."""
+        if name in self.channel_maps:
+            ratio, delta = self.channel_maps[name]
+            return x / ratio + delta
+        return x
+
     def sqrt2_at(self, prefix: str) -> bool:
         return self.softmax_sqrt2.get(prefix, self.sqrt2)
 
@@ -225,10 +232,7 @@ def paper_forward(plan: QuantPlan, emulate_integer: bool = False) -> Forward:
             grid, alpha = plan.ln_ptf[name[: -len(".ln_in")]]
             return fake_ptf(x, grid, alpha)
         if r in fake_roles and name in plan.acts:
-            if name in plan.channel_maps:
-                ratio, delta = plan.channel_maps[name]
-                return plan.acts[name].fake(x / ratio + delta)
-            return plan.acts[name].fake(x)
+            return plan.acts[name].fake(plan.mapped(name, x))
         return x
 
     def weight(name: str, w: torch.Tensor) -> torch.Tensor:

@@ -120,11 +120,10 @@ def _learned_forward(plan: QuantPlan, steps: dict[str, _Step], weights) -> Forwa
         if r == "probs":
             p = fake_log2(x, plan.code_bits, plan.sqrt2_at(name[: -len("probs")]))
             return x + (p - x).detach()
-        if name in steps or (r in ("act", "qkv", "input") and name in plan.acts):
-            if name in plan.channel_maps:
-                ratio, delta = plan.channel_maps[name]
-                x = x / ratio + delta
-            return steps[name](x) if name in steps else plan.acts[name].fake(x)
+        if name in steps:
+            return steps[name](plan.mapped(name, x))
+        if r in ("act", "qkv", "input") and name in plan.acts:
+            return plan.acts[name].fake(plan.mapped(name, x))
         return x
 
     return Forward(plan.spec, act, weights)
@@ -153,13 +152,7 @@ def _channel_weights(targets: list[torch.Tensor], masks: list, outlier: float) -
 def _float_forward(plan: QuantPlan) -> Forward:
     """The FP32 reference on the plan's (possibly rewritten) model: a method's channel maps applied, nothing
     quantized."""
-    def act(name: str, x: torch.Tensor) -> torch.Tensor:
-        if name in plan.channel_maps:
-            ratio, delta = plan.channel_maps[name]
-            return x / ratio + delta
-        return x
-
-    return Forward(plan.spec.copy(), act)
+    return Forward(plan.spec.copy(), plan.mapped)
 
 
 def reconstruct(plan: QuantPlan, batches: list, schedule: Schedule = Schedule(), *, progress: bool = True,
