@@ -114,7 +114,18 @@ def rails(bits, shape, rng, signed=True):
 
 
 # ----------------------------------------------------------------------------- products
+@pytest.fixture(params=["int8-gemm", "float-blas"])
+def gemm(request, monkeypatch):
+    """Each product test runs on both routes: torch's int8 GEMM (taken only where it is faster than float32
+    BLAS on the machine, so forced here) and float BLAS under its bound."""
+    if request.param == "int8-gemm" and not hasattr(torch, "_int_mm"):
+        pytest.skip("this torch has no int8 GEMM")
+    monkeypatch.setattr(intops, "_INT_MM", [request.param == "int8-gemm"])
+    return request.param
+
+
 @pytest.mark.parametrize("k", [1, 7, 384, 4096, (1 << 17) - 1])
+@pytest.mark.usefixtures("gemm")
 def test_int8_gemm_is_exact_at_the_most_negative_operands(k):
     a = np.full((3, k), -128, dtype=np.int8)
     w = np.full((2, k), -128, dtype=np.int8)
@@ -123,6 +134,7 @@ def test_int8_gemm_is_exact_at_the_most_negative_operands(k):
     assert got.dtype == np.int32  # k * 2**14 < 2**31: the int8 GEMM's own accumulator holds it
 
 
+@pytest.mark.usefixtures("gemm")
 def test_int8_gemm_past_its_k_limit_falls_back_exactly():
     k = 1 << 17  # k * 2**14 = 2**31 does not fit int32
     a = np.full((2, k), -128, dtype=np.int8)
@@ -133,6 +145,7 @@ def test_int8_gemm_past_its_k_limit_falls_back_exactly():
 
 
 @pytest.mark.parametrize("lo,hi", [(0, 255), (-200, 55), (1000, 1255), (0, 15), (1 << 20, (1 << 20) + 255)])
+@pytest.mark.usefixtures("gemm")
 def test_int8_gemm_takes_any_256_wide_activation_range(lo, hi):
     rng = np.random.default_rng(lo & 0xFFFF)
     x = rng.choice(np.array([lo, hi, rng.integers(lo, hi + 1)]), (37, 1536)).astype(np.int16)
@@ -142,6 +155,7 @@ def test_int8_gemm_takes_any_256_wide_activation_range(lo, hi):
 
 
 @pytest.mark.parametrize("bias_max", [0, 2**20, 2**31 - 1 - 384 * 128 * 128, 2**31 - 1])
+@pytest.mark.usefixtures("gemm")
 def test_accumulator_bias_at_the_int32_rail(bias_max):
     x = np.full((4, 384), -128, dtype=np.int8)
     w = np.full((3, 384), -128, dtype=np.int8)
@@ -153,6 +167,7 @@ def test_accumulator_bias_at_the_int32_rail(bias_max):
     same(intops.linear(x, w, bias), np.clip(ref_matmul(x, w.T) + bias, -I32, I32 - 1))
 
 
+@pytest.mark.usefixtures("gemm")
 def test_batched_int8_loop_matches_int64_at_rails_and_random():
     rng = np.random.default_rng(1)
     for shape_a, shape_b in (((2, 3, 197, 64), (2, 3, 64, 197)), ((1, 2, 96, 4096), (1, 2, 4096, 80))):
@@ -165,6 +180,7 @@ def test_batched_int8_loop_matches_int64_at_rails_and_random():
     same(intops.exact_matmul(a, b), np.full((2, 8, 40), (1 << 16) * 128 * 128))
 
 
+@pytest.mark.usefixtures("gemm")
 def test_float_gemm_row_sum_bound_is_exact_at_its_limit():
     # attention weights up to 2**14 against 8-bit V: K*max*max is past 2**24, row sums are not
     rng = np.random.default_rng(2)
@@ -185,6 +201,7 @@ def test_float_gemm_row_sum_bound_is_exact_at_its_limit():
 
 
 @pytest.mark.parametrize("bits,k", [(4, 1 << 16), (8, 4096), (12, 3000), (16, 2048), (24, 64), (31, 5)])
+@pytest.mark.usefixtures("gemm")
 def test_exact_matmul_worst_case_every_width(bits, k):
     lo, hi = intops.int_range(bits)
     for sa, sb in ((lo, lo), (hi, lo), (lo, hi)):
@@ -194,6 +211,7 @@ def test_exact_matmul_worst_case_every_width(bits, k):
         same(intops.exact_matmul(a[0], b[0]), ref_matmul(a[0], b[0]))
 
 
+@pytest.mark.usefixtures("gemm")
 def test_float_gemm_ignores_a_reduced_precision_setting():
     prev = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")  # would allow bf16 / TF32 GEMMs
@@ -210,6 +228,7 @@ def test_float_gemm_ignores_a_reduced_precision_setting():
 @settings(max_examples=60, deadline=None)
 @given(m=st.integers(1, 40), k=st.integers(1, 700), n=st.integers(1, 30), abits=st.sampled_from([4, 8, 9, 16]),
        wbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**16))
+@pytest.mark.usefixtures("gemm")
 def test_accumulate_random_widths_match_int64(m, k, n, abits, wbits, seed):
     rng = np.random.default_rng(seed)
     x = rails(abits, (m, k), rng, signed=seed % 2 == 0)
