@@ -29,7 +29,7 @@ from quant.plan import QuantPlan, Sites, collect
 from quant.reconstruct import Schedule, reconstruct
 
 OUTLIER = 1.0
-SCHEDULE = Schedule(iters=100, lr_round=3e-2, lr_scale=5e-4, outlier=OUTLIER)
+SCHEDULE = Schedule(iters=50, lr_round=3e-2, lr_scale=5e-4, outlier=OUTLIER)
 
 
 def _range(obs) -> torch.Tensor:
