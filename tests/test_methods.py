@@ -70,6 +70,49 @@ def test_aocq_balancing_is_exact_and_evens_q_against_k(family):
         assert torch.allclose(q, k, rtol=1e-3)  # each channel's range now the same in Q and K
 
 
+@pytest.mark.parametrize("family", ["vit", "bert"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_mptq_shift_and_smoothing_leave_fp32_output_unchanged(family, alpha):
+    from quant.methods.mptq import smooth
+    from quant.methods.repq import post_gelu_points
+
+    spec, x, ref, obs = _tiny(family)
+    with torch.no_grad():
+        new = spec.copy()
+        maps = {}
+        for point, consumers in {**post_ln_points(new), **post_gelu_points(new)}.items():
+            grid, s, delta, chosen = smooth(new, point, consumers, obs[point], 4, wbits=[4] * len(consumers),
+                                            alphas=(alpha,))
+            assert chosen == alpha
+            # the shift is whole grid steps, and the requantizer's zero points lie in the 4-bit range
+            steps = delta / grid.scale
+            assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 8
+            # every channel's calibrated range, shifted and smoothed, lies on the grid
+            lo, hi = obs[point].ch_min / s + delta, obs[point].ch_max / s + delta
+            assert lo.min() >= grid.qmin * grid.scale * (1 + 1e-5) and hi.max() <= grid.qmax * grid.scale * (1 + 1e-5)
+            maps[point] = (s, delta)
+        out = _with_maps(new, maps)(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_mptq_shift_bias_sits_on_the_quantized_weights():
+    """After the plan, Q(W) (x / s + delta) + b' equals W x + b for the shifted part: the constant a shift
+    puts through the quantized weights is carried by the bias."""
+    from quant.methods.repq import post_gelu_points
+    from quant.quantizers import fake_weight
+
+    spec, x, ref, obs = _tiny("bert")
+    plan = get_method("mptq")(spec.copy(), [(x, None)], 4, 4, progress=False)
+    consumers = {**post_ln_points(plan.spec), **post_gelu_points(plan.spec)}
+    orig = linears(spec)
+    for point, (s, delta) in plan.channel_maps.items():
+        for name in consumers[point]:
+            lin = linears(plan.spec)[name]
+            wq = fake_weight(lin.w, plan.weight_scales[name], plan.wbits_of(name))
+            # constant part: what the consumer adds for a zero input of the original tensor
+            assert torch.allclose(wq @ delta + lin.b, orig[name].b, atol=1e-4)
+
+
 def test_repq_per_tensor_grid_is_the_per_channel_grid():
     """After the map, per-tensor quantization of x / r + delta equals per-channel quantization of x."""
     _, spec = tiny_vit()
