@@ -232,6 +232,15 @@ def cmd_sensitivity(args) -> None:
         print(f"wrote {args.plot}")
 
 
+def cmd_mixed(args) -> None:
+    from ptq2rtl import mixed
+
+    budget = mixed.Budget.parse(args.budget)
+    result = mixed.greedy(args.model, args.method, args.bits, budget, accel=args.accel, high=args.high, by=args.by,
+                          limit=args.limit, checkpoint=args.checkpoint, data=args.data)
+    _print(result, args.json, mixed.format_table)
+
+
 def cmd_verilog(args) -> None:
     from hw.verilog import export
 
@@ -419,6 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     model_args(s)
     s.set_defaults(fn=cmd_sensitivity)
+
+    s = sub.add_parser("mixed", help="greedy mixed precision: per-site widths under an energy or size budget")
+    s.add_argument("model")
+    s.add_argument("--method", default="mptq")
+    s.add_argument("--bits", type=int, default=4, help="the uniform WnAn every site starts at")
+    s.add_argument("--high", type=int, default=8, help="the width a raised site gets")
+    s.add_argument("--budget", required=True,
+                   help="energy:MICROJOULES, size:KILOBYTES (weights), or energy:WnAn / size:WnAn (what that uniform "
+                        "scheme costs)")
+    s.add_argument("--accel", type=accelerator, default="edge-int8", help="the accelerator that prices the energy")
+    s.add_argument("--by", choices=("site", "layer"), default="site")
+    s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples only")
+    s.add_argument("--json", action="store_true")
+    model_args(s)
+    s.set_defaults(fn=cmd_mixed)
 
     s = sub.add_parser("verilog", help="Verilog of the accelerator and of each unit, one file each, plus a manifest")
     s.add_argument("--accel", type=accelerator, default="edge-int4")

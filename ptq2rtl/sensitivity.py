@@ -66,6 +66,20 @@ def metric_of(model: str) -> str:
     return "top1" if models.model_info(model).task == "image" else "cosine"
 
 
+def measure_scheme(model: str, method: str, bits: int, sites: Sites | None, *, spec, batches,
+                   protocol: str = "integer", limit: int | None = None, data: str | None = None) -> dict:
+    """Calibrate ``method`` at WnAn with the ``sites`` overrides and measure the model's metric; returns it
+    with the sample count, the calibration time and the lowered program (None under the paper protocol)."""
+    plan = flows.make_plan(model, method, bits, bits, spec=spec, batches=batches, sites=sites, progress=False)
+    program = lower(plan) if protocol == "integer" else None
+    if program is not None:
+        result = flows.evaluate_program(program, data=data, limit=limit, progress=False)
+    else:
+        result = flows.evaluate_paper(plan, data=data, limit=limit, progress=False)
+    return {"metric": result[metric_of(model)], "n": result["n"], "calib_seconds": plan.meta["calib_seconds"],
+            "program": program}
+
+
 def run(model: str, method: str, bits: int, *, high: int = 8, by: str = "site", protocol: str = "integer",
         limit: int | None = None, checkpoint: str | None = None, data: str | None = None,
         progress: bool = True) -> dict:
@@ -83,13 +97,10 @@ def run(model: str, method: str, bits: int, *, high: int = 8, by: str = "site", 
     rows_of = groups(list(linears(spec)), chosen_points(spec, batches[0]), high, by)
 
     def measure(label: str, kind: str, width: int, sites: Sites | None) -> dict:
-        plan = flows.make_plan(model, method, width, width, spec=spec, batches=batches, sites=sites, progress=False)
-        if protocol == "integer":
-            result = flows.evaluate_program(lower(plan), data=data, limit=limit, progress=False)
-        else:
-            result = flows.evaluate_paper(plan, data=data, limit=limit, progress=False)
-        return {"site": label, "kind": kind, "metric": result[key], "n": result["n"],
-                "calib_seconds": plan.meta["calib_seconds"]}
+        got = measure_scheme(model, method, width, sites, spec=spec, batches=batches, protocol=protocol,
+                             limit=limit, data=data)
+        return {"site": label, "kind": kind, "metric": got["metric"], "n": got["n"],
+                "calib_seconds": got["calib_seconds"]}
 
     todo = [("uniform", "-", bits, None)] + [(g.label, g.kind, bits, g.sites) for g in rows_of]
     todo.append(("uniform", "-", high, None))
