@@ -30,6 +30,7 @@ from quant.quantizers import QParams, fake_weight, search_weight_clip, weight_sc
 from sim import intops
 
 ALPHAS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)  #: migration strengths tried per point (0: shift only)
+OBSERVER = "mse"  #: the range of every other chosen point (Q, K, V, the attention output): least squared error
 
 
 def smooth_factors(obs, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -56,58 +57,51 @@ def place(lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor, bits: int) -> tup
         scale *= 1.01
 
 
-def _output_error(rows: torch.Tensor, weights: list[torch.Tensor], grid: QParams, s, delta, wbits: list[int]) -> float:
-    """Squared error of the consumers' outputs with input and weights quantized as the plan will (clipped
-    per-channel weights, the shift's bias term on the quantized weights: :func:`correct_shift_bias`)."""
-    x = rows / s + delta
-    xq = grid.fake(x)
-    err = 0.0
-    for w, wb in zip(weights, wbits):
-        ws = w * s[None, :]
-        wq = fake_weight(ws, weight_scales(ws, wb, search_weight_clip(ws, wb)), wb)
-        err += float((xq @ wq.T + (ws - wq) @ delta - x @ ws.T).pow(2).mean())
-    return err
-
-
 def smooth(spec, point: str, consumers: list[str], obs, bits: int, *, wbits: list[int],
            alphas: tuple[float, ...] = ALPHAS) -> tuple[QParams, torch.Tensor, torch.Tensor, float]:
-    """SQ-b at ``point``: choose alpha, fold the shift and the smoothing into the consumers; returns the
-    per-tensor grid, the channel map (s, delta) and the alpha chosen."""
+    """SQ-b at ``point``: choose alpha for the least squared error of the consumers' outputs on the
+    calibration rows, with the input and the weights quantized as the plan will (clipped per-channel weights,
+    the shift's bias term on the quantized weights: :func:`correct_shift_bias`); fold the shift and the
+    smoothing into the consumers. Returns the per-tensor grid, the channel map (s, delta) and the alpha."""
     lin = linears(spec)
     weights = [lin[name].w for name in consumers]
     rows = obs.rows.to(weights[0].dtype)
-
-    def placed(alpha: float):
+    best, best_err = None, float("inf")
+    for alpha in alphas:
         s = smooth_factors(obs, weights, alpha)
-        return (*place(obs.ch_min, obs.ch_max, s, bits), s)
-
-    def error(alpha: float) -> float:
-        grid, delta, s = placed(alpha)
-        return _output_error(rows, weights, grid, s, delta, wbits)
-
-    best = min(alphas, key=error)
-    grid, delta, s = placed(best)
+        grid, delta = place(obs.ch_min, obs.ch_max, s, bits)
+        x = rows / s + delta
+        xq = grid.fake(x)
+        err = 0.0
+        for w, b in zip(weights, wbits):
+            w = w * s[None, :]
+            q = fake_weight(w, weight_scales(w, b, search_weight_clip(w, b)), b)
+            err += float((xq @ q.T + (w - q) @ delta - x @ w.T).pow(2).mean())
+        if err < best_err:
+            best, best_err = (alpha, grid, s, delta), err
+    alpha, grid, s, delta = best
     for name in consumers:
         w = lin[name].w * s[None, :]
         lin[name].b = lin[name].b - w @ delta
         lin[name].w = w
-    return grid, s, delta, best
+    return grid, s, delta, alpha
 
 
 @register_method("mptq")
 def mptq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
     sites = sites or Sites()
     observers = collect(spec, batches, progress=progress, desc="calibrate (mptq)")
-    alphas = {}
+    chosen = {}
 
     def remap(spec, point, consumers, obs, bits):
-        grid, s, delta, alphas[point] = smooth(spec, point, consumers, obs, bits,
+        grid, s, delta, chosen[point] = smooth(spec, point, consumers, obs, bits,
                                                wbits=[sites.w(n, wbits) for n in consumers])
         return grid, s, delta
 
-    plan = reparameterized_plan(spec, observers, wbits, abits, sites=sites, method="mptq", remap=remap)
+    plan = reparameterized_plan(spec, observers, wbits, abits, sites=sites, method="mptq", remap=remap,
+                                observer=OBSERVER)
     correct_shift_bias(plan, {**post_ln_points(spec), **post_gelu_points(spec)})
-    plan.meta["sqb_alpha"] = alphas
+    plan.meta["sqb_alpha"] = chosen
     return plan
 
 
