@@ -16,7 +16,10 @@
   calibration tokens, mean weight 1), so the outlier channels that carry the residual stream of BERT
   cost more when they are wrong.
 * The extra stage for activation step sizes: the same reconstruction learns the scale of every grid
-  the method chooses (LSQ), at a learning rate well below the rounding's (a larger one lowered minilm).
+  the method chooses (LSQ), at a learning rate well below the rounding's (a larger one lowered minilm),
+  starting from the range of least squared error on the calibration sample at the points RepQ does not
+  reparameterize (Q, K, V, the attention output) rather than their min/max: minilm W4A4, first 200
+  sentences, 0.8799 -> 0.9113.
 """
 
 from __future__ import annotations
@@ -53,5 +56,5 @@ def balance(spec, observers) -> dict[str, torch.Tensor]:
 def aocq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
     balance(spec, collect(spec, batches, progress=progress, desc="calibrate (aocq)"))
     observers = collect(spec, batches, progress=progress, desc="calibrate (aocq, balanced)")
-    plan = reparameterized_plan(spec, observers, wbits, abits, sites=sites, method="aocq")
+    plan = reparameterized_plan(spec, observers, wbits, abits, sites=sites, method="aocq", observer="mse")
     return reconstruct(plan, batches, SCHEDULE, progress=progress, desc="reconstruct (aocq)")
