@@ -236,9 +236,20 @@ def cmd_mixed(args) -> None:
     from ptq2rtl import mixed
 
     budget = mixed.Budget.parse(args.budget)
-    result = mixed.greedy(args.model, args.method, args.bits, budget, accel=args.accel, high=args.high, by=args.by,
-                          limit=args.limit, checkpoint=args.checkpoint, data=args.data)
-    _print(result, args.json, mixed.format_table)
+    results = []
+    for method in args.method.split(","):
+        results.append(mixed.greedy(args.model, method, args.bits, budget, accel=args.accel, high=args.high,
+                                    by=args.by, limit=args.limit, checkpoint=args.checkpoint, data=args.data))
+        if not args.json:  # each method's table as soon as it is measured
+            print(mixed.format_table(results[-1]) + "\n", flush=True)
+    if args.plot:
+        from reports.plots import mixed_points
+
+        mixed_points(results, Path(args.plot))
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    elif args.plot:
+        print(f"wrote {args.plot}")
 
 
 def cmd_verilog(args) -> None:
@@ -431,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("mixed", help="greedy mixed precision: per-site widths under an energy or size budget")
     s.add_argument("model")
-    s.add_argument("--method", default="mptq")
+    s.add_argument("--method", default="mptq", help="a method, or several comma-separated (one run each)")
     s.add_argument("--bits", type=int, default=4, help="the uniform WnAn every site starts at")
     s.add_argument("--high", type=int, default=8, help="the width a raised site gets")
     s.add_argument("--budget", required=True,
@@ -440,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accel", type=accelerator, default="edge-int8", help="the accelerator that prices the energy")
     s.add_argument("--by", choices=("site", "layer"), default="site")
     s.add_argument("--limit", type=positive_int, help="evaluate on the first N samples only")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--plot", type=output_file, help="a PNG of each method's uniform and mixed points: metric vs energy")
+    s.add_argument("--json", action="store_true", help="a list of results, one per method")
     model_args(s)
     s.set_defaults(fn=cmd_mixed)
 

@@ -178,3 +178,30 @@ def sensitivity_bars(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def mixed_points(results: list[dict], path: Path) -> None:
+    """``ptq2rtl mixed``: each method's uniform schemes and its greedy mixed-precision point, metric against
+    the energy of one inference (uniform schemes the accelerator refuses are left out)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    cmap = plt.get_cmap("tab10")
+    for i, r in enumerate(results):
+        color = cmap(i % 10)
+        uniform = [(name, p) for name, p in r["uniform"].items() if "energy" in p]
+        ax.plot([p["energy"] for _, p in uniform], [p["metric"] for _, p in uniform], "o--", color=color,
+                markeredgecolor="black", linewidth=0.8, label=f"{r['method']} uniform")
+        for name, p in uniform:
+            ax.annotate(name, (p["energy"], p["metric"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        if "energy" in r["point"]:
+            ax.plot([r["point"]["energy"]], [r["point"]["metric"]], "*", color=color, markersize=14,
+                    markeredgecolor="black", label=f"{r['method']} greedy MP ({len(r['chosen'])} sites raised)")
+        ax.axvline(r["budget_value"], color=color, linestyle=":", linewidth=0.8)
+    first = results[0]
+    ax.set_xlabel(f"energy per inference on {first['accel']} (µJ); dotted: the budget ({first['budget']})")
+    ax.set_ylabel(f"{first['metric']}, integer protocol ({first['n']} samples)")
+    ax.set_title(f"{first['model']}: greedy mixed precision from W{first['bits']}A{first['bits']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

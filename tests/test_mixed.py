@@ -70,9 +70,14 @@ def test_a_budget_below_the_narrow_scheme_is_refused(monkeypatch):
 
 
 @pytest.mark.usefixtures("few_sites")
-def test_mixed_command_end_to_end(capsys):
-    assert main(["mixed", "vit-digits", "--method", "baseline", "--budget", "size:W6A6", "--limit", "16", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["budget"] == "size <= uniform W6A6"
-    assert result["budget_value"] == pytest.approx(result["uniform"]["W6A6"]["size"])
-    assert result["point"]["size"] <= result["budget_value"]
+def test_mixed_command_end_to_end(capsys, tmp_path):
+    plot = tmp_path / "mixed.png"
+    assert main(["mixed", "vit-digits", "--method", "baseline,repq", "--budget", "size:W6A6", "--limit", "16",
+                 "--plot", str(plot), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in results] == ["baseline", "repq"]
+    for result in results:
+        assert result["budget"] == "size <= uniform W6A6"
+        assert result["budget_value"] == pytest.approx(result["uniform"]["W6A6"]["size"])
+        assert result["point"]["size"] <= result["budget_value"]
+    assert plot.stat().st_size > 0
