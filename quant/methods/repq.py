@@ -90,7 +90,7 @@ def repq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites:
 def reparameterized_plan(spec, observers, wbits: int, abits: int, *, sites: Sites | None = None,
                          method: str = "repq", remap=reparameterize, observer: str = "minmax") -> QuantPlan:
     """RepQ's plan from the observers: post-LayerNorm and post-GELU points reparameterized, log-sqrt(2)
-    attention codes, clipped per-channel weights. ``remap(spec, point, consumers, observer, bits)`` folds a
+    attention codes, clipped per-channel weights. ``remap(spec, point, consumers, obs, bits)`` folds a
     point's channel map into its consumers and returns its grid and the map (r, delta): RepQ's by default.
     ``observer`` sets the range of every other chosen point (``quant.plan.act_grid``)."""
     sites = sites or Sites()
