@@ -6,8 +6,10 @@
   largest weight magnitude of input column c over the point's consumers; the consumers absorb both,
   ``W' = W diag(s)`` and ``b' = b + W z``, so the FP32 output is unchanged. The shifted, smoothed tensor
   then takes one symmetric per-tensor grid. In the program the transform is a channel map (``x / s + delta``
-  with ``delta = -z / s``, rounded to the grid so the zero points are integers and the consumers' bias
-  carries exactly the rounded shift): folded into LayerNorm's gamma and beta where the LayerNorm feeds only
+  with ``delta = -z / s`` in whole grid steps, the requantizer's zero points, so inside the ``bits``-wide
+  range: each channel's range is widened to include zero, which guarantees one, and a channel that never
+  crosses zero is shifted only as far as that allows; :func:`place`): folded into LayerNorm's gamma and
+  beta where the LayerNorm feeds only
   linears (ViT); on BERT, where the LayerNorm output is also the residual stream, the residual stays the
   int16 tensor it was (exact) and the requantizer that narrows it for the linears carries the map as
   per-channel multipliers and zero points; after GELU, the ROM writes a 16-bit per-tensor grid and a
@@ -15,6 +17,10 @@
 * ``alpha`` per point (the paper's migration strength, left to the implementation here): searched over
   :data:`ALPHAS` for the least squared error of the consumers' outputs on the calibration rows, with the
   weights and the input quantized at the plan's widths.
+* The shift's bias term sits on the quantized weights (:func:`correct_shift_bias`), computed once the
+  weight grids are chosen.
+* The other chosen points (Q, K, V, the attention output: no consumer weights to migrate into) take the
+  range of least squared error on their calibration sample (:data:`OBSERVER`).
 * Everything else as RepQ's plan (``quant.methods.repq``): log-sqrt(2) attention codes and per-channel
   weights with a searched clipping ratio, recalibrated on the rewritten weights.
 """
