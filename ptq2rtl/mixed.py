@@ -26,46 +26,47 @@ from quant.methods import get_method
 from quant.plan import Sites, chosen_points, linears
 from quant.quantizers import QuantError, check_bits
 
-KINDS = {"energy": "µJ", "size": "kB"}  #: budget kinds and their units
+QUANTITIES = {"energy": "µJ", "size": "kB"}  #: what a budget bounds, and its unit
 
 
 @dataclass(frozen=True)
 class Budget:
-    """``kind`` (energy on the accelerator, or the weights' size) at most ``value``, or at most what the
+    """``quantity`` (energy on the accelerator, or the weights' size) at most ``value``, or at most what the
     uniform scheme W``scheme``A``scheme`` costs."""
 
-    kind: str
+    quantity: str
     value: float | None = None
     scheme: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Budget":
         """``energy:4000`` (µJ), ``size:900`` (kB of weights), ``energy:W6A6`` (what uniform W6A6 costs)."""
-        kind, _, amount = text.partition(":")
-        if kind not in KINDS or not amount:
-            raise QuantError(f"budget {text!r} must be KIND:AMOUNT with KIND one of {', '.join(KINDS)} "
+        quantity, _, amount = text.partition(":")
+        if quantity not in QUANTITIES or not amount:
+            raise QuantError(f"budget {text!r} must be KIND:AMOUNT with KIND one of {', '.join(QUANTITIES)} "
                              f"(e.g. energy:4000 in µJ, size:900 in kB, energy:W6A6)")
         scheme = re.fullmatch(r"W(\d)A(\d)", amount)
         if scheme:
             if scheme[1] != scheme[2]:
                 raise QuantError(f"budget scheme {amount!r} must be a uniform WnAn (n the same twice)")
-            return cls(kind, scheme=check_bits("budget scheme bits", int(scheme[1])))
+            return cls(quantity, scheme=check_bits("budget scheme bits", int(scheme[1])))
         try:
             value = float(amount)
         except ValueError:
             raise QuantError(f"budget amount {amount!r} is neither a number nor a scheme WnAn") from None
         if not value > 0:
             raise QuantError(f"budget amount must be positive, got {amount}")
-        return cls(kind, value=value)
+        return cls(quantity, value=value)
 
     def __str__(self) -> str:
-        return f"{self.kind} <= " + (f"uniform W{self.scheme}A{self.scheme}" if self.scheme
-                                     else f"{self.value:g} {KINDS[self.kind]}")
+        return f"{self.quantity} <= " + (f"uniform W{self.scheme}A{self.scheme}" if self.scheme
+                                     else f"{self.value:g} {QUANTITIES[self.quantity]}")
 
 
 def weight_kilobytes(program) -> float:
-    """The program's linear weights at their own widths, in kB (what the weight DRAM and buffers hold)."""
-    bits = sum(op.params["weight"].size * op.attrs["wbits"] for op in program.ops if op.kind == "linear")
+    """The program's weights at their own widths, in kB (what the weight DRAM and buffers hold): every op that
+    carries a ``weight`` parameter and its ``wbits``."""
+    bits = sum(op.params["weight"].size * op.attrs["wbits"] for op in program.ops if "weight" in op.params)
     return bits / 8 / 1000
 
 
@@ -114,48 +115,48 @@ def greedy(model: str, method: str, bits: int, budget: Budget, *, accel, high: i
     limit_value = budget.value
     if budget.scheme:
         ref = uniform[f"W{budget.scheme}A{budget.scheme}"]
-        if budget.kind not in ref:
+        if budget.quantity not in ref:
             raise QuantError(f"the budget's scheme W{budget.scheme}A{budget.scheme}: {ref['refused']}")
-        limit_value = ref[budget.kind]
-    if base[budget.kind] > limit_value:
-        raise QuantError(f"uniform W{bits}A{bits} already costs {base[budget.kind]:.1f} {KINDS[budget.kind]}, "
-                         f"over the budget ({budget}: {limit_value:.1f})")
+        limit_value = ref[budget.quantity]
+    if base[budget.quantity] > limit_value:
+        raise QuantError(f"uniform W{bits}A{bits} already costs {base[budget.quantity]:.1f} "
+                         f"{QUANTITIES[budget.quantity]}, over the budget ({budget}: {limit_value:.1f})")
     rows = []
     for g in groups:
         row = {"site": g.label, "kind": g.kind, "sites": g.sites, **measure(bits, g.sites)}
         row["gain"] = row["metric"] - base["metric"]
-        row["cost"] = row[budget.kind] - base[budget.kind] if budget.kind in row else None
+        row["cost"] = row[budget.quantity] - base[budget.quantity] if budget.quantity in row else None
         rows.append(row)
         bar.update()
     ranked = sorted((r for r in rows if r["cost"] is not None and r["gain"] > 0),
                     key=lambda r: -r["gain"] / max(r["cost"], 1e-9))
     chosen, spent = [], 0.0
     for r in ranked:
-        if base[budget.kind] + spent + max(r["cost"], 0.0) <= limit_value:
+        if base[budget.quantity] + spent + max(r["cost"], 0.0) <= limit_value:
             chosen.append(r)
             spent += max(r["cost"], 0.0)
     while True:
         sites = Sites(weights={k: v for r in chosen for k, v in r["sites"].weights.items()},
                       acts={k: v for r in chosen for k, v in r["sites"].acts.items()})
         point = measure(bits, sites)
-        if not chosen or (budget.kind in point and point[budget.kind] <= limit_value):
+        if not chosen or (budget.quantity in point and point[budget.quantity] <= limit_value):
             break
         chosen.pop()  # the costs did not add up: the last site raised goes back
     bar.update()
     bar.close()
     return {"model": model, "method": method, "bits": bits, "high": high, "by": by, "accel": accel.name,
-            "budget": str(budget), "budget_value": limit_value, "unit": KINDS[budget.kind],
+            "budget": str(budget), "budget_value": limit_value, "quantity": budget.quantity,
+            "unit": QUANTITIES[budget.quantity],
             "metric": sensitivity.metric_of(model), "n": base["n"], "uniform": uniform,
             "rows": [{k: v for k, v in r.items() if k != "sites"} for r in rows],
             "chosen": [{"site": r["site"], "kind": r["kind"], "gain": r["gain"], "cost": r["cost"]} for r in chosen],
             "predicted": {"metric": base["metric"] + sum(r["gain"] for r in chosen),
-                          budget.kind: base[budget.kind] + sum(r["cost"] for r in chosen)},
+                          budget.quantity: base[budget.quantity] + sum(r["cost"] for r in chosen)},
             "sites": sites.as_meta(), "point": point}
 
 
 def format_table(result: dict) -> str:
-    key, unit = result["metric"], result["unit"]
-    kind = "energy" if unit == "µJ" else "size"
+    key, unit, quantity = result["metric"], result["unit"], result["quantity"]
     lines = [f"{result['model']} {result['method']}: greedy MP from W{result['bits']}A{result['bits']} "
              f"(sites raised to {result['high']} bits, by {result['by']}) under {result['budget']} "
              f"= {result['budget_value']:.1f} {unit} on {result['accel']}; {key} on {result['n']} samples",
@@ -170,5 +171,5 @@ def format_table(result: dict) -> str:
     lines.append(line(f"greedy MP ({len(result['chosen'])} sites raised)", result["point"]))
     lines += ["", f"sites raised, largest gain per {unit} first:"]
     for c in result["chosen"]:
-        lines.append(f"  {c['site']:28s} {c['kind']:8s} gain {c['gain']:+.4f}  {kind} {c['cost']:+.1f} {unit}")
+        lines.append(f"  {c['site']:28s} {c['kind']:8s} gain {c['gain']:+.4f}  {quantity} {c['cost']:+.1f} {unit}")
     return "\n".join(lines)
