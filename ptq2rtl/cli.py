@@ -199,7 +199,8 @@ def sweep_line(r: dict) -> str:
         for c in _sweep_cols(r):
             v = (r.get(p) or {}).get(c)
             vals.append(f"{v:20.4f}" if v is not None else f"{'-':>20s}")
-    return f"{r['method']:10s} {'W%dA%d' % (r['wbits'], r['abits']):>5s} " + " ".join(vals) + f" {r['calib_seconds']:8.1f}"
+    line = f"{r['method']:10s} {'W%dA%d' % (r['wbits'], r['abits']):>5s} " + " ".join(vals) + f" {r['calib_seconds']:8.1f}"
+    return line + (f"  ({r['refused']})" if "refused" in r else "")
 
 
 def cmd_sweep(args) -> None:

@@ -14,9 +14,9 @@ from quant.lower import lower
 from quant.methods import get_method
 from quant.model import Forward, Transformer, adapt
 from quant.plan import QuantPlan, Sites, chosen_points, linears, paper_forward
-from quant.quantizers import check_bits, program_inputs
+from quant.quantizers import QuantError, check_bits, program_inputs
 from sim import engine
-from sim.program import IntegerProgram
+from sim.program import IntegerProgram, ProgramError
 
 CALIB_BATCH = 32
 EVAL_BATCH = 64
@@ -117,7 +117,8 @@ def evaluate_paper(plan: QuantPlan, *, data: str | None = None, limit: int | Non
 def sweep(name: str, methods: list[str], bits: list[int], *, protocols: tuple[str, ...] = ("paper", "integer"),
           checkpoint: str | None = None, data: str | None = None, limit: int | None = None, progress: bool = True,
           on_program=None):
-    """Yield one row per method and width WnAn: calibration time and the metrics of each protocol.
+    """Yield one row per method and width WnAn: calibration time and the metrics of each protocol (a plan the
+    lowering refuses gives a row with ``refused`` and no integer metrics).
 
     ``on_program(method, bits, program)`` sees each lowered program (the report simulates and caches them).
     """
@@ -132,7 +133,12 @@ def sweep(name: str, methods: list[str], bits: list[int], *, protocols: tuple[st
             if "paper" in protocols:
                 row["paper"] = _metrics(evaluate_paper(plan, data=data, limit=limit, progress=progress))
             if "integer" in protocols or on_program is not None:
-                program = lower(plan)
+                try:
+                    program = lower(plan)
+                except (QuantError, ProgramError) as exc:  # a plan no program can carry: a row that says why
+                    row["refused"] = f"not lowered: {exc}"
+                    yield row
+                    continue
                 if on_program is not None:
                     on_program(method, b, program)
                 if "integer" in protocols:

@@ -252,3 +252,24 @@ def test_command_that_needs_no_torch_does_not_import_it(command, program_file, t
     argv = [str({"PROGRAM": program_file, "OUT": tmp_path / "out"}.get(a, a)) for a in command]
     r = subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_sweep_gives_a_row_for_a_plan_the_lowering_refuses(monkeypatch, capsys):
+    """One refused (method, width) is a row that says why; the sweep goes on to the next."""
+    from ptq2rtl import flows
+    from sim.program import ProgramError
+
+    lower = flows.lower
+
+    def refuse_hvit(plan):
+        if plan.method == "hvit":
+            raise ProgramError("op 'blocks.0.res2' (add): field 'mb': 65536 outside the accepted range [0, 65535]")
+        return lower(plan)
+
+    monkeypatch.setattr(flows, "lower", refuse_hvit)
+    assert main(["sweep", "vit-digits", "--methods", "hvit,baseline", "--bits", "4", "--limit", "16",
+                 "--protocol", "integer", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["hvit", "baseline"]
+    assert rows[0]["refused"].startswith("not lowered: op 'blocks.0.res2'") and "integer" not in rows[0]
+    assert rows[1]["integer"]["n"] == 16 and "refused" not in rows[1]
