@@ -72,15 +72,12 @@ def weight_kilobytes(program) -> float:
 
 def price(program, accel, seq_len: int) -> dict:
     """Energy (µJ) of one inference on ``accel`` and the weights' size (kB), or why ``accel`` refuses it."""
-    from ptq2rtl.simulate import simulate_report
-    from sim.accel import AccelError
+    from ptq2rtl.explore import price_point
 
-    size = weight_kilobytes(program)
-    try:
-        sim = simulate_report(program, accel, seq_len=seq_len)
-    except AccelError as exc:
-        return {"size": size, "refused": str(exc)}
-    return {"size": size, "energy": sim["energy_j"] * 1e6, "cycles": sim["cycles"]}
+    cost = price_point(program, accel, seq_len)  # refused by sim.accel.check_program first
+    if "refused" in cost:
+        return {"size": weight_kilobytes(program), "refused": cost["refused"]}
+    return {"size": weight_kilobytes(program), "energy": cost["energy_j"] * 1e6, "cycles": cost["cycles"]}
 
 
 def greedy(model: str, method: str, bits: int, budget: Budget, *, accel, high: int = 8, by: str = "site",

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from quant.methods import register_method
-from quant.methods.repq import post_gelu_points, post_ln_points, reparameterized_plan
+from quant.methods.repq import fold_map, reparameterized_plan
 from quant.plan import QuantPlan, Sites, collect, linears
 from quant.quantizers import QParams, fake_weight, search_weight_clip, weight_scales
 from sim import intops
@@ -86,10 +86,7 @@ def smooth(spec, point: str, consumers: list[str], obs, bits: int, *, wbits: lis
         if err < best_err:
             best, best_err = (alpha, grid, s, delta), err
     alpha, grid, s, delta = best
-    for name in consumers:
-        w = lin[name].w * s[None, :]
-        lin[name].b = lin[name].b - w @ delta
-        lin[name].w = w
+    fold_map(spec, consumers, s, delta)
     return grid, s, delta, alpha
 
 
@@ -97,16 +94,17 @@ def smooth(spec, point: str, consumers: list[str], obs, bits: int, *, wbits: lis
 def mptq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
     sites = sites or Sites()
     observers = collect(spec, batches, progress=progress, desc="calibrate (mptq)")
-    chosen = {}
+    chosen, consumers_of = {}, {}
 
     def remap(spec, point, consumers, obs, bits):
+        consumers_of[point] = consumers
         grid, s, delta, chosen[point] = smooth(spec, point, consumers, obs, bits,
                                                wbits=[sites.w(n, wbits) for n in consumers])
         return grid, s, delta
 
     plan = reparameterized_plan(spec, observers, wbits, abits, sites=sites, method="mptq", remap=remap,
                                 observer=OBSERVER)
-    correct_shift_bias(plan, {**post_ln_points(spec), **post_gelu_points(spec)})
+    correct_shift_bias(plan, consumers_of)
     plan.meta["sqb_alpha"] = chosen
     return plan
 

@@ -66,19 +66,25 @@ def reparameterize(spec, point: str, consumers: list[str], obs, bits: int) -> tu
     """Fold the per-channel grid of ``point`` into its consumers; returns the per-tensor grid and the map (r, delta).
     The consumers' input columns end up scaled by the channels' own grid scales whatever they were before, so
     no per-channel rescaling of this tensor ahead of it (a SmoothQuant-style balancing) changes the result."""
-    from quant.plan import linears
-
     s_c, z_c = channel_grid(obs, bits)
     s = float(s_c.mean())
     z = int(torch.round(z_c.mean()))
     ratio = s_c / s
     delta = s * (z_c - z)
+    fold_map(spec, consumers, ratio, delta)
+    return QParams(s, z, bits), ratio, delta
+
+
+def fold_map(spec, consumers: list[str], ratio: torch.Tensor, delta: torch.Tensor) -> None:
+    """The consumers of a tensor that now carries ``x / ratio + delta``: ``W' = W diag(ratio)``,
+    ``b' = b - W' delta``, so their outputs are unchanged."""
+    from quant.plan import linears
+
     lin = linears(spec)
     for name in consumers:
         w = lin[name].w * ratio[None, :]
         lin[name].b = lin[name].b - w @ delta
         lin[name].w = w
-    return QParams(s, z, bits), ratio, delta
 
 
 @register_method("repq")
