@@ -60,7 +60,7 @@ class Budget:
 
     def __str__(self) -> str:
         return f"{self.quantity} <= " + (f"uniform W{self.scheme}A{self.scheme}" if self.scheme
-                                     else f"{self.value:g} {QUANTITIES[self.quantity]}")
+                                         else f"{self.value:g} {QUANTITIES[self.quantity]}")
 
 
 def weight_kilobytes(program) -> float:

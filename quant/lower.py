@@ -181,13 +181,11 @@ class _Builder:
 
 
 def gelu_table(x_qp: QParams, y_qp: QParams, act: str = "gelu") -> np.ndarray:
-    """The GELU ROM: every int8 input code mapped to the nearest output code of the activation ``act``
-    (a key of quant.model.ACTIVATIONS; computed once, in float64)."""
+    """The GELU ROM: every int8 input code mapped to the nearest output level of the activation ``act`` on
+    the grid ``y_qp`` (a key of quant.model.ACTIVATIONS; computed once, in float64)."""
     lo, hi = intops.int_range(widths.GELU_IN_BITS)
     codes = torch.arange(lo, hi + 1, dtype=torch.float64)
-    y = ACTIVATIONS[act](x_qp.scale * (codes - x_qp.zero_point))
-    q = torch.round(y / y_qp.scale) + y_qp.zero_point
-    return torch.clamp(q, y_qp.qmin, y_qp.qmax).to(torch.int64).numpy()
+    return y_qp.quantize(ACTIVATIONS[act](x_qp.scale * (codes - x_qp.zero_point)))
 
 
 def _const(x: torch.Tensor, qp: QParams) -> np.ndarray:

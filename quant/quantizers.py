@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sim import intops
+from sim.ops import signed_bits
 
 
 class QuantError(ValueError):
@@ -52,6 +53,71 @@ class QParams:
         """Quantize-dequantize in float: what the paper protocol does at a quantization point."""
         q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
         return ((q - self.zero_point) * self.scale).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class TwoScale(QParams):
+    """Two grids a power of two apart on one integer axis (TSPTQ's value-aware two scales): a
+    ``code_bits``-wide code whose top bit picks the grid, ``2**(code_bits-1)`` fine steps from ``low``
+    up, then ``2**(code_bits-1)`` coarse steps of ``2**shift`` fine steps above them (the coarse levels
+    are multiples of ``2**shift``, so the two grids align by a shift). The integer a value quantizes to
+    is the decoded level (real = scale * q, zero point 0); ``bits`` is the width that level needs, which
+    is what the tensor holds and what the MAC array streams (in digit passes where it exceeds the port)."""
+
+    code_bits: int = 4
+    shift: int = 1
+    low: int = 0
+
+    def levels(self) -> torch.Tensor:
+        """The 2**code_bits decoded levels, ascending (code i < half: fine; the rest coarse)."""
+        half, step = 1 << (self.code_bits - 1), 1 << self.shift
+        first = ((self.low + half - 1) // step + 1) * step  # the first multiple of the coarse step above the fine grid
+        return torch.cat([torch.arange(self.low, self.low + half), first + step * torch.arange(half)])
+
+    def _nearest(self, x: torch.Tensor) -> torch.Tensor:
+        lv = self.levels().to(torch.float64)
+        v = torch.as_tensor(x, dtype=torch.float64) / self.scale
+        return lv[torch.bucketize(v, (lv[1:] + lv[:-1]) / 2)]  # a value half way goes to the lower level
+
+    def quantize(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        return self._nearest(x).to(torch.int64).numpy()
+
+    def fake(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._nearest(x) * self.scale).to(x.dtype)
+
+
+def two_scale_grid(sample: torch.Tensor, code_bits: int, max_bits: int | None = None, *, twin: bool = False,
+                   error=None, shifts: range = range(1, 9), steps: int = 24) -> TwoScale:
+    """The two-scale grid of least error on ``sample``: every coarse shift whose decoded level fits
+    ``max_bits`` (default ``2 * code_bits``), fine scales from the one whose top level reaches the sample's
+    maximum down to an eighth of it. The fine grid starts at the sample's minimum (as far down as it
+    reaches), or with ``twin`` holds the negative values alone (``low = -2**(code_bits-1)``: two regions,
+    the coarse grid from zero up). ``error(grid)`` is the criterion (default: squared error on the sample)."""
+    check_bits("code bits", code_bits)
+    max_bits = max_bits or 2 * code_bits
+    sample = sample.double()
+    xmin, xmax = float(sample.min()), max(float(sample.max()), 1e-8)
+    half = 1 << (code_bits - 1)
+    if error is None:
+        def error(grid):
+            return float((grid.fake(sample) - sample).pow(2).mean())
+    best, best_err = None, float("inf")
+    for k in shifts:
+        top = TwoScale(1.0, 0, 16, code_bits=code_bits, shift=k, low=-half if twin else 0).levels()[-1].item()
+        for i in range(steps):
+            scale = xmax / top * 2.0 ** (-3 * i / steps)
+            low = -half if twin else int(min(0, max(-(half - 1), round(xmin / scale))))
+            grid = TwoScale(scale, 0, 16, code_bits=code_bits, shift=k, low=low)
+            bits = signed_bits(low, int(grid.levels()[-1]))
+            if bits > max_bits:
+                break
+            grid = TwoScale(scale, 0, bits, code_bits=code_bits, shift=k, low=low)
+            err = error(grid)
+            if err < best_err:
+                best, best_err = grid, err
+    if best is None:
+        raise QuantError(f"no two-scale grid of {code_bits}-bit codes fits {max_bits} decoded bits")
+    return best
 
 
 def qparams_from_range(lo: float, hi: float, bits: int, symmetric: bool) -> QParams:

@@ -113,6 +113,86 @@ def test_mptq_shift_bias_sits_on_the_quantized_weights():
             assert torch.allclose(wq @ delta + lin.b, orig[name].b, atol=1e-4)
 
 
+
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_tsptq_outlier_scales_are_two_a_power_of_two_apart_and_exact_in_fp32(family):
+    """O-2SF: every channel's ratio is 1 or one common 2**k, its zero point whole grid steps inside the
+    grid's range, and the fold into the consumers leaves the FP32 output unchanged."""
+    from quant.methods.tsptq import two_scales
+
+    spec, x, _, _ = _tiny(family)
+    for blk in spec.blocks:  # two outlier channels in every LayerNorm's output, as trained transformers have
+        for norm in (blk.ln1, blk.ln2):
+            norm.g[:2] *= 30.0
+    with torch.no_grad():
+        ref, obs = Forward(spec)(x), collect(spec, [(x, None)], progress=False)
+        new = spec.copy()
+        maps = {}
+        for point, consumers in post_ln_points(new).items():
+            grid, r, delta = two_scales(new, point, consumers, obs[point], 4, wbits=[4] * len(consumers))
+            values = sorted(set(r.tolist()))
+            assert values[0] == 1.0 and len(values) <= 2 and math.log2(values[-1]).is_integer()
+            steps = delta / grid.scale
+            assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 8
+            maps[point] = (r, delta)
+        assert any(len(set(r.tolist())) == 2 for r, _ in maps.values())  # some point has outlier channels
+        out = _with_maps(new, maps)(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("code_bits", [3, 4, 6])
+def test_tsptq_value_aware_grids_align_by_a_shift(code_bits):
+    """V-2SF: half the codes on the fine grid (step 1), half on the coarse one (step 2**shift, every level a
+    multiple of it: the fine grid shifted left), each value quantized to its nearest level, the decoded
+    level at most twice the code's width; the GELU table of a tsptq program writes only those levels."""
+    from quant.quantizers import two_scale_grid
+
+    sample = torch.nn.functional.gelu(torch.randn(20000, generator=torch.Generator().manual_seed(0)) * 3)
+    grid = two_scale_grid(sample, code_bits)
+    lv = grid.levels()
+    half = 1 << (code_bits - 1)
+    assert len(lv) == 2 * half and torch.all(lv[1:] > lv[:-1])
+    assert torch.all(lv[1:half] - lv[:half - 1] == 1)
+    assert torch.all(lv[half:] % (1 << grid.shift) == 0) and torch.all(lv[half + 1:] - lv[half:-1] == 1 << grid.shift)
+    assert grid.bits <= 2 * code_bits and lv.min() >= -(1 << (grid.bits - 1)) and lv.max() < 1 << (grid.bits - 1)
+    v = sample[:500].double() / grid.scale
+    nearest = lv[(v[:, None] - lv[None, :].double()).abs().argmin(dim=1)]
+    assert np.array_equal(grid.quantize(sample[:500]), nearest.numpy())
+
+    spec, x = tiny_bert()[1], text_batch()
+    plan = get_method("tsptq")(spec.copy(), [(x, None)], 4, code_bits, progress=False)
+    prog = lower(plan)
+    for op in (o for o in prog.ops if o.name.endswith("gelu")):
+        levels = set(plan.acts[op.name].levels().tolist())
+        assert set(np.unique(op.params["table"]).tolist()) <= levels
+        (fc2,) = [o for o in prog.ops if o.inputs == op.outputs]
+        assert fc2.attrs["abits"] == plan.acts[op.name].bits > code_bits
+
+
+def test_mptq_opt_m_two_regions_split_at_zero_and_reach_the_program(monkeypatch):
+    """OPT-m: the negative values on the fine grid, the coarse grid 2**m fine steps apart from zero up;
+    where it wins (forced here) the GELU table writes only its levels and fc2 reads them at their width."""
+    import quant.methods.mptq as mptq
+    from quant.methods.repq import post_gelu_points
+
+    spec, x, _, obs = _tiny("bert")
+    for point, consumers in post_gelu_points(spec).items():
+        err, grid = mptq.opt_m(spec, consumers, obs[point], 4, wbits=[4])
+        lv = grid.levels()
+        assert lv[:8].tolist() == list(range(-8, 0)) and lv[8] == 0
+        assert torch.all(lv[9:] - lv[8:-1] == 1 << grid.shift) and grid.shift in mptq.OPT_M_RATIOS
+        assert err >= 0 and err == mptq.opt_m(spec, consumers, obs[point], 4, wbits=[4])[0]
+    search = mptq.smooth_search
+    monkeypatch.setattr(mptq, "smooth_search", lambda spec, consumers, *a, **k: (
+        (float("inf"),) if consumers[0].endswith("fc2") else search(spec, consumers, *a, **k)))
+    plan = get_method("mptq")(spec.copy(), [(x, None)], 4, 4, progress=False)
+    assert set(plan.meta["opt_m"]) == set(post_gelu_points(spec))
+    assert not set(plan.meta["opt_m"]) & set(plan.channel_maps)
+    prog = lower(plan)
+    for op in (o for o in prog.ops if o.name.endswith("gelu")):
+        assert set(np.unique(op.params["table"]).tolist()) <= set(plan.acts[op.name].levels().tolist())
+    engine.run(prog, program_inputs(prog, x))
+
 def test_repq_per_tensor_grid_is_the_per_channel_grid():
     """After the map, per-tensor quantization of x / r + delta equals per-channel quantization of x."""
     _, spec = tiny_vit()

@@ -14,6 +14,11 @@
   int16 tensor it was (exact) and the requantizer that narrows it for the linears carries the map as
   per-channel multipliers and zero points; after GELU, the ROM writes a 16-bit per-tensor grid and a
   per-channel requantizer narrows it (as ``repq`` does).
+* OPT-m at every post-GELU point: the two-region grid (the negative values on a fine grid, the rest on a
+  grid ``2**m`` times coarser from zero up: ``quant.quantizers.TwoScale`` with ``twin``), ``m`` and the scale
+  searched for the least squared error of fc2's quantized outputs; where that error is below SQ-b's best the
+  point takes the two-region grid instead of SQ-b (the GELU table writes the decoded level, an integer on
+  the fine grid, and fc2 streams it in digit passes where it is wider than the array's port), else SQ-b.
 * ``alpha`` per point (the paper's migration strength, left to the implementation here): searched over
   :data:`ALPHAS` for the least squared error of the consumers' outputs on the calibration rows, with the
   weights and the input quantized at the plan's widths.
@@ -30,13 +35,15 @@ from __future__ import annotations
 import torch
 
 from quant.methods import register_method
-from quant.methods.repq import fold_map, reparameterized_plan
+from quant.methods.repq import fold_map, post_gelu_points, post_ln_points, reparameterized_plan
 from quant.plan import QuantPlan, Sites, collect, linears
-from quant.quantizers import QParams, fake_weight, search_weight_clip, weight_scales
+from quant.quantizers import QParams, TwoScale, fake_weight, search_weight_clip, two_scale_grid, weight_scales
 from sim import intops
 
 ALPHAS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)  #: migration strengths tried per point (0: shift only)
 OBSERVER = "mse"  #: the range of every other chosen point (Q, K, V, the attention output): least squared error
+OPT_M_RATIOS = range(1, 7)  #: the coarse region's scale is 2**m times the fine one's, m searched here
+OPT_M_ROWS = 512  #: calibration rows the OPT-m search measures the consumers' output error on
 
 
 def smooth_factors(obs, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -69,25 +76,56 @@ def smooth(spec, point: str, consumers: list[str], obs, bits: int, *, wbits: lis
     calibration rows, with the input and the weights quantized as the plan will (clipped per-channel weights,
     the shift's bias term on the quantized weights: :func:`correct_shift_bias`); fold the shift and the
     smoothing into the consumers. Returns the per-tensor grid, the channel map (s, delta) and the alpha."""
-    lin = linears(spec)
-    weights = [lin[name].w for name in consumers]
-    rows = obs.rows.to(weights[0].dtype)
-    best, best_err = None, float("inf")
+    _, alpha, grid, s, delta = smooth_search(spec, consumers, obs, bits, wbits=wbits, alphas=alphas)
+    fold_map(spec, consumers, s, delta)
+    return grid, s, delta, alpha
+
+
+def smooth_search(spec, consumers: list[str], obs, bits: int, *, wbits: list[int],
+                  alphas: tuple[float, ...] = ALPHAS) -> tuple[float, float, QParams, torch.Tensor, torch.Tensor]:
+    """SQ-b's alpha search alone (nothing folded): (error, alpha, grid, s, delta) of the best alpha."""
+    weights = [linears(spec)[name].w for name in consumers]
+    best = (float("inf"),)
     for alpha in alphas:
         s = smooth_factors(obs, weights, alpha)
         grid, delta = place(obs.ch_min, obs.ch_max, s, bits)
-        x = rows / s + delta
+        err = consumer_error(obs.rows, s, delta, grid, weights, wbits)
+        if err < best[0]:
+            best = (err, alpha, grid, s, delta)
+    return best
+
+
+def opt_m(spec, consumers: list[str], obs, bits: int, *, wbits: list[int]) -> tuple[float, TwoScale]:
+    """OPT-m at a post-GELU point: the two-region grid (negative values on a fine grid, the rest on one
+    ``2**m`` times coarser, ``quant.quantizers.TwoScale`` with ``twin``) whose ratio ``m`` and scale give
+    the least squared error of the consumers' outputs on the calibration rows (weights quantized as the
+    plan will). Returns that error and the grid."""
+    weights = [linears(spec)[name].w for name in consumers]
+    quantized = [fake_weight(w, weight_scales(w, b, search_weight_clip(w, b)), b) for w, b in zip(weights, wbits)]
+    x = obs.rows[:OPT_M_ROWS].to(weights[0].dtype)
+    exact = [x @ w.T for w in weights]
+
+    def error(grid):
         xq = grid.fake(x)
-        err = 0.0
-        for w, b in zip(weights, wbits):
-            w = w * s[None, :]
-            q = fake_weight(w, weight_scales(w, b, search_weight_clip(w, b)), b)
-            err += float((xq @ q.T + (w - q) @ delta - x @ w.T).pow(2).mean())
-        if err < best_err:
-            best, best_err = (alpha, grid, s, delta), err
-    alpha, grid, s, delta = best
-    fold_map(spec, consumers, s, delta)
-    return grid, s, delta, alpha
+        return sum(float((xq @ q.T - y).pow(2).mean()) for q, y in zip(quantized, exact))
+
+    grid = two_scale_grid(obs.sample, bits, twin=True, error=error, shifts=OPT_M_RATIOS, steps=12)
+    return error(grid), grid
+
+
+def consumer_error(rows: torch.Tensor, s: torch.Tensor, delta: torch.Tensor, grid: QParams,
+                   weights: list[torch.Tensor], wbits: list[int]) -> float:
+    """The consumers' squared output error on calibration ``rows`` when their input carries ``x / s + delta``
+    on ``grid`` and their weights ``W diag(s)`` are quantized as the plan will (clipped per channel, the
+    shift's bias term on the quantized weights)."""
+    x = rows.to(weights[0].dtype) / s + delta
+    xq = grid.fake(x)
+    err = 0.0
+    for w, b in zip(weights, wbits):
+        w = w * s[None, :]
+        q = fake_weight(w, weight_scales(w, b, search_weight_clip(w, b)), b)
+        err += float((xq @ q.T + (w - q) @ delta - x @ w.T).pow(2).mean())
+    return err
 
 
 @register_method("mptq")
@@ -95,17 +133,32 @@ def mptq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites:
     sites = sites or Sites()
     observers = collect(spec, batches, progress=progress, desc="calibrate (mptq)")
     chosen, consumers_of = {}, {}
+    points, twin, searched = post_ln_points(spec), {}, {}
+    for point, consumers in post_gelu_points(spec).items():  # OPT-m where it beats SQ-b, else SQ-b
+        bits, wbits_of = sites.a(point, abits), [sites.w(n, wbits) for n in consumers]
+        err, grid = opt_m(spec, consumers, observers[point], bits, wbits=wbits_of)
+        searched[point] = smooth_search(spec, consumers, observers[point], bits, wbits=wbits_of)
+        if err < searched[point][0]:
+            twin[point] = grid
+        else:
+            points[point] = consumers
 
     def remap(spec, point, consumers, obs, bits):
         consumers_of[point] = consumers
+        if point in searched:  # fc2 is not touched by the maps before it: the search above stands
+            _, chosen[point], grid, s, delta = searched[point]
+            fold_map(spec, consumers, s, delta)
+            return grid, s, delta
         grid, s, delta, chosen[point] = smooth(spec, point, consumers, obs, bits,
                                                wbits=[sites.w(n, wbits) for n in consumers])
         return grid, s, delta
 
     plan = reparameterized_plan(spec, observers, wbits, abits, sites=sites, method="mptq", remap=remap,
-                                observer=OBSERVER)
+                                observer=OBSERVER, points=points)
     correct_shift_bias(plan, consumers_of)
+    plan.acts.update(twin)
     plan.meta["sqb_alpha"] = chosen
+    plan.meta["opt_m"] = {p: g.shift for p, g in twin.items()}
     return plan
 
 

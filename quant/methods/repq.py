@@ -94,17 +94,21 @@ def repq(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites:
 
 
 def reparameterized_plan(spec, observers, wbits: int, abits: int, *, sites: Sites | None = None,
-                         method: str = "repq", remap=reparameterize, observer: str = "minmax") -> QuantPlan:
+                         method: str = "repq", remap=reparameterize, observer: str = "minmax",
+                         points: dict[str, list[str]] | None = None) -> QuantPlan:
     """RepQ's plan from the observers: post-LayerNorm and post-GELU points reparameterized, log-sqrt(2)
     attention codes, clipped per-channel weights. ``remap(spec, point, consumers, obs, bits)`` folds a
     point's channel map into its consumers and returns its grid and the map (r, delta): RepQ's by default.
-    ``observer`` sets the range of every other chosen point (``quant.plan.act_grid``)."""
+    ``points`` (point -> consumers) are the points remapped (default: every post-LayerNorm and post-GELU
+    point). ``observer`` sets the range of every other chosen point (``quant.plan.act_grid``)."""
     sites = sites or Sites()
     grids, maps = {}, {}
-    for point, consumers in {**post_ln_points(spec), **post_gelu_points(spec)}.items():
+    if points is None:
+        points = {**post_ln_points(spec), **post_gelu_points(spec)}
+    for point, consumers in points.items():
         qp, ratio, delta = remap(spec, point, consumers, observers[point], sites.a(point, abits))
         grids[point], maps[point] = qp, (ratio, delta)
-    for point in post_gelu_points(spec):  # the GELU ROM's own output grid, before the per-channel requant
+    for point in (p for p in post_gelu_points(spec) if p in maps):  # the GELU ROM's grid, before the requant
         grids[point + ".rom"] = observers[point].minmax(GELU_ROM_BITS, True)  # zero point 0: a requant input
     plan = baseline_plan(spec, observers, wbits, abits, method=method, sites=sites, observer=observer)
     plan.acts.update(grids)
