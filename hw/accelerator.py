@@ -16,7 +16,7 @@ from hw.mac_array import MacArray
 from hw.requant import Requantizer
 from hw.softmax import SoftmaxLog2
 from hw.vector import VectorAdder
-from sim import isa, timing
+from sim import intops, isa, timing
 
 ELEM_BITS = 32  #: an ABUF element
 QUEUE = 3  #: words between the vector feed's reads and its unit: two in flight and one taken, so one a cycle
@@ -85,7 +85,8 @@ class Accelerator(wiring.Component):
         self.instr_beats = isa.instr_beats(int(bb))
         self.abuf_depth = cfg.buffers.bytes("activation") // (4 * v)
         self.wbuf_depth = cfg.buffers.bytes("weight") * 8 // (v * cfg.array.weight_bits)
-        self.digits = isa.max_digits(cfg)
+        self.digits = isa.max_digits(cfg)  # activation digits a streamed element may take
+        self.w_digits = isa.max_weight_digits(cfg)  # weight digit planes a linear may take
         self.item_beats = {t: isa.beats(isa.load_item_bits(t, cfg), int(bb)) for t in isa.TARGETS}
         super().__init__({
             "start": In(1),
@@ -108,12 +109,12 @@ class Accelerator(wiring.Component):
     @property
     def params(self) -> dict:
         return {"v": self.v, "beat_bits": self.beat_bits, "abuf_depth": self.abuf_depth,
-                "wbuf_depth": self.wbuf_depth, "digits": self.digits}
+                "wbuf_depth": self.wbuf_depth, "digits": self.digits, "w_digits": self.w_digits}
 
     def elaborate(self, platform):
         m = Module()
         cfg, v = self.cfg, self.v
-        u = _Units(m, cfg, self.digits)
+        u = _Units(m, cfg, isa.array_digits(cfg))
         word = data.ArrayLayout(signed(ELEM_BITS), v)
         abuf = SlicedMemory(m, "abuf", word, self.abuf_depth, reads=2)
         wbuf = SlicedMemory(m, "wbuf", data.ArrayLayout(signed(cfg.array.weight_bits), v), self.wbuf_depth, reads=1)
@@ -367,17 +368,18 @@ class Accelerator(wiring.Component):
         lin, mm, lg = (mode == _index("mode", x) for x in isa.GEMM_MODES)
         phase, k = c.reg(range(TAIL + 1)), c.reg(16)
         fj, fi, fd, final = c.reg(16), c.reg(16), c.reg(range(self.digits)), c.reg(1)
-        first = (fi == 0) & (fd == 0)
-        last = (fi == f["kf"] - 1) & (fd == f["digits"] - 1)
+        fe = c.reg(range(self.w_digits))
+        first = (fi == 0) & (fd == 0) & (fe == 0)
+        last = (fi == f["kf"] - 1) & (fd == f["digits"] - 1) & (fe == f["w_digits"] - 1)
         aw, ww = len(p.ra.addr), len(p.rw.addr)
         o = _Named(tile=c.reg(ww), fi_rows=c.reg(aw), fj_rows=c.reg(aw), beat=c.reg(aw), row=c.reg(aw),
                      step=c.reg(aw))
-        # o.tile = fj * kf + fi; o.fi_rows = fi * V * s_stride; o.fj_rows = fj * V * s_stride;
+        # o.tile = (fj * kf + fi) * w_digits + fe; o.fi_rows = fi * V * s_stride; o.fj_rows = fj * V * s_stride;
         # o.beat = (k + 1) * s_stride in LOAD; o.row = (k + 1) * x_stride in STREAM;
         # o.step = step * s_stride in a transpose window
         m.d.sync += o.beat.eq(Mux(phase == LOAD, o.beat + f["s_stride"], f["s_stride"]))
 
-        def w_addr(r):  # linear: WBUF word of stationary beat r, s_base + (fj * kf + fi) * V + r
+        def w_addr(r):  # linear: WBUF word of stationary beat r, s_base + ((fj * kf + fi) * w_digits + fe) * V + r
             return f["s_base"] + o.tile * v + r
 
         def log2_addr(beat_offset):  # log2: ABUF word of a stationary beat, s_base + (fi * V + r) * s_stride + fj
@@ -387,13 +389,23 @@ class Accelerator(wiring.Component):
             m.d.comb += [p.rw.addr.eq(w_addr(0)), p.ra.addr.eq(log2_addr(0))]
 
         tb = [[Signal(signed(wb), name=f"tb_{col}_{r}") for r in range(v)] for col in range(v)]
+        # an activation x activation operand enters as balanced signed digits (sim.intops.balanced_digit): the
+        # digit's field of x + C, its top bit inverted; C depends on the operand's digit count
+        x_off = Array(Const(intops.balance_offset(n, ab), self.digits * ab)
+                      for n in range(self.digits + 1))[f["digits"]]
+        s_off = Array(Const(intops.balance_offset(n, wb), self.w_digits * wb)
+                      for n in range(self.w_digits + 1))[f["w_digits"]]
+
+        def s_digit(value):  # digit fe of a stationary element read from ABUF (matmul, log2)
+            width = self.w_digits * wb
+            return ((value[:width] + s_off)[:width].word_select(fe, wb) ^ (1 << (wb - 1))).as_signed()
 
         def transpose(step):  # matmul, step 0..V: read tile word `step`, keep word `step - 1` (its lanes: beat r)
             m.d.comb += p.ra.addr.eq(f["s_base"] + o.fj_rows + o.step + fi)  # s_base + (fj V + step) s_stride + fi
             m.d.sync += o.step.eq(o.step + f["s_stride"])
             for col in range(v):
                 with m.If(step == col + 1):
-                    m.d.sync += [tb[col][r].eq(p.ra.data[r][:wb]) for r in range(v)]
+                    m.d.sync += [tb[col][r].eq(s_digit(p.ra.data[r])) for r in range(v)]
 
         m.d.sync += o.step.eq(0)  # outside a transpose window
 
@@ -407,7 +419,7 @@ class Accelerator(wiring.Component):
                 with m.If(k == v):
                     m.d.sync += [k.eq(0), phase.eq(LOAD)]
             with m.Case(LOAD):
-                self._stationary_beat(m, f, flag, arr, p, tb, k, fi, fj, fd, first, last, lin, mm)
+                self._stationary_beat(m, f, flag, arr, p, tb, k, fi, fj, fd + fe, first, last, lin, mm, s_digit)
                 m.d.comb += [p.rw.addr.eq(w_addr(k + 1)),
                              p.ra.addr.eq(Mux(k == v - 1, f["x_base"] + fi,
                                               Mux(lg, log2_addr(o.beat), f["bias_base"] + fj)))]
@@ -418,13 +430,15 @@ class Accelerator(wiring.Component):
                 ud = f["unsigned_digits"].bit_select(fd, 1)
                 m.d.comb += [arr.x_valid.eq(1), p.ra.addr.eq(f["x_base"] + o.row + fi)]  # row k + 1
                 m.d.sync += o.row.eq(o.row + f["x_stride"])
+                width = self.digits * ab
                 for r in range(v):
-                    digit = p.ra.data[r].as_unsigned()[:self.digits * ab].word_select(fd, ab)
-                    m.d.comb += arr.x_vec[r].eq(digit ^ (ud << (ab - 1)))
+                    x = p.ra.data[r].as_unsigned()[:width]
+                    digit = Mux(mm, (x + x_off)[:width], x).word_select(fd, ab)
+                    m.d.comb += arr.x_vec[r].eq(digit ^ ((ud | mm) << (ab - 1)))
                 m.d.sync += k.eq(k + 1)
                 with m.If(k == f["m"] - 1):
                     m.d.sync += [k.eq(0), phase.eq(DRAIN)]
-                    self._next_fold(m, f, fj, fi, fd, final, o)
+                    self._next_fold(m, f, fj, fi, fe, fd, final, o)
             with m.Case(DRAIN):  # port a is free: matmul reads the next tile in the last V + 1 cycles
                 drain = timing.mac_drain_cycles(v, v)
                 with m.If(mm & (k >= drain - v - 1)):
@@ -434,30 +448,34 @@ class Accelerator(wiring.Component):
                     prefetch()
                     m.d.sync += [k.eq(0), phase.eq(Mux(final, TAIL, LOAD))]
 
-    def _stationary_beat(self, m, f, flag, arr, p, tb, r, fi, fj, fd, first, last, lin, mm):
+    def _stationary_beat(self, m, f, flag, arr, p, tb, r, fi, fj, shift, first, last, lin, mm, s_digit):
         """Weight beat ``r`` of the fold: a WBUF word (linear), a transpose-buffer column (matmul) or an
-        ABUF word (log2); rows / lanes past ``s_valid`` are 0. The bias word is read during the beats."""
+        ABUF word (log2); rows / lanes past ``s_valid`` are 0. The bias word is read during the beats.
+        ``shift``: the fold's activation digit plus its weight digit, the array's partial-sum shift."""
         v, wb = self.v, arr.weight_bits
         m.d.comb += [arr.w_valid.eq(1), arr.w_first.eq(first), arr.w_last.eq(last), arr.m.eq(f["m"]),
                      arr.w_log2.eq(~lin & ~mm), arr.w_sqrt2.eq(flag["sqrt2"])]
-        if self.digits > 1:
-            m.d.comb += arr.w_digit.eq(fd)
+        if arr.digits > 1:
+            m.d.comb += arr.w_digit.eq(shift)
         for col in range(v):
             mm_lane = Mux(fj * v + col < f["s_valid"], Array(tb[col])[r], 0)
-            log2_lane = Mux(fi * v + r < f["s_valid"], p.ra.data[col][:wb], 0)
+            log2_lane = Mux(fi * v + r < f["s_valid"], s_digit(p.ra.data[col]), 0)
             m.d.comb += arr.w_row[col].eq(Mux(lin, p.rw.data[col], Mux(mm, mm_lane, log2_lane)))
             m.d.comb += arr.bias[col].eq(Mux(flag["bias"] & first, p.ra.data[col], 0))
 
-    def _next_fold(self, m, f, fj, fi, fd, final, o):
-        """``d`` innermost, then ``i``, then ``j``; after the last fold the gemm drains to its tail."""
+    def _next_fold(self, m, f, fj, fi, fe, fd, final, o):
+        """``d`` innermost, then ``e``, then ``i``, then ``j``; after the last fold the gemm drains to its
+        tail. Every (i, e) step moves to the next weight plane, so ``o.tile`` counts them."""
         rows = f["s_stride"] * self.v
         m.d.sync += fd.eq(fd + 1)
         with m.If(fd == f["digits"] - 1):
-            m.d.sync += [fd.eq(0), fi.eq(fi + 1), o.tile.eq(o.tile + 1), o.fi_rows.eq(o.fi_rows + rows)]
-            with m.If(fi == f["kf"] - 1):
-                m.d.sync += [fi.eq(0), fj.eq(fj + 1), o.fi_rows.eq(0), o.fj_rows.eq(o.fj_rows + rows)]
-                with m.If(fj == f["nf"] - 1):
-                    m.d.sync += final.eq(1)
+            m.d.sync += [fd.eq(0), fe.eq(fe + 1), o.tile.eq(o.tile + 1)]
+            with m.If(fe == f["w_digits"] - 1):
+                m.d.sync += [fe.eq(0), fi.eq(fi + 1), o.fi_rows.eq(o.fi_rows + rows)]
+                with m.If(fi == f["kf"] - 1):
+                    m.d.sync += [fi.eq(0), fj.eq(fj + 1), o.fi_rows.eq(0), o.fj_rows.eq(o.fj_rows + rows)]
+                    with m.If(fj == f["nf"] - 1):
+                        m.d.sync += final.eq(1)
 
     # ---------------------------------------------------------------- requantizer and GELU
     def _epilogue(self, m, c, f, flag, u, gemm, vector):

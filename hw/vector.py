@@ -22,7 +22,8 @@ class VectorAdder(wiring.Component):
     ``y = saturate(a + b, out_width)``. ``ma``, ``mb``, ``shift``, ``out_width`` and ``const`` are
     held for the op from the cycle before its first beat (the multiplicands are registered); the output
     is signed, ``out_width`` wide, sign-extended onto ``o_y``. Fully pipelined: an input beat taken on
-    ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly :data:`STAGES` clock edges later. Shifts beyond the sum's width act as that width (the result is 0).
+    ``i_valid`` appears on ``o_y`` with ``o_valid`` exactly :data:`STAGES` clock edges later. Shifts
+    beyond the sum's width act as that width (the result is 0).
     """
 
     def __init__(self, lanes: int = 16, in_bits: int = widths.ADDER_IN_BITS, mult_bits: int = widths.REQUANT_M_BITS,

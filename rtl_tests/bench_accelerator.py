@@ -215,35 +215,43 @@ def vector_softmax_cases(b: CaseBuilder) -> None:
 
 
 # ---------------------------------------------------------------- gemm cases
-def _wbuf_tiles(w: np.ndarray, v: int) -> np.ndarray:
-    """W [N, K] as WBUF words: fold (j, i) beat r lane c holds W[j V + c, i V + r]."""
+def _wbuf_tiles(w: np.ndarray, v: int, port_bits: int) -> tuple[np.ndarray, int]:
+    """W [N, K] as WBUF words and its weight digits: fold (j, i, e) beat r lane c holds digit e of
+    W[j V + c, i V + r] (``sim.intops.weight_digit_planes``)."""
     n, k = w.shape
     nf, kf = ceil_div(n, v), ceil_div(k, v)
-    wp = np.zeros((nf * v, kf * v), np.int64)
-    wp[:n, :k] = w
-    return np.stack([wp[j * v:(j + 1) * v, i * v:(i + 1) * v].T for j in range(nf) for i in range(kf)]).reshape(-1, v)
+    planes = intops.weight_digit_planes(w, port_bits)
+    wp = np.zeros((len(planes), nf * v, kf * v), np.int64)
+    wp[:, :n, :k] = planes
+    words = [wp[e, j * v:(j + 1) * v, i * v:(i + 1) * v].T for j in range(nf) for i in range(kf)
+             for e in range(len(planes))]
+    return np.stack(words).reshape(-1, v), len(planes)
 
 
 def gemm_linear_cases(b: CaseBuilder) -> None:
     v, r, a = b.v, b.rng, b.accel
     ab, wb = a.array.act_bits, a.array.weight_bits
-    wlo, whi = intops.int_range(wb)
-    cases = [  # (m, k, n, x bits, x signed, requant, gelu, bias)
-        (5, 2 * v + 3, v + 2, ab, True, False, False, True),
-        (3, v, 2 * v, 2 * ab, False, True, False, True),
-        (4, v + 1, v - 1, ab, True, True, True, False),
-        (2, 2 * v, v, 2 * ab, True, False, False, True),
+    wide = min(2 * wb, widths.MAX_WEIGHT_BITS)  # weights past the port: digit planes (none on an int8 port)
+    cases = [  # (m, k, n, x bits, x signed, requant, gelu, bias, weight bits)
+        (5, 2 * v + 3, v + 2, ab, True, False, False, True, wb),
+        (3, v, 2 * v, 2 * ab, False, True, False, True, wb),
+        (4, v + 1, v - 1, ab, True, True, True, False, wb),
+        (2, 2 * v, v, 2 * ab, True, False, False, True, wb),
+        (3, v + 3, 2 * v + 1, ab, True, True, False, True, wide),
+        (2, 2 * v, v, 2 * ab, False, False, False, True, min(wb + 2, widths.MAX_WEIGHT_BITS)),
     ]
-    for m, k, n, xbits, xsigned, rq, gelu, bias in cases:
+    for m, k, n, xbits, xsigned, rq, gelu, bias, wbits in cases:
         digits = ceil_div(xbits, ab)
         xlo, xhi = intops.int_range(xbits, xsigned)
         x = r.integers(xlo, xhi + 1, (m, k))
+        wlo, whi = intops.int_range(wbits)
         w = r.integers(wlo, whi + 1, (n, k))
+        w[0, :2] = wlo, whi  # the range's ends (int8 on an int4 port: three digits)
         bvec = r.integers(-(1 << 20), 1 << 20, n) if bias else np.zeros(n, np.int64)
         unsigned = (1 << digits) - 1 if not xsigned else (1 << (digits - 1)) - 1
         corr = sum((1 << (ab - 1)) << (d * ab) for d in range(digits) if unsigned >> d & 1)
         kf, nf = ceil_div(k, v), ceil_div(n, v)
-        tiles = _wbuf_tiles(w, v)
+        tiles, w_digits = _wbuf_tiles(w, v, wb)
         dram = b.img.lanes(tiles, wb)
         b.img.add(Instr("load", {"target": "wbuf", "addr": 7, "count": len(tiles), "dram": dram}))
         b.load_words(to_words(x, v), 0)
@@ -264,49 +272,58 @@ def gemm_linear_cases(b: CaseBuilder) -> None:
         else:
             want = acc
         instr = Instr("gemm", {"mode": "linear", "m": m, "kf": kf, "nf": nf, "digits": digits,
-                               "unsigned_digits": unsigned, "x_base": 0, "x_stride": kf, "s_base": 7,
-                               "bias_base": 300, "out_base": 400, "out_stride": nf, "n_valid": n,
+                               "w_digits": w_digits, "unsigned_digits": unsigned, "x_base": 0, "x_stride": kf,
+                               "s_base": 7, "bias_base": 300, "out_base": 400, "out_stride": nf, "n_valid": n,
                                "out_bits": out_bits, "ch_base": 3}, frozenset(flags))
-        b.run(f"gemm linear m={m} k={k} n={n} x=int{xbits}{'' if xsigned else 'u'} requant={rq} gelu={gelu}",
+        b.run(f"gemm linear m={m} k={k} n={n} x=int{xbits}{'' if xsigned else 'u'} w=int{wbits} requant={rq} "
+              f"gelu={gelu}",
               instr, 400, to_words(np.asarray(want, np.int64), v))
 
 
 def gemm_matmul_cases(b: CaseBuilder) -> None:
     v, r, a = b.v, b.rng, b.accel
     ab, wb = a.array.act_bits, a.array.weight_bits
-    for m, k, n in ((6, v + 3, v + 5), (3, 2 * v, v)):
+    top = widths.MAX_WEIGHT_BITS  # operands past the ports: balanced signed digits (none past an int8 port)
+    for m, k, n, xbits, ybits in ((6, v + 3, v + 5, ab, wb), (3, 2 * v, v, ab, wb),
+                                  (4, v + 2, v + 3, top, min(wb + 2, top)), (3, v, v + 1, min(ab + 2, top), top)):
         kf, nf = ceil_div(k, v), ceil_div(n, v)
-        x = r.integers(*intops.int_range(ab), (m, k), endpoint=True)
-        y = r.integers(*intops.int_range(wb), (n, k), endpoint=True)
+        x = r.integers(*intops.int_range(xbits), (m, k), endpoint=True)
+        y = r.integers(*intops.int_range(ybits), (n, k), endpoint=True)
+        x[0, :2], y[0, :2] = intops.int_range(xbits), intops.int_range(ybits)  # the ranges' ends
+        digits, w_digits = intops.signed_digits(xbits, ab), intops.signed_digits(ybits, wb)
         b.load_words(to_words(x, v), 0)
         ywords = to_words(y, v)
         garbage = r.integers(*intops.int_range(wb), (v * kf, v), endpoint=True)  # rows past s_valid
         b.load_words(np.concatenate([ywords, garbage]), 100)
-        instr = Instr("gemm", {"mode": "matmul", "m": m, "kf": kf, "nf": nf, "digits": 1, "x_base": 0,
-                               "x_stride": kf, "s_base": 100, "s_stride": kf, "s_valid": n, "out_base": 400,
-                               "out_stride": nf, "n_valid": n})
-        b.run(f"gemm matmul m={m} k={k} n={n}", instr, 400, to_words(intops.matmul(x, y.T).astype(np.int64), v))
+        instr = Instr("gemm", {"mode": "matmul", "m": m, "kf": kf, "nf": nf, "digits": digits, "w_digits": w_digits,
+                               "x_base": 0, "x_stride": kf, "s_base": 100, "s_stride": kf, "s_valid": n,
+                               "out_base": 400, "out_stride": nf, "n_valid": n})
+        b.run(f"gemm matmul m={m} k={k} n={n} int{xbits} x int{ybits}", instr, 400,
+              to_words(intops.matmul(x, y.T).astype(np.int64), v))
 
 
 def gemm_log2_cases(b: CaseBuilder) -> None:
     v, r, a = b.v, b.rng, b.accel
     wb = a.array.weight_bits
     code_bits = softmax_params(a)["code_bits"]
-    for m, t, d, sqrt2 in ((5, v + 3, v + 1, False), (3, 2 * v, v, True)):
+    for m, t, d, sqrt2, vbits in ((5, v + 3, v + 1, False, wb), (3, 2 * v, v, True, wb),
+                                  (4, v + 2, v + 1, True, widths.MAX_WEIGHT_BITS)):
         kf, nf = ceil_div(t, v), ceil_div(d, v)
         codes = r.integers(0, 1 << code_bits, (m, t))
-        vals = r.integers(*intops.int_range(wb), (t, d), endpoint=True)
+        vals = r.integers(*intops.int_range(vbits), (t, d), endpoint=True)
+        vals[:2, 0] = intops.int_range(vbits)  # the range's ends
         cw = to_words(codes, v).reshape(m, kf, v)
         cw[:, -1, t - (kf - 1) * v:] = r.integers(0, 1 << code_bits, (m, kf * v - t))  # codes past T: any
         b.load_words(cw.reshape(-1, v), 0)
         vw = to_words(vals, v)
         garbage = r.integers(*intops.int_range(wb), (v * nf, v), endpoint=True)
         b.load_words(np.concatenate([vw, garbage]), 100)
-        instr = Instr("gemm", {"mode": "log2", "m": m, "kf": kf, "nf": nf, "digits": 1, "x_base": 0,
-                               "x_stride": kf, "s_base": 100, "s_stride": nf, "s_valid": t, "out_base": 400,
-                               "out_stride": nf, "n_valid": d}, frozenset({"sqrt2"} if sqrt2 else ()))
+        instr = Instr("gemm", {"mode": "log2", "m": m, "kf": kf, "nf": nf, "digits": 1,
+                               "w_digits": intops.signed_digits(vbits, wb),
+                               "x_base": 0, "x_stride": kf, "s_base": 100, "s_stride": nf, "s_valid": t,
+                               "out_base": 400, "out_stride": nf, "n_valid": d}, frozenset({"sqrt2"} if sqrt2 else ()))
         want = intops.matmul_log2(codes, vals, code_bits, sqrt2=sqrt2).astype(np.int64)
-        b.run(f"gemm log2 m={m} t={t} d={d} sqrt2={sqrt2}", instr, 400, to_words(want, v))
+        b.run(f"gemm log2 m={m} t={t} d={d} sqrt2={sqrt2} V int{vbits}", instr, 400, to_words(want, v))
 
 
 CASES = {

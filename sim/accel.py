@@ -8,11 +8,12 @@ file, the field and the accepted range.
 
 :func:`check_program` decides whether an accelerator can run a program:
 
-* Weights are parameters fixed at quantization time: a linear whose ``wbits``
-  exceed the array's ``weight_bits`` is refused (quantize for the target instead).
 * Activations wider than an array port are split into digits and run as extra
   passes (see :func:`sim.timing.operand_digits`); an 8-bit image into the patch
-  embedding takes two passes on an int4 array.
+  embedding takes two passes on an int4 array. Weights wider than the weight port
+  are split into planes of signed digits (``sim.intops.weight_digit_planes``), each
+  a pass against every activation digit: int6 weights take two on an int4 array
+  (refused where the array's ``weight_bits`` and ``act_bits`` differ).
 * The requantizer must hold every multiplier ``M`` in ``multiplier_bits``; a
   power-of-two-only requantizer (no multiplier) refuses dyadic requants and
   residual adds whose scale factors are not powers of two.

@@ -7,12 +7,15 @@ inputs, the stores of program outputs and ``end`` have none):
 * ``linear`` -> ``gemm`` mode ``linear``: its weights are loaded into WBUF (the words
   ``W[j V + c, i V + r]`` of ``sim.isa``) right before it and its bias into ABUF; an input wider than the
   array's ``act_bits`` streams as digits, the lower ones (and every one of an unsigned input) unsigned,
-  with ``2**(act_bits-1) * 2**(d act_bits) * sum_k W[n, k]`` added to the bias. Weights larger than WBUF
-  run as several gemms over column blocks (each block's weights loaded before it); more rows than the
-  accumulator buffer holds (``max_m``) as several gemms over row blocks.
+  with ``2**(act_bits-1) * 2**(d act_bits) * sum_k W[n, k]`` added to the bias; weights wider than the
+  array's ``weight_bits`` port as ``w_digits`` planes of signed digits (``sim.intops.weight_digit_planes``,
+  the planes of one tile next to each other in WBUF), each folded against every activation digit.
+  Weights larger than WBUF run as several gemms over column blocks (each block's weights loaded before
+  it); more rows than the accumulator buffer holds (``max_m``) as several gemms over row blocks.
 * ``matmul`` (``a @ b.T``) -> ``gemm`` mode ``matmul``, ``matmul_log2`` -> mode ``log2``: one gemm per
-  (head) matrix. Their operands must be one signed digit each (the stationary one at most
-  ``weight_bits``); the log2 codes are unsigned by definition.
+  (head) matrix. Operands wider than their port stream as balanced signed digits (``digits`` of the
+  streamed one, ``w_digits`` of the stationary one: ``sim.intops.signed_digits``); the log2 codes are one
+  digit.
 * The epilogue (``sim.cycles._Plan`` decides, the rule of the cost model): a requant that alone consumes
   an array op's int32 result through views only drains the accumulator (gemm flag ``requant``), and a
   GELU that alone consumes that requant follows it (flag ``gelu``). Its table is loaded before the gemm.
@@ -555,11 +558,21 @@ class _Compiler:
         digits = operand_digits(spec.bits, self.g.act_bits)
         return digits, (1 << (digits - 1)) - 1 | (0 if spec.signed else 1 << (digits - 1))
 
-    def _one_digit(self, op: Op, t: str, port: int, what: str) -> None:
+    def _signed_digits(self, op: Op, t: str, port: int, most: int, what: str) -> int:
+        """Balanced signed digits of an activation x activation operand (``sim.intops.signed_digits``)."""
         spec = self.p.tensors[t]
-        if not spec.signed or spec.bits > port:
-            self.refuse(op, "inputs", f"{what} {t!r} is {'' if spec.signed else 'u'}int{spec.bits}; an activation x "
-                                      f"activation operand streams as one signed digit (accepted: int2..int{port})")
+        if not spec.signed:
+            self.refuse(op, "inputs", f"{what} {t!r} is uint{spec.bits}; an activation x activation operand "
+                                      f"streams as signed digits (accepted: signed)")
+        digits = intops.signed_digits(spec.bits, port)
+        if digits > most:
+            self.refuse(op, "inputs", f"{what} {t!r} is int{spec.bits}: {digits} signed digits of the {port}-bit "
+                                      f"port, past the {most} the array takes")
+        if digits > 1 and port == self.g.weight_bits and self.g.weight_bits != self.g.act_bits:
+            # a stationary digit's partial sums shift in act_bits steps
+            self.refuse(op, "inputs", f"{what} {t!r} is int{spec.bits}: its digit passes need weight_bits = "
+                                      f"act_bits (here {self.g.weight_bits} and {self.g.act_bits})")
+        return digits
 
     def _linear(self, i: int, op: Op) -> None:
         g, v = self.g, self.g.v
@@ -574,21 +587,28 @@ class _Compiler:
         if bias.min() < lo or bias.max() > hi:
             self.refuse(op, "bias", f"with the digit correction a bias reaches {int(np.abs(bias).max())}, "
                                     f"past the int32 accumulator")
-        per = g.wbuf_words // (kf * v)
+        planes = intops.weight_digit_planes(w, g.weight_bits)  # weights wider than the port: digit planes
+        e = len(planes)
+        if e > 1 and g.weight_bits != g.act_bits:
+            self.refuse(op, "wbits", f"int{op.attrs['wbits']} weights take {e} digits of the {g.weight_bits}-bit "
+                                     f"weight port, whose shifts the array counts in act_bits = {g.act_bits} steps")
+        per = g.wbuf_words // (kf * e * v)
         if per == 0:
-            self.refuse(op, "weight", f"one column block takes {kf * v} WBUF words; WBUF holds {g.wbuf_words}")
+            self.refuse(op, "weight", f"one column block takes {kf * e * v} WBUF words; WBUF holds {g.wbuf_words}")
         flags, fields, rq = self._epilogue(i)
         bias_at = self._alloc(nf, op)
         self.load("abuf", bias_at, words_of(bias, v), op.name)
-        padded = np.zeros((nf * v, kf * v), np.int64)
-        padded[:n, :k] = w
-        tiles = padded.reshape(nf, v, kf, v).transpose(0, 2, 3, 1)  # [j, i, r, c] = W[j V + c, i V + r]
+        padded = np.zeros((e, nf * v, kf * v), np.int64)
+        padded[:, :n, :k] = planes
+        # [j, i, e, r, c] = digit e of W[j V + c, i V + r]
+        tiles = padded.reshape(e, nf, v, kf, v).transpose(1, 3, 0, 4, 2)
         for j0 in range(0, nf, per):
             j1 = min(nf, j0 + per)
             self.load("wbuf", 0, tiles[j0:j1].reshape(-1, v), op.name)
             for rows, (xr, orr) in self._blocks([self.layout(x), self.layout(out)], self.dims[x][:-1]):
                 self._gemm(op, rows, xr, orr, j0, flags | {"bias"}, mode="linear", kf=kf, nf=j1 - j0,
-                           digits=digits, unsigned_digits=unsigned, bias_base=bias_at + j0, n_valid=n - j0 * v,
+                           digits=digits, unsigned_digits=unsigned, w_digits=e, bias_base=bias_at + j0,
+                           n_valid=n - j0 * v,
                            ch_base=self._ch_base(rq, ()) + (0 if "per_tensor" in flags else j0 * v), **fields)
         self.abuf.release(bias_at, nf)
 
@@ -596,11 +616,12 @@ class _Compiler:
         g, v = self.g, self.g.v
         a, b = op.inputs
         out = op.outputs[0]
+        digits = 1  # log2 codes: one digit
         if not log2:
             if not op.attrs["transpose_b"]:
                 self.refuse(op, "transpose_b", "the array takes a matmul's second operand transposed (a @ b.T) only")
-            self._one_digit(op, a, g.act_bits, "streamed operand")
-        self._one_digit(op, b, g.weight_bits, "stationary operand")
+            digits = self._signed_digits(op, a, g.act_bits, isa.max_digits(self.a), "streamed operand")
+        w_digits = self._signed_digits(op, b, g.weight_bits, isa.max_weight_digits(self.a), "stationary operand")
         da, db = self.dims[a], self.dims[b]
         k, cols = (da[-1], db[-1]) if log2 else (da[-1], db[-2])
         flags, fields, rq = self._epilogue(i)
@@ -609,7 +630,8 @@ class _Compiler:
         for lead in np.ndindex(*da[:-2]):
             xl, sl, ol = (self.layout(t).at(lead) for t in (a, b, out))
             self._gemm(op, da[-2], _Rows(xl.base, xl.row_stride()), _Rows(ol.base, ol.row_stride()), 0, flags,
-                       mode="log2" if log2 else "matmul", kf=ceil_div(k, v), nf=ceil_div(cols, v), digits=1,
+                       mode="log2" if log2 else "matmul", kf=ceil_div(k, v), nf=ceil_div(cols, v), digits=digits,
+                       w_digits=w_digits,
                        s_base=sl.base, s_stride=sl.row_stride(), s_valid=db[-2], n_valid=cols,
                        ch_base=self._ch_base(rq, lead), **fields)
 

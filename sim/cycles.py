@@ -14,7 +14,10 @@ tile's rows } } }. Its compute cycles are::
 
 where ``p = ceil(act_bits_of_x / act_bits)`` digit passes (``sim.timing.operand_digits``;
 an 8-bit image on an int4 array streams each row twice, low digit unsigned,
-high digit signed, the accumulator adding the second pass shifted by 4). An
+high digit signed, the accumulator adding the second pass shifted by 4), times
+the weight's digit planes where its weights are wider than the array's weight
+port (``sim.intops.weight_digit_planes``: int5-int7 weights two, int8 two or three
+on a 4-bit port). An
 m-tile is as many rows as the accumulator buffer holds double-buffered for one
 n-fold (``acc_bytes / (2 * C * 4)``), and, when the input comes from DRAM, as
 many as half the activation buffer stages.
@@ -65,7 +68,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sim import timing
+from sim import intops, timing
 from sim.accel import AccelConfig, check_program
 from sim.ops import OPS
 from sim.program import IntegerProgram, Op
@@ -350,7 +353,9 @@ class _Mapper:
         dx, bits = self.plan.dims[x], self.plan.p.tensors[x].bits
         n, k = op.params["weight"].shape
         m = self.plan.batch * _prod(dx[:-1])
-        p = operand_digits(bits, self.a.array.act_bits)
+        # every weight digit plane against every digit of x
+        p = operand_digits(bits, self.a.array.act_bits) * intops.weight_digits(op.params["weight"],
+                                                                               self.a.array.weight_bits)
         staged = self.plan.in_dram(x, i)
         tile = self.acc_rows
         if staged:
@@ -374,7 +379,7 @@ class _Mapper:
         a_name, b_name = op.inputs
         da = self.plan.dims[a_name]
         mm, k = da[-2], da[-1]
-        pb = operand_digits(self.plan.p.tensors[b_name].bits, self.a.array.weight_bits)
+        pb = intops.signed_digits(self.plan.p.tensors[b_name].bits, self.a.array.weight_bits)
         items = self.plan.batch * _prod(da[:-2])
         tiles = _m_tiles(mm, self.acc_rows)
         c.compute_cycles = items * sum(timing.gemm_cycles(mt * pa, k, n * pb, self.R, self.C) for mt in tiles)

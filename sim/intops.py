@@ -391,6 +391,49 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _matmul_bound(_ints(a), _ints(b))[0]
 
 
+def weight_digit_planes(w: np.ndarray, port_bits: int) -> list[np.ndarray]:
+    """Weights wider than a ``port_bits``-wide signed weight port as the fewest signed digits, each in the
+    port's range: ``w = sum_e planes[e] * 2**(e * port_bits)``. Every digit but the last is the balanced
+    remainder ``((w + 2**(port_bits-1)) mod 2**port_bits) - 2**(port_bits-1)``, so no digit needs an
+    unsigned mode (whose correction, unlike an activation digit's, would depend on the streamed data);
+    two digits hold ``[-2**(2b-1) - 2**(b-1), 2**(2b-1) - 2**(b-1) - 1]`` (b = 4: -136..119), so int8
+    weights past that take a third."""
+    half = 1 << (port_bits - 1)
+    rest = np.asarray(w, dtype=np.int64)
+    planes = []
+    while rest.size and (rest.min() < -half or rest.max() >= half):
+        low = ((rest + half) & ((1 << port_bits) - 1)) - half
+        planes.append(low)
+        rest = (rest - low) >> port_bits
+    return planes + [rest]
+
+
+def weight_digits(w: np.ndarray, port_bits: int) -> int:
+    """How many planes :func:`weight_digit_planes` gives ``w``: the count depends on its extremes alone."""
+    w = np.asarray(w)
+    return len(weight_digit_planes(np.array([w.min(), w.max()]), port_bits)) if w.size else 1
+
+
+def signed_digits(bits: int, port_bits: int) -> int:
+    """Balanced signed digits (:func:`weight_digit_planes`) a signed ``bits``-wide operand takes through a
+    ``port_bits``-wide signed port: 1 up to the port's width, 2 for int5-int7 and 3 for int8 on a 4-bit one."""
+    return weight_digits(np.array(int_range(bits)), port_bits)
+
+
+def balance_offset(digits: int, port_bits: int) -> int:
+    """``C = sum_{e < digits} 2**(b-1) * 2**(e b)`` (b = ``port_bits``): added to ``x``, it makes each of the
+    ``digits`` balanced signed digits of ``x`` a plain ``b``-bit field offset by ``2**(b-1)``."""
+    return sum((1 << (port_bits - 1)) << (e * port_bits) for e in range(digits))
+
+
+def balanced_digit(x: np.ndarray, d: int, digits: int, port_bits: int) -> np.ndarray:
+    """Digit ``d`` of the ``digits`` balanced signed digits of ``x``: bits ``[d b, (d+1) b)`` of
+    ``x + balance_offset(digits, b)`` minus ``2**(b-1)`` (b = ``port_bits``), what a port takes with the
+    digit's top bit inverted; the same digits as :func:`weight_digit_planes` for ``x`` in range."""
+    field = ((np.asarray(x, dtype=np.int64) + balance_offset(digits, port_bits)) >> (d * port_bits))
+    return (field & ((1 << port_bits) - 1)) - (1 << (port_bits - 1))
+
+
 def accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """The MAC array before saturation: ``x @ w.T + bias`` with no bound; int32 when it provably fits, else int64.
 

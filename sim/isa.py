@@ -40,31 +40,33 @@ slots in the order :data:`FORMATS` lists them, a field named in :data:`WIDE` tak
 first). Unused slots are 0. All fields are unsigned unless :data:`SIGNED_FIELDS` names them (two's
 complement in their slots).
 
-Counts (``count``, ``m``, ``kf``, ``nf``, ``digits``, ``rows``, ``words``) are at least 1. An ABUF element an
-array port reads is taken by its low bits: ``weight_bits`` of a stationary element (matmul, log2),
-``act_bits`` of each digit of a streamed one.
+Counts (``count``, ``m``, ``kf``, ``nf``, ``digits``, ``w_digits``, ``rows``, ``words``) are at least 1.
+An ABUF element an array port reads is taken by its low bits: ``weight_bits`` of a stationary element
+(matmul, log2), ``act_bits`` of each digit of a streamed one.
 
 ``load``    DRAM -> ABUF / WBUF / a unit table. ``target``: one of :data:`TARGETS`; ``count`` items from
             beat ``dram`` on into ``addr`` onward (items: words for the buffers, entries for the tables).
 ``store``   ABUF -> DRAM: ``count`` words from ``addr`` to beat ``dram`` on.
 ``gemm``    the MAC array, with the requantizer and GELU unit as its drain pipeline (the *epilogue*).
-            Folds in the order ``for j < nf: for i < kf: for d < digits``; fold ``(j, i, d)`` loads a
-            ``V x V`` stationary tile, streams ``m`` rows, ``x`` row ``t`` being ABUF word
-            ``x_base + t * x_stride + i``, digit ``d`` of each element (see *digits*). The stationary tile:
+            Folds in the order ``for j < nf: for i < kf: for e < w_digits: for d < digits``; fold
+            ``(j, i, e, d)`` loads a ``V x V`` stationary tile, streams ``m`` rows, ``x`` row ``t`` being ABUF
+            word ``x_base + t * x_stride + i``, digit ``d`` of each element (see *digits*). The stationary tile:
 
-            * mode ``linear``: beat ``r`` is WBUF word ``s_base + (j * kf + i) * V + r`` (the compiler lays
-              ``W[j V + c, i V + r]`` there);
+            * mode ``linear``: beat ``r`` is WBUF word ``s_base + ((j * kf + i) * w_digits + e) * V + r`` (the
+              compiler lays weight digit ``e`` of ``W[j V + c, i V + r]`` there, see *digits*);
             * mode ``matmul`` (``a @ b.T``, b stationary): beat ``r`` lane ``c`` is element ``r`` of ABUF word
               ``s_base + (j V + c) * s_stride + i``, 0 where ``j V + c >= s_valid``; the controller reads the
               ``V`` words into a transpose buffer, the first fold's before it, every later one's during the
               drain of the fold before;
             * mode ``log2`` (codes ``@`` V): beat ``r`` is ABUF word ``s_base + (i V + r) * s_stride + j``,
               0 where ``i V + r >= s_valid``; the streamed rows are log2 codes, flag ``sqrt2`` their base
-            (``digits`` 1, ``unsigned_digits`` 0).
+            (``digits`` 1, ``unsigned_digits`` 0); in matmul and log2 mode digit ``e`` of each stationary
+            element (see *digits*).
 
-            The accumulator starts from the ABUF word ``bias + j`` on fold ``(j, 0, 0)`` (flag ``bias``; else
-            0; linear and matmul only: log2 folds read their stationary beats through the port the bias
-            takes) and adds every later fold's partial sums shifted left by ``d * act_bits``. On the last fold of
+            The accumulator starts from the ABUF word ``bias + j`` on fold ``(j, 0, 0, 0)`` (flag ``bias``;
+            else 0; linear and matmul only: log2 folds read their stationary beats through the port the bias
+            takes) and adds every later fold's partial sums shifted left by ``(d + e) * act_bits`` (a weight
+            digit is ``weight_bits`` wide, which must equal ``act_bits`` for ``w_digits`` > 1). On the last fold of
             column block ``j`` each of the ``m`` rows drains, as the exact sum saturated to int32 (what the
             requantizer reads too: the engine's array op, then its requant): flag ``requant``: requantized with table
             entry ``ch_base + j V + c`` for lane ``c`` (flag ``per_tensor``: entry ``ch_base`` for all),
@@ -106,8 +108,20 @@ Digits: an operand wider than the array's ``act_bits`` port streams as ``digits`
 bits ``[d act_bits, (d + 1) act_bits)``. A digit whose bit ``d`` of ``unsigned_digits`` is set is
 unsigned: the controller feeds it with its top bit inverted (the digit minus ``2**(act_bits-1)``, a
 signed value the port takes) and the compiler has added ``2**(act_bits-1) * 2**(d act_bits) * sum_k
-W[n, k]`` to the bias (linear only; an activation x activation product streams one signed digit).
-``digits`` is at most :func:`max_digits` (operands up to ``sim.widths.MAX_ACT_BITS``).
+W[n, k]`` to the bias (linear only). ``digits`` is at most :func:`max_digits` (operands up to
+``sim.widths.MAX_ACT_BITS``).
+
+In mode ``matmul`` both operands are data, so neither takes unsigned digits (their offset would multiply
+the other operand): the streamed one enters as balanced signed digits, digit ``d`` being bits
+``[d act_bits, (d + 1) act_bits)`` of ``x + C`` with its top bit inverted, ``C = sum_{e < digits}
+2**(act_bits-1) * 2**(e act_bits)`` (``sim.intops.balanced_digit``; ``unsigned_digits`` 0), and in modes
+``matmul`` and ``log2`` the stationary element read from ABUF enters as digit ``e`` of its ``w_digits``
+balanced digits the same way (one digit: its low ``weight_bits``, sign-extended).
+
+Weights wider than the array's ``weight_bits`` port are laid in WBUF as ``w_digits`` planes of signed
+digits (``sim.intops.weight_digit_planes``: balanced, so no digit is unsigned and no correction is
+needed), at most :func:`max_weight_digits` (weights up to ``sim.widths.MAX_WEIGHT_BITS``); the array's
+partial-sum shift covers ``digits + w_digits - 1`` steps (:func:`array_digits`).
 """
 
 from __future__ import annotations
@@ -134,7 +148,7 @@ FORMATS = {
     "load": ("target", "addr", "count", "dram"),
     "store": ("addr", "count", "dram"),
     "gemm": ("mode", "m", "kf", "nf", "digits", "unsigned_digits", "x_base", "x_stride", "s_base", "s_stride",
-             "s_valid", "bias_base", "out_base", "out_stride", "n_valid", "out_bits", "ch_base"),
+             "s_valid", "bias_base", "out_base", "out_stride", "n_valid", "out_bits", "ch_base", "w_digits"),
     "vector": ("unit", "rows", "words", "a_base", "a_stride", "b_base", "b_stride", "out_base", "out_stride",
                "n_valid", "out_bits", "ch_base", "ma", "mb", "shift"),
     "end": (),
@@ -267,6 +281,18 @@ def max_digits(accel) -> int:
     return operand_digits(widths.MAX_ACT_BITS, accel.array.act_bits)
 
 
+def max_weight_digits(accel) -> int:
+    """The most weight digits a linear may take: those of the widest weight range, ``MAX_WEIGHT_BITS``."""
+    from sim.intops import signed_digits
+
+    return signed_digits(widths.MAX_WEIGHT_BITS, accel.array.weight_bits)
+
+
+def array_digits(accel) -> int:
+    """The partial-sum shifts the array's digit port covers: an activation digit plus a weight digit."""
+    return max_digits(accel) + max_weight_digits(accel) - 1
+
+
 # ------------------------------------------------------------------ cycles
 # The controller's cycle contract, written once: hw.accelerator takes exactly this many clock edges per
 # instruction (rtl_tests/test_accelerator.py measures each), and sim.compile sums it into the schedule's cycles.
@@ -279,6 +305,11 @@ def fetch_cycles(beat_bytes: int) -> int:
     return instr_beats(beat_bytes) + FETCH_EXTRA
 
 
+def gemm_folds(instr: Instr) -> int:
+    """A gemm's folds: every column block, reduction block, weight digit and activation digit."""
+    return instr["nf"] * instr["kf"] * instr["w_digits"] * instr["digits"]
+
+
 def _gemm_cycles(instr: Instr, accel) -> int:
     """A first cycle (the first stationary read; in matmul mode then ``V + 1`` cycles that read the first
     tile into the transpose buffer, the later tiles being read during the drain before them), then per
@@ -288,7 +319,7 @@ def _gemm_cycles(instr: Instr, accel) -> int:
     from sim import timing
 
     first_tile = accel.array.rows + 1 if instr["mode"] == "matmul" else 0
-    folds = instr["nf"] * instr["kf"] * instr["digits"]
+    folds = gemm_folds(instr)
     fold = timing.mac_fold_cycles(instr["m"], accel.array.rows, accel.array.cols)
     tail = 1 + (accel.requant.latency if instr.flag("requant") else 0) + \
         (accel.gelu.latency if instr.flag("gelu") else 0)

@@ -35,7 +35,7 @@ from sim.accel import (LAYERNORM_MAX_N, REQUANT_CHANNELS, AccelConfig, AccelErro
 from sim.isa import Instr
 
 
-_COUNTS = ("count", "m", "kf", "nf", "digits", "rows", "words")  #: fields the ISA has at least 1
+_COUNTS = ("count", "m", "kf", "nf", "digits", "w_digits", "rows", "words")  #: fields the ISA has at least 1
 
 
 class MachineError(RuntimeError):
@@ -291,6 +291,12 @@ class _Machine:
         most = isa.max_digits(self.accel)
         if ins["digits"] > most:
             raise MachineError(f"pc {pc} (gemm): field 'digits': {ins['digits']} past the {most} an operand may take")
+        most = isa.max_weight_digits(self.accel)
+        if ins["w_digits"] > most:
+            raise MachineError(f"pc {pc} (gemm): field 'w_digits': {ins['w_digits']} past the {most} a stationary "
+                               f"operand may take")
+        if ins["mode"] == "matmul" and ins["unsigned_digits"]:
+            raise MachineError(f"pc {pc} (gemm): mode 'matmul' streams balanced signed digits (unsigned_digits 0)")
         if ins["mode"] == "log2" and (ins["digits"] != 1 or ins["unsigned_digits"] or ins.flag("bias")):
             raise MachineError(f"pc {pc} (gemm): mode 'log2' streams one code digit without a bias (from {ins.fields})")
 
@@ -357,23 +363,25 @@ class _Machine:
         acc = np.zeros((m, nf * v), np.int64)
         if ins.flag("bias"):
             acc += self.abuf[self._words(pc, ins, "bias_base", ins["bias_base"] + np.arange(nf))].reshape(-1)
-        # every fold (j, i, d) at once, one product a digit: exact sums, whose order does not matter
-        tiles = np.concatenate([self._stationary(pc, ins, j) for j in range(nf)], axis=1)  # [kf V, nf V]
-        for d in range(digits):
-            acc += self._partial(ins, x, tiles, d).astype(np.int64) << (d * g.act_bits)
+        # every fold (j, i, e, d) at once, one product a digit pair: exact sums, whose order does not matter
+        for e in range(ins["w_digits"]):
+            tiles = np.concatenate([self._stationary(pc, ins, j, e) for j in range(nf)], axis=1)  # [kf V, nf V]
+            for d in range(digits):
+                acc += self._partial(ins, x, tiles, d).astype(np.int64) << ((d + e) * g.act_bits)
         out = self._drain(pc, ins, intops.saturate(acc, widths.ACC_BITS))
         o_idx = self._result_words(pc, ins, "out_base",
                                    ins["out_base"] + t * ins["out_stride"] + np.arange(nf)[None, :])
         self.abuf[o_idx] = out.reshape(m, nf, v)
 
-    def _stationary(self, pc: int, ins: Instr, j: int) -> np.ndarray:
-        """The ``kf`` stationary tiles of column block ``j`` stacked: row ``i V + r``, column ``c``."""
+    def _stationary(self, pc: int, ins: Instr, j: int, e: int = 0) -> np.ndarray:
+        """The ``kf`` stationary tiles of column block ``j`` (weight digit ``e``) stacked: row ``i V + r``,
+        column ``c``."""
         v, kf, mode = self.g.v, ins["kf"], ins["mode"]
         r = np.arange(kf * v)  # reduction index i V + r
         c = np.arange(v)
         if mode == "linear":
             i, rr = r // v, r % v
-            idx = ins["s_base"] + (j * kf + i) * v + rr
+            idx = ins["s_base"] + ((j * kf + i) * ins["w_digits"] + e) * v + rr
             if idx.size:
                 self._check(pc, ins, "s_base", int(idx.min()), int(idx.max()), self.g.wbuf_words, "WBUF")
             return self.wbuf[idx].astype(np.int64)
@@ -389,7 +397,8 @@ class _Machine:
         idx = np.where(keep, idx, 0)
         self._words(pc, ins, "s_base", idx[np.broadcast_to(keep, idx.shape)])
         vals = self.abuf[idx, np.broadcast_to(lane, idx.shape)].astype(np.int64)
-        return np.where(keep, _low_bits(vals, self.g.weight_bits), 0)  # the weight port takes the low bits
+        # the weight port takes digit e of the balanced digits (with one digit: the low bits)
+        return np.where(keep, intops.balanced_digit(vals, e, ins["w_digits"], self.g.weight_bits), 0)
 
     def _partial(self, ins: Instr, x: np.ndarray, tile: np.ndarray, d: int) -> np.ndarray:
         """One digit's partial sums of the streamed rows against the stacked tiles."""
@@ -397,6 +406,8 @@ class _Machine:
         if ins["mode"] == "log2":
             codes = x & ((1 << self.g.code_bits) - 1)
             return intops.exact_matmul(intops.log2_weights(codes, self.g.code_bits, ins.flag("sqrt2")), tile)
+        if ins["mode"] == "matmul":  # an activation x activation product: balanced signed digits
+            return intops.exact_matmul(intops.balanced_digit(x, d, ins["digits"], a), tile)
         field = (x >> (d * a)) & ((1 << a) - 1)
         if ins["unsigned_digits"] >> d & 1:
             digit = field - (1 << (a - 1))  # the top bit inverted: a signed value on the port

@@ -304,15 +304,21 @@ class Linear(_ArrayOp):
         m.linear(c, i, op)
 
     def param_bytes(self, op, plan):
+        """Weights as the accelerator stores them: ``wbits`` each, or where they are wider than the array's
+        weight port, one port-wide digit a plane (``sim.intops.weight_digit_planes``)."""
         n, k = op.params["weight"].shape
-        return {"weight": ceil_div(n * k * op.attrs["wbits"], 8), "bias": ceil_div(n * plan.a.array.acc_bits, 8)}
+        port = plan.a.array.weight_bits
+        planes = intops.weight_digits(op.params["weight"], port)
+        bits = op.attrs["wbits"] if planes == 1 else port * planes
+        return {"weight": ceil_div(n * k * bits, 8), "bias": ceil_div(n * plan.a.array.acc_bits, 8)}
 
     def refusal(self, op, program, accel, seq_len=None):
-        wbits, port = op.attrs["wbits"], accel.unit_params("mac_array")["weight_bits"]
-        if wbits > port:
-            return "wbits", (f"int{wbits} weights do not fit the {port}-bit weight port of the array "
-                             f"(accepted: wbits <= {port}); quantize with --wbits {port} "
-                             f"or use an accelerator with weight_bits >= {wbits}")
+        wbits, arr = op.attrs["wbits"], accel.unit_params("mac_array")
+        port = arr["weight_bits"]
+        if wbits > port and port != arr["act_bits"]:
+            return "wbits", (f"int{wbits} weights are wider than the {port}-bit weight port, and weight digit "
+                             f"passes need weight_bits = act_bits (here {arr['act_bits']}); quantize with "
+                             f"--wbits {port} or use an accelerator with weight_bits >= {wbits}")
         return None
 
     def trace(self, op, ins, outs, rng):
@@ -354,7 +360,7 @@ class Matmul(_ArrayOp):
 
     def streams(self, op, plan):  # Q.K^T: K^T is stationary, the query rows stream on the activation port
         b = plan.dims[op.inputs[1]]
-        pa = operand_digits(plan.p.tensors[op.inputs[0]].bits, plan.a.array.act_bits)
+        pa = intops.signed_digits(plan.p.tensors[op.inputs[0]].bits, plan.a.array.act_bits)
         return (b[-2] if op.attrs["transpose_b"] else b[-1]), pa, "mac"
 
     def trace(self, op, ins, outs, rng):  # one (sample, head); the second operand is the stationary one

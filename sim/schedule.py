@@ -50,7 +50,7 @@ def instr_actions(instr: isa.Instr, accel: AccelConfig) -> dict[str, int]:
         count("sram_activation_read", instr["count"] * word)
     elif op == "gemm":
         m, nf = instr["m"], instr["nf"]
-        folds = nf * instr["kf"] * instr["digits"]
+        folds = isa.gemm_folds(instr)
         mode = instr["mode"]
         count({"linear": "mac", "matmul": "mac"}.get(mode, "shift_mac_sqrt2" if instr.flag("sqrt2") else "shift_mac"),
               folds * m * v * v)
@@ -107,7 +107,7 @@ def schedule_report(program: IntegerProgram, accel: AccelConfig, instrs: list[is
         for action, n in instr_actions(instr, accel).items():
             c.count(action, batch * n)
         if instr.op == "gemm":
-            c.array_macs += batch * instr["nf"] * instr["kf"] * instr["digits"] * instr["m"] * accel.pes
+            c.array_macs += batch * isa.gemm_folds(instr) * instr["m"] * accel.pes
     for c in rows.values():
         c.dram_bytes = c.actions.get("dram", 0)
     return CycleReport(program.model, accel.name, batch, estimate.seq_len, accel.pes, accel.clock_mhz,

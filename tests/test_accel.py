@@ -92,11 +92,13 @@ def test_not_yaml_is_a_clear_error(tmp_path):
         load_accel(path)
 
 
-def test_int8_weights_are_refused_by_edge_int4():
+def test_int8_weights_run_as_digit_planes_unless_the_ports_differ(tmp_path):
+    check_program(vit_program(wbits=8, abits=4), load_accel("edge-int4"))  # int8 weights on the int4 port
+    accel = load_accel(_variant(tmp_path, lambda d: d["array"].update(act_bits=8)))  # int4 weights, int8 acts
     with pytest.raises(AccelError) as e:
-        check_program(vit_program(wbits=8, abits=8), load_accel("edge-int4"))
+        check_program(vit_program(wbits=8, abits=8), accel)
     msg = str(e.value)
-    assert "edge-int4" in msg and "'patch_embed'" in msg and "'wbits'" in msg and "wbits <= 4" in msg
+    assert "'patch_embed'" in msg and "'wbits'" in msg and "weight digit passes need weight_bits = act_bits" in msg
 
 
 def test_programs_that_fit_are_accepted():

@@ -190,16 +190,54 @@ def test_an_accelerator_the_machine_cannot_be_built_from_is_refused(programs, ke
 
 
 def test_what_check_program_refuses_is_refused(programs):
-    with pytest.raises(AccelError, match=r"op 'patch_embed' \(linear\): field 'wbits': int8 weights do not fit"):
-        compile_program(programs[("baseline", 8)], load_accel("edge-int4"))
-
-
-def test_a_multi_digit_activation_product_is_refused(programs):
-    accel = variant("edge-int4", array__weight_bits=8)
-    with pytest.raises(AccelError, match=r"op 'blocks.0.scores' \(matmul\): field 'inputs': streamed operand "
-                                         r"'blocks.0.q.heads' is int8; an activation x activation operand streams "
-                                         r"as one signed digit \(accepted: int2..int4\)"):
+    accel = variant("edge-int4", array__act_bits=8)
+    with pytest.raises(AccelError, match=r"op 'patch_embed' \(linear\): field 'wbits': int8 weights are wider than "
+                                         r"the 4-bit weight port, and weight digit passes need weight_bits = act_bits"):
         compile_program(programs[("baseline", 8)], accel)
+
+
+@pytest.mark.parametrize("wbits", [6, 8])
+def test_weights_wider_than_the_port_run_as_digit_planes(images, wbits):
+    """int6 / int8 weights on edge-int4's 4-bit weight port: each linear folds every weight digit plane
+    against every activation digit, and the machine gives the engine's outputs with the schedule's cycles;
+    an 8 KiB WBUF splits the planes' column blocks too."""
+    program = flows.quantize("vit-digits", "baseline", wbits, 4, progress=False)[0]
+    for accel in (load_accel("edge-int4"), variant("edge-int4", buffers__weight_kib=8)):
+        compiled = compile_program(program, accel)
+        gemms = {i.note: i["w_digits"] for i in compiled.instrs if i.op == "gemm" and i["mode"] == "linear"}
+        for op in (o for o in program.ops if o.kind == "linear"):
+            assert gemms[op.name] == len(intops.weight_digit_planes(op.params["weight"], 4)) >= 2
+        assert any(i.op == "gemm" and i["digits"] == 2 and i["w_digits"] >= 2 for i in compiled.instrs)  # 8-bit image
+        runs = assert_engine_outputs(program, accel, program_inputs(program, images), samples=1)
+        assert [r.cycles for r in runs[0].retired] == compiled.cycles(accel).per_instr
+
+
+def test_a_multi_digit_stationary_operand_needs_ports_of_one_width(programs, images):
+    """Streamed digits shift in act_bits steps whatever the weight port (int8 Q on an int4 act port, int8
+    weight port: the machine gives the engine's outputs); a stationary operand's digits need equal ports."""
+    program = programs[("baseline", 8)]
+    assert_engine_outputs(program, variant("edge-int4", array__weight_bits=8), program_inputs(program, images),
+                          samples=1)
+    program = flows.quantize("vit-digits", "baseline", 4, 8, progress=False)[0]
+    with pytest.raises(AccelError, match=r"op 'blocks.0.scores' \(matmul\): field 'inputs': stationary operand "
+                                         r"'blocks.0.k.heads' is int8: its digit passes need weight_bits = act_bits"):
+        compile_program(program, variant("edge-int4", array__act_bits=8))
+
+
+@pytest.mark.parametrize("bits", [6, 8])
+def test_wide_activation_products_run_as_balanced_digits(images, bits):
+    """W6A6 / W8A8 on edge-int4: Q.K^T streams Q's balanced signed digits against each of K's, P.V takes V's
+    digits as its stationary planes; the machine gives the engine's outputs with the schedule's cycles."""
+    program = flows.quantize("vit-digits", "baseline", bits, bits, progress=False)[0]
+    accel = load_accel("edge-int4")
+    compiled = compile_program(program, accel)
+    want = intops.signed_digits(bits, 4)
+    scores = [i for i in compiled.instrs if i.op == "gemm" and i.note == "blocks.0.scores"]
+    context = [i for i in compiled.instrs if i.op == "gemm" and i.note == "blocks.0.context"]
+    assert {(i["digits"], i["w_digits"]) for i in scores} == {(want, want)}
+    assert {(i["digits"], i["w_digits"]) for i in context} == {(1, want)}
+    runs = assert_engine_outputs(program, accel, program_inputs(program, images), samples=1)
+    assert [r.cycles for r in runs[0].retired] == compiled.cycles(accel).per_instr
 
 
 def test_embedding_and_mean_pool_are_refused_for_now():

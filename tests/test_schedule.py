@@ -44,7 +44,8 @@ def test_dram_bytes_are_the_beats_the_instructions_move():
 
 
 def test_a_gemm_counts_every_pe_operation_of_its_folds():
-    gemm = isa.Instr("gemm", {"mode": "linear", "m": 17, "kf": 6, "nf": 12, "digits": 1}, frozenset({"requant"}))
+    gemm = isa.Instr("gemm", {"mode": "linear", "m": 17, "kf": 6, "nf": 12, "digits": 1, "w_digits": 1},
+                     frozenset({"requant"}))
     acts = instr_actions(gemm, EDGE4)
     assert acts["mac"] == 17 * 6 * 12 * 16 * 16
     assert acts["requant"] == 17 * 12 * 16
