@@ -365,7 +365,8 @@ class Accelerator(wiring.Component):
         v, arr = self.v, u.arr
         ab, wb = arr.act_bits, arr.weight_bits
         mode = f["mode"]
-        lin, mm, lg = (mode == _index("mode", x) for x in isa.GEMM_MODES)
+        lin, mm, lg, kn = (mode == _index("mode", x) for x in isa.GEMM_MODES)
+        bal = mm | kn  # streamed in balanced signed digits (an activation x activation product)
         phase, k = c.reg(range(TAIL + 1)), c.reg(16)
         fj, fi, fd, final = c.reg(16), c.reg(16), c.reg(range(self.digits)), c.reg(1)
         fe = c.reg(range(self.w_digits))
@@ -419,10 +420,11 @@ class Accelerator(wiring.Component):
                 with m.If(k == v):
                     m.d.sync += [k.eq(0), phase.eq(LOAD)]
             with m.Case(LOAD):
-                self._stationary_beat(m, f, flag, arr, p, tb, k, fi, fj, fd + fe, first, last, lin, mm, s_digit)
+                self._stationary_beat(m, f, flag, arr, p, tb, k, fi, fj, fd + fe, first, last, lin, mm, lg,
+                                      s_digit)
                 m.d.comb += [p.rw.addr.eq(w_addr(k + 1)),
                              p.ra.addr.eq(Mux(k == v - 1, f["x_base"] + fi,
-                                              Mux(lg, log2_addr(o.beat), f["bias_base"] + fj)))]
+                                              Mux(lg | kn, log2_addr(o.beat), f["bias_base"] + fj)))]
                 m.d.sync += [k.eq(k + 1), o.row.eq(f["x_stride"])]
                 with m.If(k == v - 1):
                     m.d.sync += [k.eq(0), phase.eq(STREAM)]
@@ -433,8 +435,8 @@ class Accelerator(wiring.Component):
                 width = self.digits * ab
                 for r in range(v):
                     x = p.ra.data[r].as_unsigned()[:width]
-                    digit = Mux(mm, (x + x_off)[:width], x).word_select(fd, ab)
-                    m.d.comb += arr.x_vec[r].eq(digit ^ ((ud | mm) << (ab - 1)))
+                    digit = Mux(bal, (x + x_off)[:width], x).word_select(fd, ab)
+                    m.d.comb += arr.x_vec[r].eq(digit ^ ((ud | bal) << (ab - 1)))
                 m.d.sync += k.eq(k + 1)
                 with m.If(k == f["m"] - 1):
                     m.d.sync += [k.eq(0), phase.eq(DRAIN)]
@@ -448,13 +450,13 @@ class Accelerator(wiring.Component):
                     prefetch()
                     m.d.sync += [k.eq(0), phase.eq(Mux(final, TAIL, LOAD))]
 
-    def _stationary_beat(self, m, f, flag, arr, p, tb, r, fi, fj, shift, first, last, lin, mm, s_digit):
+    def _stationary_beat(self, m, f, flag, arr, p, tb, r, fi, fj, shift, first, last, lin, mm, lg, s_digit):
         """Weight beat ``r`` of the fold: a WBUF word (linear), a transpose-buffer column (matmul) or an
-        ABUF word (log2); rows / lanes past ``s_valid`` are 0. The bias word is read during the beats.
+        ABUF word (log2, matmul_kn); rows / lanes past ``s_valid`` are 0. The bias word is read during the beats.
         ``shift``: the fold's activation digit plus its weight digit, the array's partial-sum shift."""
         v, wb = self.v, arr.weight_bits
         m.d.comb += [arr.w_valid.eq(1), arr.w_first.eq(first), arr.w_last.eq(last), arr.m.eq(f["m"]),
-                     arr.w_log2.eq(~lin & ~mm), arr.w_sqrt2.eq(flag["sqrt2"])]
+                     arr.w_log2.eq(lg), arr.w_sqrt2.eq(flag["sqrt2"])]
         if arr.digits > 1:
             m.d.comb += arr.w_digit.eq(shift)
         for col in range(v):

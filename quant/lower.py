@@ -144,15 +144,23 @@ class _Builder:
         s_scores = acts[pre + "q"].scale * acts[pre + "k"].scale * blk.attn_scale
         t_qp = QParams(1.0 / (math.log2(math.e) * (1 << f)), 0, widths.SOFTMAX_IN_BITS)  # log2 units, f fractional bits
         t = self.requant(pre + "scores.requant", acc, s_scores, t_qp, pre + "scores.log2")
-        codes = self.tensor(pre + "probs", cb, self.shape(t), signed=False)
-        sqrt2 = self.plan.sqrt2_at(pre)
-        self.op("softmax_log2", pre + "softmax", [t] + ([mask] if mask else []), [codes],
-                {"code_bits": cb, "frac_bits": f, "sqrt2": sqrt2})
         ctx = self.tensor(pre + "context.acc", widths.ACC_BITS, self.shape(heads["v"]))
-        self.op("matmul_log2", pre + "context", [codes, heads["v"]], [ctx], {"code_bits": cb, "sqrt2": sqrt2})
+        scores = [t] + ([mask] if mask else [])
+        if pre in self.plan.softmax_tulq:  # levels on a 2**-grid_bits grid, then an ordinary product with V
+            knee, step_bits, grid_bits = self.plan.softmax_tulq[pre]
+            probs = self.tensor(pre + "probs", grid_bits + 1, self.shape(t), signed=False)
+            self.op("softmax_tulq", pre + "softmax", scores, [probs],
+                    {"knee": knee, "step_bits": step_bits, "grid_bits": grid_bits, "frac_bits": f})
+            self.op("matmul", pre + "context", [probs, heads["v"]], [ctx], {"transpose_b": False})
+            s_ctx = acts[pre + "v"].scale * 2.0 ** -grid_bits
+        else:
+            codes = self.tensor(pre + "probs", cb, self.shape(t), signed=False)
+            sqrt2 = self.plan.sqrt2_at(pre)
+            self.op("softmax_log2", pre + "softmax", scores, [codes], {"code_bits": cb, "frac_bits": f, "sqrt2": sqrt2})
+            self.op("matmul_log2", pre + "context", [codes, heads["v"]], [ctx], {"code_bits": cb, "sqrt2": sqrt2})
+            s_ctx = acts[pre + "v"].scale * 2.0 ** -intops.log2_acc_shift(cb, sqrt2)
         merged = self.tensor(pre + "context.merged", widths.ACC_BITS, (tq, spec.dim))
         self.op("merge_heads", pre + "context.merge", [ctx], [merged])
-        s_ctx = acts[pre + "v"].scale * 2.0 ** -intops.log2_acc_shift(cb, sqrt2)
         o = self.requant(pre + "attn.requant", merged, s_ctx, acts[pre + "attn"], pre + "attn")
         return self.linear_to(pre + "proj", o, blk.proj, acts[pre + "attn"], acts[pre + "proj"])
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from quant.model import Forward, Transformer, role
 from quant.observers import Observer
-from quant.quantizers import (QParams, QuantError, check_bits, fake_log2, fake_ptf, fake_weight, pow2_qparams,
+from quant.quantizers import (QParams, QuantError, check_bits, fake_log2, fake_ptf, fake_tulq, fake_weight, pow2_qparams,
                               quantize_weight, weight_scales)
 from sim import intops, widths
 
@@ -71,6 +71,9 @@ class QuantPlan:
     code_bits: int = 4
     sqrt2: bool = False  # attention probabilities as log-sqrt(2) codes instead of log2
     softmax_sqrt2: dict[str, bool] = field(default_factory=dict)  # per block prefix ("blocks.3."), overrides sqrt2
+    #: per block prefix: the softmax's truncated uniform-log2 quantizer (knee, step_bits, grid_bits) in place of
+    #: log2 codes (sim.intops.softmax_tulq; P.V then an ordinary matmul on its 2**-grid_bits levels)
+    softmax_tulq: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     pow2: bool = False  # every requantizer a pure shift (M = 1)
     #: point -> (r, delta): the tensor there holds x / r + delta (per channel) on the grid acts[point];
     #: the requantizer producing it realizes that as per-channel multipliers and zero points
@@ -94,6 +97,12 @@ class QuantPlan:
 
     def sqrt2_at(self, prefix: str) -> bool:
         return self.softmax_sqrt2.get(prefix, self.sqrt2)
+
+    def fake_probs(self, prefix: str, p: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities on the grid the softmax unit writes for block ``prefix``."""
+        if prefix in self.softmax_tulq:
+            return fake_tulq(p, *self.softmax_tulq[prefix])
+        return fake_log2(p, self.code_bits, self.sqrt2_at(prefix))
 
     def wbits_of(self, name: str) -> int:
         return self.weight_bits.get(name, self.wbits)
@@ -203,6 +212,10 @@ def integer_softmax(plan: QuantPlan, prefix: str, scores: torch.Tensor) -> torch
     valid = torch.isfinite(scores)
     acc = torch.round(torch.where(valid, scores, 0.0).double() / s_acc).to(torch.int64).numpy()
     t = intops.requantize(acc, m, shift, widths.SOFTMAX_IN_BITS)
+    if prefix in plan.softmax_tulq:
+        knee, step_bits, grid_bits = plan.softmax_tulq[prefix]
+        y = intops.softmax_tulq(t, valid.numpy(), knee, step_bits, grid_bits)
+        return torch.from_numpy(y.astype(np.float64) / 2.0**grid_bits)
     sqrt2 = plan.sqrt2_at(prefix)
     codes = intops.softmax_log2(t, valid.numpy(), plan.code_bits, sqrt2=sqrt2)
     weights = intops.log2_weights(codes, plan.code_bits, sqrt2)
@@ -227,7 +240,7 @@ def paper_forward(plan: QuantPlan, emulate_integer: bool = False) -> Forward:
             prefix = name[: -len("probs")]
             if emulate_integer:
                 return integer_softmax(plan, prefix, scores.pop(prefix)).to(x.dtype)
-            return fake_log2(x, plan.code_bits, plan.sqrt2_at(prefix))
+            return plan.fake_probs(prefix, x)
         if r == "ln_in" and name[: -len(".ln_in")] in plan.ln_ptf:
             grid, alpha = plan.ln_ptf[name[: -len(".ln_in")]]
             return fake_ptf(x, grid, alpha)

@@ -180,6 +180,16 @@ def fake_log2(p: torch.Tensor, code_bits: int = 4, sqrt2: bool = False) -> torch
     return torch.where(code < zero_code, torch.exp2(-code / steps), torch.zeros_like(p))
 
 
+def fake_tulq(p: torch.Tensor, knee: int, step_bits: int, grid_bits: int) -> torch.Tensor:
+    """Probabilities through the truncated uniform-log2 quantizer (matches intops.softmax_tulq up to its
+    fixed-point log2): above ``2**-knee`` rounded to steps of ``2**-step_bits``, below it ``2**-round(-log2 p)``,
+    0 past ``2**-grid_bits``."""
+    code = torch.round(-torch.log2(p.clamp_min(1e-30)))
+    log = torch.where(code <= grid_bits, torch.exp2(-code), torch.zeros_like(p))
+    uniform = torch.round(p * 2.0**step_bits) / 2.0**step_bits
+    return torch.where(p > 2.0**-knee, uniform, log)
+
+
 def fake_ptf(x: torch.Tensor, grid: QParams, alpha: torch.Tensor) -> torch.Tensor:
     """Power-of-two factors (FQ-ViT): channel c on the grid of scale ``grid.scale * 2**alpha_c`` (symmetric)."""
     scale = grid.scale * torch.exp2(alpha.to(x.dtype))

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from quant.model import Forward, role
 from quant.plan import QuantPlan, linears
-from quant.quantizers import QParams, fake_log2, fake_weight
+from quant.quantizers import QParams, fake_weight
 
 ZETA, GAMMA = 1.1, -0.1  #: AdaRound's rectified-sigmoid stretch
 
@@ -118,7 +118,7 @@ def _learned_forward(plan: QuantPlan, steps: dict[str, _Step], weights) -> Forwa
     def act(name: str, x: torch.Tensor) -> torch.Tensor:
         r = role(name)
         if r == "probs":
-            p = fake_log2(x, plan.code_bits, plan.sqrt2_at(name[: -len("probs")]))
+            p = plan.fake_probs(name[: -len("probs")], x)
             return x + (p - x).detach()
         if name in steps:
             return steps[name](plan.mapped(name, x))

@@ -544,7 +544,11 @@ class _Compiler:
         self._layernorm(op)
 
     def _lower_softmax(self, i: int, op: Op) -> None:
-        self._softmax(op)
+        self._softmax(op, {"sqrt2"} if op.attrs.get("sqrt2") else set())
+
+    def _lower_softmax_tulq(self, i: int, op: Op) -> None:
+        a = op.attrs
+        self._softmax(op, {"tulq"}, knee=a["knee"], step_bits=a["step_bits"], grid_bits=a["grid_bits"])
 
     def _concat_token(self, op: Op) -> None:
         out = op.outputs[0]
@@ -561,16 +565,14 @@ class _Compiler:
     def _signed_digits(self, op: Op, t: str, port: int, most: int, what: str) -> int:
         """Balanced signed digits of an activation x activation operand (``sim.intops.signed_digits``)."""
         spec = self.p.tensors[t]
-        if not spec.signed:
-            self.refuse(op, "inputs", f"{what} {t!r} is uint{spec.bits}; an activation x activation operand "
-                                      f"streams as signed digits (accepted: signed)")
-        digits = intops.signed_digits(spec.bits, port)
+        digits = intops.signed_digits(spec.bits, port, spec.signed)
+        kind = f"{'' if spec.signed else 'u'}int{spec.bits}"
         if digits > most:
-            self.refuse(op, "inputs", f"{what} {t!r} is int{spec.bits}: {digits} signed digits of the {port}-bit "
+            self.refuse(op, "inputs", f"{what} {t!r} is {kind}: {digits} signed digits of the {port}-bit "
                                       f"port, past the {most} the array takes")
         if digits > 1 and port == self.g.weight_bits and self.g.weight_bits != self.g.act_bits:
             # a stationary digit's partial sums shift in act_bits steps
-            self.refuse(op, "inputs", f"{what} {t!r} is int{spec.bits}: its digit passes need weight_bits = "
+            self.refuse(op, "inputs", f"{what} {t!r} is {kind}: its digit passes need weight_bits = "
                                       f"act_bits (here {self.g.weight_bits} and {self.g.act_bits})")
         return digits
 
@@ -617,20 +619,19 @@ class _Compiler:
         a, b = op.inputs
         out = op.outputs[0]
         digits = 1  # log2 codes: one digit
+        mode = "log2" if log2 else "matmul" if op.attrs["transpose_b"] else "matmul_kn"
         if not log2:
-            if not op.attrs["transpose_b"]:
-                self.refuse(op, "transpose_b", "the array takes a matmul's second operand transposed (a @ b.T) only")
             digits = self._signed_digits(op, a, g.act_bits, isa.max_digits(self.a), "streamed operand")
         w_digits = self._signed_digits(op, b, g.weight_bits, isa.max_weight_digits(self.a), "stationary operand")
         da, db = self.dims[a], self.dims[b]
-        k, cols = (da[-1], db[-1]) if log2 else (da[-1], db[-2])
+        k, cols = (da[-1], db[-2]) if mode == "matmul" else (da[-1], db[-1])
         flags, fields, rq = self._epilogue(i)
         if log2 and op.attrs.get("sqrt2"):
             flags = flags | {"sqrt2"}
         for lead in np.ndindex(*da[:-2]):
             xl, sl, ol = (self.layout(t).at(lead) for t in (a, b, out))
             self._gemm(op, da[-2], _Rows(xl.base, xl.row_stride()), _Rows(ol.base, ol.row_stride()), 0, flags,
-                       mode="log2" if log2 else "matmul", kf=ceil_div(k, v), nf=ceil_div(cols, v), digits=digits,
+                       mode=mode, kf=ceil_div(k, v), nf=ceil_div(cols, v), digits=digits,
                        w_digits=w_digits,
                        s_base=sl.base, s_stride=sl.row_stride(), s_valid=db[-2], n_valid=cols,
                        ch_base=self._ch_base(rq, lead), **fields)
@@ -728,14 +729,13 @@ class _Compiler:
         self.load("layernorm", 0, table.reshape(words, v, 3), op.name)
         self._vector(op, "layernorm", shift=op.attrs["shift"], out_bits=op.attrs["out_bits"])
 
-    def _softmax(self, op: Op) -> None:
-        flags = {"sqrt2"} if op.attrs.get("sqrt2") else set()
+    def _softmax(self, op: Op, flags: set, **fields) -> None:
         b = None
         if len(op.inputs) == 2:
             mask = op.inputs[1]
             b = _broadcast(self.layout(mask), self.dims[mask], self.dims[op.inputs[0]])
             flags.add("mask")
-        self._vector(op, "softmax", b=b, flags=flags)
+        self._vector(op, "softmax", b=b, flags=flags, **fields)
 
 
 # ------------------------------------------------------------------ cutting programs

@@ -379,7 +379,8 @@ class _Mapper:
         a_name, b_name = op.inputs
         da = self.plan.dims[a_name]
         mm, k = da[-2], da[-1]
-        pb = intops.signed_digits(self.plan.p.tensors[b_name].bits, self.a.array.weight_bits)
+        b = self.plan.p.tensors[b_name]
+        pb = intops.signed_digits(b.bits, self.a.array.weight_bits, b.signed)
         items = self.plan.batch * _prod(da[:-2])
         tiles = _m_tiles(mm, self.acc_rows)
         c.compute_cycles = items * sum(timing.gemm_cycles(mt * pa, k, n * pb, self.R, self.C) for mt in tiles)

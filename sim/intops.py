@@ -414,10 +414,11 @@ def weight_digits(w: np.ndarray, port_bits: int) -> int:
     return len(weight_digit_planes(np.array([w.min(), w.max()]), port_bits)) if w.size else 1
 
 
-def signed_digits(bits: int, port_bits: int) -> int:
-    """Balanced signed digits (:func:`weight_digit_planes`) a signed ``bits``-wide operand takes through a
-    ``port_bits``-wide signed port: 1 up to the port's width, 2 for int5-int7 and 3 for int8 on a 4-bit one."""
-    return weight_digits(np.array(int_range(bits)), port_bits)
+def signed_digits(bits: int, port_bits: int, signed: bool = True) -> int:
+    """Balanced signed digits (:func:`weight_digit_planes`) a ``bits``-wide operand takes through a
+    ``port_bits``-wide signed port: 1 up to the port's width, 2 for int5-int7 and 3 for int8 on a 4-bit one
+    (an unsigned operand: by its range ``[0, 2**bits)``, uint11 taking 3)."""
+    return weight_digits(np.array(int_range(bits, signed)), port_bits)
 
 
 def balance_offset(digits: int, port_bits: int) -> int:
@@ -873,6 +874,70 @@ def softmax_log2(
         q.add_(torch.from_numpy(c.astype(np.int16)))  # mult*d + c < 2**15
     q >>= frac_bits
     return _np(q.clamp_(max=zero_code), out_dtype(code_bits, signed=False))  # q >= 0: d >= 0 and c >= 0
+
+
+def tulq_levels(knee: int, step_bits: int, grid_bits: int) -> int:
+    """How many distinct values ``softmax_tulq`` can write (zero included): the uniform levels
+    ``2**(step_bits-knee) .. 2**step_bits`` steps of ``2**-step_bits``, the log2 levels ``2**-j`` for
+    ``knee < j <= grid_bits``, and 0."""
+    return (1 << step_bits) - (1 << (step_bits - knee)) + 1 + (grid_bits - knee) + 1
+
+
+def softmax_tulq(
+    t: np.ndarray,
+    valid: np.ndarray | None = None,
+    knee: int = 1,
+    step_bits: int = 3,
+    grid_bits: int = 11,
+    frac_bits: int = SOFTMAX_FRAC_BITS,
+    exp_bits: int = SOFTMAX_EXP_BITS,
+) -> np.ndarray:
+    """Softmax over the last axis through a truncated uniform-log2 quantizer, as levels ``y ~ p * 2**grid_bits``.
+
+    The row's steps 1-4 are :func:`softmax_log2`'s; with ``l = L - exp_bits*2**frac_bits + d >= 0`` (that is
+    ``-log2(p)`` with ``frac_bits`` fractional bits), per element:
+
+    * uniform region, ``l >> frac_bits < knee`` (``p > 2**-knee``): ``e = EXP[l mod 2**frac_bits] >> (l >>
+      frac_bits)`` (the exp ROM again, ``~ p * 2**exp_bits``), ``y = ((e + 2**(exp_bits-step_bits-1)) >>
+      (exp_bits - step_bits)) << (grid_bits - step_bits)``: ``p`` rounded to a step of ``2**-step_bits``;
+    * log2 region: ``j = (l + 2**(frac_bits-1)) >> frac_bits`` (:func:`softmax_log2`'s code), ``y = 2**(grid_bits
+      - j)`` for ``j <= grid_bits``, else 0 (truncated: probabilities below ``2**-grid_bits`` vanish).
+
+    Masked positions (and rows with no valid key) write 0. ``0 <= knee <= step_bits <= grid_bits``,
+    ``step_bits < exp_bits``, ``grid_bits <= MAX_TULQ_GRID_BITS``; the result is unsigned, at most
+    ``2**grid_bits``, and :func:`tulq_levels` distinct values. P.V then runs as an ordinary product on
+    the array (``y`` streamed in digit passes) with scale ``s_V * 2**-grid_bits``.
+    """
+    from sim.widths import MAX_TULQ_GRID_BITS
+
+    if not 0 <= knee <= step_bits <= grid_bits <= MAX_TULQ_GRID_BITS or step_bits >= exp_bits:
+        raise ValueError(f"softmax_tulq: need 0 <= knee ({knee}) <= step_bits ({step_bits}) <= grid_bits "
+                         f"({grid_bits}) <= {MAX_TULQ_GRID_BITS} and step_bits < exp_bits ({exp_bits})")
+    t = np.asarray(t, dtype=np.int64)
+    if valid is not None:
+        valid = np.broadcast_to(np.asarray(valid, dtype=bool), t.shape)
+        t = np.where(valid, t, np.int64(np.iinfo(np.int64).min // 4))
+    d = t.max(axis=-1, keepdims=True) - t
+    if valid is not None:
+        d = np.where(valid, d, 0)
+    table = _EXP2 if (frac_bits, exp_bits) == (SOFTMAX_FRAC_BITS, SOFTMAX_EXP_BITS) else exp2_table(frac_bits, exp_bits)
+    mask = (1 << frac_bits) - 1
+    e = table[d & mask] >> np.minimum(d >> frac_bits, 63)
+    if valid is not None:
+        e = np.where(valid, e, 0)
+    s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
+    ell = log2_fixed(s, frac_bits) - (exp_bits << frac_bits) + d  # >= 0 where a key is valid
+    ell = np.maximum(ell, 0)
+    whole = ell >> frac_bits
+    level = (table[ell & mask] >> np.minimum(whole, 63)) + (1 << (exp_bits - step_bits - 1))
+    uniform = (level >> (exp_bits - step_bits)) << (grid_bits - step_bits)
+    j = (ell + (1 << (frac_bits - 1))) >> frac_bits
+    log = np.where(j <= grid_bits, np.left_shift(np.int64(1), np.clip(grid_bits - j, 0, 62)), 0)
+    y = np.where(whole < knee, uniform, log)
+    if valid is not None:
+        y = np.where(valid, y, 0)
+        y = np.where(valid.any(axis=-1, keepdims=True), y, 0)
+    return y.astype(out_dtype(grid_bits + 2, signed=True))
 
 
 def window_scores(t: np.ndarray, bias: np.ndarray | None = None, regions: np.ndarray | None = None,

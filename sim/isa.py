@@ -60,8 +60,12 @@ An ABUF element an array port reads is taken by its low bits: ``weight_bits`` of
               drain of the fold before;
             * mode ``log2`` (codes ``@`` V): beat ``r`` is ABUF word ``s_base + (i V + r) * s_stride + j``,
               0 where ``i V + r >= s_valid``; the streamed rows are log2 codes, flag ``sqrt2`` their base
-            (``digits`` 1, ``unsigned_digits`` 0); in matmul and log2 mode digit ``e`` of each stationary
-            element (see *digits*).
+              (``digits`` 1, ``unsigned_digits`` 0);
+            * mode ``matmul_kn`` (``a @ b``, b stationary as it lies, e.g. truncated uniform-log2 levels ``@`` V):
+              the stationary beats of mode ``log2``, the streamed rows integers in balanced signed digits as in
+              mode ``matmul``, the array multiplying as in ``linear`` / ``matmul``;
+
+            in modes matmul, log2 and matmul_kn digit ``e`` of each stationary element (see *digits*).
 
             The accumulator starts from the ABUF word ``bias + j`` on fold ``(j, 0, 0, 0)`` (flag ``bias``;
             else 0; linear and matmul only: log2 folds read their stationary beats through the port the bias
@@ -87,7 +91,9 @@ An ABUF element an array port reads is taken by its low bits: ``weight_bits`` of
               in_shift from table word ``w``, ``shift``, ``out_bits``;
             * ``softmax``: ``sim.intops.softmax_log2`` of each row (``n_valid`` elements, the lanes past it
               masked), flag ``sqrt2``; flag ``mask``: also masked where the key-mask word
-              ``b_base + row * b_stride + w`` holds 0 (one element a key, 0 or 1).
+              ``b_base + row * b_stride + w`` holds 0 (one element a key, 0 or 1). Flag ``tulq``: instead
+              ``sim.intops.softmax_tulq`` of each row with ``knee``, ``step_bits``, ``grid_bits`` (levels,
+              not codes; the row takes ``sim.timing.TULQ_EXTRA_STAGES`` cycles more).
 ``end``     stop; the accelerator raises ``done``. An unknown opcode stops it the same way.
 
 The top level (``hw.accelerator.Accelerator``): ``start`` (a one-cycle pulse, taken while idle or done:
@@ -111,11 +117,11 @@ signed value the port takes) and the compiler has added ``2**(act_bits-1) * 2**(
 W[n, k]`` to the bias (linear only). ``digits`` is at most :func:`max_digits` (operands up to
 ``sim.widths.MAX_ACT_BITS``).
 
-In mode ``matmul`` both operands are data, so neither takes unsigned digits (their offset would multiply
-the other operand): the streamed one enters as balanced signed digits, digit ``d`` being bits
+In modes ``matmul`` and ``matmul_kn`` both operands are data, so neither takes unsigned digits (their offset
+would multiply the other operand): the streamed one enters as balanced signed digits, digit ``d`` being bits
 ``[d act_bits, (d + 1) act_bits)`` of ``x + C`` with its top bit inverted, ``C = sum_{e < digits}
 2**(act_bits-1) * 2**(e act_bits)`` (``sim.intops.balanced_digit``; ``unsigned_digits`` 0), and in modes
-``matmul`` and ``log2`` the stationary element read from ABUF enters as digit ``e`` of its ``w_digits``
+``matmul``, ``log2`` and ``matmul_kn`` the stationary element read from ABUF enters as digit ``e`` of its ``w_digits``
 balanced digits the same way (one digit: its low ``weight_bits``, sign-extended).
 
 Weights wider than the array's ``weight_bits`` port are laid in WBUF as ``w_digits`` planes of signed
@@ -137,11 +143,11 @@ INSTR_BITS = INSTR_SLOTS * SLOT_BITS
 
 OPCODES = {"load": 1, "store": 2, "gemm": 3, "vector": 4, "end": 15}
 TARGETS = ("abuf", "wbuf", "requant", "gelu", "layernorm")
-GEMM_MODES = ("linear", "matmul", "log2")
+GEMM_MODES = ("linear", "matmul", "log2", "matmul_kn")
 VECTOR_UNITS = ("requant", "gelu", "add", "add_const", "layernorm", "softmax")
 
 #: flag name -> bit of slot 0's high byte
-FLAGS = {"bias": 0, "requant": 1, "gelu": 2, "per_tensor": 3, "signed": 4, "sqrt2": 5, "mask": 6}
+FLAGS = {"bias": 0, "requant": 1, "gelu": 2, "per_tensor": 3, "signed": 4, "sqrt2": 5, "mask": 6, "tulq": 7}
 
 #: each op's fields in slot order (slot 1 on)
 FORMATS = {
@@ -150,7 +156,7 @@ FORMATS = {
     "gemm": ("mode", "m", "kf", "nf", "digits", "unsigned_digits", "x_base", "x_stride", "s_base", "s_stride",
              "s_valid", "bias_base", "out_base", "out_stride", "n_valid", "out_bits", "ch_base", "w_digits"),
     "vector": ("unit", "rows", "words", "a_base", "a_stride", "b_base", "b_stride", "out_base", "out_stride",
-               "n_valid", "out_bits", "ch_base", "ma", "mb", "shift"),
+               "n_valid", "out_bits", "ch_base", "ma", "mb", "shift", "knee", "step_bits", "grid_bits"),
     "end": (),
 }
 WIDE = frozenset({"dram"})
@@ -349,7 +355,7 @@ def _vector_cycles(instr: Instr, accel) -> int:
         return instr["rows"] * timing.layernorm_row_cycles(instr["n_valid"], accel.layernorm.lanes,
                                                            accel.layernorm.latency) + feed + 1
     return instr["rows"] * timing.softmax_row_cycles(instr["n_valid"], accel.softmax.lanes,
-                                                     accel.softmax.latency) + feed + 1
+                                                     accel.softmax.latency, instr.flag("tulq")) + feed + 1
 
 
 def exec_cycles(instr: Instr, accel) -> int:

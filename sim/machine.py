@@ -295,8 +295,12 @@ class _Machine:
         if ins["w_digits"] > most:
             raise MachineError(f"pc {pc} (gemm): field 'w_digits': {ins['w_digits']} past the {most} a stationary "
                                f"operand may take")
-        if ins["mode"] == "matmul" and ins["unsigned_digits"]:
-            raise MachineError(f"pc {pc} (gemm): mode 'matmul' streams balanced signed digits (unsigned_digits 0)")
+        if ins["mode"] in ("matmul", "matmul_kn") and ins["unsigned_digits"]:
+            raise MachineError(f"pc {pc} (gemm): mode {ins['mode']!r} streams balanced signed digits "
+                               f"(unsigned_digits 0)")
+        if ins["mode"] == "matmul_kn" and ins.flag("bias"):
+            raise MachineError(f"pc {pc} (gemm): mode 'matmul_kn' reads its stationary beats through the bias port "
+                               f"(no bias)")
         if ins["mode"] == "log2" and (ins["digits"] != 1 or ins["unsigned_digits"] or ins.flag("bias")):
             raise MachineError(f"pc {pc} (gemm): mode 'log2' streams one code digit without a bias (from {ins.fields})")
 
@@ -390,7 +394,7 @@ class _Machine:
             idx = ins["s_base"] + rows[None, :] * ins["s_stride"] + (r // v)[:, None]
             keep = (rows < ins["s_valid"])[None, :]
             lane = (r % v)[:, None]
-        else:  # log2: lane c of word (i V + r) * s_stride + j, i.e. V[i V + r, j V + c]
+        else:  # log2, matmul_kn: lane c of word (i V + r) * s_stride + j, i.e. V[i V + r, j V + c]
             idx = np.broadcast_to((ins["s_base"] + r * ins["s_stride"] + j)[:, None], (kf * v, v))
             keep = (r < ins["s_valid"])[:, None]
             lane = c[None, :]
@@ -406,7 +410,7 @@ class _Machine:
         if ins["mode"] == "log2":
             codes = x & ((1 << self.g.code_bits) - 1)
             return intops.exact_matmul(intops.log2_weights(codes, self.g.code_bits, ins.flag("sqrt2")), tile)
-        if ins["mode"] == "matmul":  # an activation x activation product: balanced signed digits
+        if ins["mode"] in ("matmul", "matmul_kn"):  # an activation x activation product: balanced signed digits
             return intops.exact_matmul(intops.balanced_digit(x, d, ins["digits"], a), tile)
         field = (x >> (d * a)) & ((1 << a) - 1)
         if ins["unsigned_digits"] >> d & 1:
@@ -464,8 +468,12 @@ class _Machine:
             out = self._layernorm(pc, ins, a[:, :n])
         else:
             valid = None if b is None else b[:, :n] != 0
-            out = intops.softmax_log2(a[:, :n], valid, self.sm["code_bits"], self.sm["frac_bits"],
-                                      self.sm["exp_bits"], sqrt2=ins.flag("sqrt2"))
+            if ins.flag("tulq"):
+                out = intops.softmax_tulq(a[:, :n], valid, ins["knee"], ins["step_bits"], ins["grid_bits"],
+                                          self.sm["frac_bits"], self.sm["exp_bits"])
+            else:
+                out = intops.softmax_log2(a[:, :n], valid, self.sm["code_bits"], self.sm["frac_bits"],
+                                          self.sm["exp_bits"], sqrt2=ins.flag("sqrt2"))
         full = np.zeros(shape, np.int64)
         full[:, :n] = np.asarray(out)[:, :n]
         self.abuf[self._rows(pc, ins, "out")] = full.reshape(rows, words, self.g.v)

@@ -30,6 +30,7 @@ which range its outputs can take; the declared output must hold that range.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -360,7 +361,8 @@ class Matmul(_ArrayOp):
 
     def streams(self, op, plan):  # Q.K^T: K^T is stationary, the query rows stream on the activation port
         b = plan.dims[op.inputs[1]]
-        pa = intops.signed_digits(plan.p.tensors[op.inputs[0]].bits, plan.a.array.act_bits)
+        a = plan.p.tensors[op.inputs[0]]
+        pa = intops.signed_digits(a.bits, plan.a.array.act_bits, a.signed)
         return (b[-2] if op.attrs["transpose_b"] else b[-1]), pa, "mac"
 
     def trace(self, op, ins, outs, rng):  # one (sample, head); the second operand is the stationary one
@@ -653,14 +655,7 @@ class SoftmaxLog2(OpKind):
         cb = c.attr("code_bits", 2, widths.MAX_CODE_BITS)
         c.attr("frac_bits", 1, 10)
         c.flag("sqrt2", False)
-        t = ins[0]
-        c.rank(t, 1)
-        c.within(t, *_range(widths.SOFTMAX_IN_BITS), f"the softmax unit (int{widths.SOFTMAX_IN_BITS} scores)")
-        if len(ins) == 2:
-            mask = ins[1]
-            c.rank(mask, 1, 1)
-            if not same(mask.shape[0], t.shape[-1]):
-                c.fail("inputs", f"key mask {mask.name!r} {mask.shape} does not match scores {t.name!r} {t.shape}")
+        t = self._check_scores(c, ins)
         if "bias" in c.op.params:
             bias = c.param("bias", None, *_range(widths.SOFTMAX_IN_BITS), f"int{widths.SOFTMAX_IN_BITS} range")
             if bias.ndim > len(t.shape) or not all(same(a, b) for a, b in zip(t.shape[::-1], bias.shape[::-1])):
@@ -674,6 +669,19 @@ class SoftmaxLog2(OpKind):
                 c.fail("regions", f"shape {regions.shape} (windows, tokens) does not match scores {t.name!r} "
                                   f"{t.shape} (windows, heads, tokens, tokens)")
         return [Value("", t.shape, 0, (1 << cb) - 1)]
+
+    @staticmethod
+    def _check_scores(c, ins) -> Value:
+        """The scores (int16 in the softmax unit's log2 units) and the optional key mask, one flag a key."""
+        t = ins[0]
+        c.rank(t, 1)
+        c.within(t, *_range(widths.SOFTMAX_IN_BITS), f"the softmax unit (int{widths.SOFTMAX_IN_BITS} scores)")
+        if len(ins) == 2:
+            mask = ins[1]
+            c.rank(mask, 1, 1)
+            if not same(mask.shape[0], t.shape[-1]):
+                c.fail("inputs", f"key mask {mask.name!r} {mask.shape} does not match scores {t.name!r} {t.shape}")
+        return t
 
     @staticmethod
     def _scores(op, args) -> tuple[np.ndarray, np.ndarray | None]:
@@ -713,6 +721,10 @@ class SoftmaxLog2(OpKind):
         if cb != u["code_bits"]:
             return "code_bits", (f"{cb}-bit codes; the softmax unit writes {u['code_bits']}-bit log2 codes "
                                  f"(accepted: code_bits = {u['code_bits']})")
+        return self._row_refusal(op, program, u, seq_len)
+
+    @staticmethod
+    def _row_refusal(op, program, u, seq_len):
         scores = program.tensors[op.inputs[0]]
         row = scores.shape[-1] if scores.shape[-1] is not None else seq_len
         if row is not None and row > u["max_len"]:
@@ -721,16 +733,68 @@ class SoftmaxLog2(OpKind):
                               f"{u['max_len']}-entry row buffer (accepted: rows <= {u['max_len']})")
         return None
 
-    def trace(self, op, ins, outs, rng):  # the bench gets the rows as the unit holds them, bias added
+    def _traced_rows(self, op, ins, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sampled rows as the unit holds them (bias added), their key masks, and which rows they are."""
         t, valid = self._scores(op, ins)
         mask = np.ones(t.shape, bool) if valid is None else np.broadcast_to(valid, t.shape)
         rows = t.reshape(-1, t.shape[-1])
-        mask = mask.reshape(rows.shape)
-        pick = _sample_rows(t, TRACE_ROWS, rng)
+        return rows, mask.reshape(rows.shape), _sample_rows(t, TRACE_ROWS, rng)
+
+    def trace(self, op, ins, outs, rng):
+        rows, mask, pick = self._traced_rows(op, ins, rng)
         sqrt2 = bool(op.attrs.get("sqrt2", False))
         _agree(op, outs[0].reshape(rows.shape)[pick],
                intops.softmax_log2(rows[pick], mask[pick], op.attrs["code_bits"], op.attrs["frac_bits"], sqrt2=sqrt2))
         return dict(t=rows[pick], mask=mask[pick], sqrt2=sqrt2)
+
+
+@register
+class SoftmaxTulq(SoftmaxLog2):
+    """Softmax through the truncated uniform-log2 quantizer (``sim.intops.softmax_tulq``): levels on a
+    ``2**-grid_bits`` grid that P.V multiplies as an ordinary ``matmul`` operand (in digit passes)."""
+
+    kind = "softmax_tulq"
+    lowering = "softmax_tulq"
+    attrs = ("knee", "step_bits", "grid_bits", "frac_bits")
+    optional_attrs = ()
+    optional_params = ()
+    bench = "softmax"
+
+    def check(self, c, ins):
+        grid = c.attr("grid_bits", 1, widths.MAX_TULQ_GRID_BITS)
+        step = c.attr("step_bits", 0, min(grid, widths.SOFTMAX_EXP_BITS - 1))
+        c.attr("knee", 0, step)
+        c.attr("frac_bits", 1, 10)
+        t = self._check_scores(c, ins)
+        return [Value("", t.shape, 0, 1 << grid)]
+
+    @staticmethod
+    def _levels(op) -> tuple[int, int, int]:
+        a = op.attrs
+        return a["knee"], a["step_bits"], a["grid_bits"]
+
+    def run(self, op, args, ctx):
+        t, valid = self._scores(op, args)
+        return [intops.softmax_tulq(t, valid, *self._levels(op), frac_bits=op.attrs["frac_bits"])]
+
+    def param_bytes(self, op, plan):
+        return {}
+
+    def cost(self, m, c, i, op, fused):
+        m.rows_unit(c, i, op, m.a.softmax, functools.partial(timing.softmax_row_cycles, tulq=True), "softmax")
+
+    def refusal(self, op, program, accel, seq_len=None):
+        u = accel.unit_params("softmax")
+        if op.attrs["frac_bits"] != u["frac_bits"]:
+            return "frac_bits", (f"scores with {op.attrs['frac_bits']} fractional bits; the softmax unit's exp and "
+                                 f"log2 ROMs are built for {u['frac_bits']} (accepted: frac_bits = {u['frac_bits']})")
+        return self._row_refusal(op, program, u, seq_len)
+
+    def trace(self, op, ins, outs, rng):
+        rows, mask, pick = self._traced_rows(op, ins, rng)
+        _agree(op, outs[0].reshape(rows.shape)[pick],
+               intops.softmax_tulq(rows[pick], mask[pick], *self._levels(op), frac_bits=op.attrs["frac_bits"]))
+        return dict(t=rows[pick], mask=mask[pick], tulq=self._levels(op))
 
 
 @register

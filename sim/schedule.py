@@ -52,7 +52,7 @@ def instr_actions(instr: isa.Instr, accel: AccelConfig) -> dict[str, int]:
         m, nf = instr["m"], instr["nf"]
         folds = isa.gemm_folds(instr)
         mode = instr["mode"]
-        count({"linear": "mac", "matmul": "mac"}.get(mode, "shift_mac_sqrt2" if instr.flag("sqrt2") else "shift_mac"),
+        count({"linear": "mac", "matmul": "mac", "matmul_kn": "mac"}.get(mode, "shift_mac_sqrt2" if instr.flag("sqrt2") else "shift_mac"),
               folds * m * v * v)
         if mode == "linear":
             count("sram_weight_read", folds * v * v * accel.array.weight_bits // 8)

@@ -111,9 +111,15 @@ def stream_cycles(n: int, lanes: int, latency: int) -> int:
     return ceil_div(n, lanes) + latency - 1 if n else 0
 
 
-def softmax_row_cycles(length: int, lanes: int, latency: int) -> int:
-    """One softmax row: a max pass, an exp-and-sum pass, the log2 of the sum, a code pass."""
-    return 3 * ceil_div(length, lanes) + latency
+#: register stages the softmax unit's truncated uniform-log2 output adds after a log2 code's (the fraction's
+#: exp ROM entry, its shift and rounding, the pick between the uniform level and the log2 level)
+TULQ_EXTRA_STAGES = 3
+
+
+def softmax_row_cycles(length: int, lanes: int, latency: int, tulq: bool = False) -> int:
+    """One softmax row: a max pass, an exp-and-sum pass, the log2 of the sum, a code pass (with ``tulq``
+    the truncated uniform-log2 levels, :data:`TULQ_EXTRA_STAGES` deeper)."""
+    return 3 * ceil_div(length, lanes) + latency + (TULQ_EXTRA_STAGES if tulq else 0)
 
 
 def layernorm_row_cycles(n: int, lanes: int, latency: int) -> int:

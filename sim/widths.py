@@ -30,6 +30,7 @@ SOFTMAX_FRAC_BITS = 6  #: fractional bits of softmax inputs
 SOFTMAX_EXP_BITS = 15  #: exp(0) is 2**15 inside the softmax unit
 SOFTMAX_LOG_BITS = 6  #: mantissa bits the softmax unit's log2 table looks at
 MAX_CODE_BITS = 5  #: widest log2 attention code
+MAX_TULQ_GRID_BITS = 12  #: finest grid of the softmax unit's truncated uniform-log2 output (levels y / 2**grid_bits)
 WINDOW_REGION_BITS = 4  #: region ids of a shifted window that the softmax unit compares (Swin: 9 regions)
 
 GELU_IN_BITS = 8  #: the GELU unit is a table indexed by a signed 8-bit value

@@ -13,7 +13,7 @@ from typing import Callable
 from quant.quantizers import QuantError
 
 _METHODS: dict[str, Callable] = {}
-_MODULES = ("baseline", "repq", "apq", "hvit", "fqvit", "aocq", "mptq", "tsptq")
+_MODULES = ("baseline", "repq", "apq", "hvit", "fqvit", "aocq", "mptq", "tsptq", "tpvit")
 
 
 def register_method(name: str):
