@@ -147,10 +147,10 @@ class _Builder:
         ctx = self.tensor(pre + "context.acc", widths.ACC_BITS, self.shape(heads["v"]))
         scores = [t] + ([mask] if mask else [])
         if pre in self.plan.softmax_tulq:  # levels on a 2**-grid_bits grid, then an ordinary product with V
-            knee, step_bits, grid_bits = self.plan.softmax_tulq[pre]
+            knee, step_bits, grid_bits, sqrt2 = self.plan.softmax_tulq[pre]
             probs = self.tensor(pre + "probs", grid_bits + 1, self.shape(t), signed=False)
             self.op("softmax_tulq", pre + "softmax", scores, [probs],
-                    {"knee": knee, "step_bits": step_bits, "grid_bits": grid_bits, "frac_bits": f})
+                    {"knee": knee, "step_bits": step_bits, "grid_bits": grid_bits, "frac_bits": f, "sqrt2": sqrt2})
             self.op("matmul", pre + "context", [probs, heads["v"]], [ctx], {"transpose_b": False})
             s_ctx = acts[pre + "v"].scale * 2.0 ** -grid_bits
         else:

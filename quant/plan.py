@@ -71,9 +71,9 @@ class QuantPlan:
     code_bits: int = 4
     sqrt2: bool = False  # attention probabilities as log-sqrt(2) codes instead of log2
     softmax_sqrt2: dict[str, bool] = field(default_factory=dict)  # per block prefix ("blocks.3."), overrides sqrt2
-    #: per block prefix: the softmax's truncated uniform-log2 quantizer (knee, step_bits, grid_bits) in place of
-    #: log2 codes (sim.intops.softmax_tulq; P.V then an ordinary matmul on its 2**-grid_bits levels)
-    softmax_tulq: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: per block prefix: the softmax's truncated uniform-log2 quantizer (knee, step_bits, grid_bits, sqrt2) in
+    #: place of log2 codes (sim.intops.softmax_tulq; P.V then an ordinary matmul on its 2**-grid_bits levels)
+    softmax_tulq: dict[str, tuple[int, int, int, bool]] = field(default_factory=dict)
     pow2: bool = False  # every requantizer a pure shift (M = 1)
     #: point -> (r, delta): the tensor there holds x / r + delta (per channel) on the grid acts[point];
     #: the requantizer producing it realizes that as per-channel multipliers and zero points
@@ -213,8 +213,8 @@ def integer_softmax(plan: QuantPlan, prefix: str, scores: torch.Tensor) -> torch
     acc = torch.round(torch.where(valid, scores, 0.0).double() / s_acc).to(torch.int64).numpy()
     t = intops.requantize(acc, m, shift, widths.SOFTMAX_IN_BITS)
     if prefix in plan.softmax_tulq:
-        knee, step_bits, grid_bits = plan.softmax_tulq[prefix]
-        y = intops.softmax_tulq(t, valid.numpy(), knee, step_bits, grid_bits)
+        knee, step_bits, grid_bits, sqrt2 = plan.softmax_tulq[prefix]
+        y = intops.softmax_tulq(t, valid.numpy(), knee, step_bits, grid_bits, sqrt2=sqrt2)
         return torch.from_numpy(y.astype(np.float64) / 2.0**grid_bits)
     sqrt2 = plan.sqrt2_at(prefix)
     codes = intops.softmax_log2(t, valid.numpy(), plan.code_bits, sqrt2=sqrt2)

@@ -180,12 +180,13 @@ def fake_log2(p: torch.Tensor, code_bits: int = 4, sqrt2: bool = False) -> torch
     return torch.where(code < zero_code, torch.exp2(-code / steps), torch.zeros_like(p))
 
 
-def fake_tulq(p: torch.Tensor, knee: int, step_bits: int, grid_bits: int) -> torch.Tensor:
+def fake_tulq(p: torch.Tensor, knee: int, step_bits: int, grid_bits: int, sqrt2: bool = False) -> torch.Tensor:
     """Probabilities through the truncated uniform-log2 quantizer (matches intops.softmax_tulq up to its
-    fixed-point log2): above ``2**-knee`` rounded to steps of ``2**-step_bits``, below it ``2**-round(-log2 p)``,
-    0 past ``2**-grid_bits``."""
-    code = torch.round(-torch.log2(p.clamp_min(1e-30)))
-    log = torch.where(code <= grid_bits, torch.exp2(-code), torch.zeros_like(p))
+    fixed-point log2): above ``2**-knee`` rounded to steps of ``2**-step_bits``, below it ``2**-round(-log2 p)``
+    (with ``sqrt2``: ``2**(-round(-2 log2 p) / 2)``), 0 past ``2**-grid_bits``."""
+    steps = 2.0 if sqrt2 else 1.0
+    code = torch.round(-steps * torch.log2(p.clamp_min(1e-30)))
+    log = torch.where(code <= steps * grid_bits, torch.exp2(-code / steps), torch.zeros_like(p))
     uniform = torch.round(p * 2.0**step_bits) / 2.0**step_bits
     return torch.where(p > 2.0**-knee, uniform, log)
 

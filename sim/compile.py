@@ -548,7 +548,8 @@ class _Compiler:
 
     def _lower_softmax_tulq(self, i: int, op: Op) -> None:
         a = op.attrs
-        self._softmax(op, {"tulq"}, knee=a["knee"], step_bits=a["step_bits"], grid_bits=a["grid_bits"])
+        self._softmax(op, {"tulq"} | ({"sqrt2"} if a.get("sqrt2") else set()),
+                      knee=a["knee"], step_bits=a["step_bits"], grid_bits=a["grid_bits"])
 
     def _concat_token(self, op: Op) -> None:
         out = op.outputs[0]

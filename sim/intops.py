@@ -876,11 +876,11 @@ def softmax_log2(
     return _np(q.clamp_(max=zero_code), out_dtype(code_bits, signed=False))  # q >= 0: d >= 0 and c >= 0
 
 
-def tulq_levels(knee: int, step_bits: int, grid_bits: int) -> int:
+def tulq_levels(knee: int, step_bits: int, grid_bits: int, sqrt2: bool = False) -> int:
     """How many distinct values ``softmax_tulq`` can write (zero included): the uniform levels
-    ``2**(step_bits-knee) .. 2**step_bits`` steps of ``2**-step_bits``, the log2 levels ``2**-j`` for
-    ``knee < j <= grid_bits``, and 0."""
-    return (1 << step_bits) - (1 << (step_bits - knee)) + 1 + (grid_bits - knee) + 1
+    ``2**(step_bits-knee) .. 2**step_bits`` steps of ``2**-step_bits``, the log levels below the knee down to
+    ``2**-grid_bits`` (powers of two, or with ``sqrt2`` of sqrt(2): twice as many), and 0."""
+    return (1 << step_bits) - (1 << (step_bits - knee)) + 1 + (2 if sqrt2 else 1) * (grid_bits - knee) + 1
 
 
 def softmax_tulq(
@@ -891,6 +891,7 @@ def softmax_tulq(
     grid_bits: int = 11,
     frac_bits: int = SOFTMAX_FRAC_BITS,
     exp_bits: int = SOFTMAX_EXP_BITS,
+    sqrt2: bool = False,
 ) -> np.ndarray:
     """Softmax over the last axis through a truncated uniform-log2 quantizer, as levels ``y ~ p * 2**grid_bits``.
 
@@ -900,8 +901,11 @@ def softmax_tulq(
     * uniform region, ``l >> frac_bits < knee`` (``p > 2**-knee``): ``e = EXP[l mod 2**frac_bits] >> (l >>
       frac_bits)`` (the exp ROM again, ``~ p * 2**exp_bits``), ``y = ((e + 2**(exp_bits-step_bits-1)) >>
       (exp_bits - step_bits)) << (grid_bits - step_bits)``: ``p`` rounded to a step of ``2**-step_bits``;
-    * log2 region: ``j = (l + 2**(frac_bits-1)) >> frac_bits`` (:func:`softmax_log2`'s code), ``y = 2**(grid_bits
-      - j)`` for ``j <= grid_bits``, else 0 (truncated: probabilities below ``2**-grid_bits`` vanish).
+    * log region: ``j = (l + 2**(frac_bits-1)) >> frac_bits`` (:func:`softmax_log2`'s code), ``y = 2**(grid_bits
+      - j)`` for ``j <= grid_bits``, else 0 (truncated: probabilities below ``2**-grid_bits`` vanish). With
+      ``sqrt2`` half steps, :func:`softmax_log2`'s base-sqrt(2) code ``j = (2 l + 2**(frac_bits-1)) >>
+      frac_bits`` and ``y = log2_weights(j)`` on the grid: ``2**(grid_bits - j/2)`` for even ``j``,
+      ``(181 * 2**(grid_bits - (j-1)/2)) >> 8`` for odd ``j`` (a shifted constant), 0 past ``j = 2 grid_bits``.
 
     Masked positions (and rows with no valid key) write 0. ``0 <= knee <= step_bits <= grid_bits``,
     ``step_bits < exp_bits``, ``grid_bits <= MAX_TULQ_GRID_BITS``; the result is unsigned, at most
@@ -931,8 +935,15 @@ def softmax_tulq(
     whole = ell >> frac_bits
     level = (table[ell & mask] >> np.minimum(whole, 63)) + (1 << (exp_bits - step_bits - 1))
     uniform = (level >> (exp_bits - step_bits)) << (grid_bits - step_bits)
-    j = (ell + (1 << (frac_bits - 1))) >> frac_bits
-    log = np.where(j <= grid_bits, np.left_shift(np.int64(1), np.clip(grid_bits - j, 0, 62)), 0)
+    one = np.int64(1)
+    if sqrt2:
+        j = (2 * ell + (1 << (frac_bits - 1))) >> frac_bits
+        even = np.left_shift(one, np.clip(grid_bits - j // 2, 0, 62))
+        odd = np.left_shift(np.int64(SQRT_HALF_Q8), np.clip(grid_bits - (j - 1) // 2, 0, 62)) >> 8
+        log = np.where(j <= 2 * grid_bits, np.where(j % 2 == 0, even, odd), 0)
+    else:
+        j = (ell + (1 << (frac_bits - 1))) >> frac_bits
+        log = np.where(j <= grid_bits, np.left_shift(one, np.clip(grid_bits - j, 0, 62)), 0)
     y = np.where(whole < knee, uniform, log)
     if valid is not None:
         y = np.where(valid, y, 0)

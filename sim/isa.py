@@ -92,8 +92,8 @@ An ABUF element an array port reads is taken by its low bits: ``weight_bits`` of
             * ``softmax``: ``sim.intops.softmax_log2`` of each row (``n_valid`` elements, the lanes past it
               masked), flag ``sqrt2``; flag ``mask``: also masked where the key-mask word
               ``b_base + row * b_stride + w`` holds 0 (one element a key, 0 or 1). Flag ``tulq``: instead
-              ``sim.intops.softmax_tulq`` of each row with ``knee``, ``step_bits``, ``grid_bits`` (levels,
-              not codes; the row takes ``sim.timing.TULQ_EXTRA_STAGES`` cycles more).
+              ``sim.intops.softmax_tulq`` of each row with ``knee``, ``step_bits``, ``grid_bits`` and flag
+              ``sqrt2`` (levels, not codes; the row takes ``sim.timing.TULQ_EXTRA_STAGES`` cycles more).
 ``end``     stop; the accelerator raises ``done``. An unknown opcode stops it the same way.
 
 The top level (``hw.accelerator.Accelerator``): ``start`` (a one-cycle pulse, taken while idle or done:

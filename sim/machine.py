@@ -470,7 +470,7 @@ class _Machine:
             valid = None if b is None else b[:, :n] != 0
             if ins.flag("tulq"):
                 out = intops.softmax_tulq(a[:, :n], valid, ins["knee"], ins["step_bits"], ins["grid_bits"],
-                                          self.sm["frac_bits"], self.sm["exp_bits"])
+                                          self.sm["frac_bits"], self.sm["exp_bits"], sqrt2=ins.flag("sqrt2"))
             else:
                 out = intops.softmax_log2(a[:, :n], valid, self.sm["code_bits"], self.sm["frac_bits"],
                                           self.sm["exp_bits"], sqrt2=ins.flag("sqrt2"))

@@ -756,7 +756,7 @@ class SoftmaxTulq(SoftmaxLog2):
     kind = "softmax_tulq"
     lowering = "softmax_tulq"
     attrs = ("knee", "step_bits", "grid_bits", "frac_bits")
-    optional_attrs = ()
+    optional_attrs = ("sqrt2",)  #: the log region in half steps (base sqrt(2))
     optional_params = ()
     bench = "softmax"
 
@@ -765,17 +765,18 @@ class SoftmaxTulq(SoftmaxLog2):
         step = c.attr("step_bits", 0, min(grid, widths.SOFTMAX_EXP_BITS - 1))
         c.attr("knee", 0, step)
         c.attr("frac_bits", 1, 10)
+        c.flag("sqrt2", False)
         t = self._check_scores(c, ins)
         return [Value("", t.shape, 0, 1 << grid)]
 
     @staticmethod
-    def _levels(op) -> tuple[int, int, int]:
+    def _levels(op) -> dict:
         a = op.attrs
-        return a["knee"], a["step_bits"], a["grid_bits"]
+        return dict(knee=a["knee"], step_bits=a["step_bits"], grid_bits=a["grid_bits"], sqrt2=a.get("sqrt2", False))
 
     def run(self, op, args, ctx):
         t, valid = self._scores(op, args)
-        return [intops.softmax_tulq(t, valid, *self._levels(op), frac_bits=op.attrs["frac_bits"])]
+        return [intops.softmax_tulq(t, valid, frac_bits=op.attrs["frac_bits"], **self._levels(op))]
 
     def param_bytes(self, op, plan):
         return {}
@@ -793,7 +794,7 @@ class SoftmaxTulq(SoftmaxLog2):
     def trace(self, op, ins, outs, rng):
         rows, mask, pick = self._traced_rows(op, ins, rng)
         _agree(op, outs[0].reshape(rows.shape)[pick],
-               intops.softmax_tulq(rows[pick], mask[pick], *self._levels(op), frac_bits=op.attrs["frac_bits"]))
+               intops.softmax_tulq(rows[pick], mask[pick], frac_bits=op.attrs["frac_bits"], **self._levels(op)))
         return dict(t=rows[pick], mask=mask[pick], tulq=self._levels(op))
 
 

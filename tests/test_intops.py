@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -102,6 +103,48 @@ def test_softmax_all_equal_row_and_masked_positions():
     valid = np.array([[True, True, False, False, False, False, False, False]])
     assert intops.softmax_log2(t, valid).tolist() == [[1, 1] + [15] * 6]
     assert intops.softmax_log2(t, np.zeros((1, 8), dtype=bool)).tolist() == [[15] * 8]
+
+
+TULQ = st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(5, widths.MAX_TULQ_GRID_BITS),
+                 st.booleans()).filter(lambda k: k[0] <= k[1] <= k[2])
+
+
+@settings(max_examples=300, deadline=None)
+@given(t=arrays(np.int64, (3, 19), elements=st.integers(-3000, 3000)), levels=TULQ)
+def test_softmax_tulq_is_log2_below_the_knee_and_uniform_above(t, levels):
+    """Below the knee the level is what softmax_log2's code (base 2 or sqrt(2)) stands for on the grid,
+    truncated past it; above it, p rounded to steps of 2**-step_bits, within half a step plus the fixed
+    point's error."""
+    knee, step, grid, sqrt2 = levels
+    f = widths.SOFTMAX_FRAC_BITS
+    y = intops.softmax_tulq(t, None, knee, step, grid, sqrt2=sqrt2)
+    codes = intops.softmax_log2(t, code_bits=5, sqrt2=sqrt2).astype(np.int64)
+    logp = (t - t.max(-1, keepdims=True)) / 2**f
+    p = np.exp2(logp) / np.exp2(logp).sum(-1, keepdims=True)
+    if sqrt2:
+        half = np.where(codes % 2 == 0, np.int64(256), intops.SQRT_HALF_Q8)
+        log_level = np.where(codes <= 2 * grid, (half << np.clip(grid - (codes + 1) // 2 + (codes % 2), 0, None)) >> 8, 0)
+    else:
+        log_level = np.where(codes <= grid, np.int64(1) << np.clip(grid - codes, 0, None), 0)
+    below = p < 2.0 ** -knee * 0.99  # clear of the knee, where the fixed-point log2 may fall either side
+    above = p > 2.0 ** -knee * 1.01
+    assert np.array_equal(y[below], log_level[below])
+    step_size = 1 << (grid - step)
+    assert np.all(y[above] % step_size == 0)
+    # the log2 of the row sum looks at 6 mantissa bits (up to 1.6 % in p), the exp ROM rounds: 3 % of p
+    assert np.all(np.abs(y[above] / 2**grid - p[above]) <= 2.0 ** -step / 2 + 0.03 * p[above])
+    assert np.unique(y).size <= intops.tulq_levels(knee, step, grid, sqrt2)
+    assert y.min() >= 0 and y.max() <= 1 << grid
+
+
+def test_softmax_tulq_masked_keys_and_empty_rows_write_zero_and_bad_levels_are_refused():
+    t = np.zeros((2, 8), dtype=np.int64)
+    valid = np.array([[True, True] + [False] * 6, [False] * 8])
+    y = intops.softmax_tulq(t, valid, knee=1, step_bits=3, grid_bits=8)
+    assert y.tolist() == [[128, 128] + [0] * 6, [0] * 8]  # p = 1/2 on the uniform grid of 1/8 (2**8 / 2)
+    for bad in ((2, 1, 8), (0, 3, 2), (0, 3, widths.MAX_TULQ_GRID_BITS + 1), (0, widths.SOFTMAX_EXP_BITS, 16)):
+        with pytest.raises(ValueError, match="softmax_tulq"):
+            intops.softmax_tulq(t, None, *bad)
 
 
 @settings(max_examples=100, deadline=None)

@@ -39,23 +39,26 @@ DECLINE = (8, 6)
 SCHEDULE = Schedule(iters=50, lr_round=3e-2, decline_share=0.4)
 
 
-def candidates(code_bits: int) -> list[tuple[int, int, int]]:
-    """``(knee, step_bits, grid_bits)`` with at most ``2**code_bits`` levels, each with the deepest grid they
-    leave room for (within ``MAX_TULQ_GRID_BITS``)."""
+def candidates(code_bits: int) -> list[tuple[int, int, int, bool]]:
+    """``(knee, step_bits, grid_bits, sqrt2)`` with a uniform region (``knee >= 1``) and at most ``2**code_bits``
+    levels, each with the deepest grid they leave room for (within ``MAX_TULQ_GRID_BITS``)."""
     out = []
-    for knee in range(0, 4):
-        for step in range(max(knee, 1), 6):
-            grid = step
-            while grid < widths.MAX_TULQ_GRID_BITS and intops.tulq_levels(knee, step, grid + 1) <= 1 << code_bits:
-                grid += 1
-            if intops.tulq_levels(knee, step, grid) <= 1 << code_bits:
-                out.append((knee, step, grid))
+    for sqrt2 in (False, True):
+        for knee in range(1, 4):
+            for step in range(knee, 6):
+                grid = step
+                while grid < widths.MAX_TULQ_GRID_BITS and \
+                        intops.tulq_levels(knee, step, grid + 1, sqrt2) <= 1 << code_bits:
+                    grid += 1
+                if intops.tulq_levels(knee, step, grid, sqrt2) <= 1 << code_bits:
+                    out.append((knee, step, grid, sqrt2))
     return out
 
 
-def choose_levels(spec, batches, code_bits: int, *, progress: bool = True) -> tuple[dict, dict]:
-    """Per block prefix the candidate of least squared error of ``P V`` over the calibration batches, and the
-    errors (each candidate's and log2's) by prefix."""
+def choose_levels(spec, batches, code_bits: int) -> tuple[dict, dict]:
+    """Per block prefix, the candidate of least squared error of ``P V`` over the calibration batches where it
+    beats the log2 path's base-sqrt(2) codes (RepQ's), and every block's errors: the best candidate's, the
+    log2 codes' and the sqrt(2) codes'."""
     cands = candidates(code_bits)
     err: dict[str, torch.Tensor] = {}
     heads = spec.heads
@@ -78,9 +81,13 @@ def choose_levels(spec, batches, code_bits: int, *, progress: bool = True) -> tu
     with torch.no_grad():
         for inputs, _ in batches:
             fwd(inputs)
-    chosen = {pre: cands[int(torch.argmin(e[: len(cands)]))] for pre, e in err.items()}
-    report = {pre: {"tulq": float(e[: len(cands)].min()), "log2": float(e[-2]), "log_sqrt2": float(e[-1])}
-              for pre, e in err.items()}
+    chosen, report = {}, {}
+    for pre, e in err.items():
+        best = int(torch.argmin(e[: len(cands)]))
+        report[pre] = {"candidate": list(cands[best]), "tulq": float(e[best]), "log2": float(e[-2]),
+                       "log_sqrt2": float(e[-1])}
+        if e[best] < e[-1]:
+            chosen[pre] = cands[best]
     return chosen, report
 
 
@@ -88,7 +95,6 @@ def choose_levels(spec, batches, code_bits: int, *, progress: bool = True) -> tu
 def tpvit(spec, batches, wbits: int, abits: int, *, progress: bool = True, sites: Sites | None = None) -> QuantPlan:
     observers = collect(spec, batches, progress=progress, desc="calibrate (tpvit)")
     plan = reparameterized_plan(spec, observers, wbits, abits, sites=sites, method="tpvit", observer="mse")
-    plan.softmax_tulq, errors = choose_levels(spec, batches, plan.code_bits, progress=progress)
-    plan.meta["tulq"] = {pre: {"levels": list(lv), **errors[pre]} for pre, lv in plan.softmax_tulq.items()}
+    plan.softmax_tulq, plan.meta["tulq"] = choose_levels(spec, batches, plan.code_bits)
     schedule = dataclasses.replace(SCHEDULE, decline=tuple(b for b in DECLINE if b > wbits))
     return reconstruct(plan, batches, schedule, progress=progress, desc="reconstruct (tpvit)")
