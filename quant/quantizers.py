@@ -186,7 +186,11 @@ def fake_tulq(p: torch.Tensor, knee: int, step_bits: int, grid_bits: int, sqrt2:
     (with ``sqrt2``: ``2**(-round(-2 log2 p) / 2)``), 0 past ``2**-grid_bits``."""
     steps = 2.0 if sqrt2 else 1.0
     code = torch.round(-steps * torch.log2(p.clamp_min(1e-30)))
-    log = torch.where(code <= steps * grid_bits, torch.exp2(-code / steps), torch.zeros_like(p))
+    level = torch.exp2(-code / steps)
+    if sqrt2:  # an odd code's level is 181/256 of the even one above it, floored on the grid
+        odd = torch.floor(torch.exp2(grid_bits - (code - 1) / 2) * 181 / 256) / 2.0**grid_bits
+        level = torch.where(code % 2 == 1, odd, level)
+    log = torch.where(code <= steps * grid_bits, level, torch.zeros_like(p))
     uniform = torch.round(p * 2.0**step_bits) / 2.0**step_bits
     return torch.where(p > 2.0**-knee, uniform, log)
 

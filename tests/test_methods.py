@@ -400,3 +400,53 @@ def test_bit_decline_steps_down_and_ends_on_the_target_width():
     assert phases[0][1] == 1.0  # starts wholly on the first width of the schedule
     assert all(t == 0.0 for k, t in phases[50:])  # the second half on the target width alone
     assert _decline_phase(0.3, 0, 0.5) == (0, 0.0)  # no schedule: the target from the start
+
+
+@pytest.mark.parametrize("code_bits", [3, 4])
+def test_tpvit_candidates_have_a_uniform_region_and_fit_the_code_budget(code_bits):
+    from quant.methods.tpvit import candidates
+    from sim import intops, widths
+
+    cands = candidates(code_bits)
+    assert cands and {c[3] for c in cands} == {False, True}
+    for knee, step, grid, sqrt2 in cands:
+        assert 1 <= knee <= step <= grid <= widths.MAX_TULQ_GRID_BITS
+        assert intops.tulq_levels(knee, step, grid, sqrt2) <= 1 << code_bits
+        # the deepest truncation the budget leaves: one grid step more no longer fits
+        assert grid == widths.MAX_TULQ_GRID_BITS or intops.tulq_levels(knee, step, grid + 1, sqrt2) > 1 << code_bits
+
+
+def test_fake_tulq_is_the_softmax_units_quantizer():
+    """quant's float truncated uniform-log2 quantizer gives the level the softmax unit writes on >= 97 % of
+    the probabilities (the rest lie at a boundary the unit's fixed-point log2 puts on the other side)."""
+    from quant.quantizers import fake_tulq
+    from sim import intops, widths
+
+    rng = np.random.default_rng(0)
+    t = rng.integers(-900, 300, size=(64, 24))
+    f = widths.SOFTMAX_FRAC_BITS
+    p = torch.softmax(torch.from_numpy(t / 2**f * math.log(2)), -1)
+    for levels in ((1, 3, 10, False), (2, 3, 6, True), (1, 2, 7, True)):
+        unit = intops.softmax_tulq(t, None, *levels[:3], sqrt2=levels[3]) / 2.0 ** levels[2]
+        fake = fake_tulq(p, *levels).numpy()
+        assert np.isclose(unit, fake, rtol=0.01, atol=1e-9).mean() >= 0.97, levels
+
+
+def test_tpvit_realizes_its_quantizer_where_it_beats_sqrt2_codes_as_a_product_with_v():
+    from ptq2rtl import flows
+
+    plan = flows.make_plan("vit-digits", "tpvit", 4, 4, progress=False)
+    assert plan.softmax_tulq, "the quantizer pays in no block of vit-digits"
+    for pre, report in plan.meta["tulq"].items():
+        assert (pre in plan.softmax_tulq) == (report["tulq"] < report["log_sqrt2"])
+    program = lower(plan)
+    kinds = {op.name: op for op in program.ops}
+    for i in range(len(plan.spec.blocks)):
+        pre = f"blocks.{i}."
+        softmax, context = kinds[pre + "softmax"], kinds[pre + "context"]
+        if pre in plan.softmax_tulq:
+            assert softmax.kind == "softmax_tulq" and context.kind == "matmul"
+            assert not context.attrs["transpose_b"]
+            assert program.tensors[pre + "probs"].bits == plan.softmax_tulq[pre][2] + 1
+        else:
+            assert softmax.kind == "softmax_log2" and softmax.attrs["sqrt2"] and context.kind == "matmul_log2"
