@@ -904,8 +904,8 @@ def softmax_tulq(
     * log region: ``j = (l + 2**(frac_bits-1)) >> frac_bits`` (:func:`softmax_log2`'s code), ``y = 2**(grid_bits
       - j)`` for ``j <= grid_bits``, else 0 (truncated: probabilities below ``2**-grid_bits`` vanish). With
       ``sqrt2`` half steps, :func:`softmax_log2`'s base-sqrt(2) code ``j = (2 l + 2**(frac_bits-1)) >>
-      frac_bits`` and ``y = log2_weights(j)`` on the grid: ``2**(grid_bits - j/2)`` for even ``j``,
-      ``(181 * 2**(grid_bits - (j-1)/2)) >> 8`` for odd ``j`` (a shifted constant), 0 past ``j = 2 grid_bits``.
+      frac_bits`` and ``y = 2**(grid_bits - j/2)`` for even ``j``, ``(181 * 2**(grid_bits - (j-1)/2) + 128) >> 8``
+      for odd ``j`` (a shifted constant, rounded to the grid), 0 past ``j = 2 grid_bits``.
 
     Masked positions (and rows with no valid key) write 0. ``0 <= knee <= step_bits <= grid_bits``,
     ``step_bits < exp_bits``, ``grid_bits <= MAX_TULQ_GRID_BITS``; the result is unsigned, at most
@@ -939,7 +939,7 @@ def softmax_tulq(
     if sqrt2:
         j = (2 * ell + (1 << (frac_bits - 1))) >> frac_bits
         even = np.left_shift(one, np.clip(grid_bits - j // 2, 0, 62))
-        odd = np.left_shift(np.int64(SQRT_HALF_Q8), np.clip(grid_bits - (j - 1) // 2, 0, 62)) >> 8
+        odd = (np.left_shift(np.int64(SQRT_HALF_Q8), np.clip(grid_bits - (j - 1) // 2, 0, 62)) + 128) >> 8
         log = np.where(j <= 2 * grid_bits, np.where(j % 2 == 0, even, odd), 0)
     else:
         j = (ell + (1 << (frac_bits - 1))) >> frac_bits

@@ -123,7 +123,8 @@ def test_softmax_tulq_is_log2_below_the_knee_and_uniform_above(t, levels):
     p = np.exp2(logp) / np.exp2(logp).sum(-1, keepdims=True)
     if sqrt2:
         half = np.where(codes % 2 == 0, np.int64(256), intops.SQRT_HALF_Q8)
-        log_level = np.where(codes <= 2 * grid, (half << np.clip(grid - (codes + 1) // 2 + (codes % 2), 0, None)) >> 8, 0)
+        shifted = half << np.clip(grid - (codes + 1) // 2 + (codes % 2), 0, None)
+        log_level = np.where(codes <= 2 * grid, (shifted + 128) >> 8, 0)
     else:
         log_level = np.where(codes <= grid, np.int64(1) << np.clip(grid - codes, 0, None), 0)
     below = p < 2.0 ** -knee * 0.99  # clear of the knee, where the fixed-point log2 may fall either side
