@@ -355,7 +355,8 @@ class Accelerator(wiring.Component):
         m.d.comb += [add.const.eq(f["unit"] == _index("unit", "add_const")), add.ma.eq(f["ma"]), add.mb.eq(f["mb"]),
                      add.shift.eq(f["shift"]), add.out_width.eq(f["out_bits"]),
                      ln.n.eq(f["n_valid"]), ln.shift.eq(f["shift"]), ln.out_width.eq(f["out_bits"]),
-                     sm.sqrt2.eq(flag["sqrt2"])]
+                     sm.sqrt2.eq(flag["sqrt2"]), sm.tulq.eq(flag["tulq"]), sm.knee.eq(f["knee"]),
+                     sm.step_bits.eq(f["step_bits"]), sm.grid_bits.eq(f["grid_bits"])]
 
     # ---------------------------------------------------------------- gemm: the array's feed
     def _gemm(self, m, c, f, flag, u, p):

@@ -1,4 +1,5 @@
-"""The log2 softmax unit: ``sim.intops.softmax_log2`` on one row at a time, ``lanes`` elements per cycle."""
+"""The log2 softmax unit: ``sim.intops.softmax_log2`` (or ``sim.intops.softmax_tulq``) on one row at a time,
+``lanes`` elements per cycle."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ MAX_TREE_STAGES, ADD_TREE_STAGES = 2, 2
 EXP_STAGES = 2 + ADD_TREE_STAGES + 1
 LOG_STAGES = 2  #: leading one and mantissa of the sum; the log ROM and the row's code offset
 CODE_STAGES = 2  #: the code pass after the buffer read: difference (shared with the exp pass), code
+#: a TULQ code pass's stages past CODE_STAGES (its second stage is -log2(p) rather than a code): the fraction's exp
+#: ROM entry, the region test and the log level's exponent; the shifter's operand and its rounding bit; the shift
+TULQ_STAGES = 3
+assert TULQ_STAGES == timing.TULQ_EXTRA_STAGES, "sim.timing.TULQ_EXTRA_STAGES is the RTL's"
 #: clock edges between the last exp read and the first code read: the code pass's difference stage runs
 #: while the log2 of the sum finishes, so that its first beat meets the code offset
 GAP = EXP_STAGES + LOG_STAGES - CODE_STAGES
@@ -54,7 +59,8 @@ def _max(values: list):
 
 
 class SoftmaxLog2(wiring.Component):
-    """Softmax of a row of log2-unit scores, as ``code_bits`` log2 codes (``2**code_bits - 1``: zero).
+    """Softmax of a row of log2-unit scores, as ``code_bits`` log2 codes (``2**code_bits - 1``: zero) or as
+    truncated uniform-log2 (TULQ) levels.
 
     A row arrives as beats of ``lanes`` scores ``i_t`` with a per-position
     ``i_mask`` (1: takes part), the last beat flagged ``i_last``. Three passes
@@ -64,12 +70,21 @@ class SoftmaxLog2(wiring.Component):
     the sum (priority encoder, a 2**log_bits-entry ROM); (3) the code pass
     emits ``q = clamp((L - exp_bits*2**frac_bits + d + 2**(frac_bits-1)) >> frac_bits)``, or with
     ``sqrt2`` (held for the row) the half-step codes ``clamp((2*(L - ...) + 2**(frac_bits-1)) >> frac_bits)``.
+    With ``tulq`` (held for the row with ``knee``, ``step_bits``, ``grid_bits``) the code pass writes
+    ``sim.intops.softmax_tulq``'s levels instead, ``sqrt2`` its log region's half steps, up to
+    ``2**grid_bits`` on ``o_q``'s low bits: from ``l = L - exp_bits*2**frac_bits + d`` (the log ROM's third
+    section: no half), the uniform level ``((EXP[l mod 2**frac_bits] >> (l >> frac_bits)) + 2**(rs-1)) >> rs
+    << (grid_bits - step_bits)`` with ``rs = exp_bits - step_bits`` where ``l >> frac_bits < knee`` (a second
+    exp ROM), else the log level ``2**(grid_bits - j)``, ``j = (l + 2**(frac_bits-1)) >> frac_bits``, 0 past
+    ``grid_bits`` (half steps: ``j = (2 l + 2**(frac_bits-1)) >> frac_bits``, odd ``j`` a rounded
+    ``181/256``, 0 past ``2 grid_bits``). The fields must satisfy ``softmax_tulq``'s ``0 <= knee <=
+    step_bits <= grid_bits``, ``step_bits < exp_bits``.
     Every pass is pipelined, a register stage holding about one carry chain and a few LUT levels:
     :data:`MAX_TREE_STAGES` in the max tree, :data:`EXP_STAGES` after an exp read, :data:`LOG_STAGES`,
-    :data:`CODE_STAGES` after a code read (:data:`PIPELINE_LATENCY` adds them up).
-    A row of B beats takes ``3*B + latency`` clock edges from its first beat
-    in to its last code out (``sim.timing.softmax_row_cycles``), and the next
-    row's first beat is taken on the cycle that last code appears.
+    :data:`CODE_STAGES` after a code read (:data:`PIPELINE_LATENCY` adds them up), :data:`TULQ_STAGES` more
+    for TULQ levels. A row of B beats takes ``3*B + latency`` clock edges from its first beat
+    in to its last code out (``sim.timing.softmax_row_cycles``; TULQ: :data:`TULQ_STAGES` more), and the
+    next row's first beat is taken on the cycle that last code appears.
     """
 
     #: :data:`PIPELINE_LATENCY`: the wait for the last beat's max, the exp pipeline and log2 less what the
@@ -91,6 +106,8 @@ class SoftmaxLog2(wiring.Component):
                                  self.min_latency, self.max_latency)
         self.depth = -(-max_len // lanes)
         self.sum_bits = (self.max_len << exp_bits).bit_length()  # a row sums at most max_len entries <= 2**exp_bits
+        self.max_step = min(widths.MAX_TULQ_GRID_BITS, exp_bits - 1)  # TULQ's step_bits < exp_bits
+        self.level_bits = widths.MAX_TULQ_GRID_BITS + 1  # TULQ levels: up to 2**grid_bits
         elem = data.StructLayout({"t": signed(in_bits), "mask": 1})
         self._elem = elem
         super().__init__({
@@ -100,8 +117,12 @@ class SoftmaxLog2(wiring.Component):
             "i_mask": In(data.ArrayLayout(unsigned(1), lanes)),
             "i_last": In(1),
             "sqrt2": In(1),
+            "tulq": In(1),
+            "knee": In(range(self.max_step + 1)),
+            "step_bits": In(range(self.max_step + 1)),
+            "grid_bits": In(range(widths.MAX_TULQ_GRID_BITS + 1)),
             "o_valid": Out(1),
-            "o_q": Out(data.ArrayLayout(unsigned(code_bits), lanes)),
+            "o_q": Out(data.ArrayLayout(unsigned(max(code_bits, self.level_bits)), lanes)),
             "o_last": Out(1),
         })
 
@@ -127,21 +148,25 @@ class SoftmaxLog2(wiring.Component):
         rd = buf.read_port()
         exp_table = intops.exp2_table(fb, self.exp_bits).tolist()
         half = 1 << (fb - 1)
-        # the log ROM holds the code offset's fraction: LOG[i] + half, and after it 2*LOG[i] + half for sqrt2
+        # the log ROM holds the code offset's fraction: LOG[i] + half, after it 2*LOG[i] + half for sqrt2, and
+        # after that LOG[i] for TULQ (-log2(p) itself: a level's rounding comes after its region test)
         log2_table = intops.log2_table(self.log_bits, fb).tolist()
-        log_table = [v + half for v in log2_table] + [2 * v + half for v in log2_table]
+        log_table = [v + half for v in log2_table] + [2 * v + half for v in log2_table] + log2_table
         # LUT ROMs: with their output (exp) or address (log) registered Yosys would try block RAMs, and
-        # memory_libmap (0.23) runs out of memory on the exp ROM's 16 read ports
+        # memory_libmap (0.23) runs out of memory on the exp ROM's 16 read ports; TULQ's exp ROM (read in the
+        # code pass) is a second ROM rather than ``lanes`` more ports on the first
         logic = {"rom_style": "logic"}
         m.submodules.exp_rom = exp_rom = Memory(shape=unsigned(self.exp_bits + 1), depth=1 << fb, init=exp_table,
                                                 attrs=logic)
-        m.submodules.log_rom = log_rom = Memory(shape=unsigned(fb + 3), depth=2 << self.log_bits, init=log_table,
+        m.submodules.tulq_rom = tulq_rom = Memory(shape=unsigned(self.exp_bits + 1), depth=1 << fb,
+                                                  init=exp_table, attrs=logic)
+        m.submodules.log_rom = log_rom = Memory(shape=unsigned(fb + 3), depth=3 << self.log_bits, init=log_table,
                                                 attrs=logic)
 
         gap = GAP + self.latency - self.min_latency  # the configured latency beyond the minimum, as gap cycles
         n_beats = Signal(range(self.depth + 1))
         ptr = Signal(range(self.depth + 1))
-        count = Signal(range(max(gap, CODE_STAGES, MAX_TREE_STAGES) + 1))
+        count = Signal(range(max(gap, CODE_STAGES + TULQ_STAGES, MAX_TREE_STAGES) + 1))
         mx = Signal(signed(self.in_bits))
         total = Signal(self.sum_bits)
         fire = Signal()
@@ -154,13 +179,18 @@ class SoftmaxLog2(wiring.Component):
 
         first_beat = Signal(init=1)
         sqrt2 = Signal()  # base sqrt(2) codes for this row
+        tulq = Signal()  # TULQ levels for this row (then sqrt2 is held 0: the log ROM's sections are one-hot)
+        tulq_sqrt2 = Signal()  # ... with the log region in half steps
+        knee, step_bits, grid_bits = Signal.like(self.knee), Signal.like(self.step_bits), Signal.like(self.grid_bits)
         with m.FSM():
             with m.State("INPUT"):
                 m.d.comb += [self.i_ready.eq(1), wr.addr.eq(ptr), wr.en.eq(fire)]
                 for lane in range(lanes):
                     m.d.comb += [wr.data[lane].t.eq(self.i_t[lane]), wr.data[lane].mask.eq(self.i_mask[lane])]
                 with m.If(fire):  # pass 1: store the row; its max leaves the max tree MAX_TREE_STAGES later
-                    m.d.sync += [ptr.eq(ptr + 1), first_beat.eq(0), sqrt2.eq(self.sqrt2)]
+                    m.d.sync += [ptr.eq(ptr + 1), first_beat.eq(0), sqrt2.eq(self.sqrt2 & ~self.tulq),
+                                 tulq.eq(self.tulq), tulq_sqrt2.eq(self.sqrt2 & self.tulq), knee.eq(self.knee),
+                                 step_bits.eq(self.step_bits), grid_bits.eq(self.grid_bits)]
                     with m.If(self.i_last):
                         m.d.sync += [n_beats.eq(ptr + 1), ptr.eq(0), count.eq(0)]
                         m.next = "MAX"
@@ -184,9 +214,9 @@ class SoftmaxLog2(wiring.Component):
                 with m.If(ptr + 1 == n_beats):
                     m.d.sync += [ptr.eq(0), count.eq(0)]
                     m.next = "TAIL"
-            with m.State("TAIL"):  # the last codes go through; the next row may start after this
+            with m.State("TAIL"):  # the last codes (or levels) go through; the next row may start after this
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == CODE_STAGES - 1):
+                with m.If(count == Mux(tulq, CODE_STAGES + TULQ_STAGES - 1, CODE_STAGES - 1)):
                     m.d.sync += first_beat.eq(1)
                     m.next = "INPUT"
 
@@ -240,16 +270,79 @@ class SoftmaxLog2(wiring.Component):
             with m.If(total[bit]):
                 m.d.sync += [lead.eq(bit - lo), idx.eq((total << self.log_bits)[bit:bit + self.log_bits])]
         log_port = log_rom.read_port(domain="comb")
-        m.d.comb += log_port.addr.eq(Cat(idx, sqrt2))
+        m.d.comb += log_port.addr.eq(Cat(idx, sqrt2, tulq))
         code_offset = Signal(range((((w - lo) << fb) + (1 << (fb + 1))) * 2 + half), name="code_offset")
         m.d.sync += code_offset.eq(Mux(sqrt2, lead << (fb + 1), lead << fb) + log_port.data)  # sqrt2: twice -log2(p)
 
-        # the code pass: q = (offset + d) >> frac_bits, clamped to the zero code (valid positions: >= 0)
-        q_out = Signal.like(self.o_q)
+        # TULQ's row constants, from the fields held since the input pass. One shifter makes every level:
+        # * uniform: ((EXP[f] >> w) + 2**(rs-1)) >> rs << (grid_bits - step_bits), rs = exp_bits - step_bits, f
+        #   and w = l >> frac_bits < knee the fraction and whole part of l, is ((EXP[f] << pre) + 2**(w + rs - 1
+        #   + pre)) >> (w + exp_bits + pre - grid_bits) with its low grid_bits - step_bits bits cleared (pre: so
+        #   that the shift is to the right whatever exp_bits);
+        # * log: with r = j + grid_top - grid_bits (half steps: j//2 for j), grid_top = MAX_TULQ_GRID_BITS, a
+        #   power of two 2**(grid_bits - j) is 2**grid_top >> r, 0 past r = grid_top; an odd half step (181 *
+        #   2**(grid_bits - j//2) + 128) >> 8 is ((181 << (grid_top - 8)) + 2**(r-1)) >> r (for r = 0 exactly
+        #   181 << (grid_top - 8)), 0 from r = grid_top on. r comes from one adder on l: (l + half + ((grid_top -
+        #   grid_bits) << frac_bits)) >> frac_bits, or (2 l + half + ((grid_top - grid_bits) << (frac_bits+1)))
+        #   >> (frac_bits+1), its bit frac_bits the odd half step
+        grid_top = widths.MAX_TULQ_GRID_BITS
+        pre = max(0, grid_top - self.exp_bits)
+        round_at = Signal(range(self.exp_bits + pre), name="tulq_round_at")  # the rounding bit at w = 0
+        shift_at = Signal(range(self.exp_bits + pre + 1), name="tulq_shift_at")  # the shift at w = 0
+        step_mask = Signal(self.level_bits, name="tulq_step_mask")  # the bits of a uniform step and above
+        r_add = Signal(range(half + (grid_top << (fb + 1)) + 1), name="tulq_r_add")
+        m.d.sync += [round_at.eq(self.exp_bits - 1 + pre - step_bits), shift_at.eq(self.exp_bits + pre - grid_bits),
+                     step_mask.eq(Cat(*[grid_bits - step_bits <= i for i in range(self.level_bits)])),
+                     r_add.eq(Mux(tulq_sqrt2, (grid_top - grid_bits) << (fb + 1), (grid_top - grid_bits) << fb) + half)]
+
+        # the code pass: q = (offset + d) >> frac_bits, clamped to the zero code (valid positions: >= 0); TULQ:
+        # the same sum (its offset without the half) is l, and a level follows TULQ_STAGES later
+        q_out = Signal(data.ArrayLayout(unsigned(self.code_bits), lanes))
+        y_out = Signal(data.ArrayLayout(unsigned(self.level_bits), lanes))
+        kb = len(knee)
+        odd_base = intops.SQRT_HALF_Q8 << (grid_top - 8)
         for lane in range(lanes):
-            raw = (code_offset + code_d[lane]) >> fb
+            sum_d = code_offset + code_d[lane]
+            raw = sum_d >> fb
             m.d.sync += q_out[lane].eq(Mux(~code_mask[lane] | _above(raw, zero_code), zero_code, raw[:self.code_bits]))
-        o_valid = delay(m, code_data, CODE_STAGES, "code_valid")
-        o_last = delay(m, code_last, CODE_STAGES, "code_last")
-        m.d.comb += [self.o_q.eq(q_out), self.o_valid.eq(o_valid), self.o_last.eq(o_last)]
+            ell = Signal(len(sum_d), name=f"tulq_l_{lane}")
+            m.d.sync += ell.eq(sum_d)
+            # the fraction's exp entry, the uniform region, where its level rounds and how far it shifts (w
+            # below knee <= max_step where they count); the log level's r and odd half step
+            whole = ell[fb:]
+            port = tulq_rom.read_port(domain="comb")
+            m.d.comb += port.addr.eq(ell[:fb])
+            entry = Signal(unsigned(self.exp_bits + 1), name=f"tulq_entry_{lane}")
+            uniform = Signal(name=f"tulq_uniform_{lane}")
+            round_pos = Signal.like(round_at, name=f"tulq_round_pos_{lane}")
+            shift_pos = Signal(range(self.exp_bits + pre), name=f"tulq_shift_pos_{lane}")
+            log_sum = Mux(tulq_sqrt2, ell << 1, ell) + r_add
+            r = Signal(len(log_sum) - fb, name=f"tulq_r_{lane}")
+            odd = Signal(name=f"tulq_odd_{lane}")
+            m.d.sync += [entry.eq(port.data), uniform.eq(~whole[kb:].any() & (whole[:kb] < knee)),
+                         round_pos.eq(whole[:kb] + round_at), shift_pos.eq(whole[:kb] + shift_at),
+                         r.eq(Mux(tulq_sqrt2, log_sum[fb + 1:], log_sum[fb:])), odd.eq(tulq_sqrt2 & log_sum[fb])]
+            # the shifter's operand (with its rounding bit) and amount; the levels past the grid. Two adders:
+            # one adding a picked rounding bit to a picked base took some 150 LUT4 a lane more (yosys 0.23, ABC)
+            operand = Signal(max(self.exp_bits + 1 + pre, self.level_bits), name=f"tulq_operand_{lane}")
+            amount = Signal.like(shift_pos, name=f"tulq_amount_{lane}")
+            past = Signal(name=f"tulq_past_{lane}")
+            rounded = (entry << pre) + (1 << round_pos)
+            half_step = odd_base + ((1 << r[:len(amount)]) >> 1)
+            m.d.sync += [operand.eq(Mux(uniform, rounded, Mux(odd, half_step, 1 << grid_top))),
+                         amount.eq(Mux(uniform, shift_pos, r)),
+                         past.eq(~uniform & Mux(odd, _above(r, grid_top - 1), _above(r, grid_top)))]
+            keep = delay(m, code_mask[lane], TULQ_STAGES, f"tulq_mask_{lane}")
+            pick = delay(m, uniform, 1, f"tulq_pick_{lane}")
+            level = (operand >> amount)[:self.level_bits] & Mux(pick, step_mask, (1 << self.level_bits) - 1)
+            m.d.sync += y_out[lane].eq(Mux(keep & ~past, level, 0))
+        code_valid = delay(m, code_data, CODE_STAGES, "code_valid")
+        code_end = delay(m, code_last, CODE_STAGES, "code_last")
+        # the levels' flags enter their delay line with the mode: a log2 row's last codes must not come out
+        # again TULQ_STAGES later once the next row (taken on the cycle they appear) holds tulq
+        tulq_valid = delay(m, code_valid & tulq, TULQ_STAGES, "tulq_valid")
+        tulq_end = delay(m, code_end & tulq, TULQ_STAGES, "tulq_last")
+        for lane in range(lanes):
+            m.d.comb += self.o_q[lane].eq(Mux(tulq, y_out[lane], q_out[lane]))
+        m.d.comb += [self.o_valid.eq(Mux(tulq, tulq_valid, code_valid)), self.o_last.eq(Mux(tulq, tulq_end, code_end))]
         return m

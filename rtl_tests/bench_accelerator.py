@@ -196,22 +196,39 @@ def vector_layernorm_cases(b: CaseBuilder) -> None:
 def vector_softmax_cases(b: CaseBuilder) -> None:
     v, r = b.v, b.rng
     p = softmax_params(b.accel)
-    for n, sqrt2, masked in ((2 * v + 3, False, False), (3 * v, True, True)):
+    # (n, sqrt2, mask, TULQ's (knee, step_bits, grid_bits) or None for log2 codes); with TULQ sqrt2 puts the
+    # log region in half steps
+    for n, sqrt2, masked, tulq in ((2 * v + 3, False, False, None), (3 * v, True, True, None),
+                                   (2 * v + 3, False, False, (1, 3, 11)), (v - 1, True, True, (0, 2, 6)),
+                                   (3 * v, False, True, (2, 4, widths.MAX_TULQ_GRID_BITS)),
+                                   (3 * v, True, False, (2, 3, 6))):
         rows, words = 4, ceil_div(n, v)
-        t = r.integers(-(1 << 11), 1 << 11, (rows, n))
+        t = r.integers(-(1 << 11), 1 << 11, (rows, n)) >> (3 if tulq else 0)  # TULQ: most levels nonzero
         keys = (r.random((rows, n)) < 0.7).astype(np.int64)
         keys[:, 0] = 1
+        if tulq:
+            t[0, 0] = 1 << 10  # a key far above the rest: the uniform region's top level
+        if tulq and masked:
+            keys[-1] = 0  # a row with no key: all 0
         b.load_words(to_words(t, v), 0)
         b.load_words(to_words(keys, v), 64)
         flags = {"sqrt2"} if sqrt2 else set()
         if masked:
             flags.add("mask")
+        fields = {}
+        if tulq:
+            flags.add("tulq")
+            fields = dict(zip(("knee", "step_bits", "grid_bits"), tulq))
         instr = Instr("vector", {"unit": "softmax", "rows": rows, "words": words, "a_base": 0, "a_stride": words,
                                  "b_base": 64, "b_stride": words, "out_base": 128, "out_stride": words,
-                                 "n_valid": n}, frozenset(flags))
+                                 "n_valid": n, **fields}, frozenset(flags))
         valid = keys.astype(bool) if masked else np.ones((rows, n), bool)
-        want = intops.softmax_log2(t, valid, p["code_bits"], p["frac_bits"], p["exp_bits"], sqrt2=sqrt2)
-        b.run(f"vector softmax n={n} sqrt2={sqrt2} mask={masked}", instr, 128, to_words(np.asarray(want, np.int64), v))
+        if tulq:
+            want = intops.softmax_tulq(t, valid, *tulq, p["frac_bits"], p["exp_bits"], sqrt2=sqrt2)
+        else:
+            want = intops.softmax_log2(t, valid, p["code_bits"], p["frac_bits"], p["exp_bits"], sqrt2=sqrt2)
+        b.run(f"vector softmax n={n} sqrt2={sqrt2} mask={masked}{f' tulq={tulq}' if tulq else ''}", instr, 128,
+              to_words(np.asarray(want, np.int64), v))
 
 
 # ---------------------------------------------------------------- gemm cases

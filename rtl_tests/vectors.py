@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim import intops
+from sim import intops, widths
 
 SEED = 20240611
 SHORT_M = 64  #: rows of most random GEMMs on an array whose accumulator buffer holds more
@@ -219,17 +219,35 @@ def mac_array_vectors(p: dict, n_outputs: int = 10_000, seed: int = SEED) -> dic
 
 # ---------------------------------------------------------------- softmax
 
-def softmax_segment(t, mask, op: str, source: str, sqrt2: bool = False) -> dict[str, np.ndarray]:
+#: TULQ segments' levels (``sim.intops.softmax_tulq``'s knee, step_bits, grid_bits, sqrt2): its default, no
+#: uniform region, knee = step_bits, the finest grid, all three at the most, the coarsest grid; in base 2 and
+#: in half steps
+TULQ_FIELDS = tuple(dict(knee=k, step_bits=s, grid_bits=g, sqrt2=h)
+                    for k, s, g in ((1, 3, 11), (0, 4, 12), (2, 2, 5), (3, 6, widths.MAX_TULQ_GRID_BITS),
+                                    (widths.MAX_TULQ_GRID_BITS,) * 3, (0, 0, 0))
+                    for h in (False, True))
+
+
+def softmax_segment(t, mask, op: str, source: str, sqrt2: bool = False,
+                    tulq: dict | None = None) -> dict[str, np.ndarray]:
+    """One softmax op: rows ``t`` and their ``mask``, as log2 codes (``sqrt2``: half steps) or, with ``tulq``
+    (``sim.intops.softmax_tulq``'s knee, step_bits, grid_bits and optional sqrt2), as its levels."""
     t = np.asarray(t, np.int64)
+    tulq_on = tulq is not None
+    tulq = tulq or {}
     return {"t": t.ravel(), "mask": np.asarray(mask, np.int64).ravel(), "seg_rows": np.array([t.shape[0]]),
-            "seg_sqrt2": np.array([int(sqrt2)]),
+            "seg_sqrt2": np.array([int(sqrt2 or tulq.get("sqrt2", False))]), "seg_tulq": np.array([int(tulq_on)]),
+            "seg_knee": np.array([tulq.get("knee", 0)]), "seg_step_bits": np.array([tulq.get("step_bits", 0)]),
+            "seg_grid_bits": np.array([tulq.get("grid_bits", 0)]),
             "seg_len": np.array([t.shape[1]]), "seg_op": np.array([op]), "seg_source": np.array([source])}
 
 
 def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[str, np.ndarray]:
     """Rows of random length with scores spread over a few to many log2 units (codes of every value),
     random masks; corners: all-equal rows, fully masked rows, one position left, both rails in one
-    row, length 1, the longest row, lengths off the lane multiple."""
+    row, length 1, the longest row, lengths off the lane multiple. Then TULQ levels for each of
+    :data:`TULQ_FIELDS`: random rows (one fully masked), short peaked rows (probabilities above
+    ``2**-knee``: the uniform region), half steps of d, length 1, all-equal rows."""
     rng = np.random.default_rng(seed)
     lo, hi = intops.int_range(p["in_bits"])
     one = 1 << p["frac_bits"]  # one log2 unit
@@ -262,6 +280,23 @@ def softmax_vectors(p: dict, n_random: int = 10_000, seed: int = SEED) -> dict[s
     for length in sorted({max(1, p["lanes"] + 1), max(1, 2 * p["lanes"] - 1)}):
         segs.append(softmax_segment(rng.integers(-5 * one, 5 * one, (2, length)), np.ones((2, length)),
                                     f"length{length}", "corner"))
+    for fields in TULQ_FIELDS:
+        tag = "tulq_{knee}_{step_bits}_{grid_bits}{}".format("_sqrt2" if fields["sqrt2"] else "", **fields)
+        for k in range(2):
+            length, rows = int(rng.integers(1, max_len + 1)), int(rng.integers(2, 8))
+            spread = int(rng.choice([1, 4, 20])) * one
+            centre = int(rng.integers(lo + spread, hi - spread))
+            t = centre + rng.integers(-spread, spread + 1, (rows, length))
+            mask = rng.random((rows, length)) < rng.choice([1.0, 0.9, 0.5])
+            if k:
+                mask[rng.integers(rows)] = False
+            segs.append(softmax_segment(t, mask, f"{tag}_random{k}", "random", tulq=fields))
+        peaked = rng.integers(0, 4 * one, (24, 3))  # the top one to four log2 units above the rest
+        segs.append(softmax_segment(peaked, rng.random((24, 3)) < 0.9, f"{tag}_peaked", "corner", tulq=fields))
+        segs.append(softmax_segment(near, np.ones((1, n)), f"{tag}_half_steps", "corner", tulq=fields))
+        segs.append(softmax_segment(rng.integers(lo, hi, (2, 1)), np.ones((2, 1)), f"{tag}_length1", "corner",
+                                    tulq=fields))
+        segs.append(softmax_segment(np.full((2, n), 7), np.ones((2, n)), f"{tag}_all_equal", "corner", tulq=fields))
     return merge(*segs)
 
 
