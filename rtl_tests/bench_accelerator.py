@@ -343,10 +343,35 @@ def gemm_log2_cases(b: CaseBuilder) -> None:
         b.run(f"gemm log2 m={m} t={t} d={d} sqrt2={sqrt2} V int{vbits}", instr, 400, to_words(want, v))
 
 
+def gemm_matmul_kn_cases(b: CaseBuilder) -> None:
+    """``a @ b`` with b stationary as the log2 path holds V: truncated uniform-log2 levels (unsigned, up to
+    ``2**grid_bits``) streamed in balanced digits against V."""
+    v, r, a = b.v, b.rng, b.accel
+    ab, wb = a.array.act_bits, a.array.weight_bits
+    for m, t, d, grid, vbits in ((5, v + 3, v + 1, 6, wb), (3, 2 * v, v, widths.MAX_TULQ_GRID_BITS, wb),
+                                 (4, v + 2, v + 1, 10, widths.MAX_WEIGHT_BITS)):
+        kf, nf = ceil_div(t, v), ceil_div(d, v)
+        levels = r.integers(0, (1 << grid) + 1, (m, t))
+        levels[0, :2] = 0, 1 << grid  # the range's ends
+        vals = r.integers(*intops.int_range(vbits), (t, d), endpoint=True)
+        vals[:2, 0] = intops.int_range(vbits)
+        b.load_words(to_words(levels, v), 0)
+        garbage = r.integers(*intops.int_range(wb), (v * nf, v), endpoint=True)  # rows past s_valid
+        b.load_words(np.concatenate([to_words(vals, v), garbage]), 100)
+        instr = Instr("gemm", {"mode": "matmul_kn", "m": m, "kf": kf, "nf": nf,
+                               "digits": intops.signed_digits(grid + 1, ab, signed=False),
+                               "w_digits": intops.signed_digits(vbits, wb),
+                               "x_base": 0, "x_stride": kf, "s_base": 100, "s_stride": nf, "s_valid": t,
+                               "out_base": 400, "out_stride": nf, "n_valid": d})
+        b.run(f"gemm matmul_kn m={m} t={t} d={d} uint{grid + 1} x int{vbits}", instr, 400,
+              to_words(intops.matmul(levels, vals).astype(np.int64), v))
+
+
 CASES = {
     "vector_requant": vector_requant_cases, "vector_gelu": vector_gelu_cases, "vector_add": vector_add_cases,
     "vector_layernorm": vector_layernorm_cases, "vector_softmax": vector_softmax_cases,
     "gemm_linear": gemm_linear_cases, "gemm_matmul": gemm_matmul_cases, "gemm_log2": gemm_log2_cases,
+    "gemm_matmul_kn": gemm_matmul_kn_cases,
 }
 
 

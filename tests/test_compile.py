@@ -287,6 +287,17 @@ def test_a_stream_without_end_stops_at_the_limit():
         machine.run(_image([load] * 4, g), accel, max_instructions=3)
 
 
+def test_truncated_uniform_log2_fields_out_of_order_are_refused_by_name():
+    accel = load_accel("edge-int4")
+    g = machine.Geometry.of(accel)
+    softmax = Instr("vector", {"unit": "softmax", "rows": 1, "words": 1, "a_base": 0, "a_stride": 1, "out_base": 2,
+                               "out_stride": 1, "n_valid": g.v, "knee": 4, "step_bits": 3, "grid_bits": 8},
+                    frozenset({"tulq"}))
+    with pytest.raises(machine.MachineError, match=r"pc 0 \(vector softmax, tulq\): fields knee 4, step_bits 3, "
+                                                   r"grid_bits 8 need knee <= step_bits"):
+        machine.run(_image([softmax, Instr("end")], g), accel)
+
+
 def test_a_result_written_over_its_own_operand_is_refused():
     accel = load_accel("edge-int4")
     g = machine.Geometry.of(accel)
