@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from quant.model import Forward, Transformer, role
 from quant.observers import Observer
-from quant.quantizers import (QParams, QuantError, check_bits, fake_log2, fake_ptf, fake_tulq, fake_weight, pow2_qparams,
-                              quantize_weight, weight_scales)
+from quant.quantizers import (QParams, QuantError, check_bits, fake_log2, fake_ptf, fake_tulq, fake_weight,
+                              pow2_qparams, quantize_weight, weight_scales)
 from sim import intops, widths
 
 #: bits and symmetry of each role that the method does not choose (hardware unit widths)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from quant.model import Block, Forward, Linear, Norm, Transformer, _lin, _ln, _norm, _split
-from quant.quantizers import QParams
+from quant.quantizers import QParams, QuantError
 from sim import intops, widths
 from sim.program import IntegerProgram, TensorSpec
 
@@ -280,6 +280,9 @@ def lower_swin(plan) -> IntegerProgram:
     final LayerNorm, mean over all tokens, classifier; the logits are the int32 accumulators."""
     from quant.lower import _Builder
 
+    if plan.softmax_tulq:
+        raise QuantError(f"the Swin lowering writes log2 attention codes only; the plan asks for truncated "
+                         f"uniform-log2 levels in {', '.join(sorted(plan.softmax_tulq))}")
     s, acts = plan.spec, plan.acts
     b = _Builder(plan)
     in_qp = acts["input"]

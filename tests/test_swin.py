@@ -179,6 +179,16 @@ def test_repq_w8a8_program_folds_its_channel_maps_and_pads_with_each_channels_ze
     assert cos > 0.97 and top1 > 0.7
 
 
+def test_swin_lowering_refuses_truncated_uniform_log2_levels_by_block(swin):
+    from quant.quantizers import QuantError
+
+    model, spec = swin
+    plan = get_method("repq")(spec.copy(), [(images(8, 4), None)], 8, 8, progress=False)
+    plan.softmax_tulq = {"blocks.1.": (1, 3, 6, True)}
+    with pytest.raises(QuantError, match=r"writes log2 attention codes only; .* levels in blocks\.1\."):
+        lower(plan)
+
+
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_quantizes_swin_to_a_program_the_engine_runs(swin, method):
     model, spec = swin

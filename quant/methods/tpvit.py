@@ -58,7 +58,10 @@ def candidates(code_bits: int) -> list[tuple[int, int, int, bool]]:
 def choose_levels(spec, batches, code_bits: int) -> tuple[dict, dict]:
     """Per block prefix, the candidate of least squared error of ``P V`` over the calibration batches where it
     beats the log2 path's base-sqrt(2) codes (RepQ's), and every block's errors: the best candidate's, the
-    log2 codes' and the sqrt(2) codes'."""
+    log2 codes' and the sqrt(2) codes'. A Swin model keeps its codes everywhere: its window attention
+    (``quant.swin``) is lowered with log2 codes only."""
+    if spec.family == "swin":
+        return {}, {}
     cands = candidates(code_bits)
     err: dict[str, torch.Tensor] = {}
     heads = spec.heads
