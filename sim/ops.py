@@ -714,14 +714,18 @@ class SoftmaxLog2(OpKind):
 
     def refusal(self, op, program, accel, seq_len=None):
         u = accel.unit_params("softmax")
-        fb, cb = op.attrs["frac_bits"], op.attrs["code_bits"]
-        if fb != u["frac_bits"]:
-            return "frac_bits", (f"scores with {fb} fractional bits; the softmax unit's exp and log2 ROMs are built "
-                                 f"for {u['frac_bits']} (accepted: frac_bits = {u['frac_bits']})")
+        cb = op.attrs["code_bits"]
+        if op.attrs["frac_bits"] != u["frac_bits"]:
+            return self._frac_refusal(op, u)
         if cb != u["code_bits"]:
             return "code_bits", (f"{cb}-bit codes; the softmax unit writes {u['code_bits']}-bit log2 codes "
                                  f"(accepted: code_bits = {u['code_bits']})")
         return self._row_refusal(op, program, u, seq_len)
+
+    @staticmethod
+    def _frac_refusal(op, u) -> tuple[str, str]:
+        return "frac_bits", (f"scores with {op.attrs['frac_bits']} fractional bits; the softmax unit's exp and log2 "
+                             f"ROMs are built for {u['frac_bits']} (accepted: frac_bits = {u['frac_bits']})")
 
     @staticmethod
     def _row_refusal(op, program, u, seq_len):
@@ -787,8 +791,7 @@ class SoftmaxTulq(SoftmaxLog2):
     def refusal(self, op, program, accel, seq_len=None):
         u = accel.unit_params("softmax")
         if op.attrs["frac_bits"] != u["frac_bits"]:
-            return "frac_bits", (f"scores with {op.attrs['frac_bits']} fractional bits; the softmax unit's exp and "
-                                 f"log2 ROMs are built for {u['frac_bits']} (accepted: frac_bits = {u['frac_bits']})")
+            return self._frac_refusal(op, u)
         return self._row_refusal(op, program, u, seq_len)
 
     def trace(self, op, ins, outs, rng):
