@@ -35,6 +35,7 @@ from sim.widths import (  # the widths these functions default to
     LN_NORM_FRAC_BITS,
     LN_RECIP_BITS,
     LN_VAR_BITS,
+    MAX_TULQ_GRID_BITS,
     RESIDUAL_BITS,
     SOFTMAX_EXP_BITS,
     SOFTMAX_FRAC_BITS,
@@ -761,9 +762,10 @@ def log2_fixed(s: np.ndarray, frac_bits: int = SOFTMAX_FRAC_BITS, log_bits: int 
     return (p << frac_bits) + table[idx]
 
 
-def _softmax_log2_int64(t, valid, code_bits, frac_bits, exp_bits, sqrt2) -> np.ndarray:
+def _neg_log2_p(t, valid, frac_bits, exp_bits) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Steps 1-4 of :func:`softmax_log2` in int64: ``L - exp_bits*2**frac_bits + d`` (``-log2(p)`` with
+    ``frac_bits`` fractional bits, >= 0 where a key is valid), ``valid`` broadcast onto ``t``, and the exp ROM."""
     t = np.asarray(t, dtype=np.int64)
-    zero_code = (1 << code_bits) - 1
     if valid is not None:
         valid = np.broadcast_to(np.asarray(valid, dtype=bool), t.shape)
         t = np.where(valid, t, np.int64(np.iinfo(np.int64).min // 4))  # masked keys never win the max
@@ -776,7 +778,12 @@ def _softmax_log2_int64(t, valid, code_bits, frac_bits, exp_bits, sqrt2) -> np.n
     if valid is not None:
         e[~valid] = 0
     s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
-    q = log2_fixed(s, frac_bits) - (exp_bits << frac_bits) + d
+    return log2_fixed(s, frac_bits) - (exp_bits << frac_bits) + d, valid, table
+
+
+def _softmax_log2_int64(t, valid, code_bits, frac_bits, exp_bits, sqrt2) -> np.ndarray:
+    zero_code = (1 << code_bits) - 1
+    q, valid, _ = _neg_log2_p(t, valid, frac_bits, exp_bits)
     if sqrt2:
         q *= 2
     q += 1 << (frac_bits - 1)
@@ -912,26 +919,12 @@ def softmax_tulq(
     ``2**grid_bits``, and :func:`tulq_levels` distinct values. P.V then runs as an ordinary product on
     the array (``y`` streamed in digit passes) with scale ``s_V * 2**-grid_bits``.
     """
-    from sim.widths import MAX_TULQ_GRID_BITS
-
     if not 0 <= knee <= step_bits <= grid_bits <= MAX_TULQ_GRID_BITS or step_bits >= exp_bits:
         raise ValueError(f"softmax_tulq: need 0 <= knee ({knee}) <= step_bits ({step_bits}) <= grid_bits "
                          f"({grid_bits}) <= {MAX_TULQ_GRID_BITS} and step_bits < exp_bits ({exp_bits})")
-    t = np.asarray(t, dtype=np.int64)
-    if valid is not None:
-        valid = np.broadcast_to(np.asarray(valid, dtype=bool), t.shape)
-        t = np.where(valid, t, np.int64(np.iinfo(np.int64).min // 4))
-    d = t.max(axis=-1, keepdims=True) - t
-    if valid is not None:
-        d = np.where(valid, d, 0)
-    table = _EXP2 if (frac_bits, exp_bits) == (SOFTMAX_FRAC_BITS, SOFTMAX_EXP_BITS) else exp2_table(frac_bits, exp_bits)
-    mask = (1 << frac_bits) - 1
-    e = table[d & mask] >> np.minimum(d >> frac_bits, 63)
-    if valid is not None:
-        e = np.where(valid, e, 0)
-    s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
-    ell = log2_fixed(s, frac_bits) - (exp_bits << frac_bits) + d  # >= 0 where a key is valid
+    ell, valid, table = _neg_log2_p(t, valid, frac_bits, exp_bits)
     ell = np.maximum(ell, 0)
+    mask = (1 << frac_bits) - 1
     whole = ell >> frac_bits
     level = (table[ell & mask] >> np.minimum(whole, 63)) + (1 << (exp_bits - step_bits - 1))
     uniform = (level >> (exp_bits - step_bits)) << (grid_bits - step_bits)
