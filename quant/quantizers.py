@@ -187,8 +187,8 @@ def fake_tulq(p: torch.Tensor, knee: int, step_bits: int, grid_bits: int, sqrt2:
     steps = 2.0 if sqrt2 else 1.0
     code = torch.round(-steps * torch.log2(p.clamp_min(1e-30)))
     level = torch.exp2(-code / steps)
-    if sqrt2:  # an odd code's level is 181/256 of the even one above it, rounded (half up) on the grid
-        odd = torch.floor(torch.exp2(grid_bits - (code - 1) / 2) * 181 / 256 + 0.5) / 2.0**grid_bits
+    if sqrt2:  # an odd code's level is SQRT_HALF_Q8 / 256 of the even one above it, rounded (half up) on the grid
+        odd = torch.floor(torch.exp2(grid_bits - (code - 1) / 2) * intops.SQRT_HALF_Q8 / 256 + 0.5) / 2.0**grid_bits
         level = torch.where(code % 2 == 1, odd, level)
     log = torch.where(code <= steps * grid_bits, level, torch.zeros_like(p))
     uniform = torch.round(p * 2.0**step_bits) / 2.0**step_bits
