@@ -890,6 +890,14 @@ def tulq_levels(knee: int, step_bits: int, grid_bits: int, sqrt2: bool = False) 
     return (1 << step_bits) - (1 << (step_bits - knee)) + 1 + (2 if sqrt2 else 1) * (grid_bits - knee) + 1
 
 
+def tulq_problem(knee: int, step_bits: int, grid_bits: int, exp_bits: int = SOFTMAX_EXP_BITS) -> str | None:
+    """What is wrong with a truncated uniform-log2 setting (:func:`softmax_tulq`), or None."""
+    if 0 <= knee <= step_bits <= grid_bits <= MAX_TULQ_GRID_BITS and step_bits < exp_bits:
+        return None
+    return (f"knee {knee}, step_bits {step_bits}, grid_bits {grid_bits} need knee <= step_bits <= grid_bits <= "
+            f"{MAX_TULQ_GRID_BITS}, knee >= 0 and step_bits < exp_bits ({exp_bits})")
+
+
 def softmax_tulq(
     t: np.ndarray,
     valid: np.ndarray | None = None,
@@ -919,9 +927,9 @@ def softmax_tulq(
     ``2**grid_bits``, and :func:`tulq_levels` distinct values. P.V then runs as an ordinary product on
     the array (``y`` streamed in digit passes) with scale ``s_V * 2**-grid_bits``.
     """
-    if not 0 <= knee <= step_bits <= grid_bits <= MAX_TULQ_GRID_BITS or step_bits >= exp_bits:
-        raise ValueError(f"softmax_tulq: need 0 <= knee ({knee}) <= step_bits ({step_bits}) <= grid_bits "
-                         f"({grid_bits}) <= {MAX_TULQ_GRID_BITS} and step_bits < exp_bits ({exp_bits})")
+    problem = tulq_problem(knee, step_bits, grid_bits, exp_bits)
+    if problem:
+        raise ValueError(f"softmax_tulq: {problem}")
     ell, valid, table = _neg_log2_p(t, valid, frac_bits, exp_bits)
     ell = np.maximum(ell, 0)
     mask = (1 << frac_bits) - 1

@@ -469,11 +469,9 @@ class _Machine:
         else:
             valid = None if b is None else b[:, :n] != 0
             if ins.flag("tulq"):
-                knee, step, grid = ins["knee"], ins["step_bits"], ins["grid_bits"]
-                if not (0 <= knee <= step <= grid <= widths.MAX_TULQ_GRID_BITS and step < self.sm["exp_bits"]):
-                    raise MachineError(f"pc {pc} (vector softmax, tulq): fields knee {knee}, step_bits {step}, "
-                                       f"grid_bits {grid} need knee <= step_bits <= grid_bits <= "
-                                       f"{widths.MAX_TULQ_GRID_BITS} and step_bits < {self.sm['exp_bits']}")
+                problem = intops.tulq_problem(ins["knee"], ins["step_bits"], ins["grid_bits"], self.sm["exp_bits"])
+                if problem:
+                    raise MachineError(f"pc {pc} (vector softmax, tulq): fields {problem}")
                 out = intops.softmax_tulq(a[:, :n], valid, ins["knee"], ins["step_bits"], ins["grid_bits"],
                                           self.sm["frac_bits"], self.sm["exp_bits"], sqrt2=ins.flag("sqrt2"))
             else:
