@@ -51,8 +51,12 @@ class QParams:
 
     def fake(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize in float: what the paper protocol does at a quantization point."""
-        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
-        return ((q - self.zero_point) * self.scale).to(x.dtype)
+        if x.requires_grad and torch.is_grad_enabled():
+            q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
+            return ((q - self.zero_point) * self.scale).to(x.dtype)
+        # the same values in place on one temporary (calibration searches call this thousands of times)
+        q = torch.div(x, self.scale).round_().add_(self.zero_point).clamp_(self.qmin, self.qmax)
+        return q.sub_(self.zero_point).mul_(self.scale).to(x.dtype)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,26 @@ class Schedule:
     seed: int = 0
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
+class _LearnedGrid(torch.autograd.Function):
+    """Quantize-dequantize ``x`` on a grid of step ``s`` (a 0-d tensor), in one node: the rounding passes
+    gradients straight through to ``x`` strictly inside the grid's range and none at or past its ends,
+    and ``s`` gets LSQ's gradient, ``q - x / s`` inside and ``q`` elsewhere (``q`` the integer less the zero
+    point). The straight-through rounding and clamp of autograd's own ops, without their intermediate nodes."""
+
+    @staticmethod
+    def forward(ctx, x, s, zero_point: int, qmin: int, qmax: int):
+        v = x / s
+        r = torch.round(v) + zero_point
+        inside = (r > qmin) & (r < qmax)  # torch.clamp's convention: an end passes none
+        q = r.clamp_(qmin, qmax).sub_(zero_point)
+        ctx.save_for_backward(v, q, inside)
+        return q * s
+
+    @staticmethod
+    def backward(ctx, g):
+        v, q, inside = ctx.saved_tensors
+        gs = (g * torch.where(inside, q - v, q)).sum()
+        return g * inside, gs, None, None, None
 
 
 class _Rounding(torch.nn.Module):
@@ -94,9 +112,7 @@ class _Step(torch.nn.Module):
         self.log_s = torch.nn.Parameter(torch.tensor(math.log(qp.scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.log_s.exp()
-        q = torch.clamp(_round_ste(x / s) + self.qp.zero_point, self.qp.qmin, self.qp.qmax)
-        return (q - self.qp.zero_point) * s
+        return _LearnedGrid.apply(x, self.log_s.exp(), self.qp.zero_point, self.qp.qmin, self.qp.qmax)
 
     def grid(self) -> QParams:
         return QParams(float(self.log_s.exp()), self.qp.zero_point, self.qp.bits, self.qp.signed)
@@ -123,7 +139,8 @@ def _learned_forward(plan: QuantPlan, steps: dict[str, _Step], weights) -> Forwa
         if name in steps:
             return steps[name](plan.mapped(name, x))
         if r in ("act", "qkv", "input") and name in plan.acts:
-            return plan.acts[name].fake(plan.mapped(name, x))
+            with torch.no_grad():  # plain rounding: its gradient is zero, so none is computed
+                return plan.acts[name].fake(plan.mapped(name, x))
         return x
 
     return Forward(plan.spec, act, weights)

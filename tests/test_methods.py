@@ -391,6 +391,31 @@ def test_reconstruction_is_deterministic_under_its_seed():
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
 
 
+
+def test_learned_grid_node_has_the_straight_through_gradients_of_autograd_ops():
+    """The one-node learned grid gives the values of the chained ops (divide, straight-through round, clamp,
+    scale) and their gradients: to x inside the range only, LSQ's to the step."""
+    from quant.reconstruct import _LearnedGrid
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(20000, generator=gen, dtype=torch.float64) * 4).requires_grad_()
+    g = torch.randn(20000, generator=gen, dtype=torch.float64)
+    grads = []
+    for fused in (False, True):
+        log_s = torch.tensor(math.log(0.3), dtype=torch.float64, requires_grad=True)
+        s = log_s.exp()
+        if fused:
+            out = _LearnedGrid.apply(x, s, 3, -8, 7)
+        else:
+            v = x / s
+            out = (torch.clamp(v + (torch.round(v) - v).detach() + 3, -8, 7) - 3) * s
+        x.grad = None
+        (out * g).sum().backward()
+        grads.append((out.detach(), x.grad.clone(), log_s.grad.clone()))
+    (o0, gx0, gs0), (o1, gx1, gs1) = grads
+    assert torch.equal(o0, o1) and torch.allclose(gx0, gx1) and torch.allclose(gs0, gs1)
+    assert 0 < int((gx1 == 0).sum()) < x.numel()  # some values clamp (and pass nothing), most do not
+
 def test_bit_decline_steps_down_and_ends_on_the_target_width():
     from quant.reconstruct import _decline_phase
 
