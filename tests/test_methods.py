@@ -271,6 +271,33 @@ def test_apq_blockwise_search_never_worsens_the_block_error():
     assert err[1] <= err[0]
 
 
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_apq_replayed_search_chooses_what_the_plain_search_chooses(family, monkeypatch):
+    """The search replays the hooks ahead of the point it varies; the plan is that of full block runs."""
+    from quant.methods import apq as apq_module
+
+    class Plain:  # every block run computed whole
+        def __init__(self, fwd):
+            pass
+
+        def vary(self, point):
+            pass
+
+        def batch(self, j):
+            pass
+
+        def recorded(self):
+            pass
+
+    spec, x, _, _ = _tiny(family)
+    batches = [(x, None), (x, None)]
+    replayed = get_method("apq")(spec.copy(), batches, 4, 4, progress=False)
+    monkeypatch.setattr(apq_module, "_Replay", Plain)
+    plain = get_method("apq")(spec.copy(), batches, 4, 4, progress=False)
+    assert replayed.acts == plain.acts and replayed.softmax_sqrt2 == plain.softmax_sqrt2
+    assert len({qp.scale for qp in replayed.acts.values()}) > 1
+
+
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_lowers_to_a_valid_program_for_both_families(method):
     for spec, x in ((tiny_vit()[1], image_batch()), (tiny_bert()[1], text_batch())):
