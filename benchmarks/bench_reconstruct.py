@@ -20,12 +20,13 @@ from quant.lower import lower
 from quant.methods import aocq
 from quant.reconstruct import Schedule, reconstruct
 
+#: the rows as the README quotes them: 32-sample steps (``Schedule``'s default is 16 since the main job needed it)
 ROWS = {
     "plain": None,  # RepQ alone
-    "round-1e-2-x100": Schedule(iters=100, lr_round=1e-2),
-    "round-3e-2-x100": Schedule(iters=100, lr_round=3e-2),
-    "round+steps-5e-4": Schedule(iters=100, lr_round=3e-2, lr_scale=5e-4),
-    "decline-8-6": Schedule(iters=100, lr_round=1e-2, decline=(8, 6)),
+    "round-1e-2-x100": Schedule(iters=100, batch=32, lr_round=1e-2),
+    "round-3e-2-x100": Schedule(iters=100, batch=32, lr_round=3e-2),
+    "round+steps-5e-4": Schedule(iters=100, batch=32, lr_round=3e-2, lr_scale=5e-4),
+    "decline-8-6": Schedule(iters=100, batch=32, lr_round=1e-2, decline=(8, 6)),
     "aocq": "aocq",
 }
 
