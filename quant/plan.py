@@ -248,16 +248,16 @@ def paper_forward(plan: QuantPlan, emulate_integer: bool = False) -> Forward:
             return plan.acts[name].fake(plan.mapped(name, x))
         return x
 
-    made: dict[str, tuple] = {}  # name -> (weight, scales, bits, versions, fake weight): searches run many forwards
+    made: dict[str, tuple] = {}  # name -> (weight, scales, stamp, fake weight): searches run many forwards
 
     def weight(name: str, w: torch.Tensor) -> torch.Tensor:
         scales, bits = plan.weight_scales[name], plan.wbits_of(name)
         if w.requires_grad:
             return fake_weight(w, scales, bits)
-        key = (w, scales, bits, (w._version, scales._version))
+        stamp = (bits, w._version, scales._version)  # an in-place edit of either tensor moves its version
         hit = made.get(name)
-        if hit is None or hit[0] is not w or hit[1] is not scales or hit[2:4] != key[2:]:
-            made[name] = hit = (*key, fake_weight(w, scales, bits))
-        return hit[4]
+        if hit is None or hit[0] is not w or hit[1] is not scales or hit[2] != stamp:
+            made[name] = hit = (w, scales, stamp, fake_weight(w, scales, bits))
+        return hit[3]
 
     return Forward(plan.spec, act, weight)
