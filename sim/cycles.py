@@ -373,6 +373,41 @@ class _Mapper:
         c.count("mac", c.array_macs)
         self.accumulate(c, m * n, ceil_div(k, self.R) * p, op)
 
+    def conv(self, c: OpCost, i: int, op: Op) -> None:
+        """A convolution as the products of its patches, one group after the other: ``groups`` products of
+        ``m = Ho*Wo`` patch rows (``K = kh*kw*C/groups`` long) by the group's ``N = O/groups`` filters, each
+        tiled like a linear. A depthwise convolution (``N = 1``) keeps one column of the array busy: what a
+        weight-stationary array does with it. The activation buffer is read once per patch tap (the patch
+        rows overlap by the kernel's reach), per n-fold."""
+        x = op.inputs[0]
+        bits = self.plan.p.tensors[x].bits
+        w = op.params["weight"]
+        o_ch, kh, kw, cg = w.shape
+        groups = op.attrs["groups"]
+        n, k = o_ch // groups, kh * kw * cg
+        ho, wo, _ = self.plan.dims[op.outputs[0]]
+        m = self.plan.batch * ho * wo
+        p = operand_digits(bits, self.a.array.act_bits) * intops.weight_digits(w, self.a.array.weight_bits)
+        tile = self.acc_rows
+        if self.plan.in_dram(x, i):
+            tile = min(tile, self.a.buffers.bytes("activation") // 2 // ceil_div(k * groups * bits, 8))
+        tiles = _m_tiles(m, tile)
+        c.compute_cycles = groups * sum(timing.gemm_cycles(mt * p, k, n, self.R, self.C) for mt in tiles)
+        c.macs, c.array_macs = m * k * n * groups, m * k * n * groups * p
+        c.blocks = groups * len(tiles) * ceil_div(n, self.C)
+        wbytes = sum(_param_bytes(op, self.plan).values())
+        loads = 1 if wbytes <= self.a.buffers.bytes("weight") else len(tiles)
+        self.params(c, op, loads)
+        c.count("sram_weight_write", wbytes * loads)
+        c.count("sram_weight_read", wbytes * len(tiles))
+        if self.plan.in_dram(x, i):
+            b = self.plan.nbytes(x)
+            c.count("dram", b)
+            c.count("sram_activation_write", b)
+        c.count("sram_activation_read", ceil_div(m * k * groups * bits, 8) * ceil_div(n, self.C))
+        c.count("mac", c.array_macs)
+        self.accumulate(c, m * n * groups, ceil_div(k, self.R) * p, op)
+
     def array_product(self, c: OpCost, i: int, op: Op, n: int, pa: int, action: str) -> None:
         """An activation x activation product, run per (sample, head): the second operand is stationary
         (loaded from the activation buffer), the first streams in ``pa`` digit passes; ``n`` output columns."""

@@ -99,6 +99,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "add": ("requant", "one element of a residual add on the requantizer lanes (two scalings, add, round, shift)"),
     "add_const": ("requant", "one element of a constant add on the requantizer lanes"),
     "mean_pool": ("requant", "one input element of a mean pool on the requantizer lanes"),
+    "max_pool": ("requant", "one tap of a max pool on the requantizer lanes (a compare)"),
     "softmax": ("softmax", "one element through the log2 softmax unit (max, exp ROM, sum, code passes)"),
     "softmax_row": ("softmax", "one row of the softmax unit: the log2 of the sum"),
     "layernorm": ("layernorm", "one element through the LayerNorm unit (sum, square, normalize, affine)"),
@@ -129,6 +130,7 @@ def preset_energies(accel: "AccelConfig") -> dict[str, float]:
         "add": 2 * scale + p.add(acc) + p.shift(acc),
         "add_const": p.add(acc),
         "mean_pool": p.add(acc),
+        "max_pool": p.add(res),
         # max compare; subtract, exp ROM, shift, sum; add, round, shift to the code
         "softmax": 4 * p.add(sm) + p.add(acc) + 2 * p.shift(sm) + p.rom_read(*SOFTMAX_ROM),
         "softmax_row": p.shift(acc) + p.rom_read(*LOG2_ROM) + p.add(sm),

@@ -463,6 +463,74 @@ def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, acc_bit
     return saturate(accumulate(x, w, bias), acc_bits)
 
 
+def conv_out_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int) -> int:
+    """Output length of a convolution along one axis: ``(size + pad_lo + pad_hi - kernel) // stride + 1``."""
+    return (size + pad_lo + pad_hi - kernel) // stride + 1
+
+
+def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int, int, int],
+           pad_value: int = 0) -> np.ndarray:
+    """The patches a convolution reads: ``x`` [..., H, W, C] (channels last) -> [..., Ho, Wo, kh, kw, C].
+
+    ``padding`` is (top, bottom, left, right); padded positions hold ``pad_value`` (the input's zero point, so
+    that a padded tap is a real zero). Patch ``(i, j)`` starts at row ``i * sh - top``, column ``j * sw - left``.
+    """
+    x = np.asarray(x)
+    (kh, kw), (sh, sw), (top, bottom, left, right) = kernel, stride, padding
+    lead = x.ndim - 3
+    pads = [(0, 0)] * lead + [(top, bottom), (left, right), (0, 0)]
+    xp = np.pad(x, pads, constant_values=pad_value) if any(padding) else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(lead, lead + 1))  # [..., H', W', C, kh, kw]
+    win = win[..., ::sh, ::sw, :, :, :]
+    return np.moveaxis(win, -3, -1)  # [..., Ho, Wo, kh, kw, C]
+
+
+def conv2d_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: tuple[int, int],
+                      padding: tuple[int, int, int, int], groups: int = 1, pad_value: int = 0) -> np.ndarray:
+    """A convolution on the MAC array before saturation, as the products of its patches (im2col).
+
+    ``x`` [..., H, W, C] channels last; ``w`` [O, kh, kw, C/groups] (the patch order: rows, columns, then
+    the group's channels); ``bias`` [O]. Output channel ``o`` belongs to group ``o // (O/groups)`` and reads
+    that group's ``C/groups`` input channels: ``acc[..., i, j, o] = bias[o] + sum w[o, u, v, c] *
+    xpad[..., i*sh + u, j*sw + v, g*C/groups + c]``. Exact, int32 where it provably fits, else int64; a
+    depthwise convolution (one input channel a group) sums its ``kh*kw`` taps with the same bound.
+    """
+    o_ch, kh, kw, cg = w.shape
+    patches = im2col(x, (kh, kw), stride, padding, pad_value)  # [..., Ho, Wo, kh, kw, C]
+    lead = patches.shape[:-3]
+    if groups == 1:
+        return accumulate(patches.reshape(lead + (kh * kw * cg,)), w.reshape(o_ch, -1), bias)
+    per = o_ch // groups
+    cols = patches.reshape(lead + (kh * kw, groups, cg))
+    if cg == 1:  # depthwise: each group's taps against its own filters
+        taps = _ints(cols[..., 0])  # [..., kh*kw, groups]
+        wd = _ints(w.reshape(groups, per, kh * kw))  # [groups, per, taps]
+        bound = kh * kw * _absmax(taps) * _absmax(wd) + _absmax(bias)
+        dtype = np.int32 if bound < _I32 else np.int64
+        acc = np.einsum("...tg,gpt->...gp", taps.astype(dtype), wd.astype(dtype), dtype=dtype)
+        return acc.reshape(lead + (o_ch,)) + _ints(bias).astype(dtype)
+    outs = [accumulate(cols[..., g, :].reshape(lead + (kh * kw * cg,)),
+                       w[g * per:(g + 1) * per].reshape(per, -1), bias[g * per:(g + 1) * per]).astype(np.int64)
+            for g in range(groups)]
+    return np.concatenate(outs, axis=-1)
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: tuple[int, int],
+           padding: tuple[int, int, int, int], groups: int = 1, pad_value: int = 0,
+           acc_bits: int = ACC_BITS) -> np.ndarray:
+    """Convolution on the MAC array: ``saturate(conv2d_accumulate(...), acc_bits)``."""
+    return saturate(conv2d_accumulate(x, w, bias, stride, padding, groups, pad_value), acc_bits)
+
+
+def max_pool2d(x: np.ndarray, kernel: int, stride: int, padding: tuple[int, int, int, int]) -> np.ndarray:
+    """Max over ``kernel`` x ``kernel`` windows of ``x`` [..., H, W, C] (channels last), ``stride`` apart;
+    padded taps never win (every window holds at least one real tap while padding < kernel)."""
+    x = np.asarray(x)
+    floor = int(np.iinfo(np.int64).min) if x.size == 0 else int(x.min())
+    patches = im2col(x, (kernel, kernel), (stride, stride), padding, floor)
+    return patches.max(axis=(-3, -2)).astype(x.dtype)
+
+
 def matmul(a: np.ndarray, b: np.ndarray, acc_bits: int = ACC_BITS) -> np.ndarray:
     """Activation x activation product ``a @ b`` (``a`` [..., M, K], ``b`` [..., K, N]), saturating accumulator."""
     return saturate(exact_matmul(a, b), acc_bits)

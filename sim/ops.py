@@ -307,7 +307,7 @@ class Linear(_ArrayOp):
     def param_bytes(self, op, plan):
         """Weights as the accelerator stores them: ``wbits`` each, or where they are wider than the array's
         weight port, one port-wide digit a plane (``sim.intops.weight_digit_planes``)."""
-        n, k = op.params["weight"].shape
+        n, k = op.params["weight"].shape[0], op.params["weight"][0].size
         port = plan.a.array.weight_bits
         planes = intops.weight_digits(op.params["weight"], port)
         bits = op.attrs["wbits"] if planes == 1 else port * planes
@@ -326,6 +326,85 @@ class Linear(_ArrayOp):
         x = ins[0].reshape(-1, ins[0].shape[-1])
         out = outs[0].reshape(-1, outs[0].shape[-1])
         return self._cut(op, x, op.params["weight"], op.params["bias"], out, rng)
+
+
+@register
+class Conv2d(_ArrayOp):
+    """A convolution on channels-last activations [H, W, C], lowered onto the array as the products of its
+    patches (im2col): a group's patch rows ``kh*kw*C/groups`` long stream against its ``O/groups`` filters.
+
+    Padding is explicit (top, bottom, left, right: TensorFlow's 'SAME' pads a stride-2 convolution more at
+    the bottom and right) and fills with ``pad_value``, the input's zero point, so a zero-point correction
+    folded into the bias is exact at the borders too.
+    """
+
+    kind = "conv2d"
+    attrs = ("wbits", "abits", "stride", "padding", "groups", "pad_value")
+    params = ("weight", "bias")
+    report_class = "conv"
+    not_compiled = ("convolutions are not compiled to accelerator instructions yet (the cost model prices "
+                    "them as the array products of their patches)")
+
+    def check(self, c, ins):
+        wbits = c.attr("wbits", 2, widths.MAX_WEIGHT_BITS)
+        abits = c.attr("abits", 2, widths.MAX_ACT_BITS)
+        stride = c.int_list("stride")
+        padding = c.int_list("padding", lo=0)
+        groups = c.attr("groups", 1)
+        if len(stride) != 2:
+            c.fail("stride", f"must be [rows, columns], got {stride}")
+        if len(padding) != 4:
+            c.fail("padding", f"must be [top, bottom, left, right], got {padding}")
+        w = c.param("weight", 4, *_range(wbits), f"int{wbits} range")
+        b = c.param("bias", 1, *_range(widths.ACC_BITS), f"int{widths.ACC_BITS} range")
+        o, kh, kw, cg = w.shape
+        if b.shape[0] != o:
+            c.fail("bias", f"has {b.shape[0]} entries for {o} output channels")
+        if o % groups:
+            c.fail("groups", f"{groups} groups do not divide the {o} output channels")
+        x = ins[0]
+        c.rank(x, 3, 3)
+        h, wd, ch = x.shape
+        if None in (h, wd, ch):
+            c.fail("inputs", f"a convolution's input {x.name!r} needs a fixed size, got {x.shape}")
+        if ch != cg * groups:
+            c.fail("weight", f"{groups} group(s) of {cg} input channels, input {x.name!r} has {ch}")
+        c.within(x, -(1 << (abits - 1)), (1 << abits) - 1, f"a convolution with abits={abits}")
+        c.attr("pad_value", x.lo, x.hi)
+        ho = intops.conv_out_size(h, kh, stride[0], padding[0], padding[1])
+        wo = intops.conv_out_size(wd, kw, stride[1], padding[2], padding[3])
+        if ho < 1 or wo < 1:
+            c.fail("weight", f"a {kh}x{kw} kernel does not fit the padded {h}x{wd} input {x.name!r}")
+        return [_acc_out((ho, wo, o))]
+
+    @staticmethod
+    def geometry(op: Op) -> tuple[tuple[int, int], tuple[int, int, int, int], int, int]:
+        a = op.attrs
+        return tuple(a["stride"]), tuple(a["padding"]), a["groups"], a["pad_value"]
+
+    def run(self, op, args, ctx):
+        stride, padding, groups, pad_value = self.geometry(op)
+        acc = intops.conv2d_accumulate(args[0], op.params["weight"], op.params["bias"], stride, padding, groups,
+                                       pad_value)
+        return [ctx.accumulator(op, acc)]
+
+    def cost(self, m, c, i, op, fused):
+        m.conv(c, i, op)
+
+    param_bytes = Linear.param_bytes
+    refusal = Linear.refusal
+
+    def trace(self, op, ins, outs, rng):  # one group's patch rows against its filters: an ordinary product
+        stride, padding, groups, pad_value = self.geometry(op)
+        w = op.params["weight"]
+        o, kh, kw, cg = w.shape
+        per = o // groups
+        g = int(rng.integers(0, groups))
+        patches = intops.im2col(ins[0], (kh, kw), stride, padding, pad_value)[..., g * cg:(g + 1) * cg]
+        x = patches.reshape(-1, kh * kw * cg)
+        out = outs[0][..., g * per:(g + 1) * per].reshape(-1, per)
+        return self._cut(op, x, w[g * per:(g + 1) * per].reshape(per, -1), op.params["bias"][g * per:(g + 1) * per],
+                         out, rng)
 
 
 def _check_pair(c: Check, a: Value, b: Value, kb: int | None) -> None:
@@ -627,6 +706,39 @@ class MeanPool(_LaneOp):
 
     def run(self, op, args, ctx):
         return [intops.mean_pool(args[0], np.asarray(args[1]) != 0 if len(args) > 1 else None)]
+
+
+@register
+class MaxPool(_LaneOp):
+    """Max pooling of a channels-last feature map on the vector lanes: one compare a tap."""
+
+    kind = "max_pool"
+    attrs = ("kernel", "stride", "padding")
+    report_class = "other"
+    not_compiled = "max pooling is not compiled yet (no vector unit of the ISA compares windows)"
+
+    def check(self, c, ins):
+        k = c.attr("kernel", 1, 16)
+        s = c.attr("stride", 1, 16)
+        padding = c.int_list("padding", lo=0)
+        if len(padding) != 4 or max(padding) >= k:
+            c.fail("padding", f"must be [top, bottom, left, right], each below the kernel ({k}), got {padding}")
+        x = ins[0]
+        c.rank(x, 3, 3)
+        h, w, ch = x.shape
+        ho, wo = intops.conv_out_size(h, k, s, *padding[:2]), intops.conv_out_size(w, k, s, *padding[2:])
+        if ho < 1 or wo < 1:
+            c.fail("kernel", f"a {k}x{k} window does not fit the padded {h}x{w} input {x.name!r}")
+        return [_out(x, (ho, wo, ch))]
+
+    def run(self, op, args, ctx):
+        a = op.attrs
+        return [intops.max_pool2d(args[0], a["kernel"], a["stride"], tuple(a["padding"]))]
+
+    def cost(self, m, c, i, op, fused):  # every output element compares kernel**2 taps
+        n = m.plan.numel(op.outputs[0])
+        m.stream(c, i, op, m.a.requant, n * op.attrs["kernel"] ** 2, fused=False)
+        c.count("max_pool", n * op.attrs["kernel"] ** 2)
 
 
 # ==================================================================== softmax, GELU, LayerNorm units
@@ -1095,6 +1207,43 @@ class MergeHeads(_View):
     def run(self, op, args, ctx):
         x = np.moveaxis(args[0], -3, -2)
         return [x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))]
+
+
+@register
+class ChannelsLast(_View):
+    """An image [C, H, W] as the convolutions read it, [H, W, C]: the input load writes it channel-interleaved."""
+
+    kind = "channels_last"
+    not_compiled = "channel-interleaved image loads are not compiled yet"
+
+    def check(self, c, ins):
+        x = ins[0]
+        c.rank(x, 3, 3)
+        ch, h, w = x.shape
+        return [_out(x, (h, w, ch))]
+
+    def run(self, op, args, ctx):
+        return [np.moveaxis(args[0], -3, -1)]
+
+
+@register
+class FlattenRows(_View):
+    """A feature map [H, W, C] as H*W rows of C channels (what global pooling reads): the same memory."""
+
+    kind = "flatten_rows"
+    not_compiled = "feature-map views are not compiled yet"
+
+    def check(self, c, ins):
+        x = ins[0]
+        c.rank(x, 3, 3)
+        h, w, ch = x.shape
+        if h is None or w is None:
+            c.fail("inputs", f"a feature map {x.name!r} needs a fixed size, got {x.shape}")
+        return [_out(x, (h * w, ch))]
+
+    def run(self, op, args, ctx):
+        x = args[0]
+        return [x.reshape(x.shape[:-3] + (x.shape[-3] * x.shape[-2], x.shape[-1]))]
 
 
 @register
