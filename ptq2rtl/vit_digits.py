@@ -88,19 +88,20 @@ def build_vit_digits(config: VitDigitsConfig = MODEL_CONFIG) -> VisionTransforme
     return VisionTransformer(**asdict(config))
 
 
-def preprocess(pixels: np.ndarray) -> torch.Tensor:
-    """Raw digits rows (N, 64) with values 0..16 -> normalized float32 [N, 1, 16, 16]."""
+def preprocess(pixels: np.ndarray, image_size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Raw digits rows (N, 64) with values 0..16 -> normalized float32 [N, 1, image_size, image_size]."""
     images = torch.from_numpy(np.asarray(pixels, dtype=np.float32)).reshape(-1, 1, 8, 8) / 16.0
-    images = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return (images - MEAN) / STD
 
 
-def digits_split() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def digits_split(image_size: int = IMAGE_SIZE) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The fixed splits ``train`` (70 %), ``test`` (30 %, held out) and ``calib``.
 
     The train/test split is stratified with seed 0; ``calib`` is the first
     ``CALIB_SIZE`` images of the (shuffled) train part. Images are
-    preprocessed float32 [N, 1, 16, 16]; labels are int64 [N].
+    preprocessed float32 [N, 1, image_size, image_size] (cnn-digits takes them
+    at 32x32); labels are int64 [N].
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -109,13 +110,13 @@ def digits_split() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     x_train, x_test, y_train, y_test = train_test_split(
         digits.data, digits.target, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=digits.target
     )
-    train = (preprocess(x_train), torch.as_tensor(y_train, dtype=torch.int64))
-    test = (preprocess(x_test), torch.as_tensor(y_test, dtype=torch.int64))
+    train = (preprocess(x_train, image_size), torch.as_tensor(y_train, dtype=torch.int64))
+    test = (preprocess(x_test, image_size), torch.as_tensor(y_test, dtype=torch.int64))
     calib = (train[0][:CALIB_SIZE], train[1][:CALIB_SIZE])
     return {"train": train, "test": test, "calib": calib}
 
 
-def _random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by up to ``max_shift`` pixels, filling with background."""
     n, _, h, w = images.shape
     background = (0.0 - MEAN) / STD
@@ -174,17 +175,67 @@ def train_vit_digits(out_path: str | Path = CHECKPOINT, progress: bool = True) -
     return {**meta, "train_seconds": seconds}
 
 
-def _train(out_path: Path, progress: bool) -> None:
-    """The training loop itself; run by ``train_vit_digits`` in a pinned interpreter."""
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
-    cfg = TRAIN_CONFIG
-    torch.set_num_threads(cfg.threads)
+def pin_kernels(seed: int) -> torch.Generator:
+    """Pin this interpreter's float kernels (threads, deterministic algorithms, no oneDNN) and seed torch with
+    ``seed``; returns a generator seeded likewise, for a training's shuffles and shifts."""
+    torch.set_num_threads(TRAIN_CONFIG.threads)
     torch.use_deterministic_algorithms(True)
     torch.backends.mkldnn.enabled = False  # oneDNN picks kernels per CPU; ATen + MKL CNR are pinnable
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: Any,
+    generator: torch.Generator,
+    desc: str,
+    progress: bool,
+) -> None:
+    """Train ``model`` in place for ``cfg.epochs`` epochs of shuffled batches of ``cfg.batch_size``, each image
+    shifted at random by up to ``cfg.max_shift`` pixels, on cross-entropy smoothed by ``cfg.label_smoothing``;
+    ``optimizer``'s learning rate warms up linearly for ``cfg.warmup_epochs``, then decays to zero along a
+    cosine. ``cfg`` is vit-digits' or cnn-digits' TrainConfig."""
+    from tqdm import tqdm
+
+    steps_per_epoch = -(-len(images) // cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = cfg.warmup_epochs * steps_per_epoch
+
+    def lr_factor(step: int) -> float:
+        """Linear warm-up, then cosine decay to zero."""
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + float(np.cos(np.pi * done)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress)
+    for _ in bar:
+        model.train()
+        order = torch.randperm(len(images), generator=generator)
+        total_loss = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            shifted = random_shift(images[idx], cfg.max_shift, generator)
+            loss = F.cross_entropy(model(shifted), labels[idx], label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.detach().item() * len(idx)
+        bar.set_postfix(loss=f"{total_loss / len(images):.4f}")
+
+
+def _train(out_path: Path, progress: bool) -> None:
+    """The training itself; run by ``train_vit_digits`` in a pinned interpreter."""
+    from safetensors.torch import save_file
+
+    cfg = TRAIN_CONFIG
+    generator = pin_kernels(cfg.seed)
     splits = digits_split()
     x_train, y_train = splits["train"]
 
@@ -197,33 +248,7 @@ def _train(out_path: Path, progress: bool) -> None:
         ],
         lr=cfg.lr,
     )
-    steps_per_epoch = -(-len(x_train) // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = cfg.warmup_epochs * steps_per_epoch
-
-    def lr_factor(step: int) -> float:
-        """Linear warm-up, then cosine decay to zero."""
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + float(np.cos(np.pi * done)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    bar = tqdm(range(cfg.epochs), desc="train vit-digits", unit="epoch", disable=not progress)
-    for _ in bar:
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        total_loss = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            images = _random_shift(x_train[idx], cfg.max_shift, generator)
-            loss = F.cross_entropy(model(images), y_train[idx], label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.detach().item() * len(idx)
-        bar.set_postfix(loss=f"{total_loss / len(x_train):.4f}")
+    fit(model, optimizer, x_train, y_train, cfg, generator, "train vit-digits", progress)
 
     test_top1 = accuracy(model, *splits["test"])
     meta = {
