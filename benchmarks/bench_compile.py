@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--minilm", action="store_true", help="also minilm's first encoder layer (baseline)")
     args = ap.parse_args()
     images = next(iter_batches("vit-digits", "eval", args.samples))[0]
-    spec = flows.load_transformer("vit-digits")
+    spec = flows.load_spec("vit-digits")
     print(f"{'scheme':<6} {'accel':<10} {'method':<14} {'cycles':>9} {'model':>9} {'ratio':>6} {'instrs':>6} "
           f"{'beats':>7} {'agree':>7} {'s/sample':>8}")
     for bits, config in SETTINGS:

@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.programs:
         args.programs.mkdir(parents=True, exist_ok=True)
-    spec = flows.load_transformer("vit-digits")
+    spec = flows.load_spec("vit-digits")
     rows = []
     print(f"{'method':<9s} {'accel':<10s} {'instr':>6s} {'bit-exact':>10s} {'RTL cycles':>11s} {'simulate':>10s} "
           f"{'cycle-exact':>12s} {'sim s':>7s}")

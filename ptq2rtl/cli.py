@@ -114,12 +114,15 @@ def cmd_models(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from ptq2rtl import models, vit_digits
+    from ptq2rtl import cnn_digits, models, vit_digits
 
-    if args.model != "vit-digits":
-        raise models.ModelError(f"only vit-digits is trained by ptq2rtl; {args.model!r} loads from a checkpoint")
-    out = args.output or str(vit_digits.CHECKPOINT)
-    _print(vit_digits.train_vit_digits(out, progress=True), args.json)
+    trainers = {"vit-digits": (vit_digits.train_vit_digits, vit_digits.CHECKPOINT),
+                "cnn-digits": (cnn_digits.train_cnn_digits, cnn_digits.CHECKPOINT)}
+    if args.model not in trainers:
+        raise models.ModelError(f"only {' and '.join(trainers)} are trained by ptq2rtl; {args.model!r} loads "
+                                f"from a checkpoint")
+    train, checkpoint = trainers[args.model]
+    _print(train(args.output or str(checkpoint), progress=True), args.json)
 
 
 def cmd_quantize(args) -> None:
@@ -376,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_models)
 
-    s = sub.add_parser("train", help="(re)train the bundled vision model")
+    s = sub.add_parser("train", help="(re)train a bundled model (vit-digits, cnn-digits)")
     s.add_argument("model")
     s.add_argument("-o", "--output", type=output_file, help="checkpoint path (default: the bundled one)")
     s.add_argument("--json", action="store_true")

@@ -231,7 +231,7 @@ def _sites(r: _Reader, model: str) -> tuple[tuple[str, str, int], ...]:
     for k, v in given.items():
         if not isinstance(v, dict):
             s.fail(s.at(k), f"must map a site to its bits, got {v!r}")
-    spec = flows.load_transformer(model)
+    spec = flows.load_spec(model)
     try:
         Sites(**given).check(linears(spec), chosen_points(spec, flows.calibration_batches(model)[0]))
     except QuantError as exc:

@@ -10,6 +10,8 @@ import torch
 from tqdm import tqdm
 
 from ptq2rtl import models
+from quant import cnn
+from quant.cnn import CNN, CnnPlan
 from quant.lower import lower
 from quant.methods import get_method
 from quant.model import Forward, Transformer, adapt
@@ -22,9 +24,22 @@ CALIB_BATCH = 32
 EVAL_BATCH = 64
 
 
-def load_transformer(name: str, checkpoint: str | None = None) -> Transformer:
+def load_spec(name: str, checkpoint: str | None = None) -> Transformer | CNN:
+    """The neutral structure quantization starts from: a Transformer, or a CNN's graph with BatchNorm folded."""
     info = models.model_info(name)  # an encoder folder's name is its absolute path, which its programs record
-    return adapt(models.load_model(name, checkpoint), info.name, info.family)
+    model = models.load_model(name, checkpoint)
+    if info.family == "cnn":
+        return cnn.from_timm(model, info.name, models.input_spec(name)["image_size"])
+    return adapt(model, info.name, info.family)
+
+
+def check_method(spec: Transformer | CNN, method: str) -> None:
+    """Refuse a method that does not quantize ``spec``'s family, naming the ones that do."""
+    if isinstance(spec, CNN):
+        if method not in cnn.METHODS:
+            raise QuantError(f"method {method!r} does not quantize CNNs (CNN methods: {', '.join(cnn.METHODS)})")
+    else:
+        get_method(method)
 
 
 def calibration_batches(name: str, data: str | None = None) -> list:
@@ -33,20 +48,28 @@ def calibration_batches(name: str, data: str | None = None) -> list:
 
 def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str | None = None,
               data: str | None = None, progress: bool = True, spec: Transformer | None = None,
-              sites: Sites | None = None, batches: list | None = None) -> QuantPlan:
+              sites: Sites | None = None, batches: list | None = None) -> QuantPlan | CnnPlan:
     """Calibrate ``method`` on the model's calibration split (or ``batches``), with ``sites``' per-site
     widths over WnAn; the plan records the calibration time."""
     check_bits("wbits", wbits)
     check_bits("abits", abits)
-    fn = get_method(method)
-    spec = spec if spec is not None else load_transformer(name, checkpoint)
+    spec = spec if spec is not None else load_spec(name, checkpoint)
+    check_method(spec, method)
     batches = batches if batches is not None else calibration_batches(name, data)
+    if isinstance(spec, CNN):
+        if sites:
+            raise QuantError(f"{name}: per-site widths are not supported for CNNs yet (uniform WnAn only)")
+        start = time.perf_counter()
+        plan = cnn.calibrate(spec.copy(), method, batches, wbits, abits, progress=progress)
+        plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)
+        plan.meta["model"] = models.model_info(name).name
+        return plan
     kw = {}
     if sites:
         sites.check(linears(spec), chosen_points(spec, batches[0]))
         kw["sites"] = sites
     start = time.perf_counter()
-    plan = fn(spec.copy(), batches, wbits, abits, progress=progress, **kw)
+    plan = get_method(method)(spec.copy(), batches, wbits, abits, progress=progress, **kw)
     plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)
     plan.meta["model"] = models.model_info(name).name
     return plan
@@ -68,7 +91,7 @@ def _image_counts(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> tu
 @lru_cache(maxsize=4)
 def fp32_embeddings(name: str, limit: int | None = None, data: str | None = None) -> torch.Tensor:
     """Normalized FP32 sentence embeddings of the evaluation split (the reference for text metrics)."""
-    fwd = Forward(load_transformer(name))
+    fwd = Forward(load_spec(name))
     with torch.no_grad():
         embs = [fwd(inputs) for inputs, _ in models.iter_batches(name, "eval", EVAL_BATCH, data=data, limit=limit)]
     return torch.nn.functional.normalize(torch.cat(embs), dim=-1)
@@ -101,9 +124,11 @@ def evaluate_program(program: IntegerProgram, *, data: str | None = None, limit:
     return {**result, "protocol": "integer", **{k: program.meta.get(k) for k in ("method", "wbits", "abits")}}
 
 
-def evaluate_paper(plan: QuantPlan, *, data: str | None = None, limit: int | None = None, progress: bool = True) -> dict:
-    """Paper protocol: fake-quant linears and matmuls, LayerNorm / Softmax / GELU / residuals in float."""
-    fwd = paper_forward(plan)
+def evaluate_paper(plan: QuantPlan | CnnPlan, *, data: str | None = None, limit: int | None = None,
+                   progress: bool = True) -> dict:
+    """Paper protocol: fake-quant linears and matmuls, LayerNorm / Softmax / GELU / residuals in float (a CNN:
+    fake-quant weights and activations, the arithmetic in float)."""
+    fwd = cnn.paper_forward(plan) if isinstance(plan, CnnPlan) else paper_forward(plan)
 
     def run_batch(inputs):
         with torch.no_grad():
@@ -124,9 +149,9 @@ def sweep(name: str, methods: list[str], bits: list[int], *, protocols: tuple[st
     """
     for b in bits:
         check_bits("bits", b)
-    spec = load_transformer(name, checkpoint)
+    spec = load_spec(name, checkpoint)
     for method in methods:
-        get_method(method)
+        check_method(spec, method)
         for b in bits:
             plan = make_plan(name, method, b, b, checkpoint=checkpoint, data=data, progress=progress, spec=spec)
             row = {"model": name, "method": method, "wbits": b, "abits": b, "calib_seconds": plan.meta["calib_seconds"]}

@@ -90,7 +90,7 @@ def greedy(model: str, method: str, bits: int, budget: Budget, *, accel, high: i
     if high <= bits:
         raise QuantError(f"high={high} must be wider than bits={bits}")
     get_method(method)
-    spec = flows.load_transformer(model, checkpoint)
+    spec = flows.load_spec(model, checkpoint)
     batches = flows.calibration_batches(model, data)
     groups = sensitivity.groups(list(linears(spec)), chosen_points(spec, batches[0]), high, by)
 

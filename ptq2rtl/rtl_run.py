@@ -194,7 +194,7 @@ def regress_programs(*, full: bool = False, sim: str = "verilator", samples: int
     from sim.accel import load_accel
 
     runs = [(m, b, a) for m in method_names() for _, b, a in REGRESS_PROGRAMS] if full else list(REGRESS_PROGRAMS)
-    spec = flows.load_transformer("vit-digits")
+    spec = flows.load_spec("vit-digits")
     out = []
     for method, bits, accel in runs:
         if progress:

@@ -92,7 +92,7 @@ def run(model: str, method: str, bits: int, *, high: int = 8, by: str = "site", 
         raise QuantError(f"unknown protocol {protocol!r} (accepted: integer, paper)")
     get_method(method)
     key = metric_of(model)
-    spec = flows.load_transformer(model, checkpoint)
+    spec = flows.load_spec(model, checkpoint)
     batches = flows.calibration_batches(model, data)
     rows_of = groups(list(linears(spec)), chosen_points(spec, batches[0]), high, by)
 

@@ -18,7 +18,7 @@ Integer form, per step:
 * residual add: the vector adder brings both operands onto the sum's grid
   (a ReLU after it is one more requant onto an unsigned grid);
 * global average pooling: ``mean_pool`` over the H*W rows (the grid is kept);
-  the classifier: a ``linear`` whose int32 logits are the program's output.
+  the classifier: a ``linear``, its per-class accumulators requantized onto one int16 grid (the output).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ ACTS = ("none", "relu", "relu6")
 #: the methods that quantize CNNs (the transformer methods' rewrites do not apply to a convolution graph)
 CNN_METHODS = ("baseline",)
 INPUT_BITS = 8  #: the image, asymmetric
+LOGIT_BITS = 16  #: the logits, one symmetric grid for every class (the classifier's accumulators are per class)
 
 
 @dataclass
@@ -82,8 +83,8 @@ class CNN:
         return {n.name: n.conv for n in self.nodes if n.step == "conv"}
 
     def points(self) -> list[str]:
-        """Every quantization point: the image, then each step's output but the pooling and the logits."""
-        return ["input"] + [n.name for n in self.nodes if n.step in ("conv", "add", "maxpool")]
+        """Every quantization point: the image, each step's output but the pooling, the logits."""
+        return ["input"] + [n.name for n in self.nodes if n.step in ("conv", "add", "maxpool", "fc")]
 
 
 # ------------------------------------------------------------------ from timm
@@ -235,7 +236,7 @@ def forward(cnn: CNN, x: torch.Tensor, hook: Hook | None = None, weight: Callabl
             continue
         else:
             w, b = n.fc
-            return F.linear(ins[0], weight(n.name, w) if weight else w, b)
+            return hook(n.name, F.linear(ins[0], weight(n.name, w) if weight else w, b))
         vals[n.name] = hook(n.name, y)
     raise QuantError(f"{cnn.name}: the graph ends without a classifier")
 
@@ -295,6 +296,8 @@ def baseline(cnn: CNN, batches: Iterable, wbits: int, abits: int, *, progress: b
             qmin, qmax = intops.int_range(INPUT_BITS)
             scale = max(hi - lo, 1e-8) / (qmax - qmin)
             acts[name] = QParams(scale, int(np.clip(round(qmin - lo / scale), qmin, qmax)), INPUT_BITS)
+        elif name == "logits":  # one grid for every class, so that the program's output ranks them
+            acts[name] = QParams(max(abs(obs.min), abs(obs.max), 1e-8) / ((1 << (LOGIT_BITS - 1)) - 1), 0, LOGIT_BITS)
         elif name in unsigned:
             acts[name] = QParams(max(obs.max, 1e-8) / ((1 << abits) - 1), 0, abits, signed=False)
         else:
@@ -310,10 +313,29 @@ def baseline(cnn: CNN, batches: Iterable, wbits: int, abits: int, *, progress: b
 METHODS = {"baseline": baseline}
 
 
+#: a bias takes at most this many bits of the int32 accumulator, the rest is left to the products
+BIAS_BITS = 29
+
+
 def calibrate(cnn: CNN, method: str, batches: Iterable, wbits: int, abits: int, *, progress: bool = True) -> CnnPlan:
     if method not in METHODS:
         raise QuantError(f"method {method!r} does not quantize CNNs (CNN methods: {', '.join(METHODS)})")
-    return METHODS[method](cnn, batches, wbits, abits, progress=progress)
+    plan = METHODS[method](cnn, batches, wbits, abits, progress=progress)
+    _bias_room(plan)
+    return plan
+
+
+def _bias_room(plan: CnnPlan) -> None:
+    """Raise a weight scale where the bias would not fit :data:`BIAS_BITS` on the accumulator's grid
+    ``s_x * s_w``: a channel whose weights BatchNorm folded to almost nothing (a dead channel) keeps its bias
+    exact and its weights round to zero, on both protocols alike."""
+    for n in plan.spec.nodes:
+        b = n.conv.b if n.step == "conv" else n.fc[1] if n.step == "fc" else None
+        if b is None:
+            continue
+        src = n.inputs[0] if n.step == "conv" else plan.spec.nodes[-2].inputs[0]  # the classifier reads the pool
+        floor = b.abs().double() / (plan.acts[src].scale * 2.0 ** BIAS_BITS)
+        plan.weight_scales[n.name] = torch.maximum(plan.weight_scales[n.name].double(), floor).float()
 
 
 def paper_forward(plan: CnnPlan) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -393,6 +415,27 @@ class _Builder:
         return self.requant(node.name + ".relu", y, wide.scale, out, node.name)
 
 
+def _fc_integers(plan: CnnPlan, x_qp: QParams) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's integer weights and the bias on the grid of its input ``x_qp``."""
+    w, b = plan.spec.nodes[-1].fc
+    s_w = plan.weight_scales["logits"]
+    wq = quantize_weight(w, s_w, plan.wbits)
+    s_acc = x_qp.scale * s_w.double().numpy()
+    return wq, np.round(b.double().numpy() / s_acc).astype(np.int64) - x_qp.zero_point * wq.sum(axis=1)
+
+
+def _pool_frac_bits(plan: CnnPlan, qp: QParams) -> int:
+    """Fractional bits the global mean keeps: the feature map's own grid would round away most of a mean of
+    small activations, so as many as the residual width and the classifier's int32 accumulator allow
+    (``K * max|x| * max|w| + max|bias|`` below 2**31)."""
+    top = max(abs(qp.qmin), qp.qmax)
+    for frac in range(widths.RESIDUAL_BITS - 1 - (qp.bits - (1 if qp.signed else 0)), 0, -1):
+        wq, bias = _fc_integers(plan, QParams(qp.scale / 2 ** frac, 0, widths.RESIDUAL_BITS, qp.signed))
+        if wq.shape[1] * (top << frac) * int(np.abs(wq).max()) + int(np.abs(bias).max()) < 1 << (widths.ACC_BITS - 1):
+            return frac
+    return 0
+
+
 def lower(plan: CnnPlan) -> IntegerProgram:
     """The integer program of a CNN plan."""
     cnn = plan.spec
@@ -419,18 +462,18 @@ def lower(plan: CnnPlan) -> IntegerProgram:
             qp = b.grid[ins[0]]
             rows = b.tensor(n.name + ".rows", (h * w, ch), qp)
             b.op("flatten_rows", n.name + ".rows", ins, [rows])
-            names[n.name] = b.tensor(n.name, (ch,), qp)
-            b.op("mean_pool", n.name, [rows], [names[n.name]])
+            frac = _pool_frac_bits(plan, qp)
+            fine = QParams(qp.scale / 2 ** frac, 0, widths.RESIDUAL_BITS - (0 if qp.signed else 1), qp.signed)
+            names[n.name] = b.tensor(n.name, (ch,), fine)
+            b.op("mean_pool", n.name, [rows], [names[n.name]], {"frac_bits": frac})
         else:
             x_qp = b.grid[ins[0]]
-            w, bias_f = n.fc
-            s_w = plan.weight_scales[n.name]
-            wq = quantize_weight(w, s_w, plan.wbits)
-            s_acc = x_qp.scale * s_w.double().numpy()
-            bias = np.round(bias_f.double().numpy() / s_acc).astype(np.int64) - x_qp.zero_point * wq.sum(axis=1)
-            logits = b.tensor(n.name, (w.shape[0],), bits=widths.ACC_BITS)
-            b.op("linear", n.name, ins, [logits], {"wbits": plan.wbits, "abits": x_qp.bits},
+            wq, bias = _fc_integers(plan, x_qp)
+            acc = b.tensor(n.name + ".acc", (wq.shape[0],), bits=widths.ACC_BITS)
+            b.op("linear", n.name, ins, [acc], {"wbits": plan.wbits, "abits": x_qp.bits},
                  {"weight": wq.astype(np.int8), "bias": np.clip(bias, *intops.int_range(32)).astype(np.int32)})
+            s_acc = x_qp.scale * plan.weight_scales[n.name].double().numpy()
+            logits = b.requant(n.name + ".requant", acc, s_acc, plan.acts[n.name], n.name)
     meta = {"method": plan.method, "wbits": plan.wbits, "abits": plan.abits, "family": "cnn", "pow2": False,
             **plan.meta}
     program = IntegerProgram(cnn.name, [b.tensors[image]], [logits], b.tensors, b.ops, meta)

@@ -201,7 +201,11 @@ def _const(x: torch.Tensor, qp: QParams) -> np.ndarray:
 
 
 def lower(plan: QuantPlan) -> IntegerProgram:
-    """Emit the integer program of a plan (ViT/DeiT, Swin or BERT)."""
+    """Emit the integer program of a plan (ViT/DeiT, Swin, BERT, or a CNN's)."""
+    if plan.spec.family == "cnn":
+        from quant.cnn import lower as lower_cnn
+
+        return lower_cnn(plan)
     if plan.spec.family == "swin":
         from quant.swin import lower_swin
 

@@ -1145,12 +1145,14 @@ def gather_rows(rows: np.ndarray, index: np.ndarray, fill: np.ndarray | None = N
     return out.reshape(rows.shape[:-2] + index.shape + rows.shape[-1:])
 
 
-def mean_pool(x: np.ndarray, valid: np.ndarray | None = None, out_bits: int = RESIDUAL_BITS) -> np.ndarray:
-    """Mean over the valid rows (all rows when ``valid`` is None) of ``x`` [..., T, D]:
-    ``floor((sum + n//2) / n)``, round half up; ``n >= 1``."""
+def mean_pool(x: np.ndarray, valid: np.ndarray | None = None, out_bits: int = RESIDUAL_BITS,
+              frac_bits: int = 0) -> np.ndarray:
+    """Mean over the valid rows (all rows when ``valid`` is None) of ``x`` [..., T, D] with ``frac_bits``
+    fractional bits: ``floor((sum * 2**frac_bits + n//2) / n)``, round half up, saturated to ``out_bits``;
+    ``n >= 1``."""
     x = np.asarray(x, dtype=np.int64)
     valid = np.ones(x.shape[:-1], bool) if valid is None else np.asarray(valid, dtype=bool)
     valid = valid[..., None]
     n = np.maximum(valid.sum(axis=-2), 1)
-    total = np.where(valid, x, 0).sum(axis=-2)
+    total = np.where(valid, x, 0).sum(axis=-2) << frac_bits
     return saturate((total + n // 2) // n, out_bits)

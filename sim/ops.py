@@ -691,6 +691,9 @@ class MeanPool(_LaneOp):
     kind = "mean_pool"
     not_compiled = "mean pooling is not compiled yet (no vector unit of the ISA pools rows)"
     arity = (1, 2)  # rows, optionally a mask of the valid ones (all rows without it: global average pooling)
+    #: fractional bits the mean keeps (a CNN's pooled features feed the classifier on a grid 2**-frac_bits
+    #: finer than the feature map's; 0: the input's grid)
+    optional_attrs = ("frac_bits",)
     report_class = "other"
 
     def check(self, c, ins):
@@ -701,11 +704,14 @@ class MeanPool(_LaneOp):
             c.rank(mask, 1, 1)
             if not same(x.shape[-2], mask.shape[0]):
                 c.fail("inputs", f"mask {mask.name!r} {mask.shape} does not match the rows of {x.name!r} {x.shape}")
+        f = c.attr("frac_bits", 0, widths.RESIDUAL_BITS - 1) if "frac_bits" in c.op.attrs else 0
         lo, hi = _range(widths.RESIDUAL_BITS)
-        return [Value("", x.shape[:-2] + (x.shape[-1],), max(x.lo, lo), min(x.hi, hi))]  # a mean stays in range
+        # a mean stays in its input's range, scaled by 2**frac_bits, saturated to the residual width
+        return [Value("", x.shape[:-2] + (x.shape[-1],), max(x.lo << f, lo), min(x.hi << f, hi))]
 
     def run(self, op, args, ctx):
-        return [intops.mean_pool(args[0], np.asarray(args[1]) != 0 if len(args) > 1 else None)]
+        return [intops.mean_pool(args[0], np.asarray(args[1]) != 0 if len(args) > 1 else None,
+                                 frac_bits=op.attrs.get("frac_bits", 0))]
 
 
 @register

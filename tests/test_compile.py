@@ -25,7 +25,7 @@ ACCEL = {4: "edge-int4", 8: "edge-int8"}
 @pytest.fixture(scope="session")
 def programs():
     """vit-digits programs of every registered method, W4A4 and W8A8 (calibration takes seconds)."""
-    spec = flows.load_transformer("vit-digits")
+    spec = flows.load_spec("vit-digits")
     return {(m, b): flows.quantize("vit-digits", m, b, b, progress=False, spec=spec)[0]
             for m in method_names() for b in (4, 8)}
 

@@ -186,3 +186,45 @@ def test_an_unsupported_activation_is_refused_by_name():
     model = timm.create_model("efficientnet_b0", pretrained=False).eval()  # SiLU and squeeze-excite
     with pytest.raises(QuantError, match=r"squeeze-excite|activation SiLU"):
         cnn.from_timm(model, "efficientnet_b0", 64)
+
+
+def test_a_global_mean_keeps_fractional_bits():
+    x = np.array([[[1, 2], [2, 3], [2, 3]]])  # means 5/3 and 8/3
+    assert intops.mean_pool(x).tolist() == [[2, 3]]
+    assert intops.mean_pool(x, frac_bits=4).tolist() == [[27, 43]]  # round(16 * 5/3), round(16 * 8/3)
+
+
+def test_a_dead_channel_keeps_its_bias_inside_the_accumulator(graph):
+    """BatchNorm can fold a channel's weights to almost nothing; its bias must still fit the int32
+    accumulator on the grid s_x * s_w (the weight scale is raised for it, on both protocols)."""
+    _, g = graph
+    g = g.copy()
+    conv = next(n.conv for n in g.nodes if n.step == "conv" and n.conv.groups > 1) if any(
+        n.step == "conv" and n.conv.groups > 1 for n in g.nodes) else g.nodes[0].conv
+    conv.w[0] *= 1e-9
+    conv.b[0] = 3.0
+    plan = cnn.calibrate(g, "baseline", [(torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4)), None)],
+                         8, 8, progress=False)
+    program = cnn.lower(plan)
+    for op in program.ops_of("conv2d") + program.ops_of("linear"):
+        assert int(np.abs(op.params["bias"]).max()) < 2 ** (cnn.BIAS_BITS + 1), op.name
+
+
+def test_the_logits_leave_on_one_grid_for_every_class(programs):
+    """The classifier's accumulators are per class (per-channel weight scales): the program requantizes them
+    onto one grid so that its output ranks the classes."""
+    program = programs[4]
+    final = program.ops[-1]
+    assert final.kind == "requant" and program.outputs == final.outputs
+    assert program.tensors[program.outputs[0]].bits == cnn.LOGIT_BITS
+    assert len(set(program.ops_of("mean_pool")[0].attrs.items())) == 1  # frac_bits
+
+
+def test_efficientnet_lite0_integer_agreement_follows_the_fake_quant_forward():
+    from ptq2rtl import flows
+
+    program, plan = flows.quantize("efficientnet-lite0", "baseline", 8, 8, progress=False)
+    integer = flows.evaluate_program(program, limit=20, progress=False)
+    paper = flows.evaluate_paper(plan, limit=20, progress=False)
+    assert integer["n"] == paper["n"] == 20
+    assert abs(integer["top1"] - paper["top1"]) <= 15 and integer["top5"] >= 80

@@ -14,7 +14,7 @@ from sim.accel import load_accel
 
 @pytest.fixture(scope="module")
 def spec():
-    return flows.load_transformer("vit-digits")
+    return flows.load_spec("vit-digits")
 
 
 @pytest.mark.parametrize("accel, bits, samples", [("edge-int4", 4, 2), ("edge-int8", 8, 1),

@@ -124,12 +124,12 @@ def test_the_named_swin_models_load_a_checkpoint_and_adapt(tmp_path):
     from safetensors.torch import save_file
 
     from ptq2rtl import models
-    from ptq2rtl.flows import load_transformer
+    from ptq2rtl.flows import load_spec
 
     model = models.load_model(SWIN_T, "random")
     path = tmp_path / "swin_t.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    spec = load_transformer(SWIN_T, str(path))
+    spec = load_spec(SWIN_T, str(path))
     assert spec.family == "swin" and len(spec.blocks) == 12
     assert [i for i, b in enumerate(spec.blocks) if b.merge is not None] == [2, 4, 10]
     assert [tuple(spec.blocks[i].windows.shape[:2]) for i in (0, 2, 4, 10)] == [(64, 49), (16, 49), (4, 49), (1, 49)]

@@ -108,14 +108,14 @@ def test_adapter_fp32_forward_equals_transformers_forward(folders, sentences_fil
 
 def test_roberta_positions_start_after_the_padding_index(folders):
     model = models.load_model(str(folders["roberta"]))
-    spec = flows.load_transformer(str(folders["roberta"]))
+    spec = flows.load_spec(str(folders["roberta"]))
     first = model.config.pad_token_id + 1
     assert torch.equal(spec.pos_emb, model.embeddings.position_embeddings.weight[first:])
     assert models.input_spec(str(folders["roberta"])) == {"max_length": 128}  # 130 positions less the first two
 
 
 def test_distilbert_has_no_token_types_and_its_program_takes_none(folders, sentences_file):
-    spec = flows.load_transformer(str(folders["distilbert"]))
+    spec = flows.load_spec(str(folders["distilbert"]))
     assert spec.type_emb is None
     program, _ = flows.quantize(str(folders["distilbert"]), "baseline", 8, 8, data=str(sentences_file), progress=False)
     assert [t.name for t in program.inputs] == ["input_ids", "attention_mask"]
