@@ -129,7 +129,7 @@ def cmd_quantize(args) -> None:
     from ptq2rtl import flows
 
     program, plan = flows.quantize(args.model, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
-                                   data=args.data)
+                                   data=args.data, calib=args.calib)
     program.save(args.output)
     print(f"wrote {args.output}: {len(program.ops)} ops, method {args.method}, W{args.wbits}A{args.abits}, "
           f"calibration {plan.meta['calib_seconds']:.1f} s")
@@ -161,7 +161,7 @@ def cmd_eval(args) -> None:
         if not args.method:
             raise UsageError("eval MODEL needs --fp32 or --method (or pass a program file)")
         plan = flows.make_plan(args.target, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
-                               data=args.data)
+                               data=args.data, calib=args.calib)
         if args.accel is not None:
             from quant.lower import lower
 
@@ -208,13 +208,12 @@ def sweep_line(r: dict) -> str:
 
 def cmd_sweep(args) -> None:
     from ptq2rtl import flows
-    from quant.methods import method_names
 
-    methods = args.methods.split(",") if args.methods else method_names()
+    methods = args.methods.split(",") if args.methods else flows.default_methods(args.model)
     protocols = ("paper", "integer") if args.protocol == "both" else (args.protocol,)
     rows = []
     for row in flows.sweep(args.model, methods, args.bits, protocols=protocols, checkpoint=args.checkpoint,
-                           data=args.data, limit=args.limit):
+                           data=args.data, limit=args.limit, calib=args.calib):
         if not args.json:  # print each row as soon as it is measured
             print((sweep_header(row) + "\n" if not rows else "") + sweep_line(row), flush=True)
         rows.append(row)
@@ -390,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--data", help="ImageNet-style folder for a timm model; for a text model, a text file with "
                                       "one sentence a line (default: the standard-library corpus)")
 
+    def calib_arg(s):
+        s.add_argument("--calib", choices=("real", "zeroq", "dsg"), default="real",
+                       help="calibration images: the model's calibration split, or (a CNN) synthesized from its "
+                            "BatchNorm statistics, plain (zeroq) or with DSG's slack and layerwise enhancement")
+
     s = sub.add_parser("quantize", help="post-training quantization into an integer program")
     s.add_argument("model", help="a model name, or a local Hugging Face BERT / DistilBERT / RoBERTa folder")
     s.add_argument("--method", default="baseline")
@@ -397,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--abits", type=int, default=8)
     s.add_argument("-o", "--output", type=output_file, required=True)
     model_args(s)
+    calib_arg(s)
     s.set_defaults(fn=cmd_quantize)
 
     s = sub.add_parser("eval", help="accuracy / fidelity of a program (integer protocol) or a model (FP32, paper)")
@@ -411,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse the program if this accelerator (a bundled name or a YAML file) cannot run it")
     s.add_argument("--json", action="store_true")
     model_args(s)
+    calib_arg(s)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("simulate", help="cycles, latency and energy of a program on an accelerator")
@@ -429,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=positive_int)
     s.add_argument("--json", action="store_true")
     model_args(s)
+    calib_arg(s)
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("sensitivity", help="the metric when one quantization site (or layer) at a time is raised")

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from ptq2rtl import models
-from quant import cnn
+from quant import cnn, datafree
 from quant.cnn import CNN, CnnPlan
 from quant.lower import lower
 from quant.methods import get_method
@@ -42,20 +42,44 @@ def check_method(spec: Transformer | CNN, method: str) -> None:
         get_method(method)
 
 
-def calibration_batches(name: str, data: str | None = None) -> list:
-    return list(models.iter_batches(name, "calib", CALIB_BATCH, data=data))
+CALIB_SOURCES = ("real",) + datafree.GENERATORS
+
+
+def calibration_batches(name: str, data: str | None = None, calib: str = "real", *, checkpoint: str | None = None,
+                        progress: bool = True) -> list:
+    """The calibration split, or (``calib`` = zeroq / dsg, a CNN with BatchNorm) images synthesized from the
+    FP32 model's BatchNorm statistics (``quant.datafree``, cached), labelled None."""
+    if calib == "real":
+        return list(models.iter_batches(name, "calib", CALIB_BATCH, data=data))
+    if calib not in CALIB_SOURCES:
+        raise QuantError(f"unknown calibration source {calib!r} (accepted: {', '.join(CALIB_SOURCES)})")
+    if models.model_info(name).family != "cnn":
+        raise QuantError(f"--calib {calib} synthesizes images from BatchNorm statistics: CNNs only, not {name!r}")
+    spec = models.input_spec(name)
+    shape = (spec["in_chans"], spec["image_size"], spec["image_size"])
+    images = datafree.cached_images(models.load_model(name, checkpoint), datafree.Recipe(calib), shape,
+                                    progress=progress)
+    return [(images[i:i + CALIB_BATCH], None) for i in range(0, len(images), CALIB_BATCH)]
+
+
+def default_methods(name: str) -> list[str]:
+    """Every method that quantizes ``name``'s family."""
+    from quant.methods import method_names
+
+    return list(cnn.METHODS) if models.model_info(name).family == "cnn" else method_names()
 
 
 def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str | None = None,
               data: str | None = None, progress: bool = True, spec: Transformer | None = None,
-              sites: Sites | None = None, batches: list | None = None) -> QuantPlan | CnnPlan:
+              sites: Sites | None = None, batches: list | None = None, calib: str = "real") -> QuantPlan | CnnPlan:
     """Calibrate ``method`` on the model's calibration split (or ``batches``), with ``sites``' per-site
     widths over WnAn; the plan records the calibration time."""
     check_bits("wbits", wbits)
     check_bits("abits", abits)
     spec = spec if spec is not None else load_spec(name, checkpoint)
     check_method(spec, method)
-    batches = batches if batches is not None else calibration_batches(name, data)
+    if batches is None:
+        batches = calibration_batches(name, data, calib, checkpoint=checkpoint, progress=progress)
     if isinstance(spec, CNN):
         if sites:
             raise QuantError(f"{name}: per-site widths are not supported for CNNs yet (uniform WnAn only)")
@@ -63,6 +87,7 @@ def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str
         plan = cnn.calibrate(spec.copy(), method, batches, wbits, abits, progress=progress)
         plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)
         plan.meta["model"] = models.model_info(name).name
+        plan.meta["calib"] = calib
         return plan
     kw = {}
     if sites:
@@ -141,7 +166,7 @@ def evaluate_paper(plan: QuantPlan | CnnPlan, *, data: str | None = None, limit:
 
 def sweep(name: str, methods: list[str], bits: list[int], *, protocols: tuple[str, ...] = ("paper", "integer"),
           checkpoint: str | None = None, data: str | None = None, limit: int | None = None, progress: bool = True,
-          on_program=None):
+          on_program=None, calib: str = "real"):
     """Yield one row per method and width WnAn: calibration time and the metrics of each protocol (a plan the
     lowering refuses gives a row with ``refused`` and no integer metrics).
 
@@ -153,7 +178,8 @@ def sweep(name: str, methods: list[str], bits: list[int], *, protocols: tuple[st
     for method in methods:
         check_method(spec, method)
         for b in bits:
-            plan = make_plan(name, method, b, b, checkpoint=checkpoint, data=data, progress=progress, spec=spec)
+            plan = make_plan(name, method, b, b, checkpoint=checkpoint, data=data, progress=progress, spec=spec,
+                             calib=calib)
             row = {"model": name, "method": method, "wbits": b, "abits": b, "calib_seconds": plan.meta["calib_seconds"]}
             if "paper" in protocols:
                 row["paper"] = _metrics(evaluate_paper(plan, data=data, limit=limit, progress=progress))
