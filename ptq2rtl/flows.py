@@ -62,6 +62,12 @@ def calibration_batches(name: str, data: str | None = None, calib: str = "real",
     return [(images[i:i + CALIB_BATCH], None) for i in range(0, len(images), CALIB_BATCH)]
 
 
+def refuse_cnn(name: str, what: str) -> None:
+    """``QuantError`` naming ``what`` for a CNN, which has neither yet."""
+    if models.model_info(name).family == "cnn":
+        raise QuantError(f"{what} are not supported for CNNs yet ({name!r}); use a uniform WnAn")
+
+
 def default_methods(name: str) -> list[str]:
     """Every method that quantizes ``name``'s family."""
     from quant.methods import method_names
@@ -82,7 +88,7 @@ def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str
         batches = calibration_batches(name, data, calib, checkpoint=checkpoint, progress=progress)
     if isinstance(spec, CNN):
         if sites:
-            raise QuantError(f"{name}: per-site widths are not supported for CNNs yet (uniform WnAn only)")
+            refuse_cnn(name, "per-site widths")
         start = time.perf_counter()
         plan = cnn.calibrate(spec.copy(), method, batches, wbits, abits, progress=progress)
         plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)

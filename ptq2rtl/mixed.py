@@ -90,6 +90,7 @@ def greedy(model: str, method: str, bits: int, budget: Budget, *, accel, high: i
     if high <= bits:
         raise QuantError(f"high={high} must be wider than bits={bits}")
     get_method(method)
+    flows.refuse_cnn(model, "per-site widths")
     spec = flows.load_spec(model, checkpoint)
     batches = flows.calibration_batches(model, data)
     groups = sensitivity.groups(list(linears(spec)), chosen_points(spec, batches[0]), high, by)

@@ -91,6 +91,7 @@ def run(model: str, method: str, bits: int, *, high: int = 8, by: str = "site", 
     if protocol not in ("integer", "paper"):
         raise QuantError(f"unknown protocol {protocol!r} (accepted: integer, paper)")
     get_method(method)
+    flows.refuse_cnn(model, "per-site widths")
     key = metric_of(model)
     spec = flows.load_spec(model, checkpoint)
     batches = flows.calibration_batches(model, data)

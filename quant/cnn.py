@@ -120,9 +120,9 @@ class _Walker:
             top, bottom = _same_padding(self.size, k, s)
             padding = (top, bottom, top, bottom)
         else:
-            p = conv.padding[0]
-            if conv.padding[0] != conv.padding[1] or isinstance(conv.padding, str):
+            if isinstance(conv.padding, str) or conv.padding[0] != conv.padding[1]:
                 raise QuantError(f"{name}: padding {conv.padding} is not lowered")
+            p = conv.padding[0]
             padding = (p, p, p, p)
         w = conv.weight.detach().double()
         b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
