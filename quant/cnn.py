@@ -17,7 +17,7 @@ Integer form, per step:
   int32 result requantized per output channel onto the point's grid;
 * residual add: the vector adder brings both operands onto the sum's grid
   (a ReLU after it is one more requant onto an unsigned grid);
-* global average pooling: ``mean_pool`` over the H*W rows (the grid is kept);
+* global average pooling: ``mean_pool`` over the H*W rows, keeping fractional bits;
   the classifier: a ``linear``, its per-class accumulators requantized onto one int16 grid (the output).
 """
 
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from quant.observers import Observer
-from quant.quantizers import QParams, QuantError, dyadic, fake_weight, quantize_weight, weight_scales
+from quant.quantizers import (QParams, QuantError, dyadic, fake_weight, qparams_from_range, quantize_weight,
+                              weight_scales)
 from sim import intops, widths
 from sim.program import IntegerProgram, Op, TensorSpec, validate
 
@@ -292,16 +293,13 @@ def baseline(cnn: CNN, batches: Iterable, wbits: int, abits: int, *, progress: b
     acts = {}
     for name, obs in observers.items():
         if name == "input":
-            lo, hi = min(obs.min, 0.0), max(obs.max, 0.0)
-            qmin, qmax = intops.int_range(INPUT_BITS)
-            scale = max(hi - lo, 1e-8) / (qmax - qmin)
-            acts[name] = QParams(scale, int(np.clip(round(qmin - lo / scale), qmin, qmax)), INPUT_BITS)
+            acts[name] = qparams_from_range(obs.min, obs.max, INPUT_BITS, symmetric=False)
         elif name == "logits":  # one grid for every class, so that the program's output ranks them
-            acts[name] = QParams(max(abs(obs.min), abs(obs.max), 1e-8) / ((1 << (LOGIT_BITS - 1)) - 1), 0, LOGIT_BITS)
+            acts[name] = qparams_from_range(obs.min, obs.max, LOGIT_BITS, symmetric=True)
         elif name in unsigned:
             acts[name] = QParams(max(obs.max, 1e-8) / ((1 << abits) - 1), 0, abits, signed=False)
         else:
-            acts[name] = QParams(max(abs(obs.min), abs(obs.max), 1e-8) / ((1 << (abits - 1)) - 1), 0, abits)
+            acts[name] = qparams_from_range(obs.min, obs.max, abits, symmetric=True)
     for n in cnn.nodes:  # a max keeps its input's grid
         if n.step == "maxpool":
             acts[n.name] = acts[n.inputs[0]]
