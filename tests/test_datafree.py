@@ -4,7 +4,6 @@ alignment with layerwise enhancement, on the bundled cnn-digits."""
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
 from quant import datafree
