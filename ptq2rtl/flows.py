@@ -63,7 +63,7 @@ def calibration_batches(name: str, data: str | None = None, calib: str = "real",
 
 
 def refuse_cnn(name: str, what: str) -> None:
-    """``QuantError`` naming ``what`` for a CNN, which has neither yet."""
+    """``QuantError`` for a CNN: ``what`` (per-site widths, ...) exists for transformers only so far."""
     if models.model_info(name).family == "cnn":
         raise QuantError(f"{what} are not supported for CNNs yet ({name!r}); use a uniform WnAn")
 
@@ -78,8 +78,9 @@ def default_methods(name: str) -> list[str]:
 def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str | None = None,
               data: str | None = None, progress: bool = True, spec: Transformer | None = None,
               sites: Sites | None = None, batches: list | None = None, calib: str = "real") -> QuantPlan | CnnPlan:
-    """Calibrate ``method`` on the model's calibration split (or ``batches``), with ``sites``' per-site
-    widths over WnAn; the plan records the calibration time."""
+    """Calibrate ``method`` on the model's calibration split (or ``batches``, or with ``calib`` = zeroq / dsg
+    a CNN's synthesized images), with ``sites``' per-site widths over WnAn; the plan records the calibration
+    time (synthesizing images not included: they are cached)."""
     check_bits("wbits", wbits)
     check_bits("abits", abits)
     spec = spec if spec is not None else load_spec(name, checkpoint)
