@@ -57,8 +57,11 @@ def calibration_batches(name: str, data: str | None = None, calib: str = "real",
         raise QuantError(f"--calib {calib} synthesizes images from BatchNorm statistics: CNNs only, not {name!r}")
     spec = models.input_spec(name)
     shape = (spec["in_chans"], spec["image_size"], spec["image_size"])
+    # pixels 0 and 1 after the model's normalization: the synthesized images stay in a real image's range
+    norm = list(zip(spec["mean"], spec["std"]))
+    bounds = ([-m / s for m, s in norm], [(1 - m) / s for m, s in norm])
     images = datafree.cached_images(models.load_model(name, checkpoint), datafree.Recipe(calib), shape,
-                                    progress=progress)
+                                    bounds=bounds, progress=progress)
     return [(images[i:i + CALIB_BATCH], None) for i in range(0, len(images), CALIB_BATCH)]
 
 

@@ -71,3 +71,11 @@ def test_data_free_calibration_of_a_text_model_is_refused():
     with pytest.raises(QuantError, match=r"--calib dsg synthesizes images from BatchNorm statistics: CNNs only"):
         flows.calibration_batches("minilm", calib="dsg")
 
+
+
+def test_synthesized_pixels_stay_in_a_real_image_range(model):
+    bounds = ([-0.75], [1.75])  # pixels 0 and 1 after cnn-digits' normalization
+    x = datafree.synthesize(model, datafree.Recipe("dsg", images=2, batch=2, steps=20, lr=0.5), (1, 32, 32),
+                            bounds=bounds, progress=False)
+    assert float(x.min()) >= -0.75 and float(x.max()) <= 1.75
+    assert float(x.max()) > 1.0  # the bound is reached, not just a range the images happen to keep
