@@ -315,13 +315,15 @@ class _Mapper:
         self.acc_rows = plan.a.buffers.bytes("accumulator") // (2 * self.C * self.acc_bytes)
 
     # inputs and outputs through the activation buffer or DRAM
-    def read_input(self, c: OpCost, i: int, name: str, times: int = 1) -> None:
-        """The unit reads ``name`` ``times`` from the activation buffer, staged there from DRAM if spilled."""
+    def read_input(self, c: OpCost, i: int, name: str, times: int = 1, read_bytes: int | None = None) -> None:
+        """The unit reads ``name`` ``times`` from the activation buffer (``read_bytes`` a time where it reads
+        more or less than the tensor's bytes, e.g. a convolution's overlapping patches), staged there from
+        DRAM if spilled."""
         b = self.plan.nbytes(name)
         if self.plan.in_dram(name, i):
             c.count("dram", b)
             c.count("sram_activation_write", b)
-        c.count("sram_activation_read", b * times)
+        c.count("sram_activation_read", (b if read_bytes is None else read_bytes) * times)
 
     def read_inputs(self, c: OpCost, i: int, op: Op) -> None:
         """Every input of op ``i`` once (built-in tensors are made on chip)."""
@@ -350,28 +352,8 @@ class _Mapper:
     # ------------------------------------------------------------- units
     def linear(self, c: OpCost, i: int, op: Op) -> None:
         x = op.inputs[0]
-        dx, bits = self.plan.dims[x], self.plan.p.tensors[x].bits
         n, k = op.params["weight"].shape
-        m = self.plan.batch * _prod(dx[:-1])
-        # every weight digit plane against every digit of x
-        p = operand_digits(bits, self.a.array.act_bits) * intops.weight_digits(op.params["weight"],
-                                                                               self.a.array.weight_bits)
-        staged = self.plan.in_dram(x, i)
-        tile = self.acc_rows
-        if staged:
-            tile = min(tile, self.a.buffers.bytes("activation") // 2 // ceil_div(k * bits, 8))
-        tiles = _m_tiles(m, tile)
-        c.compute_cycles = sum(timing.gemm_cycles(mt * p, k, n, self.R, self.C) for mt in tiles)
-        c.macs, c.array_macs = m * k * n, m * k * n * p
-        c.blocks = len(tiles) * ceil_div(n, self.C)
-        w = sum(_param_bytes(op, self.plan).values())
-        loads = 1 if w <= self.a.buffers.bytes("weight") else len(tiles)
-        self.params(c, op, loads)
-        c.count("sram_weight_write", w * loads)
-        c.count("sram_weight_read", w * len(tiles))
-        self.read_input(c, i, x, times=ceil_div(n, self.C))
-        c.count("mac", c.array_macs)
-        self.accumulate(c, m * n, ceil_div(k, self.R) * p, op)
+        self.weight_product(c, i, op, self.plan.batch * _prod(self.plan.dims[x][:-1]), k, n, 1)
 
     def conv(self, c: OpCost, i: int, op: Op) -> None:
         """A convolution as the products of its patches, one group after the other: ``groups`` products of
@@ -379,32 +361,39 @@ class _Mapper:
         tiled like a linear. A depthwise convolution (``N = 1``) keeps one column of the array busy: what a
         weight-stationary array does with it. The activation buffer is read once per patch tap (the patch
         rows overlap by the kernel's reach), per n-fold."""
+        o_ch, kh, kw, cg = op.params["weight"].shape
+        groups = op.attrs["groups"]
+        ho, wo, _ = self.plan.dims[op.outputs[0]]
+        m, k = self.plan.batch * ho * wo, kh * kw * cg
+        bits = self.plan.p.tensors[op.inputs[0]].bits
+        self.weight_product(c, i, op, m, k, o_ch // groups, groups, ceil_div(m * k * groups * bits, 8))
+
+    def weight_product(self, c: OpCost, i: int, op: Op, m: int, k: int, n: int, groups: int,
+                       read_bytes: int | None = None) -> None:
+        """``groups`` products of ``m`` streamed rows (``k`` long) by ``n`` stationary weight columns each,
+        one group after the other; the streamed operand is op ``i``'s first input, staged from DRAM when
+        spilled, and the array reads it (``read_bytes`` of it, if given) from the activation buffer per
+        n-fold."""
         x = op.inputs[0]
         bits = self.plan.p.tensors[x].bits
-        w = op.params["weight"]
-        o_ch, kh, kw, cg = w.shape
-        groups = op.attrs["groups"]
-        n, k = o_ch // groups, kh * kw * cg
-        ho, wo, _ = self.plan.dims[op.outputs[0]]
-        m = self.plan.batch * ho * wo
-        p = operand_digits(bits, self.a.array.act_bits) * intops.weight_digits(w, self.a.array.weight_bits)
+        # every weight digit plane against every digit of x
+        p = operand_digits(bits, self.a.array.act_bits) * intops.weight_digits(op.params["weight"],
+                                                                               self.a.array.weight_bits)
+        staged = self.plan.in_dram(x, i)
         tile = self.acc_rows
-        if self.plan.in_dram(x, i):
+        if staged:
             tile = min(tile, self.a.buffers.bytes("activation") // 2 // ceil_div(k * groups * bits, 8))
         tiles = _m_tiles(m, tile)
         c.compute_cycles = groups * sum(timing.gemm_cycles(mt * p, k, n, self.R, self.C) for mt in tiles)
-        c.macs, c.array_macs = m * k * n * groups, m * k * n * groups * p
+        c.macs = m * k * n * groups
+        c.array_macs = c.macs * p
         c.blocks = groups * len(tiles) * ceil_div(n, self.C)
-        wbytes = sum(_param_bytes(op, self.plan).values())
-        loads = 1 if wbytes <= self.a.buffers.bytes("weight") else len(tiles)
+        w = sum(_param_bytes(op, self.plan).values())
+        loads = 1 if w <= self.a.buffers.bytes("weight") else len(tiles)
         self.params(c, op, loads)
-        c.count("sram_weight_write", wbytes * loads)
-        c.count("sram_weight_read", wbytes * len(tiles))
-        if self.plan.in_dram(x, i):
-            b = self.plan.nbytes(x)
-            c.count("dram", b)
-            c.count("sram_activation_write", b)
-        c.count("sram_activation_read", ceil_div(m * k * groups * bits, 8) * ceil_div(n, self.C))
+        c.count("sram_weight_write", w * loads)
+        c.count("sram_weight_read", w * len(tiles))
+        self.read_input(c, i, x, times=ceil_div(n, self.C), read_bytes=read_bytes)
         c.count("mac", c.array_macs)
         self.accumulate(c, m * n * groups, ceil_div(k, self.R) * p, op)
 
