@@ -4,7 +4,6 @@ tf_efficientnet_lite0, on crops of bundled photographs) and cnn-digits (the proj
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -205,13 +204,6 @@ def test_cnn_digits_batches_are_the_vit_digits_split_at_32x32():
     assert images.shape == (540, 1, 32, 32) and torch.equal(labels, cnn_digits.digits_split()["test"][1])
     calib = torch.cat([labels for _, labels in iter_batches("cnn-digits", "calib", 100)])
     assert len(calib) == 256
-
-
-def test_the_shipped_cnn_digits_reproduces_its_recorded_held_out_accuracy():
-    result = fp32_eval("cnn-digits", progress=False)
-    recorded = json.loads(cnn_digits.CHECKPOINT.with_suffix(".json").read_text())
-    assert result["n"] == 540 and result["top1"] >= 97.0
-    assert result["top1"] == pytest.approx(recorded["test_top1"], abs=100 / 540 + 1e-9)  # at most one image apart
 
 
 def test_cnn_digits_training_is_deterministic(tmp_path: Path):

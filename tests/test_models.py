@@ -77,9 +77,13 @@ def test_vit_digits_is_a_deit_style_timm_vision_transformer():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_vit_digits_fp32_top1_is_at_least_97_percent_and_matches_the_shipped_record():
-    result = fp32_eval("vit-digits", progress=False)
-    recorded = json.loads(vit_digits.CHECKPOINT.with_suffix(".json").read_text())
+@pytest.mark.parametrize("name", ["vit-digits", "cnn-digits"])
+def test_a_bundled_digits_model_is_at_least_97_percent_and_matches_its_shipped_record(name):
+    from ptq2rtl import cnn_digits
+
+    checkpoint = {"vit-digits": vit_digits.CHECKPOINT, "cnn-digits": cnn_digits.CHECKPOINT}[name]
+    result = fp32_eval(name, progress=False)
+    recorded = json.loads(checkpoint.with_suffix(".json").read_text())
     assert result["n"] == 540 and result["top1"] >= 97.0
     assert result["top1"] == pytest.approx(recorded["test_top1"], abs=100 / 540 + 1e-9)  # at most one image apart
 
