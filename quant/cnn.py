@@ -40,10 +40,38 @@ from sim import intops, widths
 from sim.program import IntegerProgram, Op, TensorSpec, validate
 
 ACTS = ("none", "relu", "relu6")
-#: the methods that quantize CNNs (the transformer methods' rewrites do not apply to a convolution graph)
-CNN_METHODS = ("baseline",)
+#: the methods that quantize CNNs (the transformer methods' rewrites do not apply to a convolution graph);
+#: quant.actcomp registers the activation-compression ones in :data:`METHODS`
+CNN_METHODS = ("baseline", "actcomp-mpdr", "actcomp-cap")
 INPUT_BITS = 8  #: the image, asymmetric
 LOGIT_BITS = 16  #: the logits, one symmetric grid for every class (the classifier's accumulators are per class)
+
+
+@dataclass(frozen=True)
+class PackedGrid(QParams):
+    """A point stored group-wise (``quant.actcomp``): channel c on the grid ``scale * 2**chan_shift[c]`` with
+    ``chan_bits[c]`` bits (0: dropped, read as 0), zero point 0. Its integers are on the tensor's grid
+    ``scale`` (``bits`` wide) after the requantizer's packing shift (``sim.intops.pack_channels``)."""
+
+    chan_bits: tuple[int, ...] = ()
+    chan_shift: tuple[int, ...] = ()
+
+    def steps(self) -> np.ndarray:
+        return self.scale * np.exp2(np.asarray(self.chan_shift, dtype=np.float64))
+
+    def channel_range(self) -> tuple[np.ndarray, np.ndarray]:
+        bits = np.asarray(self.chan_bits)
+        if self.signed:
+            half = np.where(bits > 0, np.exp2(np.maximum(bits - 1, 0)), 0.0)
+            return -half, np.maximum(half - 1, 0)
+        return np.zeros(len(bits)), np.exp2(bits) - 1
+
+    def fake(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels on axis 1 (a feature map [B, C, H, W] as the forward holds it)."""
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        step = torch.as_tensor(self.steps(), dtype=x.dtype).view(shape)
+        lo, hi = (torch.as_tensor(v, dtype=x.dtype).view(shape) for v in self.channel_range())
+        return torch.minimum(torch.maximum(torch.round(x / step), lo), hi) * step
 
 
 @dataclass
@@ -54,6 +82,7 @@ class Conv:
     padding: tuple[int, int, int, int]  #: top, bottom, left, right
     groups: int = 1
     act: str = "none"
+    project: bool = False  #: a channel projection the array runs on its producer's drain (quant.actcomp)
 
 
 @dataclass
@@ -271,12 +300,14 @@ def _unsigned(cnn: CNN) -> set[str]:
     return out
 
 
-def collect(cnn: CNN, batches: Iterable, progress: bool = True) -> dict[str, Observer]:
-    """Observers at every point over the calibration images."""
+def collect(cnn: CNN, batches: Iterable, progress: bool = True, also: Hook | None = None) -> dict[str, Observer]:
+    """Observers at every point over the calibration images (``also(point, tensor)`` sees each point too)."""
     observers = {p: Observer(seed=i) for i, p in enumerate(cnn.points())}
 
     def hook(name, t):
         observers[name].update(t.movedim(1, -1))  # channels last, as the program holds them
+        if also is not None:
+            also(name, t)
         return t
 
     with torch.no_grad():
@@ -288,7 +319,11 @@ def collect(cnn: CNN, batches: Iterable, progress: bool = True) -> dict[str, Obs
 def baseline(cnn: CNN, batches: Iterable, wbits: int, abits: int, *, progress: bool = True) -> CnnPlan:
     """Per-channel min/max weights; per-tensor min/max activations: the image asymmetric int8, a ReLU's
     output on an unsigned grid from 0 to its maximum (ReLU6's top is at most 6), a signed one symmetric."""
-    observers = collect(cnn, batches, progress)
+    return grids(cnn, collect(cnn, batches, progress), wbits, abits)
+
+
+def grids(cnn: CNN, observers: dict[str, Observer], wbits: int, abits: int, method: str = "baseline") -> CnnPlan:
+    """The baseline's grids from the observers of every point (what :func:`baseline` calibrates)."""
     unsigned = _unsigned(cnn)
     acts = {}
     for name, obs in observers.items():
@@ -303,7 +338,7 @@ def baseline(cnn: CNN, batches: Iterable, wbits: int, abits: int, *, progress: b
     for n in cnn.nodes:  # a max keeps its input's grid
         if n.step == "maxpool":
             acts[n.name] = acts[n.inputs[0]]
-    plan = CnnPlan(cnn, "baseline", wbits, abits, acts, {})
+    plan = CnnPlan(cnn, method, wbits, abits, acts, {})
     plan.weight_scales = {name: weight_scales(w.reshape(w.shape[0], -1), wbits) for name, w in plan.weights().items()}
     return plan
 
@@ -369,11 +404,16 @@ class _Builder:
         self.ops.append(Op(kind, name, inputs, outputs, attrs or {}, params or {}))
 
     def requant(self, name: str, acc: str, in_scale, out: QParams, out_name: str) -> str:
-        m, shift = dyadic(np.atleast_1d(np.asarray(in_scale, dtype=np.float64)) / out.scale)
+        """Onto ``out``'s grid; a :class:`PackedGrid` rounds each channel onto its own grid and packs it."""
+        packed = isinstance(out, PackedGrid)
+        m, shift = dyadic(np.atleast_1d(np.asarray(in_scale, dtype=np.float64)) / (out.steps() if packed else out.scale))
         y = self.tensor(out_name, self.tensors[acc].shape, out)
+        params = {"m": m.astype(np.int32), "shift": shift.astype(np.int32)}
+        if packed:
+            params["pack_bits"] = np.asarray(out.chan_bits, dtype=np.int32)
+            params["pack_shift"] = np.asarray(out.chan_shift, dtype=np.int32)
         self.op("requant", name, [acc], [y],
-                {"out_bits": out.bits, "signed": out.signed, "zero_point": out.zero_point, "pow2": False},
-                {"m": m.astype(np.int32), "shift": shift.astype(np.int32)})
+                {"out_bits": out.bits, "signed": out.signed, "zero_point": out.zero_point, "pow2": False}, params)
         return y
 
     def conv(self, node: Node, x: str) -> str:
@@ -390,7 +430,7 @@ class _Builder:
         top, bottom, left, right = c.padding
         shape = (intops.conv_out_size(h, k, c.stride, top, bottom), intops.conv_out_size(w, k, c.stride, left, right), o)
         acc = self.tensor(node.name + ".acc", shape, bits=widths.ACC_BITS)
-        self.op("conv2d", node.name, [x], [acc],
+        self.op("project" if c.project else "conv2d", node.name, [x], [acc],
                 {"wbits": plan.wbits, "abits": x_qp.bits, "stride": [c.stride, c.stride], "padding": list(c.padding),
                  "groups": c.groups, "pad_value": x_qp.zero_point},
                 {"weight": wq.astype(np.int8), "bias": np.clip(bias, *intops.int_range(32)).astype(np.int32)})
@@ -477,3 +517,6 @@ def lower(plan: CnnPlan) -> IntegerProgram:
     program = IntegerProgram(cnn.name, [b.tensors[image]], [logits], b.tensors, b.ops, meta)
     validate(program)
     return program
+
+
+from quant import actcomp  # noqa: E402,F401  (registers the activation-compression methods in METHODS)

@@ -53,7 +53,10 @@ op's own compute; whatever exceeds it is a stall:
 **Buffers and DRAM.** Program inputs start in DRAM, outputs end there;
 parameters are read from DRAM once per inference, weights again for every
 m-tile when a layer's weights do not fit the weight buffer. Activations live
-in the activation buffer at their bit width (packed); data-movement ops
+in the activation buffer at their bit width (packed); a requant with per-channel
+widths (``pack_bits``: group-wise packing, ``OpKind.row_bits``) stores each row
+of channels at the sum of its channels' widths, in the activation buffer and in
+DRAM alike, and the convolutions reading it move those bytes. Data-movement ops
 (patchify, split, split_heads, merge_heads, concat_token, select_token) are
 views that move nothing. Attention scores and codes exist one (sample, head)
 at a time (the attention core runs head by head). When the live tensors
@@ -92,6 +95,7 @@ class OpCost:
     stall_cycles: int = 0
     cycles: int = 0
     fused_into: str | None = None  #: the array op whose accumulators a fused requant drains
+    act_dram_bytes: int = 0  #: the part of ``dram_bytes`` that moves activations (not parameters)
     blocks: int = 1  #: output blocks of an array op (what a fused requant drains one at a time)
     actions: dict[str, int] = field(default_factory=dict)  #: energy actions -> count (sim.energy.ACTIONS)
 
@@ -119,6 +123,7 @@ class CycleReport:
     clock_mhz: float
     ops: list[OpCost]
     compulsory_dram_bytes: int
+    activation: "ActivationTraffic | None" = None  #: what the analytic model's schedule stores (sim.cycles only)
 
     @property
     def cycles(self) -> int:
@@ -157,6 +162,25 @@ class CycleReport:
                           sum(o.dram_bytes for o in ops), len(ops)) for name, ops in groups.items()]
 
 
+@dataclass(frozen=True)
+class ActivationTraffic:
+    """Activation memory traffic of one inference (parameters excluded), at the widths activations are stored.
+
+    ``stored_bytes``: every activation tensor written to the activation buffer or DRAM once (the image
+    included; accumulators drained in the pipeline and tiles passed to a fused projection are never
+    stored); ``values``: how many values those tensors hold; ``dram_bytes``: activation bytes moved to and
+    from DRAM (the image read, spills and their reads back, the outputs written).
+    """
+
+    stored_bytes: int
+    values: int
+    dram_bytes: int
+
+    @property
+    def bits_per_value(self) -> float:
+        return 8 * self.stored_bytes / self.values if self.values else 0.0
+
+
 def layer_of(op_name: str) -> str:
     """Group by name prefix up to the first numeric part ("blocks.3.fc1" -> "blocks.3"), else the first part."""
     parts = op_name.split(".")
@@ -192,6 +216,7 @@ class _Plan:
             for name in op.inputs:
                 if name not in BUILTIN and i not in self.consumers[self.root[name]]:
                     self.consumers[self.root[name]].append(i)
+        self.row_bits = {self.root[op.outputs[0]]: b for op in ops if (b := OPS[op.kind].row_bits(op)) is not None}
         self.size: dict[str, int] = defaultdict(int)
         for name in program.tensors:
             if name in self.root and name not in BUILTIN:
@@ -212,7 +237,15 @@ class _Plan:
         return self.batch * _prod(self.dims[name])
 
     def nbytes(self, name: str) -> int:
-        return ceil_div(self.numel(name) * self.p.tensors[name].bits, 8)
+        return self.stored_bytes(name, self.numel(name))
+
+    def stored_bytes(self, name: str, values: int) -> int:
+        """Bytes ``values`` values of ``name`` occupy where it is stored: the declared width each, or a packed
+        tensor's row of channels at the sum of its channels' widths."""
+        s = self.root[name]
+        if s in self.row_bits:
+            return ceil_div(values * self.row_bits[s], 8 * self.dims[name][-1])
+        return ceil_div(values * self.p.tensors[name].bits, 8)
 
     def _only_consumer(self, s: str, i: int, unit: str) -> int | None:
         """The op that alone consumes storage ``s`` (made by op ``i``), if it can take it from ``unit``'s
@@ -239,6 +272,8 @@ class _Plan:
             unit, k = "array", i
             while (j := self._only_consumer(s, k, unit)) is not None:  # array -> requant -> GELU
                 fused[j] = (s, i)
+                if OPS[self.p.ops[j].kind].role == "array":  # a projection on the drain: its own chain follows
+                    break
                 unit, k = OPS[self.p.ops[j].kind].unit, j
                 s = self.root[self.p.ops[j].outputs[0]]
         return fused
@@ -322,6 +357,7 @@ class _Mapper:
         b = self.plan.nbytes(name)
         if self.plan.in_dram(name, i):
             c.count("dram", b)
+            c.act_dram_bytes += b
             c.count("sram_activation_write", b)
         c.count("sram_activation_read", (b if read_bytes is None else read_bytes) * times)
 
@@ -336,6 +372,8 @@ class _Mapper:
             return
         b = self.plan.nbytes(name)
         c.count("dram" if self.plan.to_dram(name) else "sram_activation_write", b)
+        if self.plan.to_dram(name):
+            c.act_dram_bytes += b
 
     def params(self, c: OpCost, op: Op, loads: int = 1) -> None:
         c.count("dram", sum(_param_bytes(op, self.plan).values()) * loads)
@@ -365,8 +403,7 @@ class _Mapper:
         groups = op.attrs["groups"]
         ho, wo, _ = self.plan.dims[op.outputs[0]]
         m, k = self.plan.batch * ho * wo, kh * kw * cg
-        bits = self.plan.p.tensors[op.inputs[0]].bits
-        self.weight_product(c, i, op, m, k, o_ch // groups, groups, ceil_div(m * k * groups * bits, 8))
+        self.weight_product(c, i, op, m, k, o_ch // groups, groups, self.plan.stored_bytes(op.inputs[0], m * k * groups))
 
     def weight_product(self, c: OpCost, i: int, op: Op, m: int, k: int, n: int, groups: int,
                        read_bytes: int | None = None) -> None:
@@ -382,7 +419,7 @@ class _Mapper:
         staged = self.plan.in_dram(x, i)
         tile = self.acc_rows
         if staged:
-            tile = min(tile, self.a.buffers.bytes("activation") // 2 // ceil_div(k * groups * bits, 8))
+            tile = min(tile, self.a.buffers.bytes("activation") // 2 // self.plan.stored_bytes(x, k * groups))
         tiles = _m_tiles(m, tile)
         c.compute_cycles = groups * sum(timing.gemm_cycles(mt * p, k, n, self.R, self.C) for mt in tiles)
         c.macs = m * k * n * groups
@@ -477,8 +514,10 @@ def program_cycles(program: IntegerProgram, accel: AccelConfig, *, batch: int = 
         if plan.evict_writes.get(i):  # live tensors pushed out to DRAM to make room
             c.count("sram_activation_read", plan.evict_writes[i])
             c.count("dram", plan.evict_writes[i])
-        if array is None:
+            c.act_dram_bytes += plan.evict_writes[i]
+        if array is None or kind.role == "array":  # a product on another's drain waits for the array
             c.cycles = window = c.compute_cycles
+            c.fused_into = None if array is None else array.name
         else:
             unit = getattr(accel, kind.unit)
             k = plan.fused[i][1]
@@ -494,7 +533,14 @@ def program_cycles(program: IntegerProgram, accel: AccelConfig, *, batch: int = 
         costs.append(c)
         by_index[i] = c
     return CycleReport(program.model, accel.name, batch, seq_len if plan.uses_seq else None, accel.pes,
-                       accel.clock_mhz, costs, compulsory_dram_bytes(plan))
+                       accel.clock_mhz, costs, compulsory_dram_bytes(plan), activation_traffic(plan, costs))
+
+
+def activation_traffic(plan: _Plan, costs: list[OpCost]) -> ActivationTraffic:
+    """The activation figures of a priced program (:class:`ActivationTraffic`)."""
+    stored = [s for s in plan.size if s not in plan.in_pipe and (s in plan.inputs or s in plan.producer)]
+    return ActivationTraffic(sum(plan.size[s] for s in stored), sum(plan.numel(s) for s in stored),
+                             sum(c.act_dram_bytes for c in costs))
 
 
 def compulsory_dram_bytes(plan: _Plan) -> int:

@@ -614,6 +614,25 @@ def requantize(
     return _np(y, dt)
 
 
+def pack_channels(y: np.ndarray, chan_bits: np.ndarray, chan_shift: np.ndarray, signed: bool) -> np.ndarray:
+    """Group-wise packing of requantized values: channel c (the last axis) saturates to a
+    ``chan_bits[c]``-wide integer (signed or not; width 0 keeps only 0) and shifts left by ``chan_shift[c]``.
+
+    The result stays on the input's grid (the low ``chan_shift[c]`` bits are zero), so a consumer reads it
+    as it is; what memory holds of channel c is the ``chan_bits[c]`` bits between. No rounding: the
+    requantizer before it rounds onto the channel's grid, 2**chan_shift[c] steps of the tensor's.
+    """
+    y = _ints(y)
+    bits = np.asarray(chan_bits, dtype=np.int64)
+    if signed:
+        hi = np.where(bits > 0, (1 << np.maximum(bits - 1, 0)) - 1, 0)
+        lo = np.where(bits > 0, -(1 << np.maximum(bits - 1, 0)), 0)
+    else:
+        hi, lo = (1 << bits) - 1, np.zeros_like(bits)
+    out = np.clip(y.astype(np.int64), lo, hi) << np.asarray(chan_shift, dtype=np.int64)
+    return out.astype(y.dtype)
+
+
 def _requantize_clamped_first(xt, m, shift, c, lo: int, hi: int):
     """``clamp((x*m + c) >> s, lo, hi)`` as ``(clamp(x, xlo, xhi)*m + c) >> s`` in int32, or None where that does not hold.
 

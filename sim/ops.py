@@ -201,6 +201,11 @@ class OpKind:
         """Bytes of each parameter as the accelerator stores it (read from DRAM once per inference)."""
         return {}
 
+    def row_bits(self, op: Op) -> int | None:
+        """Bits one row of channels of the op's output occupies in the activation buffer and DRAM where its
+        unit packs channels narrower than the declared width (None: the declared width each)."""
+        return None
+
     def refusal(self, op: Op, program: "IntegerProgram", accel: "AccelConfig",
                 seq_len: int | None = None) -> tuple[str, str] | None:
         """``(field, problem)`` if the units ``hw/`` builds for ``accel`` (``accel.unit_params``) cannot run
@@ -407,6 +412,44 @@ class Conv2d(_ArrayOp):
                          out, rng)
 
 
+@register
+class Project(Conv2d):
+    """A channel projection ``z = P x`` (a 1x1 convolution, stride 1, no padding, one group) that the array
+    runs on its producer's drain: the producer's requantized rows pass, one m-tile of every channel at a
+    time, through a staging tile of the activation buffer into this product, so ``x`` is never stored
+    whole, in the activation buffer or in DRAM; only ``z`` is.
+
+    The array is busy with the producer, so the projection adds its own cycles (nothing overlaps). A
+    producer with groups (a depthwise convolution) then runs its groups inside each m-tile rather than
+    around them: the same products and weight loads (its weights fit the weight buffer), so the same
+    cycles in this model.
+    """
+
+    kind = "project"
+    fuses_after = "requant"
+    lowering = None
+    not_compiled = ("a projection fused onto its producer's drain is not compiled (the compiler stores every "
+                    "requantized tensor in the activation buffer)")
+
+    def check(self, c, ins):
+        out = super().check(c, ins)
+        w = c.op.params["weight"]
+        if w.shape[1:3] != (1, 1) or c.op.attrs["stride"] != [1, 1] or any(c.op.attrs["padding"]) or \
+                c.op.attrs["groups"] != 1:
+            c.fail("weight", f"a projection is a 1x1 convolution, stride 1, no padding, one group; got kernel "
+                             f"{w.shape[1]}x{w.shape[2]}, stride {c.op.attrs['stride']}, padding "
+                             f"{c.op.attrs['padding']}, groups {c.op.attrs['groups']}")
+        return out
+
+    def uncompiled(self, op):  # the compiler's convolution would store x whole
+        return OpKind.uncompiled(self, op)
+
+    def cost(self, m, c, i, op, fused):
+        m.conv(c, i, op)
+        if fused:  # the producer's drain writes each tile to the staging area this product reads
+            c.count("sram_activation_write", m.plan.nbytes(op.inputs[0]))
+
+
 def _check_pair(c: Check, a: Value, b: Value, kb: int | None) -> None:
     """Activation x activation: equal leading dimensions, matching inner dimension."""
     c.rank(a, 2)
@@ -504,7 +547,9 @@ class Requant(OpKind):
     lowering = "requant"
     attrs = ("out_bits", "signed", "zero_point", "pow2")
     params = ("m", "shift")
-    optional_params = ("zero_points",)
+    #: ``pack_bits`` / ``pack_shift``: group-wise packing (``sim.intops.pack_channels``), channel c kept as a
+    #: ``pack_bits[c]``-wide integer ``pack_shift[c]`` bits up the output's grid (0 bits: the channel dropped)
+    optional_params = ("zero_points", "pack_bits", "pack_shift")
     unit = "requant"
     headwise = True
     fuses_after = "array"
@@ -533,12 +578,47 @@ class Requant(OpKind):
         c.within(x, *_range(widths.ACC_BITS), f"the requantizer (int{widths.ACC_BITS} accumulators)")
         if m.shape[0] != 1 and (not x.shape or not same(x.shape[-1], m.shape[0])):
             c.fail("m", f"{m.shape[0]} channels, input {x.name!r} has shape {x.shape}")
+        if "pack_bits" in c.op.params or "pack_shift" in c.op.params:
+            self._check_pack(c, x, out_bits)
         return [Value("", x.shape, lo, hi)]
+
+    @staticmethod
+    def _check_pack(c: Check, x: Value, out_bits: int) -> None:
+        """Packing needs one width and one shift per channel that together stay inside the output's width,
+        on a grid without zero point (a dropped channel reads as 0)."""
+        bits = c.param("pack_bits", 1, 0, out_bits, f"widths of an int{out_bits} output")
+        shift = c.param("pack_shift", 1, 0, out_bits, f"shifts inside an int{out_bits} output")
+        if bits.shape != shift.shape:
+            c.fail("pack_shift", f"shape {shift.shape} differs from pack_bits' {bits.shape}")
+        if not x.shape or not same(x.shape[-1], bits.shape[0]):
+            c.fail("pack_bits", f"{bits.shape[0]} channels, input {x.name!r} has shape {x.shape}")
+        if np.any(bits + shift > out_bits):
+            worst = int(np.argmax(bits + shift))
+            c.fail("pack_shift", f"channel {worst}: {int(bits[worst])} bits shifted by {int(shift[worst])} "
+                                 f"exceed the int{out_bits} output")
+        if c.op.attrs["zero_point"] != 0 or "zero_points" in c.op.params:
+            c.fail("zero_point", "a packed output has zero point 0 (accepted: 0, no zero_points)")
+
+    @staticmethod
+    def packed(op: Op) -> bool:
+        return "pack_bits" in op.params
 
     def run(self, op, args, ctx):
         a, p = op.attrs, op.params
         zp = p["zero_points"] if "zero_points" in p else a["zero_point"]
-        return [intops.requantize(args[0], p["m"], p["shift"], a["out_bits"], zp, a["signed"])]
+        y = intops.requantize(args[0], p["m"], p["shift"], a["out_bits"], zp, a["signed"])
+        if self.packed(op):
+            y = intops.pack_channels(y, p["pack_bits"], p["pack_shift"], a["signed"])
+        return [y]
+
+    def row_bits(self, op):
+        return int(op.params["pack_bits"].sum()) if self.packed(op) else None
+
+    def uncompiled(self, op):
+        if self.packed(op):
+            return "pack_bits", ("group-wise packing of a requantizer's output (per-channel widths) is not "
+                                 "compiled: the accelerator's requantizer has no packer yet")
+        return super().uncompiled(op)
 
     def cost(self, m, c, i, op, fused):
         n = m.plan.numel(op.inputs[0])
@@ -551,7 +631,10 @@ class Requant(OpKind):
         a, p = op.attrs, op.params
         bits = 6 + (0 if a["pow2"] else plan.a.requant.multiplier_bits)
         bits += a["out_bits"] if "zero_points" in p else 0
-        return {"table": ceil_div(p["m"].size * bits, 8)}
+        out = {"table": ceil_div(p["m"].size * bits, 8)}
+        if self.packed(op):  # a width and a shift per channel, each up to the output's width
+            out["pack"] = ceil_div(p["pack_bits"].size * 2 * a["out_bits"].bit_length(), 8)
+        return out
 
     def refusal(self, op, program, accel, seq_len=None):
         u, m = accel.unit_params("requant"), op.params["m"]
@@ -574,6 +657,9 @@ class Requant(OpKind):
         return None
 
     def trace(self, op, ins, outs, rng):
+        if self.packed(op):
+            raise NotImplementedError(f"op {op.name!r}: the requant bench has no packer; a packed requant "
+                                      f"({self.uncompiled(op)[1]}) has no RTL trace")
         a, p = op.attrs, op.params
         x = ins[0].reshape(-1, ins[0].shape[-1])
         ch_count = x.shape[1]

@@ -178,7 +178,7 @@ def test_a_convolution_trace_is_one_group_of_patch_rows_against_its_filters():
 
 def test_a_cnn_method_that_does_not_exist_is_refused_by_name(graph):
     _, g = graph
-    with pytest.raises(QuantError, match=r"method 'repq' does not quantize CNNs \(CNN methods: baseline\)"):
+    with pytest.raises(QuantError, match=r"method 'repq' does not quantize CNNs \(CNN methods: baseline, actcomp-mpdr, actcomp-cap\)"):
         cnn.calibrate(g, "repq", [], 4, 4)
 
 
