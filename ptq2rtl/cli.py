@@ -510,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accel", type=accelerator, required=True)
     s.add_argument("--sim", choices=("verilator", "icarus"), default="verilator")
     s.add_argument("--samples", type=positive_int, default=16, help="evaluation samples, one after the other")
-    s.add_argument("--layer", help="only this layer's ops (e.g. blocks.0), inputs from the engine's run")
+    s.add_argument("--layer", help="only this layer's ops (blocks.0), or ops by name prefix (blocks.1.0.dw: that op "
+                   "and its epilogue); inputs from the engine's run")
     s.add_argument("--data", help="ImageNet-style folder for a timm model")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_rtl_run)

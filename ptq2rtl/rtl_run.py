@@ -31,8 +31,11 @@ def _samples(program: IntegerProgram, n: int, data: str | None) -> dict[str, np.
 
 
 def _layer(program: IntegerProgram, layer: str, inputs: dict) -> tuple[IntegerProgram, dict]:
-    """The ops of ``layer`` as a program, and its inputs from the engine's run of the whole program."""
-    ops = [op.name for op in program.ops if layer_of(op.name) == layer]
+    """The ops of ``layer`` as a program, and its inputs from the engine's run of the whole program: a layer
+    (``blocks.3``: ``sim.cycles.layer_of``) or ops by name prefix (``blocks.3.0.dw``: that op and its
+    ``blocks.3.0.dw.*`` epilogue)."""
+    ops = [op.name for op in program.ops
+           if layer_of(op.name) == layer or op.name == layer or op.name.startswith(layer + ".")]
     if not ops:
         known = sorted({layer_of(op.name) for op in program.ops})
         raise ProgramError(f"program {program.model!r} has no layer {layer!r} (layers: {', '.join(known)})")

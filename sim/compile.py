@@ -25,13 +25,20 @@ inputs, the stores of program outputs and ``end`` have none):
 * Views move nothing: patchify (only of a program input, which is then stored in DRAM as patches),
   split, split_heads, merge_heads, concat_token, select_token are aliases in ABUF (:class:`Layout`).
   ``concat_token`` loads the token into row 0 of its output, whose rows 1.. its input was written to.
-* ``embedding`` and ``mean_pool`` are refused (not compiled yet), as is anything
-  :func:`sim.accel.check_program` refuses.
+* ``conv2d`` (a convolution, or a depthwise one) -> strips of output rows, each: its input rows staged
+  with their padding, the patches gathered by vector copies, one ``gemm`` mode ``linear`` (a depthwise
+  convolution: one a channel word, its tiles diagonal); see :class:`_Conv`. Grouped convolutions other
+  than depthwise are refused.
+* ``embedding``, ``mean_pool``, ``max_pool``, ``channels_last`` (an image's load) and the row gathers are
+  refused (not compiled yet), as is anything :func:`sim.accel.check_program` refuses.
 
 ABUF allocation: every stored tensor and the views of it are one region, allocated (first fit) before
 the op that first writes it and freed after the last op that reads it; program outputs stay to the end
-and are stored then. There are no spills in this version: a live set larger than ABUF is refused, naming
-the op, the words needed and the words ABUF holds.
+and are stored then. Feature maps too large for that stay in DRAM: a program input that only
+convolutions read is never loaded whole (each strip loads its rows), and a program output that a
+convolution makes and nothing else in the program reads is stored strip by strip. There are no other
+spills in this version: a live set larger than ABUF is refused, naming the op, the words needed and the
+words ABUF holds.
 
 The memory image: beat 0 on, the instructions (``sim.isa.instr_beats`` each); then every load's data in
 instruction order; then each program input; then room for each program output. A tensor in DRAM is in
@@ -317,7 +324,30 @@ class _Compiler:
         for root in dict.fromkeys(self.group.values()):
             self._lay_out(root)
         self.base: dict[str, int] = {}
+        self._feature_maps(readers)
         self._liveness()
+
+    def _feature_maps(self, readers: dict[str, list[int]]) -> None:
+        """Roots that stay in DRAM (:data:`dram`): a program input only convolutions read, and a program
+        output that a convolution (with its epilogue) makes and nothing else in the program reads. A
+        convolution streams them in strips of rows, so they never occupy ABUF whole."""
+        def conv(i: int) -> bool:
+            return OPS[self.p.ops[i].kind].lowering == "conv2d"
+
+        members = defaultdict(list)
+        for t, root in self.group.items():
+            members[root].append(t)
+        made_by = {out: i for i, op in enumerate(self.p.ops) for out in op.outputs}
+        outputs = set(self.p.outputs)
+        self.dram: set[str] = set()
+        for root, ts in members.items():
+            reads = [i for t in ts for i in readers[t] if i not in self.fused]
+            if root in self.loaded:
+                if self.loaded[root].patch is None and len(ts) == 1 and reads and all(map(conv, reads)) \
+                        and root not in outputs:
+                    self.dram.add(root)
+            elif root in made_by and conv(made_by[root]) and not reads and outputs & set(ts):
+                self.dram.add(root)
 
     def _anchor(self, root: str) -> str:
         """The member laid out densely: from the root down through widening views and fused results."""
@@ -440,27 +470,38 @@ class _Compiler:
 
     def load(self, target: str, addr: int, values: np.ndarray, note: str) -> None:
         """A load of parameter ``values`` (``sim.machine.encode_items``) into ``target`` from ``addr`` on."""
+        self.reload(target, addr, *self.param(target, values), note)
+
+    def param(self, target: str, values: np.ndarray) -> tuple[int, int]:
+        """Parameter ``values`` placed in the image: ``(items, the beat they start at among the parameters)``."""
         data = encode_items(target, values, self.g)
-        count = len(data) // self.g.item_beats(target)
-        self.emit(Instr("load", {"target": target, "addr": addr, "count": count, "dram": self.param_beats}, note=note),
-                  "param")
+        at = self.param_beats
         self.params.append(data)
         self.param_beats += len(data)
+        return len(data) // self.g.item_beats(target), at
+
+    def reload(self, target: str, addr: int, count: int, at: int, note: str) -> None:
+        """A load of ``count`` items of the parameters from parameter beat ``at`` on."""
+        self.emit(Instr("load", {"target": target, "addr": addr, "count": count, "dram": at}, note=note), "param")
 
     def run(self) -> Compiled:
         for i, op in enumerate(self.p.ops):
             for root in self.starts[i]:
+                if root in self.dram:
+                    continue
                 self.base[root] = self._alloc(self.size[root], op)
                 if root in self.loaded:
                     self._transfer("load", root)
             if i not in self.fused:
                 self._op(i, op)
             for root in self.ends[i]:
-                self.abuf.release(self.base[root], self.size[root])
+                if root not in self.dram:
+                    self.abuf.release(self.base[root], self.size[root])
         self.outs = {}
         for name in self.p.outputs:
             self.outs[name] = DramTensor(name, 0, self.dims[name], self.p.tensors[name])
-            self._transfer("store", name)
+            if self.group[name] not in self.dram:  # a convolution has stored it strip by strip
+                self._transfer("store", name)
         self.emit(Instr("end"))
         return self._finish()
 
@@ -577,15 +618,15 @@ class _Compiler:
                                       f"act_bits (here {self.g.weight_bits} and {self.g.act_bits})")
         return digits
 
-    def _linear(self, i: int, op: Op) -> None:
+    def _weights(self, op: Op, w: np.ndarray, bias: np.ndarray, unsigned: int, digits: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The WBUF tiles ``[nf, kf, w_digits, V, V]`` of weight matrix ``w`` [n, k] (``[j, i, e, r, c]`` =
+        digit ``e`` of ``W[j V + c, i V + r]``: one column block's words after another) and the bias with
+        the correction for the activation's unsigned digits."""
         g, v = self.g, self.g.v
-        x, out = op.inputs[0], op.outputs[0]
-        w = op.params["weight"].astype(np.int64)
         n, k = w.shape
-        kf, nf = ceil_div(k, v), ceil_div(n, v)
-        digits, unsigned = self._digits(op, self.p.tensors[x])
         offsets = [1 << (g.act_bits - 1) << (d * g.act_bits) for d in range(digits) if unsigned >> d & 1]
-        bias = op.params["bias"].astype(np.int64) + sum(offsets) * w.sum(axis=1)
+        bias = bias.astype(np.int64) + sum(offsets) * w.sum(axis=1)
         lo, hi = intops.int_range(widths.ACC_BITS)
         if bias.min() < lo or bias.max() > hi:
             self.refuse(op, "bias", f"with the digit correction a bias reaches {int(np.abs(bias).max())}, "
@@ -595,16 +636,25 @@ class _Compiler:
         if e > 1 and g.weight_bits != g.act_bits:
             self.refuse(op, "wbits", f"int{op.attrs['wbits']} weights take {e} digits of the {g.weight_bits}-bit "
                                      f"weight port, whose shifts the array counts in act_bits = {g.act_bits} steps")
-        per = g.wbuf_words // (kf * e * v)
-        if per == 0:
+        kf, nf = ceil_div(k, v), ceil_div(n, v)
+        if g.wbuf_words < kf * e * v:
             self.refuse(op, "weight", f"one column block takes {kf * e * v} WBUF words; WBUF holds {g.wbuf_words}")
+        padded = np.zeros((e, nf * v, kf * v), np.int64)
+        padded[:, :n, :k] = planes
+        return padded.reshape(e, nf, v, kf, v).transpose(1, 3, 0, 4, 2), bias
+
+    def _linear(self, i: int, op: Op) -> None:
+        v = self.g.v
+        x, out = op.inputs[0], op.outputs[0]
+        w = op.params["weight"].astype(np.int64)
+        n = w.shape[0]
+        digits, unsigned = self._digits(op, self.p.tensors[x])
+        tiles, bias = self._weights(op, w, op.params["bias"], unsigned, digits)
+        nf, kf, e = tiles.shape[:3]
+        per = self.g.wbuf_words // (kf * e * v)
         flags, fields, rq = self._epilogue(i)
         bias_at = self._alloc(nf, op)
         self.load("abuf", bias_at, words_of(bias, v), op.name)
-        padded = np.zeros((e, nf * v, kf * v), np.int64)
-        padded[:, :n, :k] = planes
-        # [j, i, e, r, c] = digit e of W[j V + c, i V + r]
-        tiles = padded.reshape(e, nf, v, kf, v).transpose(1, 3, 0, 4, 2)
         for j0 in range(0, nf, per):
             j1 = min(nf, j0 + per)
             self.load("wbuf", 0, tiles[j0:j1].reshape(-1, v), op.name)
@@ -614,6 +664,9 @@ class _Compiler:
                            n_valid=n - j0 * v,
                            ch_base=self._ch_base(rq, ()) + (0 if "per_tensor" in flags else j0 * v), **fields)
         self.abuf.release(bias_at, nf)
+
+    def _lower_conv2d(self, i: int, op: Op) -> None:
+        _Conv(self, i, op).run()
 
     def _matmul(self, i: int, op: Op, log2: bool) -> None:
         g, v = self.g, self.g.v
@@ -737,6 +790,204 @@ class _Compiler:
             b = _broadcast(self.layout(mask), self.dims[mask], self.dims[op.inputs[0]])
             flags.add("mask")
         self._vector(op, "softmax", b=b, flags=flags, **fields)
+
+
+# ------------------------------------------------------------------ convolutions
+class _Conv:
+    """One ``conv2d`` (its epilogue fused), in strips of output rows as large as ABUF leaves room for.
+
+    Per strip: the input rows it reads are *staged*, padded, into ABUF (``load`` from DRAM, or a copy of
+    the tensor in ABUF), the pad positions filled with the pad value's words; the patches are *gathered*
+    (im2col) into rows of ``kh * kw`` taps with vector copies (``add_const`` of zero words, exact for
+    inputs of up to ``sim.widths.ADDER_IN_BITS`` bits), and one ``gemm`` mode ``linear`` multiplies them:
+
+    * a convolution: a patch row is ``kh * kw * ceil(C / V)`` words, tap after tap (each the ``C``
+      channels of one input pixel, a copy moving a kernel row's ``kw`` pixels at once: ``kh`` copies an
+      output row); the gemm's ``kf`` folds run over the whole patch;
+    * a depthwise convolution (one filter a channel): channel word after channel word, a patch row of
+      ``kh * kw`` words (the tap's copy moves one word), and a gemm with one column block whose ``kh * kw``
+      stationary tiles are diagonal (lane ``c`` only meets its own filter): ``1 / V`` of the array works,
+      and the gather copies ``kh * kw`` words an output pixel and channel word -- what a depthwise layer
+      costs a weight-stationary array;
+    * a 1x1 convolution of stride 1 without padding is a product of the pixels as they lie: no gather.
+
+    The output rows go to the output's ABUF region, or to a staging region stored to DRAM after the strip.
+    Weights are loaded once if WBUF holds them all, else column block by column block in every strip.
+    """
+
+    def __init__(self, c: _Compiler, i: int, op: Op):
+        self.c, self.i, self.op = c, i, op
+        v = self.v = c.g.v
+        x, acc = op.inputs[0], op.outputs[0]
+        (self.h, self.wd, ch), (self.oh, self.ow, n) = c.dims[x], c.dims[acc]
+        (self.sh, self.sw), padding, groups, self.pad_value = OPS["conv2d"].geometry(op)
+        self.pt, _, self.pl, self.pr = padding
+        weight = op.params["weight"].astype(np.int64)
+        _, self.kh, self.kw, _ = weight.shape
+        self.depthwise = groups > 1
+        self.ch, self.n = ch, n
+        self.cw, self.nw, self.taps = ceil_div(ch, v), ceil_div(n, v), self.kh * self.kw
+        self.wp = self.pl + self.wd + self.pr  # pixels of a staged row
+        self.direct = self.taps == 1 and (self.sh, self.sw) == (1, 1) and not any(padding)
+        self.from_dram, self.to_dram = c.group[x] in c.dram, c.group[acc] in c.dram
+        self.x, self.acc = x, acc
+        spec = c.p.tensors[x]
+        self.x_lay = None if self.from_dram else c.layout(x)
+        if self.x_lay is not None and self.x_lay.strides != (self.wd * self.cw, self.cw):
+            c.refuse(op, "inputs", f"{x!r} is not laid out densely in ABUF (a view of another tensor)")
+        if not self.direct and spec.bits > widths.ADDER_IN_BITS - (0 if spec.signed else 1):
+            c.refuse(op, "inputs", f"{x!r} is {'' if spec.signed else 'u'}int{spec.bits}: the patch gather "
+                                   f"copies through the {widths.ADDER_IN_BITS}-bit vector adder")
+        self.digits, self.unsigned = c._digits(op, spec)
+        if self.depthwise:  # channel word j's diagonal tiles: [j V + c, tap V + r] = w[j V + c, tap] where r = c
+            d = np.zeros((self.cw * v, self.taps, v), np.int64)
+            chans = np.arange(ch)
+            d[chans, :, chans % v] = weight.reshape(ch, self.taps)
+            mat, bias = d.reshape(self.cw * v, self.taps * v), np.zeros(self.cw * v, np.int64)
+            bias[:ch] = op.params["bias"]
+        else:  # [o, (tap, channel word, lane)]
+            wpad = np.zeros((n, self.kh, self.kw, self.cw * v), np.int64)
+            wpad[..., :ch] = weight
+            mat, bias = wpad.reshape(n, -1), op.params["bias"]
+        self.tiles, self.bias = c._weights(op, mat, bias, self.unsigned, self.digits)
+        self.blocks, self.kf, self.e = self.tiles.shape[:3]
+        self.per = c.g.wbuf_words // (self.kf * self.e * v)
+
+    # ---------------------------------------------------------------- ABUF
+    def _words(self, rows: int) -> tuple[int, int, int]:
+        """Staged input, gathered patches and staged output words of a strip of ``rows`` output rows."""
+        staged = 0 if self.direct and not self.from_dram else ((rows - 1) * self.sh + self.kh) * self.wp * self.cw
+        patch = self.taps * (1 if self.depthwise else self.cw)
+        gathered = 0 if self.direct else rows * self.ow * patch
+        return staged, gathered, rows * self.ow * self.nw if self.to_dram else 0
+
+    def run(self) -> None:
+        c, op, v = self.c, self.op, self.v
+        self.flags, self.fields, rq = c._epilogue(self.i)
+        self.flags |= {"bias"}
+        self.ch0 = c._ch_base(rq, ())
+        self.bias_at = c._alloc(self.blocks, op)
+        c.load("abuf", self.bias_at, words_of(self.bias, v), op.name)
+        consts = 0
+        if not self.direct:  # the pad pixel's words, then zero words (the second operand of every copy)
+            self.zeros = self.cw if self.depthwise else self.kw * self.cw
+            consts = self.cw + self.zeros
+            self.consts_at = c._alloc(consts, op)
+            pad = np.zeros((1, self.cw * v), np.int64)
+            pad[0, :self.ch] = self.pad_value
+            c.load("abuf", self.consts_at, np.concatenate([pad.reshape(-1, v), np.zeros((self.zeros, v), np.int64)]),
+                   op.name)
+        for rows in range(self.oh, 0, -1):
+            sizes = self._words(rows)
+            base = c.abuf.alloc(sum(sizes))
+            if base is not None:
+                break
+        else:
+            c.refuse(op, "abuf", f"one output row needs {sum(self._words(1))} words with {c.abuf.live()} live; "
+                                 f"ABUF holds {c.abuf.words} words")
+        self.stage_at, self.gather_at, self.out_at = base, base + sizes[0], base + sizes[0] + sizes[1]
+        chunks = [(j0, min(self.blocks, j0 + self.per)) for j0 in range(0, self.blocks, self.per)]
+        self.weights = [c.param("wbuf", self.tiles[j0:j1].reshape(-1, v)) for j0, j1 in chunks]
+        for oy0 in range(0, self.oh, rows):
+            self._strip(oy0, min(rows, self.oh - oy0), chunks)
+        c.abuf.release(base, sum(sizes))
+        if consts:
+            c.abuf.release(self.consts_at, consts)
+        c.abuf.release(self.bias_at, self.blocks)
+
+    # ---------------------------------------------------------------- a strip
+    def _strip(self, oy0: int, rows: int, chunks: list[tuple[int, int]]) -> None:
+        c, v = self.c, self.v
+        if not (self.direct and not self.from_dram):
+            self._stage(oy0, rows)
+        m = rows * self.ow
+        if self.to_dram:
+            out = _Rows(self.out_at, self.nw)
+        else:
+            out = _Rows(c.layout(self.acc).base + oy0 * self.ow * self.nw, self.nw)
+        gemm = dict(mode="linear", digits=self.digits, unsigned_digits=self.unsigned, w_digits=self.e, **self.fields)
+        per_tensor = "per_tensor" in self.flags
+        for k, (j0, j1) in enumerate(chunks):
+            if len(chunks) > 1 or oy0 == 0:  # WBUF keeps weights that all fit from one strip to the next
+                c.reload("wbuf", 0, *self.weights[k], self.op.name)
+            if self.depthwise:
+                for j in range(j0, j1):
+                    self._gather_channel(rows, j)
+                    c._gemm(self.op, m, _Rows(self.gather_at, self.taps), out, j, self.flags, kf=self.taps, nf=1,
+                            s_base=(j - j0) * self.kf * self.e * v, bias_base=self.bias_at + j,
+                            n_valid=self.ch - j * v, ch_base=self.ch0 + (0 if per_tensor else j * v), **gemm)
+            else:
+                if k == 0:
+                    x = self._gather(rows)
+                c._gemm(self.op, m, x, out, j0, self.flags, kf=self.kf, nf=j1 - j0, bias_base=self.bias_at + j0,
+                        n_valid=self.n - j0 * v, ch_base=self.ch0 + (0 if per_tensor else j0 * v), **gemm)
+        if self.to_dram:
+            name = next(t for t in c.p.outputs if c.group[t] == c.group[self.acc])
+            c.emit(Instr("store", {"addr": self.out_at, "count": m * self.nw,
+                                   "dram": oy0 * self.ow * self.nw * c.g.item_beats("abuf")}, note=self.op.name),
+                   ("store", name))
+
+    def _copy(self, rows: int, words: int, a: _Rows, out: _Rows, n_valid: int) -> None:
+        """``rows`` rows of ``words`` words from ``a`` to ``out``: the vector adder adding zero words."""
+        self.c.emit(Instr("vector", {"unit": "add_const", "rows": rows, "words": words, "a_base": a.base,
+                                     "a_stride": a.stride, "b_base": self.consts_at + self.cw, "b_stride": 0,
+                                     "out_base": out.base, "out_stride": out.stride, "n_valid": n_valid,
+                                     "out_bits": widths.ADDER_IN_BITS}, note=self.op.name))
+
+    def _stage(self, oy0: int, rows: int) -> None:
+        """The input rows the strip reads, padded: staged row ``r`` is input row ``oy0 * sh - top + r``."""
+        c, cw, wp = self.c, self.cw, self.wp
+        pads, copies = [], []  # runs of staged pixels: [first, count]; [first, input pixel, count]
+        for r in range((rows - 1) * self.sh + self.kh):
+            iy = oy0 * self.sh - self.pt + r
+            if not 0 <= iy < self.h:
+                pads.append([r * wp, wp])
+                continue
+            pads += [[r * wp, self.pl], [r * wp + self.pl + self.wd, self.pr]]
+            copies.append([r * wp + self.pl, iy * self.wd, self.wd])
+        for runs, keys in ((pads, 2), (copies, 3)):
+            merged: list[list[int]] = []
+            for run in runs:
+                if run[-1] == 0:
+                    continue
+                last = merged[-1] if merged else None
+                if last and last[0] + last[-1] == run[0] and (keys == 2 or last[1] + last[-1] == run[1]):
+                    last[-1] += run[-1]
+                else:
+                    merged.append(list(run))
+            runs[:] = merged
+        for at, count in pads:
+            self._copy(count, cw, _Rows(self.consts_at, 0), _Rows(self.stage_at + at * cw, cw), self.ch)
+        ib = c.g.item_beats("abuf")
+        for at, src, count in copies:
+            if self.from_dram:
+                c.emit(Instr("load", {"target": "abuf", "addr": self.stage_at + at * cw, "count": count * cw,
+                                      "dram": src * cw * ib}, note=self.op.name), ("load", c.group[self.x]))
+            else:
+                self._copy(count, cw, _Rows(self.x_lay.base + src * cw, cw), _Rows(self.stage_at + at * cw, cw),
+                           self.ch)
+
+    def _gather(self, rows: int) -> _Rows:
+        """The strip's patch rows (a convolution's); the input's own rows for a direct 1x1 one."""
+        cw, wp = self.cw, self.wp
+        if self.direct:
+            return _Rows(self.stage_at if self.from_dram else self.x_lay.base, cw)
+        patch = self.taps * cw
+        for oy in range(rows):
+            for ky in range(self.kh):
+                self._copy(self.ow, self.kw * cw, _Rows(self.stage_at + (oy * self.sh + ky) * wp * cw, self.sw * cw),
+                           _Rows(self.gather_at + oy * self.ow * patch + ky * self.kw * cw, patch),
+                           self.kw * cw * self.v)
+        return _Rows(self.gather_at, patch)
+
+    def _gather_channel(self, rows: int, j: int) -> None:
+        """Channel word ``j``'s patch rows (a depthwise convolution's): its ``kh * kw`` taps."""
+        cw, wp = self.cw, self.wp
+        for oy in range(rows):
+            for ky in range(self.kh):
+                for kx in range(self.kw):
+                    self._copy(self.ow, 1, _Rows(self.stage_at + ((oy * self.sh + ky) * wp + kx) * cw + j, self.sw * cw),
+                               _Rows(self.gather_at + oy * self.ow * self.taps + ky * self.kw + kx, self.taps), self.v)
 
 
 # ------------------------------------------------------------------ cutting programs

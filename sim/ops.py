@@ -347,8 +347,13 @@ class Conv2d(_ArrayOp):
     attrs = ("wbits", "abits", "stride", "padding", "groups", "pad_value")
     params = ("weight", "bias")
     report_class = "conv"
-    not_compiled = ("convolutions are not compiled to accelerator instructions yet (the cost model prices "
-                    "them as the array products of their patches)")
+    lowering = "conv2d"
+
+    def uncompiled(self, op):
+        groups, (o, _, _, cg) = op.attrs["groups"], op.params["weight"].shape
+        if groups > 1 and not (cg == 1 and groups == o):
+            return "groups", "grouped convolutions other than depthwise (one filter a channel) are not compiled yet"
+        return None
 
     def check(self, c, ins):
         wbits = c.attr("wbits", 2, widths.MAX_WEIGHT_BITS)

@@ -183,3 +183,39 @@ def _bert_block(b: _B, pre, x, h, dim, heads, hidden, mask):
          {"table": np.clip(np.arange(-128, 128) // 16, lo, hi).astype(np.int32)})
     m = b.linear(pre + "fc2", g, dim, RES)
     return b.layernorm(pre + "ln2_out", b.add(pre + "res2", x, m), RES)
+
+
+def conv_program(size: tuple[int, int] = (9, 7), channels: int = 20, out_channels: int = 24, kernel: int = 3,
+                 stride: int = 1, padding: tuple[int, int, int, int] = (1, 1, 1, 1), depthwise: bool = False,
+                 bits: int = 4, signed: bool = False, pad_value: int = 0, wbits: int = 4, then_depthwise: bool = False,
+                 seed: int = 0) -> IntegerProgram:
+    """A convolution (``depthwise``: one filter a channel) of an image ``[*size, channels]`` with its requant
+    onto an unsigned 4-bit grid; ``then_depthwise``: a 3x3 depthwise convolution of that after it."""
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, TensorSpec] = {"x": TensorSpec("x", bits, signed, (*size, channels))}
+    ops: list[Op] = []
+
+    def conv(name, x, o, k, s, pad, groups, wb):
+        h, w, c = tensors[x].shape
+        out = (intops.conv_out_size(h, k, s, pad[0], pad[1]), intops.conv_out_size(w, k, s, pad[2], pad[3]), o)
+        tensors[name + ".acc"] = TensorSpec(name + ".acc", ACC, True, out)
+        tensors[name] = TensorSpec(name, 4, False, out)
+        top = (1 << (wb - 1)) - 1
+        ops.append(Op("conv2d", name, [x], [name + ".acc"],
+                      {"wbits": wb, "abits": tensors[x].bits, "stride": [s, s], "padding": list(pad), "groups": groups,
+                       "pad_value": pad_value if x == "x" else 0},
+                      {"weight": rng.integers(-top, top + 1, (o, k, k, c // groups)).astype(np.int8),
+                       "bias": rng.integers(-300, 300, o).astype(np.int32)}))
+        ops.append(Op("requant", name + ".requant", [name + ".acc"], [name],
+                      {"out_bits": 4, "signed": False, "zero_point": 0, "pow2": False},
+                      {"m": rng.integers(1 << 14, 1 << 15, o).astype(np.int32),
+                       "shift": np.full(o, 18 + tensors[x].bits + wb // 2, np.int32)}))
+        return name
+
+    y = conv("conv", "x", channels if depthwise else out_channels, kernel, stride, padding,
+             channels if depthwise else 1, wbits)
+    if then_depthwise:
+        y = conv("dw", y, tensors[y].shape[-1], 3, 1, (1, 1, 1, 1), tensors[y].shape[-1], 4)
+    program = IntegerProgram("conv-test", [tensors["x"]], [y], tensors, ops, {})
+    validate(program)
+    return program

@@ -16,7 +16,8 @@ from sim import engine, intops, isa, machine
 from sim.accel import CONFIG_DIR, AccelError, load_accel, parse_accel
 from sim.compile import compile_program, sub_program
 from sim.isa import Instr
-from tests.synthetic_programs import bert_program, vit_program
+from sim.program import validate
+from tests.synthetic_programs import bert_program, conv_program, vit_program
 
 SAMPLES = 3
 ACCEL = {4: "edge-int4", 8: "edge-int8"}
@@ -169,6 +170,97 @@ def test_every_prefix_of_a_program_runs_to_the_engine_tensors():
         got = compiled.outputs(machine.run(compiled.image({t.name: x[t.name][0] for t in prefix.inputs}), accel).image)
         for name in prefix.outputs:
             assert np.array_equal(got[name], want[name][0]), (program.ops[k - 1].name, name)
+
+
+# ------------------------------------------------------------------ convolutions
+def _conv_inputs(program, samples: int = 2) -> dict:
+    spec = program.inputs[0]
+    lo, hi = intops.int_range(spec.bits, spec.signed)
+    return {spec.name: np.random.default_rng(1).integers(lo, hi + 1, size=(samples,) + spec.shape)}
+
+
+def _gemms(compiled) -> list[Instr]:
+    return [i for i in compiled.instrs if i.op == "gemm"]
+
+
+@pytest.mark.parametrize("geometry", [
+    {},  # 3x3, stride 1, padded 1: a patch row of 9 taps x 2 channel words
+    {"stride": 2, "padding": (0, 1, 0, 1)},  # 'SAME' of stride 2: the odd pixel of padding at the end
+    {"kernel": 5, "padding": (2, 2, 2, 2), "channels": 40},
+    {"kernel": 1, "padding": (0, 0, 0, 0)},  # a product of the pixels as they lie: no gather
+    {"kernel": 1, "stride": 2, "padding": (0, 0, 0, 0)},  # a strided 1x1 (a ResNet's downsampling)
+    {"bits": 8, "signed": True, "pad_value": -3},  # two digit passes; padding with a zero point of -3
+    {"depthwise": True},
+    {"depthwise": True, "stride": 2, "padding": (0, 1, 0, 1)},
+    {"depthwise": True, "kernel": 5, "padding": (2, 2, 2, 2), "channels": 40},
+    {"depthwise": True, "bits": 8, "signed": False, "pad_value": 7},
+    {"wbits": 8},  # two weight digit planes on the 4-bit port
+    {"then_depthwise": True},  # the first convolution's output stays in ABUF for the second
+])
+def test_a_convolution_runs_on_the_machine_with_the_engine_outputs(geometry):
+    program = conv_program(**geometry)
+    accel = load_accel("edge-int4")
+    runs = assert_engine_outputs(program, accel, _conv_inputs(program), samples=2)
+    compiled = compile_program(program, accel)
+    assert [r.cycles for r in runs[0].retired] == compiled.cycles(accel).per_instr
+    gathers = [i for i in compiled.instrs if i.op == "vector"]
+    if geometry.get("kernel") == 1 and "stride" not in geometry:
+        assert not gathers  # the pixels stream as they lie in the input rows loaded from DRAM
+    depthwise = geometry.get("depthwise")
+    words = 3 if geometry.get("channels") == 40 else 2
+    if depthwise:  # one gemm a channel word, one column block of diagonal tiles
+        assert {(i["nf"], i["kf"]) for i in _gemms(compiled)} == {(1, (geometry.get("kernel", 3)) ** 2)}
+        assert len(_gemms(compiled)) == words
+    elif not geometry.get("then_depthwise"):
+        assert {i["kf"] for i in _gemms(compiled)} == {geometry.get("kernel", 3) ** 2 * words}
+
+
+def test_a_large_convolution_runs_in_strips_reloading_the_weights_wbuf_cannot_keep():
+    """24 KiB of ABUF: strips of a few output rows, each staged and gathered again; 8 KiB of WBUF: the 4 column
+    blocks' weights (432 words each) two at a time, loaded again in every strip."""
+    program = conv_program(channels=40, out_channels=64)
+    accel = variant("edge-int4", buffers__activation_kib=24, buffers__weight_kib=8)
+    assert_engine_outputs(program, accel, _conv_inputs(program), samples=1)
+    compiled = compile_program(program, accel)
+    stores = [i for i in compiled.instrs if i.op == "store"]
+    weights = [i for i in compiled.instrs if i.op == "load" and i["target"] == "wbuf"]
+    assert len(stores) > 1 and sum(i["count"] for i in stores) == 9 * 7 * 4  # every output word once
+    assert len(weights) == 2 * len(stores) and {i["nf"] for i in _gemms(compiled)} == {2}
+    assert len({i["dram"] for i in weights}) == 2  # the image holds each weight block once
+
+
+def test_a_cnn_layer_with_its_residual_runs_on_the_machine():
+    """cnn-digits' first residual block: two convolutions and a 1x1 downsampling reading one input from DRAM,
+    their outputs in ABUF for the residual add and its ReLU."""
+    program = flows.quantize("cnn-digits", "baseline", 4, 4, progress=False)[0]
+    images = next(iter_batches("cnn-digits", "eval", 2))[0]
+    inputs = program_inputs(program, images)
+    layer = [op.name for op in program.ops if op.name.startswith("layer1.")]
+    body = sub_program(program, layer)
+    kept = engine.run(program, inputs, keep=[t.name for t in body.inputs]).outputs
+    assert_engine_outputs(body, load_accel("edge-int4"), {t.name: kept[t.name] for t in body.inputs}, samples=2)
+
+
+@pytest.mark.parametrize("change, field, problem", [
+    ({"depthwise": False, "groups": 2}, "groups", "grouped convolutions other than depthwise"),
+    ({"bits": 16, "signed": False}, "inputs", "'x' is uint16: the patch gather copies through the 16-bit vector adder"),
+])
+def test_what_the_convolution_lowering_cannot_run_is_refused_by_field(change, field, problem):
+    groups = change.pop("groups", None)
+    program = conv_program(**change)
+    if groups:
+        w = program.ops[0].params["weight"]
+        program.ops[0].attrs["groups"] = groups
+        program.ops[0].params["weight"] = np.ascontiguousarray(w[..., :w.shape[-1] // groups])
+        validate(program)
+    with pytest.raises(AccelError, match=rf"op 'conv' \(conv2d\): field '{field}': {problem}"):
+        compile_program(program, load_accel("edge-int4"))
+
+
+def test_a_convolution_whose_one_output_row_does_not_fit_abuf_is_refused():
+    program = conv_program(size=(9, 40), channels=64, kernel=5, padding=(2, 2, 2, 2))
+    with pytest.raises(AccelError, match=r"op 'conv' \(conv2d\): field 'abuf': one output row needs \d+ words"):
+        compile_program(program, variant("edge-int4", buffers__activation_kib=16))
 
 
 # ------------------------------------------------------------------ refusals
