@@ -251,8 +251,18 @@ def forward(cnn: CNN, x: torch.Tensor, hook: Hook | None = None, weight: Callabl
     """Logits of images ``x`` [B, C, H, W]; ``hook(point, tensor)`` may replace the tensor at every point,
     ``weight(name, conv)`` the weights a convolution or the classifier uses."""
     hook = hook or (lambda name, t: t)
-    vals = {"input": hook("input", x)}
-    for n in cnn.nodes:
+    vals = run_nodes(cnn.nodes, {"input": hook("input", x)}, hook, weight)
+    if cnn.nodes[-1].step != "fc":
+        raise QuantError(f"{cnn.name}: the graph ends without a classifier")
+    return vals[cnn.nodes[-1].name]
+
+
+def run_nodes(nodes: list[Node], vals: dict[str, torch.Tensor], hook: Hook, weight: Callable | None = None
+              ) -> dict[str, torch.Tensor]:
+    """``vals`` (the feature maps the steps read) with the outputs of ``nodes`` added, each through ``hook``
+    but the global mean pool (its input's grid carries it)."""
+    vals = dict(vals)
+    for n in nodes:
         ins = [vals[i] for i in n.inputs]
         if n.step == "conv":
             y = conv_forward(n.conv, ins[0], weight(n.name, n.conv.w) if weight else None)
@@ -266,9 +276,9 @@ def forward(cnn: CNN, x: torch.Tensor, hook: Hook | None = None, weight: Callabl
             continue
         else:
             w, b = n.fc
-            return hook(n.name, F.linear(ins[0], weight(n.name, w) if weight else w, b))
+            y = F.linear(ins[0], weight(n.name, w) if weight else w, b)
         vals[n.name] = hook(n.name, y)
-    raise QuantError(f"{cnn.name}: the graph ends without a classifier")
+    return vals
 
 
 # ------------------------------------------------------------------ calibration
@@ -520,3 +530,4 @@ def lower(plan: CnnPlan) -> IntegerProgram:
 
 
 from quant import actcomp  # noqa: E402,F401  (registers the activation-compression methods in METHODS)
+from quant import cnn_apq  # noqa: E402,F401  (registers apq's blockwise calibration in METHODS)
