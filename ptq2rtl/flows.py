@@ -159,6 +159,20 @@ def evaluate_program(program: IntegerProgram, *, data: str | None = None, limit:
     return {**result, "protocol": "integer", **{k: program.meta.get(k) for k in ("method", "wbits", "abits")}}
 
 
+def evaluate_float(name: str, spec: Transformer, *, data: str | None = None, limit: int | None = None,
+                   progress: bool = True) -> dict:
+    """The float forward of ``spec`` (a compressed structure of model ``name``: ``quant.compress``) against
+    ``name``'s FP32 reference."""
+    fwd = Forward(spec)
+
+    def run_batch(inputs):
+        with torch.no_grad():
+            return fwd(inputs)
+
+    return {**_evaluate(name, run_batch, data=data, limit=limit, desc="eval (fp32)", progress=progress),
+            "protocol": "fp32"}
+
+
 def evaluate_paper(plan: QuantPlan | CnnPlan, *, data: str | None = None, limit: int | None = None,
                    progress: bool = True) -> dict:
     """Paper protocol: fake-quant linears and matmuls, LayerNorm / Softmax / GELU / residuals in float (a CNN:

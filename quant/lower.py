@@ -130,15 +130,16 @@ class _Builder:
     # ---------------------------------------------------------------- blocks
     def attention(self, pre: str, h: str, h_qp: QParams, blk, mask: str | None) -> str:
         acts, spec, cb = self.plan.acts, self.plan.spec, self.plan.code_bits
+        n_heads = spec.heads_of(blk)
         heads = {}
         for part in ("q", "k", "v"):
             y = self.linear_to(pre + part, h, getattr(blk, part), h_qp, acts[pre + part])
             hs = self.tensor(pre + part + ".heads", acts[pre + part].bits,
-                             (spec.heads, self.shape(y)[0], spec.head_dim), acts[pre + part])
-            self.op("split_heads", pre + part + ".split", [y], [hs], {"heads": spec.heads})
+                             (n_heads, self.shape(y)[0], spec.head_dim), acts[pre + part])
+            self.op("split_heads", pre + part + ".split", [y], [hs], {"heads": n_heads})
             heads[part] = hs
         tq = self.shape(heads["q"])[1]
-        acc = self.tensor(pre + "scores.acc", widths.ACC_BITS, (spec.heads, tq, tq))
+        acc = self.tensor(pre + "scores.acc", widths.ACC_BITS, (n_heads, tq, tq))
         self.op("matmul", pre + "scores", [heads["q"], heads["k"]], [acc], {"transpose_b": True})
         f = widths.SOFTMAX_FRAC_BITS
         s_scores = acts[pre + "q"].scale * acts[pre + "k"].scale * blk.attn_scale
@@ -159,7 +160,7 @@ class _Builder:
             self.op("softmax_log2", pre + "softmax", scores, [codes], {"code_bits": cb, "frac_bits": f, "sqrt2": sqrt2})
             self.op("matmul_log2", pre + "context", [codes, heads["v"]], [ctx], {"code_bits": cb, "sqrt2": sqrt2})
             s_ctx = acts[pre + "v"].scale * 2.0 ** -intops.log2_acc_shift(cb, sqrt2)
-        merged = self.tensor(pre + "context.merged", widths.ACC_BITS, (tq, spec.dim))
+        merged = self.tensor(pre + "context.merged", widths.ACC_BITS, (tq, n_heads * spec.head_dim))
         self.op("merge_heads", pre + "context.merge", [ctx], [merged])
         o = self.requant(pre + "attn.requant", merged, s_ctx, acts[pre + "attn"], pre + "attn")
         return self.linear_to(pre + "proj", o, blk.proj, acts[pre + "attn"], acts[pre + "proj"])

@@ -64,6 +64,7 @@ class Block:
     fc1: Linear
     fc2: Linear
     attn_scale: float  # multiplies Q.K^T before the softmax (1/sqrt(head_dim) until a method rewrites it)
+    heads: int = 0  #: this block's attention heads where pruning left fewer than the model's (0: the model's)
 
 
 @dataclass
@@ -95,6 +96,10 @@ class Transformer:
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
+
+    def heads_of(self, blk: Block) -> int:
+        """The attention heads of ``blk``: the model's, or fewer where heads were pruned (``quant.compress``)."""
+        return blk.heads or self.heads
 
     def copy(self) -> "Transformer":
         """A deep copy whose tensors a method may rewrite in place."""
@@ -224,15 +229,15 @@ class Forward:
         return F.linear(x, self.weight(name, lin.w), lin.b)
 
     def attention(self, h: torch.Tensor, blk: Block, pre: str, key_mask: torch.Tensor | None) -> torch.Tensor:
-        s, act = self.spec, self.act
-        q = _split(act(pre + "q", self.linear(h, blk.q, pre + "q")), s.heads)
-        k = _split(act(pre + "k", self.linear(h, blk.k, pre + "k")), s.heads)
-        v = _split(act(pre + "v", self.linear(h, blk.v, pre + "v")), s.heads)
+        act, heads = self.act, self.spec.heads_of(blk)
+        q = _split(act(pre + "q", self.linear(h, blk.q, pre + "q")), heads)
+        k = _split(act(pre + "k", self.linear(h, blk.k, pre + "k")), heads)
+        v = _split(act(pre + "v", self.linear(h, blk.v, pre + "v")), heads)
         scores = act(pre + "scores", (q @ k.transpose(-1, -2)) * blk.attn_scale)
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         p = act(pre + "probs", scores.softmax(dim=-1))
-        o = (p @ v).transpose(1, 2).reshape(h.shape)
+        o = (p @ v).transpose(1, 2).flatten(2)  # [B, T, heads * head_dim]: narrower than h where heads were pruned
         return self.linear(act(pre + "attn", o), blk.proj, pre + "proj")
 
     def norm(self, name: str, x: torch.Tensor, n: Norm) -> torch.Tensor:
