@@ -94,7 +94,7 @@ def _options(text: str, accepted: dict[str, type], what: str) -> dict:
 
 
 def parse_distill(text: str) -> DistillSpec:
-    """``layers=3,ffn=768,epochs=3,batch=32,lr=1e-4,hidden_weight=1,seed=0`` (every key optional)."""
+    """``layers=3,ffn=768,epochs=3,batch=32,lr=1e-3,hidden_weight=1,seed=0`` (every key optional)."""
     o = _options(text, {"layers": int, "ffn": int, **_TRAIN_KEYS}, "--distill")
     return DistillSpec(o.pop("layers", 3), o.pop("ffn", 0), TrainConfig(**o))
 
@@ -105,7 +105,7 @@ def parse_prune(text: str) -> PruneConfig:
 
 
 def parse_recover(text: str) -> TrainConfig:
-    """``epochs=1,lr=1e-4,...``: the training of a recovery."""
+    """``epochs=1,lr=1e-3,...``: the training of a recovery."""
     return TrainConfig(**_options(text, _TRAIN_KEYS, "--recover"))
 
 
@@ -235,8 +235,12 @@ def run(name: str, combo: Combination, *, limit: int | None = None, accel=DEFAUL
 
     if output and not combo.method:
         raise QuantError("-o writes the integer program: it needs --method")
+    teacher = teacher if teacher is not None else flows.load_spec(name)
     if combo.method:
-        flows.check_method(teacher or flows.load_spec(name), combo.method)
+        flows.check_method(teacher, combo.method)
+        if combo.method == "tpvit" and combo.prune.heads:  # its probability-grid search reshapes by the model's heads
+            raise QuantError("tpvit searches its attention grids with every block at the model's head count; "
+                             "it does not quantize a model with pruned heads")
     accel = load_accel(accel) if isinstance(accel, str) else accel
     spec, info = compressed_spec(name, combo, teacher=teacher, progress=progress)
     count = parameter_count(spec)
@@ -296,14 +300,14 @@ def table_combinations() -> list[Combination]:
         Combination(distill=kd, prune=HEADS, **q8),
         Combination(distill=kd, prune=MAG, **q8),
         Combination(distill=kd, prune=HEADS, **q4),
+        Combination(prune=PruneConfig(heads=0.5), recover=TrainConfig(epochs=1)),
+        Combination(prune=PruneConfig(heads=0.5), recover=TrainConfig(epochs=1), **q8),
     ]
 
 
-def _row_key(name: str, combo: Combination, limit: int | None, accel) -> str:
-    from ptq2rtl.explore import code_fingerprint
-
+def _row_key(name: str, combo: Combination, limit: int | None, accel, source: str) -> str:
     accel_fields = {k: v for k, v in asdict(accel).items() if k != "source"}
-    return _digest(RECIPE, name, asdict(combo), limit, accel_fields, code_fingerprint(), Path(__file__).read_bytes())
+    return _digest(RECIPE, name, asdict(combo), limit, accel_fields, source)
 
 
 def table(name: str = "minilm", combos: list[Combination] | None = None, *, limit: int | None = None,
@@ -312,11 +316,14 @@ def table(name: str = "minilm", combos: list[Combination] | None = None, *, limi
     it depends on). ``on_row(row)`` sees each as it is ready."""
     from sim.accel import load_accel
 
+    from ptq2rtl.explore import code_fingerprint
+
     accel = load_accel(accel) if isinstance(accel, str) else accel
     teacher = flows.load_spec(name)
+    source = _digest(code_fingerprint(), Path(__file__).read_bytes())  # the source the rows depend on, at the start
     rows = []
     for combo in combos or table_combinations():
-        path = cache_dir() / f"row-{_row_key(name, combo, limit, accel)}.json"
+        path = cache_dir() / f"row-{_row_key(name, combo, limit, accel, source)}.json"
         if path.is_file():
             row = {**json.loads(path.read_text()), "row_cached": True}
         else:

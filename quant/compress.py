@@ -70,7 +70,7 @@ class TrainConfig:
 
     epochs: float = 3.0  # may be fractional: that share of an epoch's batches
     batch: int = 32
-    lr: float = 1e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     hidden_weight: float = 1.0  # weight of the hidden-state MSE beside the embedding's 1 - cos
     seed: int = 0
