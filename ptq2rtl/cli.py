@@ -278,29 +278,6 @@ def cmd_compress(args) -> None:
         print(f"wrote {args.output}")
 
 
-def cmd_compress(args) -> None:
-    from ptq2rtl import compress
-
-    if args.table:
-        if args.distill or args.prune or args.recover or args.method or args.output:
-            raise UsageError("compress --table runs its own combinations; leave out --distill, --prune, --recover, "
-                             "--method and -o")
-        rows = compress.table(args.model, limit=args.limit, accel=args.accel,
-                              on_row=None if args.json else lambda r: print(compress.format_row(r), flush=True))
-        _print(rows, args.json, compress.format_table)
-        return
-    wbits, abits = compress.parse_bits(args.bits)
-    combo = compress.Combination(
-        distill=compress.parse_distill(args.distill) if args.distill is not None else None,
-        prune=compress.parse_prune(args.prune or ""),
-        recover=compress.parse_recover(args.recover) if args.recover is not None else None,
-        method=args.method, wbits=wbits, abits=abits)
-    row = compress.run(args.model, combo, limit=args.limit, accel=args.accel, output=args.output)
-    _print(row, args.json, lambda r: compress.format_table([r]))
-    if args.output and not args.json:
-        print(f"wrote {args.output}")
-
-
 def cmd_verilog(args) -> None:
     from hw.verilog import export
 
@@ -512,27 +489,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="a list of results, one per method")
     model_args(s)
     s.set_defaults(fn=cmd_mixed)
-
-    s = sub.add_parser("compress", help="distillation + pruning + quantization of a sentence encoder, or the table "
-                                        "of their combinations")
-    s.add_argument("model", help="minilm (the corpus it trains on is minilm's)")
-    s.add_argument("--distill", metavar="KEY=VALUE,...",
-                   help="a student distilled from the FP32 model: layers=3,ffn=0 (0: the teacher's width),"
-                        "epochs=3,batch=32,lr=1e-4,hidden_weight=1,seed=0 (any of them; '' for the defaults)")
-    s.add_argument("--prune", metavar="KEY=VALUE,...",
-                   help="fractions removed: heads=0.25 (of all heads), ffn=0.25 (of each block's neurons), "
-                        "magnitude=0.5 (of each linear's weights, set to zero)")
-    s.add_argument("--recover", metavar="KEY=VALUE,...",
-                   help="distil the pruned model from the FP32 one: epochs=1,lr=1e-4,... ('' for the defaults)")
-    s.add_argument("--method", help="a PTQ method on top (default: none, the float model)")
-    s.add_argument("--bits", default="8", help="WIDTH (WnAn) or WBITS/ABITS, with --method (default 8)")
-    s.add_argument("--accel", type=accelerator, default="edge-int8", help="the accelerator that prices cycles and "
-                                                                          "energy")
-    s.add_argument("--limit", type=positive_int, help="evaluate on the first N sentences only")
-    s.add_argument("--table", action="store_true", help="the table of combinations (each cached)")
-    s.add_argument("-o", "--output", type=output_file, help="write the integer program (needs --method)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(fn=cmd_compress)
 
     s = sub.add_parser("compress", help="distillation + pruning + quantization of a sentence encoder, or the table "
                                         "of their combinations")
