@@ -406,11 +406,11 @@ class _Mapper:
         self.weight_product(c, i, op, m, k, o_ch // groups, groups, self.plan.stored_bytes(op.inputs[0], m * k * groups))
 
     def weight_product(self, c: OpCost, i: int, op: Op, m: int, k: int, n: int, groups: int,
-                       read_bytes: int | None = None) -> None:
+                       read_bytes: int | None = None, pack: int = 1, action: str = "mac") -> None:
         """``groups`` products of ``m`` streamed rows (``k`` long) by ``n`` stationary weight columns each,
         one group after the other; the streamed operand is op ``i``'s first input, staged from DRAM when
         spilled, and the array reads it (``read_bytes`` of it, if given) from the activation buffer per
-        n-fold."""
+        n-fold. ``pack`` products of the reduction share one PE operation (a binary mode), ``action`` each."""
         x = op.inputs[0]
         bits = self.plan.p.tensors[x].bits
         # every weight digit plane against every digit of x
@@ -421,9 +421,10 @@ class _Mapper:
         if staged:
             tile = min(tile, self.a.buffers.bytes("activation") // 2 // self.plan.stored_bytes(x, k * groups))
         tiles = _m_tiles(m, tile)
-        c.compute_cycles = groups * sum(timing.gemm_cycles(mt * p, k, n, self.R, self.C) for mt in tiles)
+        kp = ceil_div(k, pack)  # reduction indices as the array's rows see them
+        c.compute_cycles = groups * sum(timing.gemm_cycles(mt * p, kp, n, self.R, self.C) for mt in tiles)
         c.macs = m * k * n * groups
-        c.array_macs = c.macs * p
+        c.array_macs = m * kp * n * groups * p
         c.blocks = groups * len(tiles) * ceil_div(n, self.C)
         w = sum(_param_bytes(op, self.plan).values())
         loads = 1 if w <= self.a.buffers.bytes("weight") else len(tiles)
@@ -431,27 +432,29 @@ class _Mapper:
         c.count("sram_weight_write", w * loads)
         c.count("sram_weight_read", w * len(tiles))
         self.read_input(c, i, x, times=ceil_div(n, self.C), read_bytes=read_bytes)
-        c.count("mac", c.array_macs)
-        self.accumulate(c, m * n * groups, ceil_div(k, self.R) * p, op)
+        c.count(action, c.array_macs)
+        self.accumulate(c, m * n * groups, ceil_div(kp, self.R) * p, op)
 
-    def array_product(self, c: OpCost, i: int, op: Op, n: int, pa: int, action: str) -> None:
+    def array_product(self, c: OpCost, i: int, op: Op, n: int, pa: int, action: str, pack: int = 1) -> None:
         """An activation x activation product, run per (sample, head): the second operand is stationary
-        (loaded from the activation buffer), the first streams in ``pa`` digit passes; ``n`` output columns."""
+        (loaded from the activation buffer), the first streams in ``pa`` digit passes; ``n`` output columns;
+        ``pack`` products of the reduction share one PE operation (a binary mode)."""
         a_name, b_name = op.inputs
         da = self.plan.dims[a_name]
         mm, k = da[-2], da[-1]
+        kp = ceil_div(k, pack)  # reduction indices as the array's rows see them
         b = self.plan.p.tensors[b_name]
         pb = intops.signed_digits(b.bits, self.a.array.weight_bits, b.signed)
         items = self.plan.batch * _prod(da[:-2])
         tiles = _m_tiles(mm, self.acc_rows)
-        c.compute_cycles = items * sum(timing.gemm_cycles(mt * pa, k, n * pb, self.R, self.C) for mt in tiles)
+        c.compute_cycles = items * sum(timing.gemm_cycles(mt * pa, kp, n * pb, self.R, self.C) for mt in tiles)
         c.macs = items * mm * k * n
-        c.array_macs = c.macs * pa * pb
+        c.array_macs = items * mm * kp * n * pa * pb
         c.blocks = items * len(tiles) * ceil_div(n * pb, self.C)
         self.read_input(c, i, b_name, times=len(tiles))  # the stationary operand, once per m-tile
         self.read_input(c, i, a_name, times=ceil_div(n * pb, self.C))  # streamed once per n-fold
         c.count(action, c.array_macs)
-        self.accumulate(c, items * mm * n, ceil_div(k, self.R) * pa * pb, op)
+        self.accumulate(c, items * mm * n, ceil_div(kp, self.R) * pa * pb, op)
 
     def stream(self, c: OpCost, i: int, op: Op, unit, beats: int, fused: bool) -> None:
         """An element-wise unit (``unit``: its lanes and latency) busy for ``beats`` element beats.

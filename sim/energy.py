@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sim import widths
+from sim import timing, widths
 
 if TYPE_CHECKING:
     from sim.accel import AccelConfig
@@ -91,6 +91,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "mac": ("mac", "one multiply-accumulate of a PE (weight_bits x act_bits product, acc_bits add)"),
     "shift_mac": ("mac", "one shift-accumulate of a PE in log2 mode (P.V: a 4-bit code shifts the stationary value)"),
     "shift_mac_sqrt2": ("mac", "one shift-accumulate with base-sqrt(2) codes (odd codes add a x181/256 shift-add)"),
+    "binary_mac": ("mac", "one PE cycle in a binary mode: binary_pack XNOR (or AND) gates, their popcount, "
+                          "the accumulate"),
     **{f"sram_{b}_{d}": (f"sram_{b}_{d}", f"one byte {d} {'from' if d == 'read' else 'to'} the {b} buffer")
        for b in ("weight", "activation", "accumulator") for d in ("read", "write")},
     "dram": ("dram", "one byte moved to or from DRAM"),
@@ -100,6 +102,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "add_const": ("requant", "one element of a constant add on the requantizer lanes"),
     "mean_pool": ("requant", "one input element of a mean pool on the requantizer lanes"),
     "max_pool": ("requant", "one tap of a max pool on the requantizer lanes (a compare)"),
+    "binarize": ("requant", "one element's sign bit on the requantizer lanes (a compare with a threshold)"),
+    "bi_attention": ("requant", "one element of a binary attention map on the requantizer lanes (a compare)"),
     "softmax": ("softmax", "one element through the log2 softmax unit (max, exp ROM, sum, code passes)"),
     "softmax_row": ("softmax", "one row of the softmax unit: the log2 of the sum"),
     "layernorm": ("layernorm", "one element through the LayerNorm unit (sum, square, normalize, affine)"),
@@ -118,6 +122,7 @@ def preset_energies(accel: "AccelConfig") -> dict[str, float]:
     acc = arr.acc_bits
     prod = acc + rq.multiplier_bits  # the requantizer's product width
     res, sm, ln, var = widths.RESIDUAL_BITS, widths.SOFTMAX_IN_BITS, widths.LN_IN_BITS, widths.LN_VAR_BITS
+    pack = timing.binary_pack(arr.act_bits, arr.weight_bits)  # binary products a PE sums per cycle
     scale = p.shift(acc) if rq.pow2_only else p.mul(res, rq.multiplier_bits)  # one operand's alignment in an add
     e = {
         "mac": p.mul(arr.weight_bits, arr.act_bits) + p.add(acc),
@@ -131,6 +136,14 @@ def preset_energies(accel: "AccelConfig") -> dict[str, float]:
         "add_const": p.add(acc),
         "mean_pool": p.add(acc),
         "max_pool": p.add(res),
+        # Binary PEs. No published table lists a 1-bit XNOR or AND gate at 45 nm, so a gate is priced as one bit
+        # of Horowitz's adder (add32 / 32: a full-adder cell, which holds two XOR gates, so an upper bound);
+        # the popcount of ``pack`` bits is a tree of pack - 1 adders of up to bit_length(pack) bits, and the
+        # accumulate is the int MAC's acc-wide add. Per binary product that is about a quarter of an int4 MAC
+        # on the horowitz45 preset, where the acc-wide add dominates both.
+        "binary_mac": (pack * p.add(1) + (pack - 1) * p.add(pack.bit_length()) + p.add(acc)),
+        "binarize": p.add(acc),
+        "bi_attention": p.add(acc),
         # max compare; subtract, exp ROM, shift, sum; add, round, shift to the code
         "softmax": 4 * p.add(sm) + p.add(acc) + 2 * p.shift(sm) + p.rom_read(*SOFTMAX_ROM),
         "softmax_row": p.shift(acc) + p.rom_read(*LOG2_ROM) + p.add(sm),

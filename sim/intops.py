@@ -1175,3 +1175,56 @@ def mean_pool(x: np.ndarray, valid: np.ndarray | None = None, out_bits: int = RE
     n = np.maximum(valid.sum(axis=-2), 1)
     total = np.where(valid, x, 0).sum(axis=-2) << frac_bits
     return saturate((total + n // 2) // n, out_bits)
+
+
+# ------------------------------------------------------------------ binary operands (1-bit MAC modes)
+def sign_values(bits: np.ndarray) -> np.ndarray:
+    """Sign bits as the values they stand for: 1 -> +1, 0 -> -1 (int8)."""
+    return (2 * np.asarray(bits, dtype=np.int8) - 1).astype(np.int8)
+
+
+def binarize(x: np.ndarray, threshold: np.ndarray | int = 0) -> np.ndarray:
+    """One bit per element: ``1`` where ``x >= threshold`` (per channel, the last axis, or one for all), else
+    ``0``; a compare, no rounding. As a sign bit, 1 is +1 and 0 is -1 (``sign(0)`` is +1)."""
+    return (_ints(x).astype(np.int64) >= np.asarray(threshold, dtype=np.int64)).astype(np.uint8)
+
+
+BINARY_MODES = ("xnor", "and")  #: the MAC array's binary modes: ±1 x ±1, and {0,1} x ±1
+
+
+def binary_matmul(a: np.ndarray, b: np.ndarray, mode: str = "xnor") -> np.ndarray:
+    """Activation x activation in a binary mode: ``a`` [..., M, K] bits (sign bits for ``"xnor"``, {0,1} for
+    ``"and"``), ``b`` [..., K, N] sign bits; :func:`xnor_popcount` / :func:`and_popcount` of every row of ``a``
+    with every column of ``b``, exactly."""
+    left = sign_values(a) if mode == "xnor" else np.asarray(a, dtype=np.int8)
+    return exact_matmul(left, sign_values(b))
+
+
+def xnor_popcount(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """``±1 · ±1`` products summed as XNOR-popcount: ``x`` [..., K] and ``w`` [N, K] sign bits;
+    ``2 * popcount(XNOR(x, w)) - K + bias``, which is ``sign_values(x) @ sign_values(w).T + bias`` exactly
+    (a pair of equal bits is a product of +1, a pair of different bits one of -1). No saturation: the
+    magnitude is at most ``K + |bias|``."""
+    return accumulate(sign_values(x), sign_values(w), bias)
+
+
+def and_popcount(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """``{0,1} · ±1`` products summed as AND-popcount: ``a`` [..., K] bits, ``w`` [N, K] sign bits;
+    ``2 * popcount(a AND w) - popcount(a) + bias``, which is ``a @ sign_values(w).T + bias`` exactly (a 0 of
+    ``a`` adds nothing, a 1 adds its weight's sign). Magnitude at most ``K + |bias|``."""
+    return accumulate(np.asarray(a, dtype=np.int8), sign_values(w), bias)
+
+
+def bi_attention(scores: np.ndarray, valid: np.ndarray | None = None, threshold: int = 0) -> np.ndarray:
+    """A binary attention map in place of softmax: ``1`` where a score is ``>= threshold`` and its key takes
+    part (``valid``, broadcast onto ``scores``; all keys when None), else ``0``. One compare an element."""
+    bits = binarize(scores, threshold)
+    return bits if valid is None else (bits & np.asarray(valid, dtype=bool)).astype(np.uint8)
+
+
+def binary_embedding(ids: np.ndarray, bits: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """A binarized embedding table: row ``v`` is ``scale[v] * sign_values(bits[v])`` (one magnitude a row, one
+    sign bit an entry); out [..., D] in ``scale``'s integer dtype, a lookup and a negation."""
+    ids = np.asarray(ids, dtype=np.int64)
+    scale = _ints(scale)
+    return (sign_values(bits[ids]) * scale[ids][..., None]).astype(scale.dtype)

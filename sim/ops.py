@@ -545,6 +545,205 @@ class MatmulLog2(_ArrayOp):
         return dict(x=x[rows], w=v.T[cols], b=np.zeros(len(cols), np.int64), mode=2 if sqrt2 else 1)
 
 
+# ==================================================================== the MAC array's binary modes
+#: the mac_array bench's mode of each binary mode (``rtl_tests.vectors.gemm_case``; 0-2: plain, log2, sqrt2)
+BINARY_BENCH_MODE = {"xnor": 3, "and": 4}
+_NOT_COMPILED_BINARY = ("the MAC array's binary modes (XNOR- / AND-popcount) and their compares are not in the "
+                        "instruction set yet; the cost model estimates them")
+
+
+def _mode(c: Check) -> str:
+    v = c._get("mode")
+    if v not in intops.BINARY_MODES:
+        c.fail("mode", f"{v!r} is not a binary mode (accepted: {', '.join(intops.BINARY_MODES)})")
+    return v
+
+
+def _check_key_mask(c: Check, t: Value, ins: list[Value]) -> None:
+    """The optional second input of an attention map: one flag a key of the scores ``t``."""
+    if len(ins) == 2:
+        mask = ins[1]
+        c.rank(mask, 1, 1)
+        if not same(mask.shape[0], t.shape[-1]):
+            c.fail("inputs", f"key mask {mask.name!r} {mask.shape} does not match scores {t.name!r} {t.shape}")
+
+
+def _bits_in(c: Check, x: Value, what: str) -> None:
+    c.within(x, 0, 1, f"{what} (1-bit operands)")
+
+
+class _BinaryArrayOp(_ArrayOp):
+    """A product in one of the array's binary modes: each PE sums ``sim.timing.binary_pack`` 1-bit products a
+    cycle (XNOR or AND of its packed operands, then a popcount) where it would make one integer product."""
+
+    lowering = None
+    not_compiled = _NOT_COMPILED_BINARY
+    report_class = "binary"
+
+    @staticmethod
+    def pack(m: "_Mapper") -> int:
+        return timing.binary_pack(m.a.array.act_bits, m.a.array.weight_bits)
+
+
+@register
+class BinaryLinear(_BinaryArrayOp):
+    """A linear layer on 1-bit operands: ``weight`` [N, K] sign bits (1: +1, 0: -1) against input bits (sign
+    bits in ``xnor`` mode, {0,1} in ``and`` mode), plus an optional int32 ``bias``; the real-valued scales of
+    the weights and the input live in the requantizer (or the threshold) that reads the accumulator."""
+
+    kind = "binary_linear"
+    attrs = ("mode",)
+    params = ("weight",)
+    optional_params = ("bias",)
+    report_class = "linear"
+
+    def check(self, c, ins):
+        _mode(c)
+        w = c.param("weight", 2, 0, 1, "sign bits")
+        if "bias" in c.op.params:
+            b = c.param("bias", 1, *_range(widths.ACC_BITS), f"int{widths.ACC_BITS} range")
+            if b.shape[0] != w.shape[0]:
+                c.fail("bias", f"has {b.shape[0]} entries for {w.shape[0]} output channels")
+        x = ins[0]
+        c.rank(x, 1)
+        _bits_in(c, x, "a binary linear")
+        if not same(x.shape[-1], w.shape[1]):
+            c.fail("weight", f"expects {w.shape[1]} input features, input {x.name!r} has shape {x.shape}")
+        return [_acc_out(x.shape[:-1] + (w.shape[0],))]
+
+    @staticmethod
+    def product(op: Op):
+        return intops.xnor_popcount if op.attrs["mode"] == "xnor" else intops.and_popcount
+
+    def run(self, op, args, ctx):
+        return [ctx.accumulator(op, self.product(op)(args[0], op.params["weight"], op.params.get("bias")))]
+
+    def cost(self, m, c, i, op, fused):
+        n, k = op.params["weight"].shape
+        rows = m.plan.batch * int(np.prod(m.plan.dims[op.inputs[0]][:-1]))
+        m.weight_product(c, i, op, rows, k, n, 1, pack=self.pack(m), action="binary_mac")
+
+    def param_bytes(self, op, plan):  # one bit a weight
+        n, k = op.params["weight"].shape
+        bias = ceil_div(n * plan.a.array.acc_bits, 8) if "bias" in op.params else 0
+        return {"weight": ceil_div(n * k, 8), "bias": bias}
+
+    def trace(self, op, ins, outs, rng):
+        x = ins[0].reshape(-1, ins[0].shape[-1])
+        out = outs[0].reshape(-1, outs[0].shape[-1])
+        w = op.params["weight"]
+        b = op.params.get("bias", np.zeros(w.shape[0], np.int64))
+        rows = rng.choice(x.shape[0], min(TRACE_GEMM_ROWS, x.shape[0]), replace=False)
+        cols = rng.choice(w.shape[0], min(TRACE_GEMM_COLS, w.shape[0]), replace=False)
+        _agree(op, out[rows][:, cols], self.product(op)(x[rows], w[cols], b[cols]))
+        return dict(x=x[rows], w=w[cols], b=b[cols], mode=BINARY_BENCH_MODE[op.attrs["mode"]])
+
+
+@register
+class BinaryMatmul(_BinaryArrayOp):
+    """Activation x activation in a binary mode, per (sample, head): Q.K^T of sign bits (``xnor``), or a
+    binary attention map times V's sign bits (``and``); the second operand is the stationary one."""
+
+    kind = "binary_matmul"
+    arity = (2, 2)
+    attrs = ("mode", "transpose_b")
+    headwise = True
+    report_class = "attention"
+
+    def check(self, c, ins):
+        _mode(c)
+        a, b = ins
+        tb = c.flag("transpose_b")
+        for x in ins:
+            _bits_in(c, x, "a binary matmul")
+        _check_pair(c, a, b, (b.shape[-1] if tb else b.shape[-2]) if len(b.shape) >= 2 else None)
+        return [_acc_out(a.shape[:-1] + ((b.shape[-2] if tb else b.shape[-1]),))]
+
+    def run(self, op, args, ctx):
+        b = np.swapaxes(args[1], -1, -2) if op.attrs["transpose_b"] else args[1]
+        return [ctx.accumulator(op, intops.binary_matmul(args[0], b, op.attrs["mode"]))]
+
+    def cost(self, m, c, i, op, fused):
+        b = m.plan.dims[op.inputs[1]]
+        n = b[-2] if op.attrs["transpose_b"] else b[-1]
+        m.array_product(c, i, op, n, 1, "binary_mac", pack=self.pack(m))
+
+    def trace(self, op, ins, outs, rng):
+        a, b = ins
+        idx = tuple(int(rng.integers(0, d)) for d in a.shape[:-2])
+        x, b, out = a[idx], b[idx], outs[0][idx]
+        w = b if op.attrs["transpose_b"] else b.T
+        rows = rng.choice(x.shape[0], min(TRACE_GEMM_ROWS, x.shape[0]), replace=False)
+        cols = rng.choice(w.shape[0], min(TRACE_GEMM_COLS, w.shape[0]), replace=False)
+        _agree(op, out[rows][:, cols], intops.binary_matmul(x[rows], w[cols].T, op.attrs["mode"]))
+        return dict(x=x[rows], w=w[cols], b=np.zeros(len(cols), np.int64), mode=BINARY_BENCH_MODE[op.attrs["mode"]])
+
+
+class _CompareOp(OpKind):
+    """One compare an element on the requantizer's lanes, taken straight from the array's drain where it alone
+    reads an accumulator; its 1-bit output is what the binary modes stream."""
+
+    unit = "requant"
+    headwise = True
+    fuses_after = "array"
+    report_class = "binary"
+    not_compiled = _NOT_COMPILED_BINARY
+
+    def cost(self, m, c, i, op, fused):
+        n = m.plan.numel(op.inputs[0])
+        m.stream(c, i, op, m.a.requant, n, fused)
+        if fused:
+            c.count("sram_accumulator_read", n * m.acc_bytes)
+        c.count(self.kind, n)
+
+
+@register
+class Binarize(_CompareOp):
+    """Sign bits of an integer tensor: ``x >= threshold`` (per channel, or one threshold), ``sim.intops.binarize``.
+    A real-valued scale and bias in front of the sign fold into the threshold: ``sign(a * x + b)`` for a > 0 is
+    ``x >= ceil(-b / a)`` exactly."""
+
+    kind = "binarize"
+    params = ("threshold",)
+
+    def check(self, c, ins):
+        x = ins[0]
+        c.rank(x, 1)
+        c.within(x, *_range(widths.ACC_BITS), f"a compare (at most int{widths.ACC_BITS})")
+        t = c.param("threshold", 1, *_range(widths.ACC_BITS), f"int{widths.ACC_BITS} range")
+        if t.shape[0] != 1 and not same(x.shape[-1], t.shape[0]):
+            c.fail("threshold", f"{t.shape[0]} channels, input {x.name!r} has shape {x.shape}")
+        return [Value("", x.shape, 0, 1)]
+
+    def run(self, op, args, ctx):
+        return [intops.binarize(args[0], op.params["threshold"])]
+
+    def param_bytes(self, op, plan):
+        return {"threshold": ceil_div(op.params["threshold"].size * widths.ACC_BITS, 8)}
+
+
+@register
+class BiAttention(_CompareOp):
+    """Bi-Attention's binary attention map in place of softmax: ``scores >= threshold`` for the keys the mask
+    lets take part (``sim.intops.bi_attention``); it weighs V through the array's ``and`` mode."""
+
+    kind = "bi_attention"
+    arity = (1, 2)
+    attrs = ("threshold",)
+
+    def check(self, c, ins):
+        c.attr("threshold", *_range(widths.ACC_BITS))
+        t = ins[0]
+        c.rank(t, 1)
+        c.within(t, *_range(widths.ACC_BITS), f"a compare (at most int{widths.ACC_BITS})")
+        _check_key_mask(c, t, ins)
+        return [Value("", t.shape, 0, 1)]
+
+    def run(self, op, args, ctx):
+        valid = _key_mask(args[1], args[0].ndim) if len(args) > 1 else None
+        return [intops.bi_attention(args[0], valid, op.attrs["threshold"])]
+
+
 # ==================================================================== the requantizer and its lanes
 @register
 class Requant(OpKind):
@@ -885,11 +1084,7 @@ class SoftmaxLog2(OpKind):
         t = ins[0]
         c.rank(t, 1)
         c.within(t, *_range(widths.SOFTMAX_IN_BITS), f"the softmax unit (int{widths.SOFTMAX_IN_BITS} scores)")
-        if len(ins) == 2:
-            mask = ins[1]
-            c.rank(mask, 1, 1)
-            if not same(mask.shape[0], t.shape[-1]):
-                c.fail("inputs", f"key mask {mask.name!r} {mask.shape} does not match scores {t.name!r} {t.shape}")
+        _check_key_mask(c, t, ins)
         return t
 
     @staticmethod
@@ -1149,10 +1344,7 @@ class Embedding(OpKind):
 
     def run(self, op, args, ctx):
         ids, table = args[0], op.params["table"]
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise ProgramError(f"op {op.name!r} (embedding): field 'inputs': id {bad} outside the table's "
-                               f"rows [0, {table.shape[0] - 1}]")
+        _check_ids(op, ids, table.shape[0])
         return [intops.embedding(ids, table)]
 
     def cost(self, m, c, i, op, fused):  # a lookup in DRAM: no unit busy
@@ -1162,6 +1354,42 @@ class Embedding(OpKind):
 
     def param_bytes(self, op, plan):  # only the looked-up rows
         return {"table": plan.nbytes(op.outputs[0])}
+
+
+def _check_ids(op: Op, ids: np.ndarray, rows: int) -> None:
+    """Token ids are program inputs: checked against the table as the program runs."""
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ProgramError(f"op {op.name!r} ({op.kind}): field 'inputs': id {bad} outside the table's "
+                           f"rows [0, {rows - 1}]")
+
+
+@register
+class BinaryEmbedding(Embedding):
+    """A binarized embedding table: one sign bit an entry and one magnitude a row (``scale``, on the output's
+    grid), ``sim.intops.binary_embedding``; a DRAM lookup of the row's bits and magnitude."""
+
+    kind = "binary_embedding"
+    params = ("bits", "scale")
+
+    def check(self, c, ins):
+        out_bits = c.attr("out_bits", 2, widths.RESIDUAL_BITS)
+        bits = c.param("bits", 2, 0, 1, "sign bits")
+        scale = c.param("scale", 1, 0, _range(out_bits)[1], f"magnitudes of an int{out_bits} output")
+        if scale.shape[0] != bits.shape[0]:
+            c.fail("scale", f"has {scale.shape[0]} entries for {bits.shape[0]} rows")
+        top = int(scale.max())
+        return [Value("", ins[0].shape + (bits.shape[1],), -top, top)]
+
+    def run(self, op, args, ctx):
+        _check_ids(op, args[0], op.params["bits"].shape[0])
+        return [intops.binary_embedding(args[0], op.params["bits"], op.params["scale"])]
+
+    def param_bytes(self, op, plan):  # only the looked-up rows: their bits and their magnitudes
+        width = op.params["bits"].shape[1]
+        rows = plan.numel(op.outputs[0]) // width
+        bits = plan.p.tensors[op.outputs[0]].bits
+        return {"bits": ceil_div(rows * width, 8), "scale": ceil_div(rows * bits, 8)}
 
 
 # ==================================================================== row gathers (window attention's data movement)

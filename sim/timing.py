@@ -106,6 +106,20 @@ def gemm_cycles(m: int, k: int, n: int, rows: int, cols: int) -> int:
     return ceil_div(k, rows) * ceil_div(n, cols) * mac_fold_cycles(m, rows, cols)
 
 
+def binary_pack(act_bits: int, weight_bits: int) -> int:
+    """Binary products a PE sums per cycle in the array's binary modes: its activation port carries
+    ``act_bits`` 1-bit operands and its weight register ``weight_bits`` sign bits, so it takes the narrower
+    of the two, ``min(act_bits, weight_bits)`` (4 on an int4 array), and a fold covers ``rows`` times as many
+    reduction indices."""
+    return min(act_bits, weight_bits)
+
+
+def binary_gemm_cycles(m: int, k: int, n: int, rows: int, cols: int, pack: int) -> int:
+    """A binary (m x k) @ (k x n) product: the plain product's folds over ``ceil(k / pack)`` packed reduction
+    indices, the same fold timing (the popcount replaces the product in the PE's product stage)."""
+    return gemm_cycles(m, ceil_div(k, pack), n, rows, cols)
+
+
 def stream_cycles(n: int, lanes: int, latency: int) -> int:
     """A fully pipelined element-wise unit (requantizer, GELU ROM): ``lanes`` per cycle, ``latency`` deep."""
     return ceil_div(n, lanes) + latency - 1 if n else 0
