@@ -110,6 +110,15 @@ class MacArray(wiring.Component):
     constant factors (shift-adds): no shifter or x181 per PE. ``linear`` and
     activation x activation ``matmul`` are the plain mode (a matmul has no bias).
 
+    ``binary`` builds the binary modes (the default): a fold flagged ``w_binary`` holds sign bits (1: +1,
+    0: -1) and streams 1-bit operands, ``sim.timing.binary_pack`` of them in each PE's weight register and
+    activation lane (bit j of lane r is reduction index ``r * pack + j`` of the fold), so a fold covers
+    ``rows * pack`` reduction indices. In place of its product a PE makes the sum of its ``pack`` binary
+    products: ``sim.intops.xnor_popcount``'s ±1 x ±1 (equal bits +1, different bits -1), or with ``w_and``
+    ``sim.intops.and_popcount``'s {0,1} x ±1 (a 0 adds nothing); the sum joins the partial sums where the
+    product would, so a binary fold takes the cycles of a plain one. A controller padding a reduction with
+    zero bits in xnor mode adds +1 a padded index, which it takes off the bias.
+
     ``digits`` > 1 builds the digit passes of operands wider than ``act_bits`` (``sim.isa``): a fold's
     ``w_digit`` (taken with its weights, like ``w_first``) shifts its partial sums left by
     ``w_digit * act_bits`` before they are added, and the accumulator is exact for operands of
@@ -118,7 +127,7 @@ class MacArray(wiring.Component):
 
     def __init__(self, rows: int = 4, cols: int = 4, act_bits: int = 4, weight_bits: int = 4,
                  acc_bits: int = 32, max_m: int = 64, max_k: int = 4096, log2: bool = True, code_bits: int = 4,
-                 products: str | None = None, digits: int = 1):
+                 products: str | None = None, digits: int = 1, binary: bool = True):
         unit = "MacArray"
         self.rows = check_int(unit, "rows", rows, 1, 256)
         self.cols = check_int(unit, "cols", cols, 1, 256)
@@ -132,6 +141,8 @@ class MacArray(wiring.Component):
         self.log2 = check_bool(unit, "log2", log2)
         self.code_bits = check_int(unit, "code_bits", code_bits, 2, min(5, act_bits))
         self.digits = check_int(unit, "digits", digits, 1, 8)
+        self.binary = check_bool(unit, "binary", binary)
+        self.pack = timing.binary_pack(act_bits, weight_bits)  # binary products a PE sums per cycle
         if products is None:
             products = "lut" if act_bits <= 4 and weight_bits <= 4 else "dsp"
         if products not in PRODUCTS:
@@ -157,8 +168,10 @@ class MacArray(wiring.Component):
         self.psum_bits = signed_width(rows * column[0], rows * column[1])  # a column's sum
         self.acc_int_bits = _bits_for((1 << (acc_bits - 1)) + max_k * prod)  # exact over max_k terms and a bias
         digit_port = {"w_digit": In(range(digits))} if digits > 1 else {}
+        binary_ports = {"w_binary": In(1), "w_and": In(1)} if binary else {}
         super().__init__({
             **digit_port,
+            **binary_ports,
             "w_valid": In(1),
             "w_ready": Out(1),
             "w_row": In(data.ArrayLayout(signed(weight_bits), cols)),
@@ -186,10 +199,23 @@ class MacArray(wiring.Component):
     def params(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, "act_bits": self.act_bits, "weight_bits": self.weight_bits,
                 "acc_bits": self.acc_bits, "max_m": self.max_m, "max_k": self.max_k, "log2": self.log2,
-                "code_bits": self.code_bits, "products": self.products, "digits": self.digits}
+                "code_bits": self.code_bits, "products": self.products, "digits": self.digits,
+                "binary": self.binary}
 
     def _product(self, m: Module, x, w, name: str):
         return lut_product(m, x, w, name) if self.products == "lut" else x * w
+
+    def _binary_sum(self, m: Module, x, w, and_mode, name: str) -> Signal:
+        """The sum of a PE's ``pack`` binary products: bit j of ``x`` against sign bit j of ``w``, each +1, -1
+        or (and mode, ``x_j = 0``) 0; an adder tree of 2-bit terms."""
+        terms = []
+        for j in range(self.pack):
+            agree = Signal(signed(2), name=f"{name}_t{j}")
+            m.d.comb += agree.eq(Mux(x[j] == w[j], 1, -1))
+            terms.append(Mux(and_mode & ~x[j], 0, agree))
+        total = Signal(signed(signed_width(-self.pack, self.pack)), name=name)
+        m.d.comb += total.eq(sum(terms[1:], terms[0]))
+        return total
 
     def _decode(self, m: Module, r: int, x, sqrt2):
         """Row ``r``'s log2 code as the PE operand ``Cat(2**b or 0, a, chain)`` (:func:`log2_plan`)."""
@@ -218,6 +244,8 @@ class MacArray(wiring.Component):
         log2 = Signal()
         sqrt2 = Signal()
         digit = Signal(range(self.digits))
+        binary = Signal()
+        and_mode = Signal()
         bias = Signal(data.ArrayLayout(signed(self.acc_bits), cols))
         w_fire = Signal()
         x_fire = Signal()
@@ -232,6 +260,8 @@ class MacArray(wiring.Component):
                         m.d.sync += [log2.eq(self.w_log2), sqrt2.eq(self.w_log2 & self.w_sqrt2)]
                     if self.digits > 1:
                         m.d.sync += digit.eq(self.w_digit)
+                    if self.binary:
+                        m.d.sync += [binary.eq(self.w_binary), and_mode.eq(self.w_binary & self.w_and)]
                     with m.If(row_idx == rows - 1):
                         m.d.sync += [row_idx.eq(0), x_count.eq(0)]
                         m.next = "STREAM"
@@ -269,7 +299,12 @@ class MacArray(wiring.Component):
                 # the product is registered (timing.MAC_PRODUCT_STAGES); its operand's shift and chain, a
                 # cycle later, are the ones the next PE holds
                 term = Signal(signed(self.act_bits + self.weight_bits), name=f"prod_reg_{r}_{c}")
-                m.d.sync += term.eq(self._product(m, x, weights[r][c], f"prod_{r}_{c}"))
+                product = self._product(m, x, weights[r][c], f"prod_{r}_{c}")
+                if self.binary:  # a binary fold's popcount takes the product's place (and its register)
+                    popcount = self._binary_sum(m, x.as_unsigned(), weights[r][c].as_unsigned(), and_mode,
+                                                f"popcount_{r}_{c}")
+                    product = Mux(binary, popcount, product)
+                m.d.sync += term.eq(product)
                 if self.log2:
                     a = op_reg[self.act_bits:self.act_bits + self.a_bits]
                     chain = op_reg[self.act_bits + self.a_bits:]
