@@ -114,15 +114,16 @@ def cmd_models(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from ptq2rtl import cnn_digits, models, vit_digits
+    from ptq2rtl import bibert, cnn_digits, models, vit_digits
 
     trainers = {"vit-digits": (vit_digits.train_vit_digits, vit_digits.CHECKPOINT),
-                "cnn-digits": (cnn_digits.train_cnn_digits, cnn_digits.CHECKPOINT)}
+                "cnn-digits": (cnn_digits.train_cnn_digits, cnn_digits.CHECKPOINT),
+                "bibert-minilm": (bibert.train_bibert, None)}  # None: the cache, where quantize looks for it
     if args.model not in trainers:
-        raise models.ModelError(f"only {' and '.join(trainers)} are trained by ptq2rtl; {args.model!r} loads "
+        raise models.ModelError(f"only {', '.join(trainers)} are trained by ptq2rtl; {args.model!r} loads "
                                 f"from a checkpoint")
     train, checkpoint = trainers[args.model]
-    _print(train(args.output or str(checkpoint), progress=True), args.json)
+    _print(train(args.output or (checkpoint and str(checkpoint)), progress=True), args.json)
 
 
 def cmd_quantize(args) -> None:
@@ -131,7 +132,8 @@ def cmd_quantize(args) -> None:
     program, plan = flows.quantize(args.model, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
                                    data=args.data, calib=args.calib)
     program.save(args.output)
-    print(f"wrote {args.output}: {len(program.ops)} ops, method {args.method}, W{args.wbits}A{args.abits}, "
+    print(f"wrote {args.output}: {len(program.ops)} ops, method {args.method}, "
+          f"W{program.meta.get('wbits', args.wbits)}A{program.meta.get('abits', args.abits)}, "
           f"calibration {plan.meta['calib_seconds']:.1f} s")
 
 
@@ -401,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_models)
 
-    s = sub.add_parser("train", help="(re)train a bundled model (vit-digits, cnn-digits)")
+    s = sub.add_parser("train", help="(re)train a bundled model (vit-digits, cnn-digits), or bibert-minilm's "
+                                     "binary student (into the cache)")
     s.add_argument("model")
     s.add_argument("-o", "--output", type=output_file, help="checkpoint path (default: the bundled one)")
     s.add_argument("--json", action="store_true")

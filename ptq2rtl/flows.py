@@ -14,6 +14,7 @@ from quant import cnn, datafree
 from quant.cnn import CNN, CnnPlan
 from quant.lower import lower
 from quant.methods import get_method
+from quant.methods.bibert import BinaryPlan
 from quant.model import Forward, Transformer, adapt
 from quant.plan import QuantPlan, Sites, chosen_points, linears, paper_forward
 from quant.quantizers import QuantError, check_bits, program_inputs
@@ -103,6 +104,11 @@ def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str
     if sites:
         sites.check(linears(spec), chosen_points(spec, batches[0]))
         kw["sites"] = sites
+    if method == "bibert":  # the trained binary student, cached by content hash (trains on first use)
+        from ptq2rtl import bibert
+
+        spec = spec.copy()
+        spec.extra["bibert_student"] = bibert.student(name, spec, progress=progress)
     start = time.perf_counter()
     plan = get_method(method)(spec.copy(), batches, wbits, abits, progress=progress, **kw)
     plan.meta["calib_seconds"] = round(time.perf_counter() - start, 2)
@@ -112,7 +118,12 @@ def make_plan(name: str, method: str, wbits: int, abits: int, *, checkpoint: str
 
 def quantize(name: str, method: str, wbits: int, abits: int, **kw) -> tuple[IntegerProgram, QuantPlan]:
     plan = make_plan(name, method, wbits, abits, **kw)
-    return lower(plan), plan
+    return lower_plan(plan), plan
+
+
+def lower_plan(plan: QuantPlan | CnnPlan) -> IntegerProgram:
+    """The integer program of a plan: a binarized encoder's own lowering, else the shared one."""
+    return plan.lower() if isinstance(plan, BinaryPlan) else lower(plan)
 
 
 def _image_counts(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
@@ -177,7 +188,10 @@ def evaluate_paper(plan: QuantPlan | CnnPlan, *, data: str | None = None, limit:
                    progress: bool = True) -> dict:
     """Paper protocol: fake-quant linears and matmuls, LayerNorm / Softmax / GELU / residuals in float (a CNN:
     fake-quant weights and activations, the arithmetic in float)."""
-    fwd = cnn.paper_forward(plan) if isinstance(plan, CnnPlan) else paper_forward(plan)
+    if isinstance(plan, CnnPlan):
+        fwd = cnn.paper_forward(plan)
+    else:
+        fwd = plan.forward() if isinstance(plan, BinaryPlan) else paper_forward(plan)
 
     def run_batch(inputs):
         with torch.no_grad():
@@ -209,7 +223,7 @@ def sweep(name: str, methods: list[str], bits: list[int], *, protocols: tuple[st
                 row["paper"] = _metrics(evaluate_paper(plan, data=data, limit=limit, progress=progress))
             if "integer" in protocols or on_program is not None:
                 try:
-                    program = lower(plan)
+                    program = lower_plan(plan)
                 except (QuantError, ProgramError) as exc:  # a plan no program can carry: a row that says why
                     row["refused"] = f"not lowered: {exc}"
                     yield row

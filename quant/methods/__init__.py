@@ -13,12 +13,17 @@ from typing import Callable
 from quant.quantizers import QuantError
 
 _METHODS: dict[str, Callable] = {}
-_MODULES = ("baseline", "repq", "apq", "hvit", "fqvit", "aocq", "mptq", "tsptq", "tpvit")
+#: methods ``get_method`` finds but ``method_names`` (what sweeps, reports and the per-method tests run) leaves
+#: out: the binary ones, which take BERT encoders only and, for bibert, a trained student
+_UNLISTED: set[str] = set()
+_MODULES = ("baseline", "repq", "apq", "hvit", "fqvit", "aocq", "mptq", "tsptq", "tpvit", "bibert")
 
 
-def register_method(name: str):
+def register_method(name: str, *, listed: bool = True):
     def wrap(fn: Callable) -> Callable:
         _METHODS[name] = fn
+        if not listed:
+            _UNLISTED.add(name)
         return fn
     return wrap
 
@@ -29,8 +34,9 @@ def _load_all() -> None:
 
 
 def method_names() -> list[str]:
+    """The post-training methods every transformer takes (the binary methods are left out)."""
     _load_all()
-    return sorted(_METHODS)
+    return sorted(set(_METHODS) - _UNLISTED)
 
 
 def get_method(name: str) -> Callable:
