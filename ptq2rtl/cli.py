@@ -184,7 +184,24 @@ def cmd_simulate(args) -> None:
     report = simulate_report(args.program, args.accel, batch=args.batch, seq_len=args.seq_len)
     if report["clock"]["warning"]:
         print(f"warning: {report['clock']['warning']}", file=sys.stderr)
+    report["activation"] = _activation_traffic(args)
     _print(report, args.json, format_table)
+    if not args.json:
+        a = report["activation"]
+        print(f"activations ({a['basis']}): {a['stored_bytes']:,} bytes stored, {a['bits_per_value']:.2f} bits a "
+              f"value, {a['dram_bytes']:,} bytes to and from DRAM")
+
+
+def _activation_traffic(args) -> dict:
+    """What the program stores of its activations and moves of them to DRAM (``sim.cycles.ActivationTraffic``,
+    from the analytic model whichever basis priced the cycles)."""
+    from sim.cycles import program_cycles
+    from sim.program import IntegerProgram
+
+    act = program_cycles(IntegerProgram.load(args.program), args.accel, batch=args.batch,
+                         seq_len=args.seq_len).activation
+    return {"stored_bytes": act.stored_bytes, "values": act.values, "bits_per_value": act.bits_per_value,
+            "dram_bytes": act.dram_bytes, "basis": "analytic model (sim.cycles)"}
 
 
 def _sweep_cols(row: dict) -> tuple[str, ...]:

@@ -2,14 +2,16 @@
 
 Both start from the baseline's grids (``quant.cnn.baseline``) and a traffic target: the activations the
 graph stores (every point's values at its width: the image at 8 bits, feature maps at ``abits``) shrunk
-``ratio`` times. A greedy search spends that budget where a calibration error proxy grows least per bit
-saved, and never takes a step that leaves a point's proxy above :data:`MAX_ERROR`, so where the target
+``ratio`` times. A greedy search (:func:`_greedy`) spends that target where a calibration error proxy
+grows least per bit saved, within an error budget ``max_error`` (default :data:`MAX_ERROR`) on the proxy
+summed over all points (errors made at successive points add up at the output), so where the target
 costs more than that the method stops short of it (the cost model then says what was reached).
 
 The error proxy of a point is relative and measured where it matters, at its consumers: for a consumer
 with weights ``M`` (a convolution's every tap, the classifier behind the global pool; a residual add or
 a max pool passes the error on as it is) the error energy ``E||M e||^2`` over the output energy
-``E||M x||^2``, summed over the point's consumers (cross-tap correlations of a k x k convolution left out).
+``E||M x||^2``, summed over the point's consumers (cross-tap correlations of a k x k convolution left out;
+a depthwise consumer is looked through to the consumers after it, see :func:`_metric`).
 
 ``actcomp-mpdr`` (channel groups with their own widths, 0 = dropped): a point's channels are ordered by
 importance (their share of the consumers' output energy) and cut into groups of :data:`GROUP` channels
@@ -21,8 +23,7 @@ widths (``sim.intops.pack_channels``; ``sim.cycles`` counts those bytes). A drop
 its calibration mean is folded into its consumers' biases (exact for a 1x1 convolution and the pooled
 classifier; a k x k convolution's padded border sees the mean where the float model saw 0), so it is
 allowed only where every consumer is a convolution or the pool. The search is greedy over all groups of
-all points at once: each step lowers the group whose jump to some lower width costs the least proxy per
-bit saved. A channel permutation that made each group contiguous would fold exactly into the producer's
+all points at once. A channel permutation that made each group contiguous would fold exactly into the producer's
 rows and the consumers' columns; it is not applied, because the requantizer's per-channel table already
 addresses every channel and the stored bytes are the same.
 
@@ -53,9 +54,10 @@ from quant.quantizers import QuantError
 
 GROUP = 16  #: channels per group / per projection step: the accelerator's vector width
 DEFAULT_RATIO = 3.0  #: the seeds' claim: about 3x less activation memory traffic
-MAX_ERROR = 0.02  #: the largest relative error proxy a step may leave at a point (chosen on cnn-digits: notes in the README)
-SAMPLE_ROWS = 4096  #: pixel rows of each point kept for the width search
-TUNE_STEPS = 300  #: gradient steps on a projection
+MAX_ERROR = 0.02  #: the error budget: the proxy added over all points (the frontier around it: bench_actcomp)
+SAMPLE_ROWS = 2048  #: pixel rows of each point kept for the width search
+TUNE_STEPS = 300  #: gradient steps on a projection, at most
+TUNE_FLOPS = 3e10  #: and at most about this much arithmetic (a wide point gets fewer steps)
 
 
 # ------------------------------------------------------------------ the graph around a point
@@ -72,23 +74,19 @@ def _fc_after(cnn: CNN, pool: Node) -> Node:
     return next(n for n in cnn.nodes if n.step == "fc" and n.inputs == (pool.name,))
 
 
-def _rows(cnn: CNN, node: Node, channels: int) -> torch.Tensor | None:
-    """The weight rows a consumer applies to its input's channels, [rows, C] (a grouped convolution: each
-    channel's own filters, zero elsewhere); None for a step that passes values on (add, max pool)."""
+def _gram(cnn: CNN, node: Node, channels: int) -> torch.Tensor:
+    """``M^T M`` [C, C] of the weight rows ``M`` a consumer applies to its input's channels (every tap of a
+    convolution; a grouped one block by block; the classifier behind the pool); the identity for a step
+    that passes values on (add, max pool)."""
     if node.step == "conv":
         w = node.conv.w.double()
-        o, cg = w.shape[:2]
-        groups = node.conv.groups
-        if groups == 1:
-            return w.permute(0, 2, 3, 1).reshape(-1, channels)
-        full = torch.zeros(o, w.shape[2], w.shape[3], channels, dtype=torch.float64)
-        per = o // groups
-        for g in range(groups):
-            full[g * per:(g + 1) * per, :, :, g * cg:(g + 1) * cg] = w[g * per:(g + 1) * per].permute(0, 2, 3, 1)
-        return full.reshape(-1, channels)
+        groups, (o, cg) = node.conv.groups, w.shape[:2]
+        blocks = torch.einsum("gpckl,gpdkl->gcd", *(w.reshape(groups, o // groups, cg, *w.shape[2:]),) * 2)
+        return blocks[0] if groups == 1 else torch.block_diag(*blocks)
     if node.step == "pool":
-        return _fc_after(cnn, node).fc[0].double()
-    return None
+        w = _fc_after(cnn, node).fc[0].double()
+        return w.T @ w
+    return torch.eye(channels, dtype=torch.float64)
 
 
 @dataclass
@@ -100,16 +98,31 @@ class _Moments:
     total: torch.Tensor | None = None  #: sum of x [C]
     second: torch.Tensor | None = None  #: sum of x x^T [C, C]
     samples: list = field(default_factory=list)
+    halves: list = field(default_factory=lambda: [0, 0])  #: sum of x x^T over the first / second half
+    images: int = 0
+    split: int = 0  #: the first image of the second half
 
     def add(self, x: torch.Tensor, keep: int, gen: torch.Generator) -> None:
+        """``keep`` random rows of ``x`` as samples (float32); with samples only the diagonal of the second
+        moments (what the width search needs), else the full matrix (the projection's), also by halves of
+        the images in calibration order (other photographs, where the images are crops photograph by
+        photograph), to measure a projection on images it was not fitted to."""
         rows = x.movedim(1, -1).reshape(-1, self.channels).double()
         self.n += rows.shape[0]
         self.total = rows.sum(0) if self.total is None else self.total + rows.sum(0)
-        outer = rows.T @ rows
-        self.second = outer if self.second is None else self.second + outer
+        if keep:
+            outer = torch.diag((rows * rows).sum(0))
+        else:
+            per_image = x.movedim(1, -1).reshape(x.shape[0], -1, self.channels).double()
+            cut = min(max(self.split - self.images, 0), x.shape[0])
+            first, second = per_image[:cut].reshape(-1, self.channels), per_image[cut:].reshape(-1, self.channels)
+            self.halves = [self.halves[0] + first.T @ first, self.halves[1] + second.T @ second]
+            outer = None
+        self.images += x.shape[0]
+        self.second = (self.second if self.second is not None else 0) + (outer if outer is not None else 0)
         if keep:
             pick = torch.randperm(rows.shape[0], generator=gen)[:keep]
-            self.samples.append(rows[pick])
+            self.samples.append(rows[pick].float())
 
     @property
     def mean(self) -> torch.Tensor:
@@ -117,10 +130,16 @@ class _Moments:
 
     @property
     def sigma(self) -> torch.Tensor:
+        if isinstance(self.second, int):  # gathered by halves
+            return (self.halves[0] + self.halves[1]) / self.n
         return self.second / self.n
 
+    def half_sigmas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.n // self.images
+        return self.halves[0] / (rows * self.split), self.halves[1] / (rows * (self.images - self.split))
+
     def sample(self) -> torch.Tensor:
-        return torch.cat(self.samples)
+        return torch.cat(self.samples).double()
 
 
 def _gather(cnn: CNN, batches: list, points: list[str], keep_samples: bool, progress: bool):
@@ -135,24 +154,69 @@ def _gather(cnn: CNN, batches: list, points: list[str], keep_samples: bool, prog
         sizes[name] = t[0].numel()
         if name in moments:
             if moments[name] is None:
-                moments[name] = _Moments(t.shape[1])
+                moments[name] = _Moments(t.shape[1], split=sum(len(x) for x, _ in batches) // 2)
             moments[name].add(t.detach(), keep, gen)
 
     observers = collect(cnn, batches, progress, also)
     return observers, moments, sizes
 
 
-def _metric(cnn: CNN, users: list[Node], m: _Moments) -> torch.Tensor:
+def _depthwise(node: Node, channels: int) -> bool:
+    return node.step == "conv" and node.conv.groups == channels == node.conv.w.shape[0]
+
+
+def _metric(cnn: CNN, users: list[Node], m: _Moments, later: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``G`` [C, C]: the error proxy of an error ``e`` is ``E e^T G e`` (each consumer's ``M^T M`` over its
-    output energy ``tr(M S M^T)``, S the second moments; a pass-through step: identity over ``tr S``)."""
-    c = m.channels
-    g = torch.zeros(c, c, dtype=torch.float64)
+    output energy ``tr(M S M^T)``, S the second moments; a pass-through step: identity over ``tr S``).
+
+    A depthwise consumer scales each channel by its filter alone, so its own output energy says nothing
+    of what a channel is worth: where ``later`` holds the diagonal metric of its output (the consumers
+    after it), channel c's error counts as ``|f_c|^2`` times that output channel's weight."""
+    g = torch.zeros(m.channels, m.channels, dtype=torch.float64)
     sigma = m.sigma
     for node in users:
-        rows = _rows(cnn, node, c)
-        mtm = torch.eye(c, dtype=torch.float64) if rows is None else rows.T @ rows
-        g += mtm / max(float(torch.trace(mtm @ sigma)), 1e-30)
+        mtm = _gram(cnn, node, m.channels)
+        if later is not None and node.name in later and _depthwise(node, m.channels):
+            g += torch.diag(torch.diagonal(mtm) * later[node.name])
+        else:
+            g += mtm / max(float((mtm * sigma).sum()), 1e-30)
     return g
+
+
+def _greedy(ladders: list[list[tuple[float, float]]], bits: float, target: float, max_error: float) -> list[int]:
+    """The level of each item: ``ladders[i][l]`` = (bits saved, proxy added) at level l of item i (level 0:
+    nothing saved, nothing added; an infinite proxy: out of reach). Each step takes the jump, over all
+    items and all deeper levels, that adds the least proxy per bit saved and fits what is left of the
+    error budget ``max_error`` (summed over every item: errors at successive points add up), until the
+    bits reach ``target`` or nothing fits."""
+    level = [0] * len(ladders)
+    spent = 0.0
+
+    def jump(i: int):
+        here_saved, here_err = ladders[i][level[i]]
+        best = None
+        for lv in range(level[i] + 1, len(ladders[i])):
+            saved, err = ladders[i][lv][0] - here_saved, ladders[i][lv][1] - here_err
+            if saved > 0 and math.isfinite(err) and spent + err <= max_error and (
+                    best is None or max(err, 0.0) / saved < best[0]):
+                best = (max(err, 0.0) / saved, i, lv)
+        return best
+
+    heap = [j for i in range(len(ladders)) if (j := jump(i)) is not None]
+    heapq.heapify(heap)
+    while heap and bits > target:
+        _, i, lv = heapq.heappop(heap)
+        added = ladders[i][lv][1] - ladders[i][level[i]][1]
+        if spent + added > max_error:  # the budget shrank since this jump was priced
+            if (j := jump(i)) is not None:
+                heapq.heappush(heap, j)
+            continue
+        bits -= ladders[i][lv][0] - ladders[i][level[i]][0]
+        spent += added
+        level[i] = lv
+        if (j := jump(i)) is not None:
+            heapq.heappush(heap, j)
+    return level
 
 
 def _budget(sizes: dict[str, int], abits: int, ratio: float) -> tuple[dict[str, int], float, float]:
@@ -199,7 +263,8 @@ class _Group:
     level: int  #: index into widths
 
 
-def mpdr(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ratio: float = DEFAULT_RATIO):
+def mpdr(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ratio: float = DEFAULT_RATIO,
+         max_error: float = MAX_ERROR):
     """``actcomp-mpdr``: per-group widths (0 = dropped) by a greedy search under a traffic target."""
     batches = list(batches)
     users = consumers(cnn)
@@ -212,12 +277,13 @@ def mpdr(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ra
     widths = widths_for(abits)
     groups: list[_Group] = []
     shifts: dict[str, torch.Tensor] = {}
-    for p in eligible:
+    later: dict[str, torch.Tensor] = {}
+    for p in reversed(eligible):  # a point's metric may rest on the one after its depthwise consumer
         m = moments[p]
         may_drop = all(u.step in ("conv", "pool") for u in users[p])
         ws = widths if may_drop else [b for b in widths if b > 0]
         err, shift = _channel_errors(m.sample(), plan.acts[p].scale, abits, p not in unsigned, m.mean, ws)
-        weight = torch.diagonal(_metric(cnn, users[p], m))  # each channel's share of its consumers' error
+        weight = later[p] = torch.diagonal(_metric(cnn, users[p], m, later))  # each channel's part of the proxy
         err = err * weight
         if not may_drop:  # width 0 out of reach: infinite proxy
             err = torch.cat([torch.full((1, m.channels), math.inf, dtype=torch.float64), err])
@@ -228,31 +294,16 @@ def mpdr(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ra
         for g0 in range(0, m.channels, GROUP):
             idx = order[g0:g0 + GROUP]
             groups.append(_Group(p, idx, err[:, idx].sum(1), len(widths) - 1))
-    point_err = {p: sum(float(g.err[g.level]) for g in groups if g.point == p) for p in eligible}
-
-    def best_jump(gi: int):
-        g = groups[gi]
+    ladders = []
+    for g in groups:  # from abits down to 0
         per = values[g.point] // moments[g.point].channels * len(g.channels)  # values per image in the group
-        best = None
-        for lv in range(g.level):
-            saved = per * (widths[g.level] - widths[lv])
-            cost = float(g.err[lv] - g.err[g.level])
-            if math.isfinite(cost) and (best is None or cost / saved < best[0]):
-                best = (max(cost, 0.0) / saved, lv, saved, cost)
-        return best
-
-    heap = [(j[0], gi, j) for gi in range(len(groups)) if (j := best_jump(gi)) is not None]
-    heapq.heapify(heap)
-    while heap and bits > target:
-        _, gi, (_, lv, saved, cost) = heapq.heappop(heap)
-        g = groups[gi]
-        if point_err[g.point] + cost > MAX_ERROR:
-            continue  # this group stays; cheaper steps elsewhere may still go on
-        g.level = lv
-        point_err[g.point] += cost
-        bits -= saved
-        if (j := best_jump(gi)) is not None:
-            heapq.heappush(heap, (j[0], gi, j))
+        top = float(g.err[-1])
+        ladders.append([(per * (abits - widths[lv]), float(g.err[lv]) - top) for lv in reversed(range(len(widths)))])
+    levels = _greedy(ladders, bits, target, max_error)
+    for g, lv in zip(groups, levels):
+        g.level = len(widths) - 1 - lv
+    bits = start - sum(ladders[i][lv][0] for i, lv in enumerate(levels))
+    point_err = {p: sum(float(g.err[g.level] - g.err[-1]) for g in groups if g.point == p) for p in eligible}
     chosen: dict[str, dict] = {}
     for p in eligible:
         m, shift = moments[p], shifts[p]
@@ -274,7 +325,8 @@ def mpdr(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ra
     for n in cnn.nodes:  # a max pool keeps its input's grid
         if n.step == "maxpool":
             plan.acts[n.name] = plan.acts[n.inputs[0]]
-    plan.meta["actcomp"] = {"ratio": ratio, "points": chosen, "estimated_ratio": round(start / bits, 3)}
+    plan.meta["actcomp"] = {"ratio": ratio, "max_error": max_error, "points": chosen,
+                            "estimated_ratio": round(start / bits, 3)}
     return plan
 
 
@@ -317,11 +369,12 @@ def tune_projection(sigma: torch.Tensor, g: torch.Tensor, r: int, steps: int = T
     u = vecs[:, -r:].flip(1)
     p = u.T.clone().requires_grad_(True)
     d = u.clone().requires_grad_(True)
-    eye = torch.eye(c, dtype=torch.float64)
+    base = float((g * sigma).sum())
+    steps = max(1, min(steps, int(TUNE_FLOPS / (12 * r * c * c))))
 
-    def loss():
-        e = eye - d @ p
-        return torch.trace(g @ e @ sigma @ e.T)
+    def loss():  # tr(G S) - 2 tr(G D P S) + tr(D^T G D P S P^T), in O(r C^2)
+        ps, gd = p @ sigma, g @ d
+        return base - 2 * (gd * ps.T).sum() + ((d.T @ gd) * (ps @ p.T)).sum()
 
     best = (loss().item(), p.detach().clone(), d.detach().clone())
     opt = torch.optim.Adam([p, d], lr=1e-3)
@@ -335,16 +388,28 @@ def tune_projection(sigma: torch.Tensor, g: torch.Tensor, r: int, steps: int = T
     return best[1], best[2], best[0]
 
 
-def _pca_errors(sigma: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The proxy of keeping the top r eigenvectors, for r = 0..C: ``sum_{i >= r} l_i u_i^T G u_i``."""
-    vals, vecs = torch.linalg.eigh(sigma)
-    vals, vecs = vals.flip(0).clamp_min(0), vecs.flip(1)
-    per = vals * torch.einsum("ci,cd,di->i", vecs, g, vecs)
-    tail = torch.cat([per.flip(0).cumsum(0).flip(0), torch.zeros(1, dtype=torch.float64)])
-    return tail  # tail[r]: error with r components
+def _pca_errors(sigma: torch.Tensor, g: torch.Tensor, test: torch.Tensor | None = None) -> torch.Tensor:
+    """The proxy of keeping the top r eigenvectors of ``sigma``, for r = 0..C, on second moments ``test``
+    (default: ``sigma`` itself): ``tr(G Q_r T Q_r)`` with ``Q_r`` the projection off the top r,
+    ``= sum_{i, j >= r} (U^T G U)_ij (U^T T U)_ij``."""
+    _, vecs = torch.linalg.eigh(sigma)
+    vecs = vecs.flip(1)
+    both = (vecs.T @ g @ vecs) * (vecs.T @ (sigma if test is None else test) @ vecs)
+    c = both.shape[0]
+    rows = torch.flip(torch.cumsum(torch.flip(torch.triu(both, 1).sum(1) * 2 + torch.diagonal(both), [0]), 0), [0])
+    return torch.cat([rows, torch.zeros(1, dtype=torch.float64)])[: c + 1]  # [r]: error with r components
 
 
-def cap(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ratio: float = DEFAULT_RATIO):
+def held_out_errors(m: _Moments, g: torch.Tensor) -> torch.Tensor:
+    """:func:`_pca_errors` fitted on one half of the calibration images and measured on the other, both
+    ways, averaged: what a projection loses on images it has not seen (fitted on all of them, it looks
+    better than it is where a wide point has few pixel rows)."""
+    a, b = m.half_sigmas()
+    return (_pca_errors(a, g, b) + _pca_errors(b, g, a)) / 2
+
+
+def cap(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ratio: float = DEFAULT_RATIO,
+        max_error: float = MAX_ERROR):
     """``actcomp-cap``: PCA-initialised, tuned projections with a greedy layer-wise ratio."""
     batches = list(batches)
     users = consumers(cnn)
@@ -353,30 +418,15 @@ def cap(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, rat
     values, bits, target = _budget(sizes, abits, ratio)
     start = bits
     metric = {p: _metric(cnn, users[p], moments[p]) for p in points}
-    curve = {p: _pca_errors(moments[p].sigma, metric[p]) for p in points}
-    rank = {p: moments[p].channels for p in points}
-
-    def best_jump(p: str):
+    curve = {p: held_out_errors(moments[p], metric[p]) for p in points}
+    ladders = []
+    for p in points:  # r = C, C - GROUP, ... down to GROUP channels
         c = moments[p].channels
         per = values[p] // c * abits  # bits per image of one channel
-        best = None
-        for r in range(rank[p] - GROUP, 0, -GROUP):
-            cost = float(curve[p][r] - curve[p][rank[p]])
-            if float(curve[p][r]) > MAX_ERROR:
-                break
-            saved = per * (rank[p] - r)
-            if best is None or cost / saved < best[0]:
-                best = (max(cost, 0.0) / saved, r, saved)
-        return best
-
-    heap = [(j[0], p, j) for p in points if (j := best_jump(p)) is not None]
-    heapq.heapify(heap)
-    while heap and bits > target:
-        _, p, (_, r, saved) = heapq.heappop(heap)
-        rank[p] = r
-        bits -= saved
-        if (j := best_jump(p)) is not None:
-            heapq.heappush(heap, (j[0], p, j))
+        ladders.append([(per * (c - r), float(curve[p][r] - curve[p][c])) for r in range(c, 0, -GROUP)])
+    levels = _greedy(ladders, bits, target, max_error)
+    rank = {p: moments[p].channels - GROUP * lv for p, lv in zip(points, levels)}
+    bits -= sum(ladders[i][lv][0] for i, lv in enumerate(levels))
     chosen = {}
     for p in points:
         c = moments[p].channels
@@ -387,7 +437,8 @@ def cap(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, rat
         chosen[p] = {"rank": rank[p], "channels": c, "pca_error": round(float(curve[p][rank[p]]), 5),
                      "error": round(err, 5)}
     plan = grids(cnn, collect(cnn, batches, progress), wbits, abits, "actcomp-cap")
-    plan.meta["actcomp"] = {"ratio": ratio, "points": chosen, "estimated_ratio": round(start / bits, 3)}
+    plan.meta["actcomp"] = {"ratio": ratio, "max_error": max_error, "points": chosen,
+                            "estimated_ratio": round(start / bits, 3)}
     return plan
 
 

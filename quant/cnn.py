@@ -360,10 +360,12 @@ METHODS = {"baseline": baseline}
 BIAS_BITS = 29
 
 
-def calibrate(cnn: CNN, method: str, batches: Iterable, wbits: int, abits: int, *, progress: bool = True) -> CnnPlan:
+def calibrate(cnn: CNN, method: str, batches: Iterable, wbits: int, abits: int, *, progress: bool = True,
+              **options) -> CnnPlan:
+    """``method``'s plan for ``cnn``; ``options``: the method's own keywords (e.g. actcomp's ``ratio``)."""
     if method not in METHODS:
         raise QuantError(f"method {method!r} does not quantize CNNs (CNN methods: {', '.join(METHODS)})")
-    plan = METHODS[method](cnn, batches, wbits, abits, progress=progress)
+    plan = METHODS[method](cnn, batches, wbits, abits, progress=progress, **options)
     _bias_room(plan)
     return plan
 

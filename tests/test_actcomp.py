@@ -177,3 +177,41 @@ def test_a_ratio_below_one_is_refused(setup):
     spec, batches, _ = setup
     with pytest.raises(cnn.QuantError, match=r"ratio must be at least 1, got 0.5"):
         actcomp.cap(spec.copy(), batches, 8, 8, progress=False, ratio=0.5)
+
+
+# ------------------------------------------------------------------ the searches
+def test_the_greedy_search_takes_the_cheapest_steps_and_keeps_the_error_budget():
+    ladders = [[(0, 0.0), (10, 0.01), (20, 0.5)],  # cheap first step, dear second
+               [(0, 0.0), (10, 0.02), (30, 0.03)],  # the jump two levels down is the better rate
+               [(0, 0.0), (40, float("inf"))]]  # out of reach
+    assert actcomp._greedy(ladders, 100, 0, 0.1) == [1, 2, 0]
+    assert actcomp._greedy(ladders, 100, 95, 0.1) == [1, 0, 0]  # stops once the target is met
+    assert actcomp._greedy(ladders, 100, 0, 0.035) == [1, 1, 0]  # the two-level jump no longer fits
+
+
+def test_a_tuned_projection_is_no_worse_than_pca_on_the_consumer_proxy():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(500, 24, generator=gen, dtype=torch.float64) @ torch.randn(24, 24, generator=gen,
+                                                                               dtype=torch.float64)
+    sigma = x.T @ x / len(x)
+    m = torch.randn(10, 24, generator=gen, dtype=torch.float64)
+    g = m.T @ m / torch.trace(m @ sigma @ m.T)
+    r = 8
+    pca = float(actcomp._pca_errors(sigma, g)[r])
+    proj, dec, err = actcomp.tune_projection(sigma, g, r)
+    e = torch.eye(24, dtype=torch.float64) - dec @ proj
+    assert err == pytest.approx(float(torch.trace(g @ e @ sigma @ e.T)), rel=1e-9)  # the O(r C^2) form
+    assert err < pca
+    assert proj.shape == (r, 24) and dec.shape == (24, r)
+
+
+def test_the_pca_error_curve_is_the_proxy_of_dropping_the_trailing_components():
+    gen = torch.Generator().manual_seed(3)
+    a, b, m = (torch.randn(n, 12, generator=gen, dtype=torch.float64) for n in (40, 40, 6))
+    fit, test, g = a.T @ a, b.T @ b, m.T @ m
+    _, vecs = torch.linalg.eigh(fit)
+    for r in (0, 5, 12):
+        u = vecs.flip(1)[:, :r]
+        q = torch.eye(12, dtype=torch.float64) - u @ u.T
+        assert float(actcomp._pca_errors(fit, g, test)[r]) == pytest.approx(float(torch.trace(g @ q @ test @ q)),
+                                                                             rel=1e-9, abs=1e-9)
