@@ -165,15 +165,11 @@ def cmd_eval(args) -> None:
         plan = flows.make_plan(args.target, args.method, args.wbits, args.abits, checkpoint=args.checkpoint,
                                data=args.data, calib=args.calib)
         if args.accel is not None:
-            from quant.lower import lower
-
-            _check_runs(lower(plan), args.accel)
+            _check_runs(flows.lower_plan(plan), args.accel)
         if args.protocol == "paper":
             result = flows.evaluate_paper(plan, data=args.data, limit=args.limit)
         else:
-            from quant.lower import lower
-
-            result = flows.evaluate_program(lower(plan), data=args.data, limit=args.limit)
+            result = flows.evaluate_program(flows.lower_plan(plan), data=args.data, limit=args.limit)
         result["calib_seconds"] = plan.meta["calib_seconds"]
     _print(result, args.json)
 
