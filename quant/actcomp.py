@@ -99,6 +99,7 @@ class _Moments:
     second: torch.Tensor | None = None  #: sum of x x^T [C, C]
     samples: list = field(default_factory=list)
     halves: list = field(default_factory=lambda: [0, 0])  #: sum of x x^T over the first / second half
+    sample_half: list = field(default_factory=list)  #: whether each sample row comes from the second half
     images: int = 0
     split: int = 0  #: the first image of the second half
 
@@ -123,6 +124,8 @@ class _Moments:
         if keep:
             pick = torch.randperm(rows.shape[0], generator=gen)[:keep]
             self.samples.append(rows[pick].float())
+            image = self.images - x.shape[0] + pick // (rows.shape[0] // x.shape[0])
+            self.sample_half.append(image >= self.split)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -138,8 +141,9 @@ class _Moments:
         rows = self.n // self.images
         return self.halves[0] / (rows * self.split), self.halves[1] / (rows * (self.images - self.split))
 
-    def sample(self) -> torch.Tensor:
-        return torch.cat(self.samples).double()
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample rows and whether each comes from the second half of the images."""
+        return torch.cat(self.samples).double(), torch.cat(self.sample_half)
 
 
 def _gather(cnn: CNN, batches: list, points: list[str], keep_samples: bool, progress: bool):
@@ -234,21 +238,30 @@ def widths_for(abits: int) -> list[int]:
     return sorted({b for b in (0, 2, 4, 8) if b <= abits} | {abits})
 
 
-def _channel_errors(x: torch.Tensor, scale: float, abits: int, signed: bool, mean: torch.Tensor,
-                    widths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_errors(x: torch.Tensor, half: torch.Tensor, scale: float, abits: int, signed: bool,
+                    mean: torch.Tensor, widths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel and width: the mean squared error on samples ``x`` [S, C] and the best shift ``k``
-    (the channel's grid ``scale * 2**k``, ``bits + k <= abits``); width 0: the variance about the mean."""
+    (the channel's grid ``scale * 2**k``, ``bits + k <= abits``); width 0: the variance about the mean.
+
+    Each error is the worse of the two halves of the calibration images (``half``: a sample's half): a
+    grid that clips a channel where one half's images happen to stay low is not chosen for the other's
+    (efficientnet-lite0's calibration crops come from four photographs)."""
+
+    def worst(sq: torch.Tensor) -> torch.Tensor:
+        parts = [sq[h].mean(0) for h in (~half, half) if bool(h.any())]
+        return torch.stack(parts).max(0).values
+
     c = x.shape[1]
     err = torch.full((len(widths), c), math.inf, dtype=torch.float64)
     shift = torch.zeros((len(widths), c), dtype=torch.int64)
     for wi, b in enumerate(widths):
         if b == 0:
-            err[wi] = ((x - mean) ** 2).mean(0)
+            err[wi] = worst((x - mean) ** 2)
             continue
         lo, hi = (-(1 << (b - 1)), (1 << (b - 1)) - 1) if signed else (0, (1 << b) - 1)
         for k in range(abits - b + 1):
             step = scale * 2.0 ** k
-            e = ((torch.clamp(torch.round(x / step), lo, hi) * step - x) ** 2).mean(0)
+            e = worst((torch.clamp(torch.round(x / step), lo, hi) * step - x) ** 2)
             better = e < err[wi]
             err[wi] = torch.where(better, e, err[wi])
             shift[wi] = torch.where(better, torch.full_like(shift[wi], k), shift[wi])
@@ -282,7 +295,7 @@ def mpdr(cnn: CNN, batches, wbits: int, abits: int, *, progress: bool = True, ra
         m = moments[p]
         may_drop = all(u.step in ("conv", "pool") for u in users[p])
         ws = widths if may_drop else [b for b in widths if b > 0]
-        err, shift = _channel_errors(m.sample(), plan.acts[p].scale, abits, p not in unsigned, m.mean, ws)
+        err, shift = _channel_errors(*m.sample(), plan.acts[p].scale, abits, p not in unsigned, m.mean, ws)
         weight = later[p] = torch.diagonal(_metric(cnn, users[p], m, later))  # each channel's part of the proxy
         err = err * weight
         if not may_drop:  # width 0 out of reach: infinite proxy

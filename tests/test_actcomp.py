@@ -215,3 +215,16 @@ def test_the_pca_error_curve_is_the_proxy_of_dropping_the_trailing_components():
         q = torch.eye(12, dtype=torch.float64) - u @ u.T
         assert float(actcomp._pca_errors(fit, g, test)[r]) == pytest.approx(float(torch.trace(g @ q @ test @ q)),
                                                                              rel=1e-9, abs=1e-9)
+
+
+def test_a_channel_grid_that_clips_one_half_of_the_images_is_not_chosen():
+    gen = torch.Generator().manual_seed(4)
+    low = torch.rand(990, 1, generator=gen, dtype=torch.float64) * 10  # the first half's images stay low
+    high = torch.rand(10, 1, generator=gen, dtype=torch.float64) * 200
+    x, half = torch.cat([low, high]), torch.cat([torch.zeros(990, dtype=torch.bool), torch.ones(10, dtype=torch.bool)])
+    _, pooled = actcomp._channel_errors(x, torch.zeros(1000, dtype=torch.bool), 1.0, 8, False, x.mean(0), [4])
+    err, shift = actcomp._channel_errors(x, half, 1.0, 8, False, x.mean(0), [4])
+    assert int(pooled[0, 0]) < 4  # all samples together: clipping the rare large values pays
+    assert int(shift[0, 0]) == 4  # 15 * 2**4 = 240 covers the second half's values
+    worst = max(float(((torch.round(h / 16) * 16 - h) ** 2).mean()) for h in (low, high))
+    assert float(err[0, 0]) == pytest.approx(worst)  # the worse half's error
