@@ -49,11 +49,11 @@ class TrainConfig:
 
     seed: int = 0
     threads: int = 1
-    steps: int = 150
+    steps: int = 120
     batch_size: int = 32
     max_tokens: int = 32  #: sentences cut to this many tokens while training (evaluation uses the usual 128)
-    lr: float = 2e-4
-    warmup_steps: int = 20
+    lr: float = 1e-3
+    warmup_steps: int = 10
     dmd_weight: float = 1.0
     hidden_weight: float = 1.0
     pool_weight: float = 1.0
