@@ -16,16 +16,17 @@ a depthwise consumer is looked through to the consumers after it, see :func:`_me
 ``actcomp-mpdr`` (channel groups with their own widths, 0 = dropped): a point's channels are ordered by
 importance (their share of the consumers' output energy) and cut into groups of :data:`GROUP` channels
 (the vector lanes' width); each group gets a width from {0, 2, 4, 8} up to ``abits`` and each channel a
-grid ``2**k`` steps of the point's own (``k`` searched on calibration samples, ``bits + k <= abits``), so
+grid ``2**k`` steps of the point's own (``k`` searched on calibration samples, each candidate judged on
+the worse of the two halves of the calibration images, ``bits + k <= abits``), so
 that the consumer reads every channel on one grid: the requantizer rounds a channel onto its grid, the
 packer keeps its ``bits`` bits, and what the buffer and DRAM hold is a row of channels at the sum of their
 widths (``sim.intops.pack_channels``; ``sim.cycles`` counts those bytes). A dropped channel reads as 0 and
 its calibration mean is folded into its consumers' biases (exact for a 1x1 convolution and the pooled
 classifier; a k x k convolution's padded border sees the mean where the float model saw 0), so it is
 allowed only where every consumer is a convolution or the pool. The search is greedy over all groups of
-all points at once. A channel permutation that made each group contiguous would fold exactly into the producer's
-rows and the consumers' columns; it is not applied, because the requantizer's per-channel table already
-addresses every channel and the stored bytes are the same.
+all points at once. A channel permutation that made each group contiguous would fold exactly into the
+producer's rows and the consumers' columns; it is not applied, because the requantizer's per-channel
+table already addresses every channel and the stored bytes are the same.
 
 ``actcomp-cap`` (a learned projection per point, decompression folded into the consumer): where every
 consumer of a convolution's output is a convolution with one group or the pool (so that the consumer's
@@ -34,7 +35,8 @@ with ``r`` channels: ``P`` [r, C] initialised from the top ``r`` eigenvectors of
 second-moment matrix of ``x`` (PCA; uncentered keeps the map linear, so the fold is exact), then ``P`` and
 ``D`` [C, r] tuned by gradient descent on the proxy (a closed form in the second moments: seconds on a
 CPU). ``r`` shrinks by :data:`GROUP` channels a step, point by point, where the proxy grows least per byte
-saved (PCA's error gives each step's cost). The projection is a 1x1 convolution that the array runs on
+saved (each step's cost: PCA's error fitted on one half of the calibration images and measured on the
+other, :func:`held_out_errors`). The projection is a 1x1 convolution that the array runs on
 its producer's drain (``sim.ops.Project``): ``x`` never reaches the activation buffer whole nor DRAM, only
 ``z`` does. Points whose consumers cannot absorb the decoder (a depthwise convolution, a residual add, a
 max pool) are left alone: a separate decompression pass would store ``x`` again, adding traffic.
@@ -46,7 +48,6 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from quant.cnn import CNN, METHODS, Conv, Node, PackedGrid, _unsigned, collect, grids
