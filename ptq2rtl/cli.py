@@ -277,6 +277,8 @@ def cmd_compress(args) -> None:
         if args.distill or args.prune or args.recover or args.method or args.output:
             raise UsageError("compress --table runs its own combinations; leave out --distill, --prune, --recover, "
                              "--method and -o")
+        if not args.json:
+            print(compress.HEADER, flush=True)
         rows = compress.table(args.model, limit=args.limit, accel=args.accel,
                               on_row=None if args.json else lambda r: print(compress.format_row(r), flush=True))
         _print(rows, args.json, compress.format_table)
