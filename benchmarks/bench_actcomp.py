@@ -31,7 +31,8 @@ from sim.cycles import program_cycles
 from sim.energy import program_energy
 
 ACCEL = {8: "edge-int8", 4: "edge-int4"}
-METHODS = ("baseline", "actcomp-mpdr", "actcomp-cap")
+ACTCOMP = ("actcomp-mpdr", "actcomp-cap")
+METHODS = ("baseline",) + ACTCOMP  #: --methods also takes the other CNN methods (quant.cnn.METHODS), e.g. apq
 FRONTIER = (0.005, 0.05)  #: error bounds beside the default (actcomp.MAX_ERROR)
 
 
@@ -63,7 +64,7 @@ def table(rows: list[dict]) -> str:
             base[key] = r
         b = base[key]
         bound = "" if r["max_error"] is None else f"{r['max_error']:g}"
-        if r["method"] != "baseline" and r["max_error"] is None:
+        if r["method"] in ACTCOMP and r["max_error"] is None:
             bound = f"{actcomp.MAX_ERROR:g}"
         lines.append(
             f"{r['model']:18s} W{r['bits']}A{r['bits']} {r['method']:13s} {bound:>6s} {r['top1']:7.2f} "
@@ -90,7 +91,7 @@ def main() -> None:
         batches = flows.calibration_batches(name, calib=args.calib, progress=False)
         for bits in args.bits:
             for method in ["baseline"] + [m for m in args.methods if m != "baseline"]:
-                bounds = [None] + (list(FRONTIER) if args.frontier and method != "baseline" else [])
+                bounds = [None] + (list(FRONTIER) if args.frontier and method in ACTCOMP else [])
                 for bound in bounds:
                     options = {} if bound is None else {"max_error": bound}
                     rows.append(measure(name, spec, batches, method, bits, args.limit, **options))
