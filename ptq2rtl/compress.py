@@ -207,12 +207,14 @@ def compressed_spec(name: str, combo: Combination, *, teacher: Transformer | Non
 def program_bytes(program) -> int:
     """The bytes of a program's parameters at their widths: weights at ``wbits``, embedding tables at their
     output width, every other table (biases, multipliers, LayerNorm and GELU tables) as stored."""
+    from sim.ops import OPS
+
     total = 0.0
     for op in program.ops:
         for key, value in op.params.items():
             if key == "weight":
                 total += value.size * op.attrs["wbits"] / 8
-            elif op.kind == "embedding":
+            elif OPS[op.kind].unit == "dram":  # an embedding table: rows looked up at the output's width
                 total += value.size * op.attrs["out_bits"] / 8
             else:
                 total += value.nbytes
