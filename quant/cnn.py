@@ -332,6 +332,13 @@ def baseline(cnn: CNN, batches: Iterable, wbits: int, abits: int, *, progress: b
     return grids(cnn, collect(cnn, batches, progress), wbits, abits)
 
 
+def act_grid(lo: float, hi: float, bits: int, unsigned: bool) -> QParams:
+    """A point's grid over its range ``[lo, hi]``: from 0 to ``hi`` after a ReLU (``unsigned``), else symmetric."""
+    if unsigned:
+        return QParams(max(hi, 1e-8) / ((1 << bits) - 1), 0, bits, signed=False)
+    return qparams_from_range(lo, hi, bits, symmetric=True)
+
+
 def grids(cnn: CNN, observers: dict[str, Observer], wbits: int, abits: int, method: str = "baseline") -> CnnPlan:
     """The baseline's grids from the observers of every point (what :func:`baseline` calibrates)."""
     unsigned = _unsigned(cnn)
@@ -341,10 +348,8 @@ def grids(cnn: CNN, observers: dict[str, Observer], wbits: int, abits: int, meth
             acts[name] = qparams_from_range(obs.min, obs.max, INPUT_BITS, symmetric=False)
         elif name == "logits":  # one grid for every class, so that the program's output ranks them
             acts[name] = qparams_from_range(obs.min, obs.max, LOGIT_BITS, symmetric=True)
-        elif name in unsigned:
-            acts[name] = QParams(max(obs.max, 1e-8) / ((1 << abits) - 1), 0, abits, signed=False)
         else:
-            acts[name] = qparams_from_range(obs.min, obs.max, abits, symmetric=True)
+            acts[name] = act_grid(obs.min, obs.max, abits, name in unsigned)
     for n in cnn.nodes:  # a max keeps its input's grid
         if n.step == "maxpool":
             acts[n.name] = acts[n.inputs[0]]

@@ -27,8 +27,8 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
-from quant.cnn import CNN, METHODS, CnnPlan, Node, _unsigned, collect, grids, run_nodes
-from quant.quantizers import QParams, fake_weight, qparams_from_range
+from quant.cnn import CNN, METHODS, CnnPlan, Node, _unsigned, act_grid, collect, grids, run_nodes
+from quant.quantizers import QParams, fake_weight
 
 #: clipping ratios of a point's observed range that the search tries
 RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
@@ -76,9 +76,7 @@ def apq(cnn: CNN, batches: Iterable, wbits: int, abits: int, *, progress: bool =
 
     def grid(point: str, ratio: float) -> QParams:
         obs = observers[point]
-        if point in unsigned:
-            return QParams(max(obs.max * ratio, 1e-8) / ((1 << abits) - 1), 0, abits, signed=False)
-        return qparams_from_range(obs.min * ratio, obs.max * ratio, abits, symmetric=True)
+        return act_grid(obs.min * ratio, obs.max * ratio, abits, point in unsigned)
 
     def quantized(name, t):
         return plan.acts[name].fake(t) if name in plan.acts else t
