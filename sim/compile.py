@@ -830,6 +830,8 @@ class _Conv:
         self.wp = self.pl + self.wd + self.pr  # pixels of a staged row
         self.direct = self.taps == 1 and (self.sh, self.sw) == (1, 1) and not any(padding)
         self.from_dram, self.to_dram = c.group[x] in c.dram, c.group[acc] in c.dram
+        if self.to_dram:  # the program output the strips are stored as
+            self.stored_as = next(t for t in c.p.outputs if c.group[t] == c.group[acc])
         self.x, self.acc = x, acc
         spec = c.p.tensors[x]
         self.x_lay = None if self.from_dram else c.layout(x)
@@ -922,10 +924,9 @@ class _Conv:
                 c._gemm(self.op, m, x, out, j0, self.flags, kf=self.kf, nf=j1 - j0, bias_base=self.bias_at + j0,
                         n_valid=self.n - j0 * v, ch_base=self.ch0 + (0 if per_tensor else j0 * v), **gemm)
         if self.to_dram:
-            name = next(t for t in c.p.outputs if c.group[t] == c.group[self.acc])
             c.emit(Instr("store", {"addr": self.out_at, "count": m * self.nw,
                                    "dram": oy0 * self.ow * self.nw * c.g.item_beats("abuf")}, note=self.op.name),
-                   ("store", name))
+                   ("store", self.stored_as))
 
     def _copy(self, rows: int, words: int, a: _Rows, out: _Rows, n_valid: int) -> None:
         """``rows`` rows of ``words`` words from ``a`` to ``out``: the vector adder adding zero words."""

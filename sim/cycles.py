@@ -371,9 +371,11 @@ class _Mapper:
         if self.plan.root[name] in self.plan.in_pipe:  # handed to the next stage of the drain pipeline
             return
         b = self.plan.nbytes(name)
-        c.count("dram" if self.plan.to_dram(name) else "sram_activation_write", b)
         if self.plan.to_dram(name):
+            c.count("dram", b)
             c.act_dram_bytes += b
+        else:
+            c.count("sram_activation_write", b)
 
     def params(self, c: OpCost, op: Op, loads: int = 1) -> None:
         c.count("dram", sum(_param_bytes(op, self.plan).values()) * loads)
